@@ -1,0 +1,1 @@
+//! QUIC network adapter for raftkit (quinn, mutual TLS). Filled in by a later issue.

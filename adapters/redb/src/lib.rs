@@ -1,0 +1,1 @@
+//! redb log store for raftkit. Filled in by a later issue.

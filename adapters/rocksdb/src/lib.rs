@@ -1,0 +1,1 @@
+//! RocksDB log store for raftkit. Filled in by a later issue.

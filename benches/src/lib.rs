@@ -1,0 +1,1 @@
+//! Benchmark harness for raftkit. Filled in by the benchmarks issue.

@@ -1,0 +1,197 @@
+//! What the core asks its driver to do.
+
+use crate::message::Message;
+use crate::types::{Entry, HardState, LogId, LogIndex, NodeId, Term};
+
+/// Identifies a [`LogWrite`] the core asked for. Ids increase by one per write; storage must
+/// complete writes in id order, and [`RaftCore::handle_persisted`](crate::RaftCore::handle_persisted)
+/// with an id acknowledges that write and every earlier one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteId(pub u64);
+
+/// One atomic, durable change to the log store: optionally replace the hard state, optionally
+/// remove a suffix, then append entries.
+///
+/// A store applies all of it or none of it, and returns only once it is durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogWrite {
+    /// The new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Remove every entry at or after this index before appending.
+    pub truncate_from: Option<LogIndex>,
+    /// Entries to append; the first follows the log's last entry (after the truncation).
+    pub entries: Vec<Entry>,
+}
+
+impl LogWrite {
+    /// Whether the write changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.truncate_from.is_none() && self.entries.is_empty()
+    }
+
+    /// Folds a later write into this one, so that applying the result equals applying `self`
+    /// then `later`. This is how a driver turns many writes into one fsync (group commit).
+    pub fn merge(&mut self, later: LogWrite) {
+        if let Some(hs) = later.hard_state {
+            self.hard_state = Some(hs);
+        }
+        if let Some(t) = later.truncate_from {
+            match self.entries.first().map(Entry::index) {
+                Some(first) if t > first => {
+                    // The truncation only cuts entries this write was going to add.
+                    self.entries.retain(|e| e.index() < t);
+                }
+                _ => {
+                    self.entries.clear();
+                    self.truncate_from = Some(self.truncate_from.map_or(t, |own| own.min(t)));
+                }
+            }
+        }
+        if self.entries.is_empty() {
+            self.entries = later.entries;
+        } else {
+            self.entries.extend(later.entries);
+        }
+    }
+}
+
+/// A request to make a [`LogWrite`] durable, then call
+/// [`RaftCore::handle_persisted`](crate::RaftCore::handle_persisted) with its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistRequest {
+    /// The write's id.
+    pub id: WriteId,
+    /// What to write.
+    pub write: LogWrite,
+}
+
+/// A message to deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The recipient.
+    pub to: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// An AppendEntries whose entries are no longer in the core's cache: the driver reads entries
+/// `prev_log_id.index + 1 ..= last.index` from the log store, checks that the last one has id
+/// `last` (otherwise the log changed meanwhile and the message is dropped), and sends
+/// `AppendEntries { prev_log_id, entries, leader_commit }` at `term` to `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendFromLog {
+    /// The recipient.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// The entry before the first one to send.
+    pub prev_log_id: LogId,
+    /// The id of the last entry to send.
+    pub last: LogId,
+    /// The leader's commit index.
+    pub leader_commit: LogIndex,
+}
+
+/// Committed entries to apply to the state machine, in order. Indexes are contiguous across
+/// consecutive `Apply` actions; each index is handed out exactly once per core instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyRequest {
+    /// The first index to apply.
+    pub first: LogIndex,
+    /// The id of the last entry to apply.
+    pub last: LogId,
+    /// The entries, when the core still has them in memory. When `None`, the driver reads
+    /// `first ..= last.index` from the log store (they are durable) and checks the last id.
+    pub entries: Option<Vec<Entry>>,
+}
+
+/// An output of the core, polled with [`RaftCore::poll_action`](crate::RaftCore::poll_action).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Make a write durable, in id order, then report it with `handle_persisted`.
+    Persist(PersistRequest),
+    /// Send a message (best effort: Raft tolerates loss, duplication and reordering).
+    Send(Outgoing),
+    /// Read entries from the log store and send them (see [`SendFromLog`]).
+    SendFromLog(SendFromLog),
+    /// Apply committed entries, then report progress with `handle_applied`.
+    Apply(ApplyRequest),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        range.map(|i| Entry::blank(LogId::new(term, i))).collect()
+    }
+
+    fn apply(log: &mut Vec<Entry>, hs: &mut Option<HardState>, w: &LogWrite) {
+        if let Some(h) = w.hard_state {
+            *hs = Some(h);
+        }
+        if let Some(t) = w.truncate_from {
+            log.retain(|e| e.index() < t);
+        }
+        log.extend(w.entries.iter().cloned());
+    }
+
+    #[test]
+    fn merge_equals_sequential_application() {
+        let base = entries(1, 1..=10);
+        let cases = vec![
+            (
+                LogWrite { entries: entries(1, 11..=12), ..Default::default() },
+                LogWrite { entries: entries(1, 13..=14), ..Default::default() },
+            ),
+            (
+                LogWrite { entries: entries(1, 11..=15), ..Default::default() },
+                LogWrite {
+                    truncate_from: Some(LogIndex(13)),
+                    entries: entries(2, 13..=13),
+                    ..Default::default()
+                },
+            ),
+            (
+                LogWrite { entries: entries(1, 11..=15), ..Default::default() },
+                LogWrite {
+                    truncate_from: Some(LogIndex(7)),
+                    entries: entries(3, 7..=8),
+                    hard_state: Some(HardState { term: Term(3), ..Default::default() }),
+                },
+            ),
+            (
+                LogWrite {
+                    truncate_from: Some(LogIndex(9)),
+                    entries: entries(2, 9..=12),
+                    ..Default::default()
+                },
+                LogWrite {
+                    truncate_from: Some(LogIndex(5)),
+                    entries: vec![],
+                    ..Default::default()
+                },
+            ),
+            (
+                LogWrite {
+                    truncate_from: Some(LogIndex(5)),
+                    entries: vec![],
+                    ..Default::default()
+                },
+                LogWrite { entries: entries(4, 5..=6), ..Default::default() },
+            ),
+        ];
+        for (a, b) in cases {
+            let (mut seq, mut seq_hs) = (base.clone(), None);
+            apply(&mut seq, &mut seq_hs, &a);
+            apply(&mut seq, &mut seq_hs, &b);
+            let mut merged = a.clone();
+            merged.merge(b.clone());
+            let (mut one, mut one_hs) = (base.clone(), None);
+            apply(&mut one, &mut one_hs, &merged);
+            assert_eq!(seq, one, "merge of {a:?} and {b:?}");
+            assert_eq!(seq_hs, one_hs);
+        }
+    }
+}

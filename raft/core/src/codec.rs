@@ -1,0 +1,168 @@
+//! The one place raftkit turns values into bytes and back.
+//!
+//! Every encoded value starts with a version byte ([`VERSION`]), then the value in bincode 2's
+//! standard configuration (varint integers, little endian) through serde. Transports frame these
+//! bytes; stores keep them as records. Swapping the format means changing this module only.
+//!
+//! Decoding is for untrusted input: a wrong version, truncated or trailing bytes, an invalid
+//! enum tag, or a length beyond [`MAX_DECODE_BYTES`] is an error, never a panic.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::message::Message;
+
+/// The format version written as the first byte of every encoded value.
+pub const VERSION: u8 = 1;
+
+/// The largest value [`decode`] accepts, in bytes. Transports should cap frames lower.
+pub const MAX_DECODE_BYTES: usize = 1 << 30;
+
+type Cfg = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+>;
+
+fn config() -> Cfg {
+    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
+}
+
+/// Why bytes could not be decoded (or a value encoded).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The input is empty: not even a version byte.
+    #[error("empty input: no version byte")]
+    Empty,
+    /// The version byte is not one this build understands.
+    #[error("unsupported format version {found} (this build reads version {expected})")]
+    Version {
+        /// The version byte found.
+        found: u8,
+        /// The version this build reads.
+        expected: u8,
+    },
+    /// The bytes do not decode to the expected type.
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    /// The value decoded but bytes were left over.
+    #[error("{0} unexpected trailing bytes")]
+    Trailing(usize),
+    /// The value could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+/// Encodes a value, version byte first.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// Appends the encoding of a value, version byte first, to `out`.
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    out.push(VERSION);
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a value produced by [`encode`]. All of `bytes` must be consumed.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != VERSION {
+        return Err(CodecError::Version { found: version, expected: VERSION });
+    }
+    let (value, read) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if read != body.len() {
+        return Err(CodecError::Trailing(body.len() - read));
+    }
+    Ok(value)
+}
+
+/// Encodes a Raft message.
+pub fn encode_message(msg: &Message) -> Result<Vec<u8>, CodecError> {
+    encode(msg)
+}
+
+/// Decodes a Raft message. The result is structurally decoded only; the core still validates
+/// its content ([`Message::validate`]).
+pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
+    decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{AppendEntries, MessageBody};
+    use crate::types::{Entry, LogId, LogIndex, Term};
+
+    fn sample() -> Message {
+        Message {
+            term: Term(7),
+            body: MessageBody::AppendEntries(AppendEntries {
+                prev_log_id: LogId::new(6, 41),
+                entries: vec![
+                    Entry::normal(LogId::new(7, 42), &b"hello"[..]),
+                    Entry::blank(LogId::new(7, 43)),
+                ],
+                leader_commit: LogIndex(40),
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode_message(&sample()).unwrap();
+        assert_eq!(bytes[0], VERSION);
+        assert_eq!(decode_message(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let bytes = encode_message(&sample()).unwrap();
+        assert_eq!(decode_message(&[]), Err(CodecError::Empty));
+        let mut wrong = bytes.clone();
+        wrong[0] = 99;
+        assert_eq!(
+            decode_message(&wrong),
+            Err(CodecError::Version { found: 99, expected: VERSION })
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(decode_message(&trailing), Err(CodecError::Trailing(1)));
+        // Every truncation fails cleanly.
+        for len in 1..bytes.len() {
+            assert!(decode_message(&bytes[..len]).is_err(), "prefix of {len} bytes decoded");
+        }
+        // A huge claimed length must not allocate or panic.
+        let mut huge = vec![VERSION, 7, 2];
+        huge.extend([0xFD, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+        assert!(decode_message(&huge).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A deterministic sweep of byte soup, including mutations of a valid message.
+        let valid = encode_message(&sample()).unwrap();
+        let mut state = 0x1234_5678_u64;
+        for round in 0..20_000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let mut bytes = valid.clone();
+            if round % 2 == 0 {
+                let pos = (state >> 33) as usize % bytes.len();
+                bytes[pos] = (state >> 17) as u8;
+            } else {
+                let len = (state >> 40) as usize % 64;
+                bytes = (0..len).map(|i| (state >> (i % 56)) as u8).collect();
+                if !bytes.is_empty() {
+                    bytes[0] = VERSION;
+                }
+            }
+            let _ = decode_message(&bytes);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Node configuration and its validation.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::types::NodeId;
+
+/// The configuration of one node. Protocol options live here, never in cargo features.
+///
+/// Build one with [`Config::new`] and adjust the public fields; [`Config::validate`] runs when a
+/// node starts and names the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// This node's id. Must be one of `members`.
+    pub id: NodeId,
+    /// The voters of the initial configuration. Every node of a new cluster must be started with
+    /// the same list.
+    pub members: Vec<NodeId>,
+    /// How often a leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// The lower bound of the randomized election timeout. Must exceed `heartbeat_interval`
+    /// (a few heartbeats per timeout is typical). With `check_quorum`, it is also how long a
+    /// leader may go without hearing from a quorum before it steps down, and how long a follower
+    /// ignores vote requests after hearing from a live leader.
+    pub election_timeout_min: Duration,
+    /// The upper bound (exclusive) of the randomized election timeout.
+    pub election_timeout_max: Duration,
+    /// Run a pre-election before a real one, so a node that cannot win (for example one cut off
+    /// by a partition) never raises the cluster's term (Raft thesis §9.6).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within `election_timeout_min` steps down, and a
+    /// follower that heard from a live leader within that time ignores vote requests ("leader
+    /// stickiness").
+    pub check_quorum: bool,
+    /// The most entries one AppendEntries message carries.
+    pub max_entries_per_message: usize,
+    /// The most payload bytes one AppendEntries message carries (at least one entry is always
+    /// sent, however large).
+    pub max_bytes_per_message: usize,
+    /// The most AppendEntries messages in flight to one follower.
+    pub max_inflight_messages: usize,
+    /// The most entry bytes in flight to one follower.
+    pub max_inflight_bytes: usize,
+    /// Recent log entries kept in memory so replication and apply rarely read the log store.
+    /// Entries not yet durable are always kept, whatever this says.
+    pub entry_cache_bytes: usize,
+    /// The most client proposals the engine gathers into one log write.
+    pub max_proposal_batch: usize,
+    /// The most entries handed to the state machine in one `apply` call.
+    pub max_apply_batch: usize,
+    /// The most messages queued for one peer before the engine drops new ones for it (Raft
+    /// tolerates loss; a slow peer must never stall the others).
+    pub peer_queue_capacity: usize,
+    /// Seed of the core's PRNG (election jitter). Mixed with `id`, so nodes sharing a seed still
+    /// draw different timeouts. The same seed and inputs replay the same run.
+    pub seed: u64,
+}
+
+/// A configuration value that cannot work, naming the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field that must be positive is zero.
+    #[error("config field `{0}` must be greater than zero")]
+    Zero(&'static str),
+    /// The election timeout does not exceed the heartbeat interval.
+    #[error(
+        "config field `election_timeout_min` ({election:?}) must be greater than \
+         `heartbeat_interval` ({heartbeat:?})"
+    )]
+    ElectionNotAboveHeartbeat {
+        /// The configured `election_timeout_min`.
+        election: Duration,
+        /// The configured `heartbeat_interval`.
+        heartbeat: Duration,
+    },
+    /// The election timeout range is inverted.
+    #[error(
+        "config field `election_timeout_max` ({max:?}) must not be less than \
+         `election_timeout_min` ({min:?})"
+    )]
+    ElectionRange {
+        /// The configured `election_timeout_min`.
+        min: Duration,
+        /// The configured `election_timeout_max`.
+        max: Duration,
+    },
+    /// `members` is empty.
+    #[error("config field `members` is empty")]
+    NoMembers,
+    /// `members` names a node twice.
+    #[error("config field `members` lists node {0} more than once")]
+    DuplicateMember(NodeId),
+    /// `id` is not one of `members`.
+    #[error("config field `id` ({id}) is not one of `members` {members:?}")]
+    NotAMember {
+        /// The configured id.
+        id: NodeId,
+        /// The configured members.
+        members: Vec<NodeId>,
+    },
+}
+
+impl Config {
+    /// A configuration with sensible defaults for a LAN: 50 ms heartbeats, 300–600 ms election
+    /// timeouts, PreVote and CheckQuorum on.
+    pub fn new(id: NodeId, members: impl IntoIterator<Item = NodeId>) -> Config {
+        Config {
+            id,
+            members: members.into_iter().collect(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_message: 4096,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 64,
+            max_inflight_bytes: 32 << 20,
+            entry_cache_bytes: 64 << 20,
+            max_proposal_batch: 4096,
+            max_apply_batch: 4096,
+            peer_queue_capacity: 1024,
+            seed: 0,
+        }
+    }
+
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, bool); 10] = [
+            ("heartbeat_interval", !self.heartbeat_interval.is_zero()),
+            ("election_timeout_min", !self.election_timeout_min.is_zero()),
+            ("max_entries_per_message", self.max_entries_per_message > 0),
+            ("max_bytes_per_message", self.max_bytes_per_message > 0),
+            ("max_inflight_messages", self.max_inflight_messages > 0),
+            ("max_inflight_bytes", self.max_inflight_bytes > 0),
+            ("max_proposal_batch", self.max_proposal_batch > 0),
+            ("max_apply_batch", self.max_apply_batch > 0),
+            ("peer_queue_capacity", self.peer_queue_capacity > 0),
+            ("members", !self.members.is_empty()),
+        ];
+        for (field, ok) in positive {
+            if !ok {
+                return Err(if field == "members" {
+                    ConfigError::NoMembers
+                } else {
+                    ConfigError::Zero(field)
+                });
+            }
+        }
+        if self.election_timeout_min <= self.heartbeat_interval {
+            return Err(ConfigError::ElectionNotAboveHeartbeat {
+                election: self.election_timeout_min,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        if self.election_timeout_max < self.election_timeout_min {
+            return Err(ConfigError::ElectionRange {
+                min: self.election_timeout_min,
+                max: self.election_timeout_max,
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for m in &self.members {
+            if !seen.insert(*m) {
+                return Err(ConfigError::DuplicateMember(*m));
+            }
+        }
+        if !seen.contains(&self.id) {
+            return Err(ConfigError::NotAMember { id: self.id, members: self.members.clone() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Config {
+        Config::new(NodeId(1), [NodeId(1), NodeId(2), NodeId(3)])
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(ok().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let mut c = ok();
+        c.election_timeout_min = c.heartbeat_interval;
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::ElectionNotAboveHeartbeat { .. }));
+        assert!(e.to_string().contains("election_timeout_min"), "{e}");
+
+        let mut c = ok();
+        c.election_timeout_max = c.election_timeout_min - Duration::from_millis(1);
+        assert!(c.validate().unwrap_err().to_string().contains("election_timeout_max"));
+
+        let mut c = ok();
+        c.members.clear();
+        assert_eq!(c.validate(), Err(ConfigError::NoMembers));
+
+        let mut c = ok();
+        c.members.push(NodeId(2));
+        assert_eq!(c.validate(), Err(ConfigError::DuplicateMember(NodeId(2))));
+
+        let mut c = ok();
+        c.id = NodeId(9);
+        assert!(c.validate().unwrap_err().to_string().contains("`id` (n9)"));
+
+        let mut c = ok();
+        c.max_inflight_messages = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("max_inflight_messages")));
+        let mut c = ok();
+        c.max_inflight_bytes = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("max_inflight_bytes")));
+        let mut c = ok();
+        c.heartbeat_interval = Duration::ZERO;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("heartbeat_interval")));
+    }
+}

@@ -1,0 +1,308 @@
+//! Message dispatch by term, timeouts, and elections: PreVote, votes, CheckQuorum and leader
+//! stickiness.
+
+use std::collections::BTreeMap;
+
+use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
+use crate::progress::Progress;
+use crate::quorum::VoteResult;
+use crate::raft::{RaftCore, Ungated};
+use crate::time::Instant;
+use crate::types::{Entry, LogId, NodeId, Role, Term};
+
+impl RaftCore {
+    /// Routes a validated message: first by term (Raft §5.1), then by kind and role.
+    pub(crate) fn step(&mut self, now: Instant, from: NodeId, msg: Message) {
+        if msg.term > self.term {
+            match &msg.body {
+                MessageBody::RequestVote(rv) => {
+                    if self.in_lease(now) {
+                        // Leader stickiness: a live leader exists, so this candidate is
+                        // disruptive (e.g. it was partitioned away). Not even the term moves.
+                        tracing::debug!(node = %self.id, %from, term = %msg.term, "ignoring vote request: leader is live");
+                        return;
+                    }
+                    if !rv.pre_vote {
+                        self.become_follower(now, msg.term, None);
+                    }
+                }
+                // A granted pre-vote echoes the term we asked about; it is not a newer term.
+                MessageBody::VoteResponse(vr) if vr.pre_vote && vr.granted => {}
+                MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_) => {
+                    self.become_follower(now, msg.term, Some(from));
+                }
+                _ => self.become_follower(now, msg.term, None),
+            }
+        } else if msg.term < self.term {
+            match &msg.body {
+                MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_)
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // A stale leader, or this node raised its term while partitioned. With
+                    // CheckQuorum/PreVote our term would not reach the leader through votes, so
+                    // tell it directly; it steps down and a fresh election includes us.
+                    let reply = Message { term: self.term, body: MessageBody::HeartbeatResponse };
+                    self.send_after_persist(from, reply);
+                }
+                MessageBody::RequestVote(rv) if rv.pre_vote => {
+                    // Answer so a pre-candidate behind in term learns the current one.
+                    let body =
+                        MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: false });
+                    self.send_after_persist(from, Message { term: self.term, body });
+                }
+                _ => {
+                    tracing::trace!(node = %self.id, %from, kind = msg.kind(), "ignoring stale-term message");
+                }
+            }
+            return;
+        }
+
+        match msg.body {
+            MessageBody::RequestVote(rv) => self.handle_vote_request(now, from, msg.term, rv),
+            MessageBody::VoteResponse(vr) => self.handle_vote_response(now, from, msg.term, vr),
+            MessageBody::AppendEntries(ae) => {
+                if self.accept_leader(now, from) {
+                    self.handle_append(from, ae);
+                }
+            }
+            MessageBody::Heartbeat(hb) => {
+                if self.accept_leader(now, from) {
+                    self.handle_heartbeat(from, hb);
+                }
+            }
+            MessageBody::AppendResponse(resp) => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(now, from, resp);
+                }
+            }
+            MessageBody::HeartbeatResponse => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(from);
+                }
+            }
+        }
+    }
+
+    /// A message from the leader of the current term: follow it. Returns false if this node is
+    /// itself the leader of this term, which would mean two leaders in one term.
+    fn accept_leader(&mut self, now: Instant, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            tracing::error!(node = %self.id, %from, term = %self.term, "two leaders in one term; ignoring");
+            return false;
+        }
+        if self.role != Role::Follower && self.role != Role::Learner || self.leader != Some(from) {
+            // A (pre-)candidate that hears from the term's leader steps down, keeping its vote.
+            self.become_follower(now, self.term, Some(from));
+        }
+        self.leader_heard_at = Some(now);
+        self.reset_election_deadline(now);
+        true
+    }
+
+    /// Whether this node heard from a live leader recently enough to refuse vote requests.
+    pub(crate) fn in_lease(&self, now: Instant) -> bool {
+        if !self.cfg.check_quorum || self.leader.is_none() {
+            return false;
+        }
+        if self.role == Role::Leader {
+            // CheckQuorum makes a leader step down when it loses its quorum.
+            return true;
+        }
+        self.leader_heard_at.is_some_and(|t| now < t + self.cfg.election_timeout_min)
+    }
+
+    pub(crate) fn tick(&mut self, now: Instant) {
+        match self.role {
+            Role::Leader => {
+                if now >= self.heartbeat_deadline {
+                    self.heartbeat_deadline = now + self.cfg.heartbeat_interval;
+                    self.broadcast_heartbeat(now);
+                }
+                if self.cfg.check_quorum && now >= self.quorum_deadline {
+                    self.quorum_deadline = now + self.cfg.election_timeout_min;
+                    self.check_quorum(now);
+                }
+            }
+            Role::Learner => {}
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                if now >= self.election_deadline {
+                    if self.cfg.pre_vote {
+                        self.become_pre_candidate(now);
+                    } else {
+                        self.become_candidate(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// CheckQuorum: step down unless a quorum was heard from since the last check.
+    fn check_quorum(&mut self, now: Instant) {
+        let id = self.id;
+        let progress = &self.progress;
+        let active = self
+            .membership
+            .has_quorum(|n| n == id || progress.get(&n).is_some_and(|p| p.recent_active));
+        for p in self.progress.values_mut() {
+            p.recent_active = false;
+        }
+        if !active {
+            tracing::info!(node = %self.id, term = %self.term, "lost contact with a quorum; stepping down");
+            self.become_follower(now, self.term, None);
+        }
+    }
+
+    /// Becomes a follower in `term`. A higher term clears the vote; the same term keeps it
+    /// (forgetting it would allow a second vote in this term).
+    pub(crate) fn become_follower(&mut self, now: Instant, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = if self.membership.is_voter(self.id) { Role::Follower } else { Role::Learner };
+        if self.leader != leader {
+            tracing::debug!(node = %self.id, %term, ?leader, "following");
+        }
+        self.leader = leader;
+        self.leader_heard_at = None;
+        self.votes.clear();
+        self.progress.clear();
+        self.reset_election_deadline(now);
+    }
+
+    fn become_pre_candidate(&mut self, now: Instant) {
+        tracing::debug!(node = %self.id, term = %self.term, "starting pre-election");
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.leader_heard_at = None;
+        self.progress.clear();
+        self.votes = BTreeMap::from([(self.id, true)]);
+        self.reset_election_deadline(now);
+        let rv = RequestVote { pre_vote: true, last_log_id: self.log.last() };
+        for to in self.voter_peers() {
+            self.send_now(to, self.term.next(), Ungated::PreVote(rv.clone()));
+        }
+        self.check_votes(now);
+    }
+
+    fn become_candidate(&mut self, now: Instant) {
+        self.term = self.term.next();
+        self.vote = Some(self.id);
+        tracing::debug!(node = %self.id, term = %self.term, "starting election");
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.leader_heard_at = None;
+        self.progress.clear();
+        self.votes.clear();
+        self.reset_election_deadline(now);
+        let msg = Message {
+            term: self.term,
+            body: MessageBody::RequestVote(RequestVote {
+                pre_vote: false,
+                last_log_id: self.log.last(),
+            }),
+        };
+        // The request advertises our term and log; it must not outlive a crash that loses them.
+        for to in self.voter_peers() {
+            self.send_after_persist(to, msg.clone());
+        }
+        // Our own vote counts once it is durable (see `check_votes`).
+        self.check_votes(now);
+    }
+
+    pub(crate) fn become_leader(&mut self, now: Instant) {
+        tracing::info!(node = %self.id, term = %self.term, "became leader");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.votes.clear();
+        let next = self.log.last().index.next();
+        let (count, bytes) = (self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
+        self.progress = self
+            .membership
+            .nodes()
+            .into_iter()
+            .filter(|n| *n != self.id)
+            .map(|n| (n, Progress::new(next, count, bytes, now)))
+            .collect();
+        self.heartbeat_deadline = now + self.cfg.heartbeat_interval;
+        self.quorum_deadline = now + self.cfg.election_timeout_min;
+        // A no-op of the new term lets entries of earlier terms commit (Raft §5.4.2, Figure 8).
+        let log_id = LogId { term: self.term, index: next };
+        self.append_local(vec![Entry::blank(log_id)]);
+        self.maybe_commit();
+    }
+
+    fn voter_peers(&self) -> Vec<NodeId> {
+        self.membership.voters().into_iter().filter(|n| *n != self.id).collect()
+    }
+
+    fn handle_vote_request(&mut self, now: Instant, from: NodeId, term: Term, rv: RequestVote) {
+        // A pre-vote for a future term is granted without a vote of ours being at stake.
+        let free_to_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (rv.pre_vote && term > self.term);
+        let grant = free_to_vote
+            && self.membership.is_voter(from)
+            && self.membership.is_voter(self.id)
+            && self.log.is_up_to_date(rv.last_log_id);
+        tracing::debug!(
+            node = %self.id, %from, %term, pre_vote = rv.pre_vote, grant,
+            candidate_last = %rv.last_log_id, our_last = %self.log.last(), "vote request"
+        );
+        let reply_term = if grant {
+            if !rv.pre_vote {
+                self.vote = Some(from);
+                self.reset_election_deadline(now);
+            }
+            // A granted pre-vote echoes the asked-for term; a real vote is in our (equal) term.
+            term
+        } else {
+            self.term
+        };
+        let body =
+            MessageBody::VoteResponse(VoteResponse { pre_vote: rv.pre_vote, granted: grant });
+        // The grant is released only once the vote is durable (and with it, our term).
+        self.send_after_persist(from, Message { term: reply_term, body });
+    }
+
+    fn handle_vote_response(&mut self, now: Instant, from: NodeId, term: Term, vr: VoteResponse) {
+        let expected = match self.role {
+            Role::PreCandidate if vr.pre_vote => self.term.next(),
+            Role::Candidate if !vr.pre_vote => self.term,
+            _ => return,
+        };
+        // A pre-vote rejection arrives in the responder's (our) term; grants in the asked one.
+        if term != expected && !(vr.pre_vote && !vr.granted && term == self.term) {
+            return;
+        }
+        self.votes.insert(from, vr.granted);
+        self.check_votes(now);
+    }
+
+    /// Counts the votes of the current (pre-)election and acts on the outcome.
+    pub(crate) fn check_votes(&mut self, now: Instant) {
+        let (id, votes) = (self.id, &self.votes);
+        // A candidate's own vote counts only once it is durable: otherwise a crash could let
+        // it vote for someone else in the same term after winning with its own vote.
+        let self_vote = match self.role {
+            Role::PreCandidate => Some(true),
+            Role::Candidate => {
+                let d = self.durable_hs;
+                (d.term == self.term && d.vote == Some(id)).then_some(true)
+            }
+            _ => return,
+        };
+        let result = self
+            .membership
+            .vote_result(|n| if n == id { self_vote } else { votes.get(&n).copied() });
+        match (result, self.role) {
+            (VoteResult::Won, Role::PreCandidate) => self.become_candidate(now),
+            (VoteResult::Won, Role::Candidate) => self.become_leader(now),
+            (VoteResult::Lost, _) => {
+                tracing::debug!(node = %self.id, term = %self.term, "election lost");
+                self.become_follower(now, self.term, None);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The Raft consensus protocol as a deterministic, sans-IO state machine.
+//!
+//! `raftkit-core` decides; it never does. It reads no clock, performs no IO, spawns nothing and
+//! draws randomness only from a PRNG seeded through [`Config::seed`]. A driver — the async
+//! engine in the `raftkit` crate, or a simulation in tests — feeds it inputs and carries out the
+//! [`Action`]s it asks for. Given the same inputs, it produces the same outputs, so any run can
+//! be replayed.
+//!
+//! # Using the core
+//!
+//! [`RaftCore`] has four groups of methods (the shape of quinn-proto's `Connection`):
+//!
+//! 1. **Inputs**: `handle_message`, `handle_timeout`, `handle_persisted`, `handle_applied`,
+//!    `handle_unreachable`.
+//! 2. **Commands**: `propose`.
+//! 3. **Outputs**: `poll_action` (until `None`), then `poll_timeout`.
+//! 4. **Getters**: role, term, leader, commit index, last log id, membership.
+//!
+//! A driver loop:
+//!
+//! ```
+//! use raftkit_core::{Action, Config, InitialState, Instant, NodeId, RaftCore};
+//!
+//! let cfg = Config::new(NodeId(1), [NodeId(1)]);
+//! let mut core = RaftCore::new(cfg, InitialState::default(), Instant::ZERO).unwrap();
+//! let mut now = Instant::ZERO;
+//! let mut applied = Vec::new();
+//! for _ in 0..10 {
+//!     while let Some(action) = core.poll_action() {
+//!         match action {
+//!             // Write durably, then acknowledge (a real driver does this asynchronously).
+//!             Action::Persist(req) => core.handle_persisted(now, req.id),
+//!             Action::Apply(req) => {
+//!                 applied.extend(req.entries.unwrap());
+//!                 core.handle_applied(req.last.index);
+//!             }
+//!             _ => {} // single node: nothing to send
+//!         }
+//!     }
+//!     now = core.poll_timeout().unwrap();
+//!     core.handle_timeout(now);
+//! }
+//! assert!(core.role() == raftkit_core::Role::Leader);
+//! core.propose(now, "hello".into()).unwrap();
+//! while let Some(action) = core.poll_action() {
+//!     if let Action::Persist(req) = action {
+//!         core.handle_persisted(now, req.id);
+//!     }
+//! }
+//! assert_eq!(core.commit_index().0, 2); // the leader's no-op, then "hello"
+//! ```
+//!
+//! # Safety rules the types enforce
+//!
+//! - **Persist before send.** Vote grants, a candidate's vote requests and append
+//!   acknowledgements leave the core only after [`RaftCore::handle_persisted`] covers the write
+//!   they depend on; the leader counts itself toward a quorum only for durable entries, and a
+//!   candidate counts its own vote only once it is durable.
+//! - **Term and vote are one record** ([`HardState`]), written atomically.
+//! - **Commit by counting only current-term entries** (Raft §5.4.2); a new leader appends a
+//!   no-op so earlier entries commit through it.
+//! - **Quorums come from a [`Membership`]**, so joint configurations and learners reuse the same
+//!   replication and election code.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod action;
+pub mod codec;
+mod config;
+mod election;
+mod log;
+mod membership;
+mod message;
+mod progress;
+pub mod quorum;
+mod raft;
+mod replication;
+mod rng;
+mod time;
+mod types;
+
+pub use action::{Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, SendFromLog, WriteId};
+pub use config::{Config, ConfigError};
+pub use log::LogStateError;
+pub use membership::{Membership, MembershipError};
+pub use message::{
+    AppendEntries, AppendResponse, Heartbeat, InvalidMessage, Message, MessageBody, RequestVote,
+    VoteResponse,
+};
+pub use progress::ProgressState;
+pub use raft::{InitialState, ProposeError, RaftCore, StartError};
+pub use time::Instant;
+pub use types::{Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, Term};

@@ -1,0 +1,269 @@
+//! The messages nodes exchange.
+//!
+//! Sender and receiver ids travel in the transport's envelope, not in the message: a transport
+//! authenticates the sender (QUIC with mutual TLS does), and the receiver passes that id to
+//! [`RaftCore::handle_message`](crate::RaftCore::handle_message).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, Term};
+
+/// A Raft message: the sender's term and the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender's term (for a granted pre-vote, the term the pre-candidate asked about).
+    pub term: Term,
+    /// What the message says.
+    pub body: MessageBody,
+}
+
+/// The message kinds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MessageBody {
+    /// A (pre-)candidate asks for a vote.
+    RequestVote(RequestVote),
+    /// The answer to a [`RequestVote`].
+    VoteResponse(VoteResponse),
+    /// The leader replicates entries (possibly none) after `prev_log_id`.
+    AppendEntries(AppendEntries),
+    /// The answer to an [`AppendEntries`].
+    AppendResponse(AppendResponse),
+    /// The leader's periodic liveness signal, carrying a commit index the follower may apply.
+    Heartbeat(Heartbeat),
+    /// The answer to a [`Heartbeat`].
+    HeartbeatResponse,
+}
+
+/// A request for a vote (or, with `pre_vote`, a question whether a vote would be granted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVote {
+    /// A pre-vote: the receiver answers without changing its term or vote.
+    pub pre_vote: bool,
+    /// The id of the candidate's last entry, for the election restriction (Raft §5.4.1).
+    pub last_log_id: LogId,
+}
+
+/// An answer to a [`RequestVote`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteResponse {
+    /// Answers a pre-vote.
+    pub pre_vote: bool,
+    /// The vote was granted.
+    pub granted: bool,
+}
+
+/// Entries to append after `prev_log_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntries {
+    /// The id of the entry just before `entries`; the follower accepts only if it has it.
+    pub prev_log_id: LogId,
+    /// The entries, contiguous from `prev_log_id.index + 1`.
+    pub entries: Vec<Entry>,
+    /// The leader's commit index.
+    pub leader_commit: LogIndex,
+}
+
+/// An answer to an [`AppendEntries`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppendResponse {
+    /// The follower's log now matches the leader's up to `match_index`, durably.
+    Success {
+        /// The last index the follower has durably in common with the leader.
+        match_index: LogIndex,
+    },
+    /// The follower does not have `prev_log_id`.
+    Reject {
+        /// The `prev_log_id.index` of the rejected request.
+        rejected: LogIndex,
+        /// The follower's last entry at or below `rejected` whose term is at most the request's
+        /// `prev_log_id.term`, so the leader can skip a whole term per round trip.
+        hint: LogId,
+    },
+}
+
+/// The leader's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// A commit index the follower may adopt: the leader's commit capped at what it knows the
+    /// follower has, so a follower never commits entries that may still diverge.
+    pub commit: LogIndex,
+}
+
+/// Why a message from a peer was refused before it reached the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidMessage {
+    /// Entries do not follow `prev_log_id` one index at a time.
+    #[error("entry {position} has index {found}, expected {expected}")]
+    NotContiguous {
+        /// Position in the message.
+        position: usize,
+        /// The index found.
+        found: LogIndex,
+        /// The index expected.
+        expected: LogIndex,
+    },
+    /// An entry's term is below its predecessor's or above the message's term.
+    #[error("entry {index} has term {term}, outside [{min}, {max}]")]
+    BadEntryTerm {
+        /// The entry's index.
+        index: LogIndex,
+        /// Its term.
+        term: Term,
+        /// The lowest term allowed.
+        min: Term,
+        /// The highest term allowed.
+        max: Term,
+    },
+    /// A membership entry is not a valid configuration.
+    #[error("membership entry {index} is invalid: {reason}")]
+    BadMembership {
+        /// The entry's index.
+        index: LogIndex,
+        /// What is wrong.
+        reason: crate::MembershipError,
+    },
+    /// A rejection hint points above the rejected index.
+    #[error("reject hint {hint} is above the rejected index {rejected}")]
+    BadHint {
+        /// The rejected index.
+        rejected: LogIndex,
+        /// The hint.
+        hint: LogId,
+    },
+    /// A message of a kind that needs a term carries term 0.
+    #[error("message has term 0")]
+    ZeroTerm,
+    /// The previous log id is above the message's term.
+    #[error("prev_log_id {prev} is from a term above the message's {term}")]
+    BadPrev {
+        /// The previous log id.
+        prev: LogId,
+        /// The message's term.
+        term: Term,
+    },
+}
+
+impl Message {
+    /// Checks the structural rules a correct peer always follows. The core refuses messages
+    /// that break them instead of acting on them.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.term == Term(0) {
+            return Err(InvalidMessage::ZeroTerm);
+        }
+        match &self.body {
+            MessageBody::AppendEntries(a) => {
+                if a.prev_log_id.term > self.term {
+                    return Err(InvalidMessage::BadPrev { prev: a.prev_log_id, term: self.term });
+                }
+                let mut expected = a.prev_log_id.index.next();
+                let mut min = a.prev_log_id.term;
+                for (position, e) in a.entries.iter().enumerate() {
+                    if e.index() != expected {
+                        return Err(InvalidMessage::NotContiguous {
+                            position,
+                            found: e.index(),
+                            expected,
+                        });
+                    }
+                    if e.term() < min || e.term() > self.term {
+                        return Err(InvalidMessage::BadEntryTerm {
+                            index: e.index(),
+                            term: e.term(),
+                            min,
+                            max: self.term,
+                        });
+                    }
+                    if let EntryPayload::Membership(m) = &e.payload {
+                        m.validate().map_err(|reason| InvalidMessage::BadMembership {
+                            index: e.index(),
+                            reason,
+                        })?;
+                    }
+                    min = e.term();
+                    expected = expected.next();
+                }
+                Ok(())
+            }
+            MessageBody::AppendResponse(AppendResponse::Reject { rejected, hint })
+                if hint.index > *rejected =>
+            {
+                Err(InvalidMessage::BadHint { rejected: *rejected, hint: *hint })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A short name of the message kind, for logs and traces.
+    pub fn kind(&self) -> &'static str {
+        match &self.body {
+            MessageBody::RequestVote(r) if r.pre_vote => "PreVote",
+            MessageBody::RequestVote(_) => "RequestVote",
+            MessageBody::VoteResponse(r) if r.pre_vote => "PreVoteResponse",
+            MessageBody::VoteResponse(_) => "VoteResponse",
+            MessageBody::AppendEntries(_) => "AppendEntries",
+            MessageBody::AppendResponse(_) => "AppendResponse",
+            MessageBody::Heartbeat(_) => "Heartbeat",
+            MessageBody::HeartbeatResponse => "HeartbeatResponse",
+        }
+    }
+
+    /// An estimate of the message's encoded size.
+    pub fn size_hint(&self) -> usize {
+        match &self.body {
+            MessageBody::AppendEntries(a) => {
+                48 + a.entries.iter().map(Entry::size_hint).sum::<usize>()
+            }
+            _ => 48,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(term: u64, prev: LogId, entries: Vec<Entry>) -> Message {
+        Message {
+            term: Term(term),
+            body: MessageBody::AppendEntries(AppendEntries {
+                prev_log_id: prev,
+                entries,
+                leader_commit: LogIndex(0),
+            }),
+        }
+    }
+
+    #[test]
+    fn accepts_well_formed_append() {
+        let m = append(
+            3,
+            LogId::new(1, 4),
+            vec![Entry::blank(LogId::new(2, 5)), Entry::blank(LogId::new(3, 6))],
+        );
+        assert_eq!(m.validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_gaps_and_bad_terms() {
+        let gap = append(3, LogId::new(1, 4), vec![Entry::blank(LogId::new(2, 6))]);
+        assert!(matches!(gap.validate(), Err(InvalidMessage::NotContiguous { .. })));
+        let future = append(3, LogId::new(1, 4), vec![Entry::blank(LogId::new(4, 5))]);
+        assert!(matches!(future.validate(), Err(InvalidMessage::BadEntryTerm { .. })));
+        let backwards = append(3, LogId::new(2, 4), vec![Entry::blank(LogId::new(1, 5))]);
+        assert!(matches!(backwards.validate(), Err(InvalidMessage::BadEntryTerm { .. })));
+        let prev = append(3, LogId::new(5, 4), vec![]);
+        assert!(matches!(prev.validate(), Err(InvalidMessage::BadPrev { .. })));
+        let zero = Message { term: Term(0), body: MessageBody::HeartbeatResponse };
+        assert_eq!(zero.validate(), Err(InvalidMessage::ZeroTerm));
+        let hint = Message {
+            term: Term(1),
+            body: MessageBody::AppendResponse(AppendResponse::Reject {
+                rejected: LogIndex(3),
+                hint: LogId::new(1, 4),
+            }),
+        };
+        assert!(matches!(hint.validate(), Err(InvalidMessage::BadHint { .. })));
+    }
+}

@@ -1,0 +1,526 @@
+//! [`RaftCore`]: state shared by all roles, the input and output methods, and the write
+//! pipeline that enforces persist-before-send.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::action::{Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, WriteId};
+use crate::config::{Config, ConfigError};
+use crate::log::{LogStateError, RaftLog};
+use crate::membership::{Membership, MembershipError};
+use crate::message::{AppendEntries, Heartbeat, Message, MessageBody, RequestVote};
+use crate::progress::Progress;
+use crate::rng::Rng;
+use crate::time::Instant;
+use crate::types::{Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, Term};
+
+/// What a node loaded from its storage when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitialState {
+    /// The durable hard state (default for a new node).
+    pub hard_state: HardState,
+    /// The id of the last purged entry (`LogId::ZERO` if none).
+    pub purged: LogId,
+    /// The first log id of every run of equal terms after `purged`, ascending (empty for an
+    /// empty log). The engine finds them by binary search over the log store.
+    pub term_runs: Vec<LogId>,
+    /// The id of the last entry in the log (`purged` if the log is empty).
+    pub last: LogId,
+    /// The last index the state machine has applied (it survives restarts with the state
+    /// machine's data, so the core does not hand those entries out again).
+    pub applied: LogIndex,
+}
+
+/// Why a core could not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The initial membership is invalid.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// The loaded log is inconsistent.
+    #[error(transparent)]
+    Log(#[from] LogStateError),
+    /// The state machine or hard state is ahead of the log: committed entries are missing.
+    #[error(
+        "storage lost committed entries: commit/applied index {committed} is beyond the last log entry {last}"
+    )]
+    MissingCommitted {
+        /// The highest index known committed.
+        committed: LogIndex,
+        /// The last index in the log.
+        last: LogIndex,
+    },
+    /// An entry's term is above the durable current term.
+    #[error("the log's last term {log_term} is above the durable current term {term}")]
+    TermBehindLog {
+        /// The durable current term.
+        term: Term,
+        /// The last log term.
+        log_term: Term,
+    },
+}
+
+/// Why a proposal was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// Only the leader accepts proposals.
+    #[error("not the leader; the leader is {leader:?}")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<NodeId>,
+    },
+}
+
+/// A message released to the driver only after a write is durable.
+#[derive(Debug)]
+struct Gated {
+    after: WriteId,
+    out: Outgoing,
+}
+
+/// A message that never depends on this node's durable state, so it may be sent at once: a
+/// leader's replication traffic (the leader counts itself only after its own write, but may
+/// ship entries to followers in parallel) and pre-vote requests (which change nothing).
+///
+/// Every other message goes through [`RaftCore::send_after_persist`]: the only way to emit a
+/// vote, a vote grant, or an append acknowledgement is after the write it depends on.
+pub(crate) enum Ungated {
+    Append(AppendEntries),
+    Heartbeat(Heartbeat),
+    PreVote(RequestVote),
+}
+
+/// The Raft protocol for one node, as a deterministic state machine without IO.
+///
+/// # Method groups
+///
+/// - **Inputs** (`handle_*`): [`handle_message`](Self::handle_message),
+///   [`handle_timeout`](Self::handle_timeout), [`handle_persisted`](Self::handle_persisted),
+///   [`handle_applied`](Self::handle_applied), [`handle_unreachable`](Self::handle_unreachable).
+///   Each takes `now` where time matters; the core never reads a clock.
+/// - **Commands**: [`propose`](Self::propose) (more come with later features).
+/// - **Outputs** (`poll_*`): [`poll_action`](Self::poll_action) and
+///   [`poll_timeout`](Self::poll_timeout).
+/// - **Getters**: role, term, leader, commit index, last log id, membership, …
+///
+/// # Calling order
+///
+/// After any input or command, call `poll_action` until it returns `None`, carrying out each
+/// action, then `poll_timeout` and call `handle_timeout` once that instant has passed. Several
+/// inputs may be given before polling (that is how proposals are batched into one write).
+///
+/// Actions come out in the order the core decided them: a `Persist` is emitted before anything
+/// that depends on it, and messages that depend on durable state (vote grants, the candidate's
+/// own vote requests, append acknowledgements) are emitted only after `handle_persisted`
+/// acknowledges the write they depend on. `Persist` writes must be made durable in id order.
+/// `Apply` requests cover consecutive index ranges and must be applied in order.
+pub struct RaftCore {
+    pub(crate) cfg: Config,
+    pub(crate) id: NodeId,
+    pub(crate) rng: Rng,
+    pub(crate) role: Role,
+    pub(crate) term: Term,
+    pub(crate) vote: Option<NodeId>,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) membership: Membership,
+    pub(crate) log: RaftLog,
+    pub(crate) commit: LogIndex,
+    pub(crate) applied: LogIndex,
+    /// The next index to hand out in an `Apply` action.
+    pub(crate) apply_next: LogIndex,
+
+    pub(crate) election_deadline: Instant,
+    pub(crate) heartbeat_deadline: Instant,
+    pub(crate) quorum_deadline: Instant,
+    /// When a follower last heard from its leader (for leader stickiness).
+    pub(crate) leader_heard_at: Option<Instant>,
+
+    /// Votes received in the current (pre-)election, by voter.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// The leader's view of every other node.
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+
+    // The write pipeline.
+    pending: LogWrite,
+    next_write: WriteId,
+    /// Writes handed to the driver and not yet durable: (id, last log id after it, hard state).
+    inflight: VecDeque<(WriteId, LogId, Option<HardState>)>,
+    persisted: WriteId,
+    /// The hard state as of the last write handed out.
+    submitted_hs: HardState,
+    /// The hard state known durable.
+    pub(crate) durable_hs: HardState,
+    gated: VecDeque<Gated>,
+    pub(crate) actions: VecDeque<Action>,
+    /// Something changed that may produce actions at the next poll.
+    pub(crate) dirty: bool,
+}
+
+impl RaftCore {
+    /// Makes a core from a validated configuration and the state loaded from storage.
+    pub fn new(cfg: Config, init: InitialState, now: Instant) -> Result<RaftCore, StartError> {
+        cfg.validate()?;
+        let membership = Membership::new(cfg.members.iter().copied())?;
+        let log = RaftLog::restore(init.purged, init.term_runs, init.last, cfg.entry_cache_bytes)?;
+        let hs = init.hard_state;
+        if log.last().term > hs.term {
+            return Err(StartError::TermBehindLog { term: hs.term, log_term: log.last().term });
+        }
+        let commit = hs.commit.max(init.applied).max(init.purged.index);
+        if commit > log.last().index {
+            return Err(StartError::MissingCommitted { committed: commit, last: log.last().index });
+        }
+        let id = cfg.id;
+        let rng = Rng::new(cfg.seed ^ id.0.wrapping_mul(0xA076_1D64_78BD_642F));
+        let applied = init.applied.max(init.purged.index);
+        let role = if membership.is_voter(id) { Role::Follower } else { Role::Learner };
+        let mut core = RaftCore {
+            id,
+            rng,
+            role,
+            term: hs.term,
+            vote: hs.vote,
+            leader: None,
+            membership,
+            log,
+            commit,
+            applied,
+            apply_next: applied.next(),
+            election_deadline: now,
+            heartbeat_deadline: now,
+            quorum_deadline: now,
+            leader_heard_at: None,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            pending: LogWrite::default(),
+            next_write: WriteId(1),
+            inflight: VecDeque::new(),
+            persisted: WriteId(0),
+            submitted_hs: hs,
+            durable_hs: hs,
+            gated: VecDeque::new(),
+            actions: VecDeque::new(),
+            dirty: true,
+            cfg,
+        };
+        core.reset_election_deadline(now);
+        Ok(core)
+    }
+
+    // ----- inputs -----------------------------------------------------------------------------
+
+    /// A message arrived from `from`. Malformed messages, and messages from nodes outside the
+    /// membership, are logged and dropped.
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message) {
+        if let Err(e) = msg.validate() {
+            tracing::warn!(node = %self.id, %from, kind = msg.kind(), error = %e, "dropping invalid message");
+            return;
+        }
+        if from == self.id || !self.membership.contains(from) {
+            tracing::warn!(node = %self.id, %from, kind = msg.kind(), "dropping message from a non-member");
+            return;
+        }
+        self.dirty = true;
+        self.step(now, from, msg);
+    }
+
+    /// Time has reached the instant last returned by [`poll_timeout`](Self::poll_timeout)
+    /// (calling it early or late is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.dirty = true;
+        self.tick(now);
+    }
+
+    /// The write `id`, and every earlier one, is durable.
+    pub fn handle_persisted(&mut self, now: Instant, id: WriteId) {
+        if id <= self.persisted {
+            return;
+        }
+        if id >= self.next_write {
+            tracing::error!(node = %self.id, ?id, "persisted a write that was never requested");
+            return;
+        }
+        self.dirty = true;
+        while let Some(&(wid, last, hs)) = self.inflight.front() {
+            if wid > id {
+                break;
+            }
+            self.inflight.pop_front();
+            self.log.mark_stable(last);
+            if let Some(hs) = hs {
+                self.durable_hs = hs;
+            }
+        }
+        self.persisted = id;
+        while self.gated.front().is_some_and(|g| g.after <= id) {
+            let g = self.gated.pop_front().expect("checked non-empty");
+            self.actions.push_back(Action::Send(g.out));
+        }
+        self.on_persisted(now);
+    }
+
+    /// The state machine has applied every entry up to `index`.
+    pub fn handle_applied(&mut self, index: LogIndex) {
+        if index > self.applied && index < self.apply_next {
+            self.applied = index;
+        }
+    }
+
+    /// A message to `peer` could not be delivered (the transport gave up). A leader stops
+    /// streaming to it and probes instead, so nothing waits for answers that will not come.
+    pub fn handle_unreachable(&mut self, peer: NodeId) {
+        if let Some(pr) = self.progress.get_mut(&peer) {
+            pr.become_probe();
+            // Wait for a heartbeat answer before probing again, instead of hammering a peer
+            // that the transport just failed to reach.
+            pr.probe_sent = true;
+            self.dirty = true;
+        }
+    }
+
+    // ----- commands ---------------------------------------------------------------------------
+
+    /// Appends an application command to the log, if this node is the leader. Returns the id
+    /// the entry will have; it is committed once a quorum has it durably.
+    pub fn propose(&mut self, _now: Instant, data: Bytes) -> Result<LogId, ProposeError> {
+        self.propose_payload(EntryPayload::Normal(data))
+    }
+
+    /// Starts an election now, as if the election timeout had fired (with PreVote, a
+    /// pre-election first). Leaders and learners ignore it.
+    pub fn campaign(&mut self, now: Instant) {
+        if matches!(self.role, Role::Leader | Role::Learner) {
+            return;
+        }
+        self.dirty = true;
+        self.election_deadline = now;
+        self.tick(now);
+    }
+
+    pub(crate) fn propose_payload(&mut self, payload: EntryPayload) -> Result<LogId, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let log_id = LogId { term: self.term, index: self.log.last().index.next() };
+        self.append_local(vec![Entry { log_id, payload }]);
+        Ok(log_id)
+    }
+
+    // ----- outputs ----------------------------------------------------------------------------
+
+    /// The next thing the driver must do, or `None` when there is nothing until the next input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() && self.dirty {
+            self.dirty = false;
+            self.flush();
+        }
+        self.actions.pop_front()
+    }
+
+    /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.role {
+            Role::Leader => Some(if self.cfg.check_quorum {
+                self.heartbeat_deadline.min(self.quorum_deadline)
+            } else {
+                self.heartbeat_deadline
+            }),
+            Role::Learner => None,
+            _ => Some(self.election_deadline),
+        }
+    }
+
+    // ----- getters ----------------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The vote cast in the current term.
+    pub fn vote(&self) -> Option<NodeId> {
+        self.vote
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The highest index known committed.
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit
+    }
+
+    /// The highest index the state machine reported applied.
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// The id of the last log entry (durable or not).
+    pub fn last_log_id(&self) -> LogId {
+        self.log.last()
+    }
+
+    /// The highest index known durable in the local log.
+    pub fn stable_index(&self) -> LogIndex {
+        self.log.stable()
+    }
+
+    /// The last purged entry.
+    pub fn purged_log_id(&self) -> LogId {
+        self.log.purged()
+    }
+
+    /// The term of the entry at `index`, if the log has it.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+
+    /// The hard state known durable.
+    pub fn durable_hard_state(&self) -> HardState {
+        self.durable_hs
+    }
+
+    /// The current membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// A leader's match index for each other node (empty unless leader).
+    pub fn match_indexes(&self) -> BTreeMap<NodeId, LogIndex> {
+        self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect()
+    }
+
+    // ----- shared machinery -------------------------------------------------------------------
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.commit }
+    }
+
+    pub(crate) fn reset_election_deadline(&mut self, now: Instant) {
+        let min = self.cfg.election_timeout_min.as_nanos() as u64;
+        let max = self.cfg.election_timeout_max.as_nanos() as u64;
+        self.election_deadline = now + std::time::Duration::from_nanos(self.rng.range(min, max));
+    }
+
+    /// Appends entries to the in-memory log and the pending write.
+    pub(crate) fn append_local(&mut self, entries: Vec<Entry>) {
+        self.log.append(&entries);
+        self.pending.merge(LogWrite { entries, ..LogWrite::default() });
+        self.dirty = true;
+    }
+
+    /// Removes entries at and after `from` from the in-memory log and the pending write.
+    pub(crate) fn truncate_local(&mut self, from: LogIndex) {
+        self.log.truncate(from);
+        self.pending.merge(LogWrite { truncate_from: Some(from), ..LogWrite::default() });
+        self.dirty = true;
+    }
+
+    /// Emits a message that does not depend on local durable state.
+    pub(crate) fn send_now(&mut self, to: NodeId, term: Term, body: Ungated) {
+        let body = match body {
+            Ungated::Append(a) => MessageBody::AppendEntries(a),
+            Ungated::Heartbeat(h) => MessageBody::Heartbeat(h),
+            Ungated::PreVote(r) => MessageBody::RequestVote(r),
+        };
+        self.actions.push_back(Action::Send(Outgoing { to, message: Message { term, body } }));
+    }
+
+    /// Emits a message once everything this node has written so far (including the pending
+    /// write) is durable.
+    pub(crate) fn send_after_persist(&mut self, to: NodeId, message: Message) {
+        let out = Outgoing { to, message };
+        let hs_changed = self.hard_state_needs_write();
+        let after = if !self.pending.is_empty() || hs_changed {
+            self.next_write
+        } else {
+            self.inflight.back().map_or(self.persisted, |w| w.0)
+        };
+        if after <= self.persisted {
+            self.actions.push_back(Action::Send(out));
+        } else {
+            self.gated.push_back(Gated { after, out });
+        }
+    }
+
+    /// Whether term or vote differ from what was last handed to storage.
+    fn hard_state_needs_write(&self) -> bool {
+        self.term != self.submitted_hs.term || self.vote != self.submitted_hs.vote
+    }
+
+    /// Turns accumulated changes into actions: the pending write, then replication, then apply.
+    fn flush(&mut self) {
+        let hs = self.hard_state();
+        let term_or_vote = self.hard_state_needs_write();
+        if term_or_vote || !self.pending.is_empty() {
+            let mut write = std::mem::take(&mut self.pending);
+            // The commit index rides along when there is a write anyway; term and vote force one.
+            if term_or_vote || hs.commit != self.submitted_hs.commit {
+                write.hard_state = Some(hs);
+                self.submitted_hs = hs;
+            }
+            let id = self.next_write;
+            self.next_write = WriteId(id.0 + 1);
+            self.inflight.push_back((id, self.log.last(), write.hard_state));
+            self.actions.push_back(Action::Persist(PersistRequest { id, write }));
+        }
+        if self.role == Role::Leader {
+            self.replicate_all();
+        }
+        self.emit_apply();
+    }
+
+    fn emit_apply(&mut self) {
+        let ready = self.commit.min(self.log.stable());
+        while self.apply_next <= ready {
+            let first = self.apply_next;
+            let max = self.cfg.max_apply_batch as u64;
+            let mut last_index = LogIndex(ready.0.min(first.0 + max - 1));
+            let entries = if first >= self.log.cache_first() {
+                let (entries, _) = self
+                    .log
+                    .cached(first, (last_index.0 - first.0 + 1) as usize, usize::MAX)
+                    .expect("range is in the cache");
+                Some(entries)
+            } else {
+                // Read the part below the cache from storage; the rest comes in the next batch.
+                last_index = last_index.min(self.log.cache_first().prev());
+                None
+            };
+            let last = self.log.id_at(last_index).expect("committed entries are in the log");
+            self.actions.push_back(Action::Apply(ApplyRequest { first, last, entries }));
+            self.apply_next = last_index.next();
+        }
+    }
+
+    fn on_persisted(&mut self, now: Instant) {
+        match self.role {
+            Role::Leader => self.maybe_commit(),
+            Role::Candidate => self.check_votes(now),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Log replication: the leader's sending, flow control and commit; the follower's consistency
+//! check, conflict repair and acknowledgements.
+
+use crate::action::{Action, SendFromLog};
+use crate::message::{AppendEntries, AppendResponse, Heartbeat, Message, MessageBody};
+use crate::progress::ProgressState;
+use crate::raft::{RaftCore, Ungated};
+use crate::time::Instant;
+use crate::types::{LogId, LogIndex, NodeId};
+
+impl RaftCore {
+    // ----- leader -----------------------------------------------------------------------------
+
+    /// Sends whatever each follower's window allows.
+    pub(crate) fn replicate_all(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.replicate_to(peer);
+        }
+    }
+
+    /// Sends to one follower until its window is full or it has everything.
+    fn replicate_to(&mut self, peer: NodeId) {
+        while self.send_append(peer, false) {}
+    }
+
+    /// Sends one AppendEntries to `peer` if its progress allows. With `allow_empty`, a message is
+    /// sent even without new entries (a probe). Returns whether something was sent and more
+    /// could follow.
+    fn send_append(&mut self, peer: NodeId, allow_empty: bool) -> bool {
+        let Some(pr) = self.progress.get(&peer) else { return false };
+        if pr.is_paused() {
+            return false;
+        }
+        let next = pr.next;
+        let last = self.log.last().index;
+        if next > last && !allow_empty {
+            return false;
+        }
+        let Some(prev_log_id) = self.log.id_at(next.prev()) else {
+            // The follower needs entries that were purged: it must catch up from a snapshot.
+            tracing::warn!(node = %self.id, %peer, %next, purged = %self.log.purged(), "follower needs purged entries");
+            return false;
+        };
+        let leader_commit = self.commit;
+        let (max_count, max_bytes) =
+            (self.cfg.max_entries_per_message, self.cfg.max_bytes_per_message);
+        let (sent_last, bytes, carried) = match self.log.cached(next, max_count, max_bytes) {
+            Some((entries, bytes)) => {
+                let sent_last = entries.last().map_or(prev_log_id.index, |e| e.index());
+                let carried = !entries.is_empty();
+                let ae = AppendEntries { prev_log_id, entries, leader_commit };
+                self.send_now(peer, self.term, Ungated::Append(ae));
+                (sent_last, bytes, carried)
+            }
+            None => {
+                // Below the cache: these entries are durable, so the driver reads them from the
+                // store. Stop at the cache so the read never needs a not-yet-durable entry.
+                let end =
+                    LogIndex((next.0 + max_count as u64 - 1).min(self.log.cache_first().0 - 1));
+                let last_id = self.log.id_at(end).expect("below the cache means in the log");
+                let count = (end.0 - next.0 + 1) as usize;
+                self.actions.push_back(Action::SendFromLog(SendFromLog {
+                    to: peer,
+                    term: self.term,
+                    prev_log_id,
+                    last: last_id,
+                    leader_commit,
+                }));
+                (end, count * self.log.average_entry_size(), true)
+            }
+        };
+        let pr = self.progress.get_mut(&peer).expect("checked above");
+        pr.sent(sent_last, bytes, carried);
+        carried && pr.state == ProgressState::Replicate
+    }
+
+    pub(crate) fn broadcast_heartbeat(&mut self, now: Instant) {
+        let stall = self.cfg.election_timeout_min;
+        for (peer, pr) in self.progress.iter_mut() {
+            if pr.state == ProgressState::Replicate
+                && !pr.inflights.is_empty()
+                && now >= pr.last_answer + stall
+            {
+                // Entries in flight and no answer for an election timeout: they were lost (or
+                // the follower restarted). Probe from the last known match.
+                tracing::debug!(node = %self.id, %peer, "replication stalled; probing");
+                pr.become_probe();
+            }
+        }
+        let peers: Vec<(NodeId, LogIndex)> =
+            self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
+        for (peer, matched) in peers {
+            // A follower may only commit what it is known to share with us.
+            let commit = self.commit.min(matched);
+            self.send_now(peer, self.term, Ungated::Heartbeat(Heartbeat { commit }));
+        }
+    }
+
+    pub(crate) fn handle_append_response(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        resp: AppendResponse,
+    ) {
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.last_answer = now;
+        match resp {
+            AppendResponse::Success { match_index } => {
+                if match_index > self.log.last().index {
+                    tracing::warn!(node = %self.id, %from, %match_index, "ack beyond our log; ignoring");
+                    return;
+                }
+                let advanced = pr.update_match(match_index);
+                if pr.state == ProgressState::Probe {
+                    pr.become_replicate();
+                }
+                if advanced {
+                    self.maybe_commit();
+                }
+                self.replicate_to(from);
+            }
+            AppendResponse::Reject { rejected, hint } => {
+                // Skip the follower's whole conflicting term: probe at the last index where our
+                // log could agree with its hint.
+                let probe_from = if hint.term.0 > 0 {
+                    self.log.find_conflict_by_term(hint.index, hint.term).index.next()
+                } else {
+                    hint.index.next()
+                };
+                let pr = self.progress.get_mut(&from).expect("checked above");
+                if pr.reject(rejected, probe_from) {
+                    tracing::debug!(node = %self.id, %from, %rejected, %hint, next = %pr.next, "append rejected; probing");
+                    self.send_append(from, true);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId) {
+        let last = self.log.last().index;
+        let Some(pr) = self.progress.get_mut(&from) else { return };
+        pr.recent_active = true;
+        pr.probe_sent = false;
+        if pr.match_index < last {
+            // The follower lags. If everything was already sent, an empty append at `next`
+            // reveals a lost message: the follower rejects it and we probe back.
+            self.send_append(from, true);
+        }
+    }
+
+    /// Advances the commit index to the highest index a quorum has durably, if that entry is of
+    /// the current term. Entries of earlier terms commit only indirectly (Raft §5.4.2).
+    pub(crate) fn maybe_commit(&mut self) {
+        let (id, stable, progress) = (self.id, self.log.stable(), &self.progress);
+        let quorum_index = self.membership.committed_index(|n| {
+            if n == id { stable } else { progress.get(&n).map_or(LogIndex(0), |p| p.match_index) }
+        });
+        if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
+            tracing::trace!(node = %self.id, from = %self.commit, to = %quorum_index, "commit");
+            self.commit = quorum_index;
+            self.dirty = true;
+        }
+    }
+
+    // ----- follower ---------------------------------------------------------------------------
+
+    pub(crate) fn handle_append(&mut self, from: NodeId, mut ae: AppendEntries) {
+        // Entries up to our commit index are committed, hence identical to the leader's: skip
+        // them (and never consider truncating them).
+        if ae.prev_log_id.index < self.commit {
+            let skip = (self.commit.0 - ae.prev_log_id.index.0) as usize;
+            if skip >= ae.entries.len() {
+                let match_index =
+                    self.commit.max(ae.prev_log_id.index.plus(ae.entries.len() as u64));
+                self.ack(from, match_index.min(self.log.last().index));
+                return;
+            }
+            ae.prev_log_id = ae.entries[skip - 1].log_id;
+            ae.entries.drain(..skip);
+        }
+        if !self.log.has(ae.prev_log_id) {
+            let hint = self.log.find_conflict_by_term(ae.prev_log_id.index, ae.prev_log_id.term);
+            tracing::debug!(node = %self.id, %from, prev = %ae.prev_log_id, %hint, "rejecting append");
+            let body = MessageBody::AppendResponse(AppendResponse::Reject {
+                rejected: ae.prev_log_id.index,
+                hint,
+            });
+            self.send_after_persist(from, Message { term: self.term, body });
+            return;
+        }
+        let last_new = ae.prev_log_id.index.plus(ae.entries.len() as u64);
+        // The first entry our log does not already have decides where ours ends and theirs
+        // begins; everything after a conflict is removed (Raft §5.3).
+        if let Some(pos) = ae.entries.iter().position(|e| !self.log.has(e.log_id)) {
+            let first_new = ae.entries[pos].index();
+            if first_new <= self.log.last().index {
+                if first_new <= self.commit {
+                    tracing::error!(node = %self.id, %from, %first_new, commit = %self.commit, "append conflicts with committed entries; ignoring");
+                    return;
+                }
+                self.truncate_local(first_new);
+            }
+            let new: Vec<_> = ae.entries.drain(pos..).collect();
+            self.append_local(new);
+        }
+        let commit = ae.leader_commit.min(last_new);
+        if commit > self.commit {
+            self.commit = commit;
+        }
+        self.ack(from, last_new);
+    }
+
+    /// Acknowledges that our log matches the leader's up to `match_index`, once durable.
+    fn ack(&mut self, to: NodeId, match_index: LogIndex) {
+        let body = MessageBody::AppendResponse(AppendResponse::Success { match_index });
+        self.send_after_persist(to, Message { term: self.term, body });
+    }
+
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) {
+        let commit = hb.commit.min(self.log.last().index);
+        if commit > self.commit {
+            self.commit = commit;
+        }
+        self.send_after_persist(
+            from,
+            Message { term: self.term, body: MessageBody::HeartbeatResponse },
+        );
+    }
+
+    /// The id of the entry at `index` in our log (for tests and the engine).
+    pub fn log_id_at(&self, index: LogIndex) -> Option<LogId> {
+        self.log.id_at(index)
+    }
+}

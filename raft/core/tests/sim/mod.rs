@@ -1,0 +1,698 @@
+//! A deterministic simulation of N `RaftCore`s on a virtual clock (quinn's `Pair`, generalised
+//! to a cluster): a network with latency, partitions, one-way blocks and message filters;
+//! storage with write latency that loses unfinished writes on a crash; and an in-memory state
+//! machine per node. Safety invariants are checked after every event, so a scenario only has to
+//! create the situation; the simulator notices the violation.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use raftkit_core::{
+    Action, AppendEntries, Config, Entry, HardState, InitialState, Instant, LogId, LogIndex,
+    LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, Role, Term, WriteId,
+};
+
+/// SplitMix64, for the simulation's own choices (latencies, drops).
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
+    }
+
+    pub fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let (lo, hi) = (lo.as_nanos() as u64, hi.as_nanos() as u64);
+        Duration::from_nanos(lo + self.below(hi.saturating_sub(lo).max(1)))
+    }
+}
+
+/// A node's durable storage.
+#[derive(Clone, Debug, Default)]
+pub struct SimStore {
+    pub hard_state: HardState,
+    /// `entries[i]` has index `i + 1`.
+    pub entries: Vec<Entry>,
+}
+
+impl SimStore {
+    fn apply(&mut self, w: &LogWrite) {
+        if let Some(hs) = w.hard_state {
+            let old = self.hard_state;
+            // Durable term and vote only move forward: a vote, once durable, is never changed
+            // or cleared within its term (Raft §5.2; pitfalls P7 and P9).
+            assert!(hs.term >= old.term, "durable term went backwards: {old:?} -> {hs:?}");
+            if hs.term == old.term && old.vote.is_some() {
+                assert_eq!(hs.vote, old.vote, "durable vote changed within {}", hs.term);
+            }
+            assert!(hs.commit >= old.commit, "durable commit went backwards: {old:?} -> {hs:?}");
+            self.hard_state = hs;
+        }
+        if let Some(t) = w.truncate_from {
+            assert!(t.0 as usize <= self.entries.len() + 1, "truncate_from {t} beyond end");
+            self.entries.truncate(t.0 as usize - 1);
+        }
+        for e in &w.entries {
+            assert_eq!(e.index().0 as usize, self.entries.len() + 1, "gap in append");
+            self.entries.push(e.clone());
+        }
+    }
+
+    pub fn last(&self) -> LogId {
+        self.entries.last().map_or(LogId::ZERO, |e| e.log_id)
+    }
+
+    pub fn initial_state(&self) -> InitialState {
+        let mut runs: Vec<LogId> = Vec::new();
+        for e in &self.entries {
+            if runs.last().is_none_or(|r| r.term != e.term()) {
+                runs.push(e.log_id);
+            }
+        }
+        InitialState {
+            hard_state: self.hard_state,
+            purged: LogId::ZERO,
+            term_runs: runs,
+            last: self.last(),
+            applied: LogIndex(0),
+        }
+    }
+
+    fn read(&self, first: LogIndex, last: LogIndex) -> Option<Vec<Entry>> {
+        if first.0 == 0 || last.0 as usize > self.entries.len() || first > last {
+            return None;
+        }
+        Some(self.entries[first.0 as usize - 1..last.0 as usize].to_vec())
+    }
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub cfg: Config,
+    pub core: Option<RaftCore>,
+    pub store: SimStore,
+    /// Writes handed to storage, completing in order at the given instants.
+    writes: VecDeque<(Instant, WriteId, LogWrite)>,
+    /// The in-memory state machine: entries applied, in order.
+    pub applied: Vec<Entry>,
+    pub max_term_seen: Term,
+    commit_seen: LogIndex,
+    was_leader_in: Option<Term>,
+}
+
+impl SimNode {
+    pub fn core(&self) -> &RaftCore {
+        self.core.as_ref().expect("node is crashed")
+    }
+}
+
+struct InFlight {
+    from: NodeId,
+    to: NodeId,
+    msg: Message,
+}
+
+/// Sees (and may edit) every delivered message; returns false to drop it.
+type Filter = Box<dyn FnMut(NodeId, NodeId, &mut Message) -> bool>;
+
+/// A simulated cluster.
+pub struct Sim {
+    pub now: Instant,
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    pub rng: SimRng,
+    net: BTreeMap<(Instant, u64), InFlight>,
+    seq: u64,
+    pub latency: (Duration, Duration),
+    pub write_latency: (Duration, Duration),
+    pub drop_rate: f64,
+    pub duplicate_rate: f64,
+    /// Directed links that drop everything.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Returns false for messages to drop.
+    filter: Option<Filter>,
+    // Invariant bookkeeping.
+    leader_of_term: BTreeMap<Term, NodeId>,
+    /// (voter, term) -> candidate it granted its vote to.
+    grants: BTreeMap<(NodeId, Term), NodeId>,
+    pub from_log_sends: u64,
+    pub rejections: BTreeMap<NodeId, u64>,
+    /// The most AppendEntries with entries ever in flight on one link.
+    pub max_inflight_appends: usize,
+    pub max_entries_in_message: usize,
+    committed: BTreeMap<LogIndex, LogId>,
+    applied_entries: BTreeMap<LogIndex, Entry>,
+    pub events: u64,
+    pub messages_delivered: u64,
+}
+
+impl Sim {
+    /// A cluster of `n` nodes (ids 1..=n) with test-friendly timings.
+    pub fn new(n: u64, seed: u64) -> Sim {
+        Sim::with_config(n, seed, |_| {})
+    }
+
+    pub fn with_config(n: u64, seed: u64, tweak: impl Fn(&mut Config)) -> Sim {
+        let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let mut nodes = BTreeMap::new();
+        for id in &members {
+            let mut cfg = Config::new(*id, members.clone());
+            cfg.heartbeat_interval = Duration::from_millis(20);
+            cfg.election_timeout_min = Duration::from_millis(100);
+            cfg.election_timeout_max = Duration::from_millis(200);
+            cfg.seed = seed;
+            tweak(&mut cfg);
+            let core = RaftCore::new(cfg.clone(), InitialState::default(), Instant::ZERO)
+                .expect("valid config");
+            nodes.insert(
+                *id,
+                SimNode {
+                    id: *id,
+                    cfg,
+                    core: Some(core),
+                    store: SimStore::default(),
+                    writes: VecDeque::new(),
+                    applied: Vec::new(),
+                    max_term_seen: Term(0),
+                    commit_seen: LogIndex(0),
+                    was_leader_in: None,
+                },
+            );
+        }
+        let mut sim = Sim {
+            now: Instant::ZERO,
+            nodes,
+            rng: SimRng::new(seed ^ 0x5EED),
+            net: BTreeMap::new(),
+            seq: 0,
+            latency: (Duration::from_micros(500), Duration::from_millis(3)),
+            write_latency: (Duration::from_micros(100), Duration::from_millis(2)),
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            blocked: BTreeSet::new(),
+            filter: None,
+            leader_of_term: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            from_log_sends: 0,
+            rejections: BTreeMap::new(),
+            max_inflight_appends: 0,
+            max_entries_in_message: 0,
+            committed: BTreeMap::new(),
+            applied_entries: BTreeMap::new(),
+            events: 0,
+            messages_delivered: 0,
+        };
+        let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
+        for id in ids {
+            sim.drain(id);
+        }
+        sim
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn node(&self, id: u64) -> &SimNode {
+        &self.nodes[&NodeId(id)]
+    }
+
+    pub fn core(&self, id: u64) -> &RaftCore {
+        self.node(id).core()
+    }
+
+    pub fn core_mut(&mut self, id: u64) -> &mut RaftCore {
+        self.nodes.get_mut(&NodeId(id)).unwrap().core.as_mut().expect("node is crashed")
+    }
+
+    // ----- driving ----------------------------------------------------------------------------
+
+    /// Processes the next event. Returns false if nothing at all is scheduled.
+    pub fn step(&mut self) -> bool {
+        let next_msg = self.net.keys().next().map(|k| k.0);
+        let next_write =
+            self.nodes.values().filter_map(|n| n.writes.front().map(|w| (w.0, n.id))).min();
+        let next_timer = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref().and_then(|c| c.poll_timeout()).map(|t| (t, n.id)))
+            .min();
+        let candidates =
+            [next_msg.map(|t| (t, 0)), next_write.map(|w| (w.0, 1)), next_timer.map(|t| (t.0, 2))];
+        let Some((at, kind)) = candidates.into_iter().flatten().min() else { return false };
+        self.now = self.now.max(at);
+        self.events += 1;
+        match kind {
+            0 => {
+                let (_, m) = self.net.pop_first().unwrap();
+                self.deliver(m);
+            }
+            1 => {
+                let id = next_write.unwrap().1;
+                self.complete_write(id);
+            }
+            _ => {
+                let id = next_timer.unwrap().1;
+                let now = self.now;
+                self.nodes.get_mut(&id).unwrap().core.as_mut().unwrap().handle_timeout(now);
+                self.drain(id);
+            }
+        }
+        true
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self.next_event_time();
+            match next {
+                Some(t) if t <= end => {
+                    self.step();
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn next_event_time(&self) -> Option<Instant> {
+        let a = self.net.keys().next().map(|k| k.0);
+        let b = self.nodes.values().filter_map(|n| n.writes.front().map(|w| w.0)).min();
+        let c = self
+            .nodes
+            .values()
+            .filter_map(|n| n.core.as_ref().and_then(|c| c.poll_timeout()))
+            .min();
+        [a, b, c].into_iter().flatten().min()
+    }
+
+    /// Runs until `pred` holds (checked after every event) or `max` virtual time passes.
+    pub fn run_until(&mut self, max: Duration, mut pred: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + max;
+        while !pred(self) {
+            match self.next_event_time() {
+                Some(t) if t <= end => {
+                    self.step();
+                }
+                _ => return pred(self),
+            }
+        }
+        true
+    }
+
+    /// The leader with the highest term among live nodes, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .filter(|c| c.role() == Role::Leader)
+            .max_by_key(|c| c.term())
+            .map(|c| c.id())
+    }
+
+    /// Waits (up to 10 s of virtual time) for a leader that a quorum follows, and returns it.
+    pub fn wait_leader(&mut self) -> NodeId {
+        let ok = self.run_until(Duration::from_secs(10), |s| s.stable_leader().is_some());
+        assert!(ok, "no leader elected within 10 s");
+        self.stable_leader().unwrap()
+    }
+
+    /// A leader whose no-op is committed (it can serve), if any.
+    pub fn stable_leader(&self) -> Option<NodeId> {
+        let l = self.leader()?;
+        let c = self.node(l.0).core();
+        (c.term_at(c.commit_index()) == Some(c.term())).then_some(l)
+    }
+
+    pub fn propose(&mut self, node: u64, data: &[u8]) -> Result<LogId, ProposeError> {
+        let now = self.now;
+        let r = self.core_mut(node).propose(now, data.to_vec().into());
+        self.drain(NodeId(node));
+        r
+    }
+
+    /// Proposes on the current leader, returning the entry id.
+    pub fn propose_on_leader(&mut self, data: &[u8]) -> LogId {
+        let l = self.wait_leader();
+        self.propose(l.0, data).expect("leader accepts proposals")
+    }
+
+    pub fn campaign(&mut self, node: u64) {
+        let now = self.now;
+        self.core_mut(node).campaign(now);
+        self.drain(NodeId(node));
+    }
+
+    /// Waits until every live node has applied `index`.
+    pub fn wait_applied(&mut self, index: LogIndex, max: Duration) -> bool {
+        self.run_until(max, |s| {
+            s.nodes.values().filter(|n| n.core.is_some()).all(|n| n.applied.len() as u64 >= index.0)
+        })
+    }
+
+    // ----- faults -----------------------------------------------------------------------------
+
+    /// Stops a node: its volatile state and unfinished writes are lost.
+    pub fn crash(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&NodeId(id)).unwrap();
+        n.core = None;
+        n.writes.clear();
+        n.applied.clear();
+        n.commit_seen = LogIndex(0);
+        n.was_leader_in = None;
+    }
+
+    /// Restarts a crashed node from its durable store.
+    pub fn restart(&mut self, id: u64) {
+        let now = self.now;
+        let n = self.nodes.get_mut(&NodeId(id)).unwrap();
+        assert!(n.core.is_none(), "restart of a live node");
+        let init = n.store.initial_state();
+        // Volatile term changes may be lost; the durable term is the floor from here on.
+        n.max_term_seen = init.hard_state.term;
+        let core = RaftCore::new(n.cfg.clone(), init, now).expect("restart from durable state");
+        n.core = Some(core);
+        self.drain(NodeId(id));
+    }
+
+    pub fn block(&mut self, from: u64, to: u64) {
+        self.blocked.insert((NodeId(from), NodeId(to)));
+    }
+
+    pub fn unblock(&mut self, from: u64, to: u64) {
+        self.blocked.remove(&(NodeId(from), NodeId(to)));
+    }
+
+    /// Cuts every link between different groups (both directions).
+    pub fn partition(&mut self, groups: &[&[u64]]) {
+        self.heal();
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i != j {
+                    for x in *a {
+                        for y in *b {
+                            self.block(*x, *y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts one node off from all others (both directions).
+    pub fn isolate(&mut self, id: u64) {
+        for other in self.ids() {
+            if other.0 != id {
+                self.block(id, other.0);
+                self.block(other.0, id);
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    pub fn set_filter(&mut self, f: impl FnMut(NodeId, NodeId, &mut Message) -> bool + 'static) {
+        self.filter = Some(Box::new(f));
+    }
+
+    pub fn clear_filter(&mut self) {
+        self.filter = None;
+    }
+
+    // ----- internals --------------------------------------------------------------------------
+
+    fn deliver(&mut self, mut m: InFlight) {
+        // Blocks and filters apply at delivery time too, so a partition also stops messages
+        // already on the wire.
+        if self.blocked.contains(&(m.from, m.to)) {
+            return;
+        }
+        if let Some(f) = self.filter.as_mut() {
+            if !f(m.from, m.to, &mut m.msg) {
+                return;
+            }
+        }
+        let now = self.now;
+        let Some(core) = self.nodes.get_mut(&m.to).unwrap().core.as_mut() else { return };
+        self.messages_delivered += 1;
+        core.handle_message(now, m.from, m.msg);
+        self.drain(m.to);
+    }
+
+    fn complete_write(&mut self, id: NodeId) {
+        let now = self.now;
+        let n = self.nodes.get_mut(&id).unwrap();
+        let (_, wid, write) = n.writes.pop_front().unwrap();
+        n.store.apply(&write);
+        if let Some(core) = n.core.as_mut() {
+            core.handle_persisted(now, wid);
+        }
+        self.drain(id);
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        match &msg.body {
+            MessageBody::VoteResponse(v) if v.granted && !v.pre_vote => {
+                if let Some(prev) = self.grants.insert((from, msg.term), to) {
+                    assert_eq!(prev, to, "{from} voted for {prev} and {to} in {}", msg.term);
+                }
+            }
+            MessageBody::AppendResponse(raftkit_core::AppendResponse::Reject { .. }) => {
+                *self.rejections.entry(from).or_default() += 1;
+            }
+            MessageBody::AppendEntries(a) if !a.entries.is_empty() => {
+                self.max_entries_in_message = self.max_entries_in_message.max(a.entries.len());
+                let on_link = self
+                    .net
+                    .values()
+                    .filter(|m| {
+                        m.from == from
+                            && m.to == to
+                            && matches!(&m.msg.body, MessageBody::AppendEntries(x) if !x.entries.is_empty())
+                    })
+                    .count()
+                    + 1;
+                self.max_inflight_appends = self.max_inflight_appends.max(on_link);
+            }
+            _ => {}
+        }
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.drop_rate) {
+            return;
+        }
+        let copies = if self.rng.chance(self.duplicate_rate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = self.rng.duration(self.latency.0, self.latency.1);
+            self.seq += 1;
+            self.net.insert((self.now + delay, self.seq), InFlight { from, to, msg: msg.clone() });
+        }
+    }
+
+    /// Carries out every action a node has, then checks invariants.
+    fn drain(&mut self, id: NodeId) {
+        loop {
+            let now = self.now;
+            let node = self.nodes.get_mut(&id).unwrap();
+            let Some(core) = node.core.as_mut() else { return };
+            let Some(action) = core.poll_action() else { break };
+            match action {
+                Action::Persist(req) => {
+                    if core.role() == Role::Leader {
+                        assert!(
+                            req.write.truncate_from.is_none(),
+                            "leader append-only violated: leader {id} truncates {:?}",
+                            req.write.truncate_from
+                        );
+                    }
+                    let lat = self.rng.duration(self.write_latency.0, self.write_latency.1);
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    let done = node.writes.back().map_or(now, |w| w.0).max(now + lat);
+                    node.writes.push_back((done, req.id, req.write));
+                }
+                Action::Send(out) => self.send(id, out.to, out.message),
+                Action::SendFromLog(req) => {
+                    self.from_log_sends += 1;
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    let store = &node.store;
+                    let entries = store.read(req.prev_log_id.index.next(), req.last.index);
+                    match entries {
+                        Some(entries) if entries.last().map(|e| e.log_id) == Some(req.last) => {
+                            let msg = Message {
+                                term: req.term,
+                                body: MessageBody::AppendEntries(AppendEntries {
+                                    prev_log_id: req.prev_log_id,
+                                    entries,
+                                    leader_commit: req.leader_commit,
+                                }),
+                            };
+                            self.send(id, req.to, msg);
+                        }
+                        _ => {}
+                    }
+                }
+                Action::Apply(req) => {
+                    let entries = match req.entries {
+                        Some(e) => e,
+                        None => node
+                            .store
+                            .read(req.first, req.last.index)
+                            .expect("apply range is durable"),
+                    };
+                    assert_eq!(entries.first().map(|e| e.index()), Some(req.first));
+                    assert_eq!(entries.last().map(|e| e.log_id), Some(req.last));
+                    for e in &entries {
+                        assert_eq!(
+                            e.index().0 as usize,
+                            node.applied.len() + 1,
+                            "{id} applied out of order"
+                        );
+                        node.applied.push(e.clone());
+                    }
+                    let last = req.last.index;
+                    node.core.as_mut().unwrap().handle_applied(last);
+                    for e in entries {
+                        self.check_applied(id, e);
+                    }
+                }
+                _ => panic!("unexpected action"),
+            }
+        }
+        self.check_node(id);
+    }
+
+    // ----- invariants -------------------------------------------------------------------------
+
+    /// State-machine safety: every node applies the same entry at each index.
+    fn check_applied(&mut self, id: NodeId, e: Entry) {
+        match self.applied_entries.get(&e.index()) {
+            Some(prev) => assert_eq!(
+                prev,
+                &e,
+                "state machine safety violated: {id} applied a different entry at {}",
+                e.index()
+            ),
+            None => {
+                self.applied_entries.insert(e.index(), e);
+            }
+        }
+    }
+
+    /// Election safety, leader completeness, commit agreement and monotonic term/commit.
+    fn check_node(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(core) = node.core.as_ref() else { return };
+        assert!(core.term() >= node.max_term_seen, "{id} term went backwards");
+        node.max_term_seen = core.term();
+        assert!(
+            core.durable_hard_state().term <= core.term(),
+            "{id} durable term ahead of current"
+        );
+        // Commit agreement: whatever any node considers committed is the same everywhere.
+        let commit = core.commit_index();
+        assert!(commit >= node.commit_seen, "{id} commit index went backwards");
+        let mut i = node.commit_seen.next();
+        while i <= commit {
+            let log_id = core.log_id_at(i).expect("committed entry is in the log");
+            match self.committed.get(&i) {
+                Some(prev) => assert_eq!(
+                    *prev, log_id,
+                    "two different entries committed at {i}: {prev} and {log_id} (on {id})"
+                ),
+                None => {
+                    self.committed.insert(i, log_id);
+                }
+            }
+            i = i.next();
+        }
+        node.commit_seen = commit;
+        if core.role() == Role::Leader && node.was_leader_in != Some(core.term()) {
+            let term = core.term();
+            node.was_leader_in = Some(term);
+            // Election safety.
+            if let Some(other) = self.leader_of_term.insert(term, id) {
+                assert_eq!(other, id, "two leaders in {term}: {other} and {id}");
+            }
+            // Leader completeness: a new leader has every committed entry.
+            for (index, log_id) in &self.committed {
+                assert_eq!(
+                    core.log_id_at(*index),
+                    Some(*log_id),
+                    "leader completeness violated: {id} (leader of {term}) lacks committed {log_id}"
+                );
+            }
+        }
+    }
+
+    /// Log matching over the durable logs: if two logs have the same id at an index, they are
+    /// identical up to it.
+    pub fn check_log_matching(&self) {
+        let stores: Vec<(&NodeId, &SimStore)> =
+            self.nodes.iter().map(|(k, n)| (k, &n.store)).collect();
+        for (i, (a_id, a)) in stores.iter().enumerate() {
+            for (b_id, b) in &stores[i + 1..] {
+                let common = a.entries.len().min(b.entries.len());
+                let matching =
+                    (0..common).rev().find(|&k| a.entries[k].log_id == b.entries[k].log_id);
+                if let Some(k) = matching {
+                    assert_eq!(
+                        a.entries[..=k],
+                        b.entries[..=k],
+                        "log matching violated between {a_id} and {b_id} up to index {}",
+                        k + 1
+                    );
+                }
+            }
+        }
+    }
+
+    /// After healing: every live node has the same log and applied the same entries.
+    pub fn assert_converged(&mut self, max: Duration) {
+        let ok = self.run_until(max, |s| {
+            let live: Vec<&SimNode> = s.nodes.values().filter(|n| n.core.is_some()).collect();
+            let first = live[0].core();
+            live.iter().all(|n| {
+                let c = n.core();
+                c.last_log_id() == first.last_log_id()
+                    && c.commit_index() == first.last_log_id().index
+                    && n.applied.len() as u64 == first.last_log_id().index.0
+            })
+        });
+        let summary: Vec<String> = self
+            .nodes
+            .values()
+            .filter_map(|n| {
+                n.core.as_ref().map(|c| {
+                    format!(
+                        "{}: {} {} last={} commit={} applied={}",
+                        n.id,
+                        c.role(),
+                        c.term(),
+                        c.last_log_id(),
+                        c.commit_index(),
+                        n.applied.len()
+                    )
+                })
+            })
+            .collect();
+        assert!(ok, "cluster did not converge: {summary:#?}");
+        self.check_log_matching();
+    }
+}

@@ -1,0 +1,1 @@
+//! Conformance testkit for raftkit adapters. Filled in by the testkit issue.
