@@ -269,6 +269,7 @@ impl RaftCore {
     pub fn handle_applied(&mut self, index: LogIndex) {
         if index > self.applied && index < self.apply_next {
             self.applied = index;
+            self.dirty = true;
         }
     }
 
@@ -495,7 +496,10 @@ impl RaftCore {
 
     fn emit_apply(&mut self) {
         let ready = self.commit.min(self.log.stable());
-        while self.apply_next <= ready {
+        // Bound what is handed out but not yet applied, so a slow state machine cannot make
+        // memory grow with the commit rate.
+        let max_outstanding = 4 * self.cfg.max_apply_batch as u64;
+        while self.apply_next <= ready && self.apply_next.0 - self.applied.0 <= max_outstanding {
             let first = self.apply_next;
             let max = self.cfg.max_apply_batch as u64;
             let mut last_index = LogIndex(ready.0.min(first.0 + max - 1));

@@ -1,1 +1,82 @@
-//! placeholder
+//! raftkit: a Raft consensus engine you plug your own storage and transport into.
+//!
+//! A node is a [`Raft<N, L, S>`](Raft) built from a [`Config`], a [`Network`] (how nodes talk),
+//! a [`LogStore`] (where the log is durable) and a [`StateMachine`] (what the log drives).
+//! Adapters for each live in their own crates: `raftkit-mem` (in-memory network, log store and
+//! key-value state machine), `raftkit-quic`, `raftkit-redb` and `raftkit-rocksdb`. The
+//! `raftkit-testkit` crate checks any adapter against the contracts documented on the traits.
+//!
+//! # Architecture
+//!
+//! The protocol itself is the deterministic, sans-IO [`raftkit_core::RaftCore`]. `Raft::start`
+//! spawns one driver task that owns the core and feeds it inputs (messages, timer expiries,
+//! completed writes, applied entries, client proposals) and carries out its actions. Around the
+//! driver:
+//!
+//! - a **log writer** task makes writes durable in order, merging all writes queued behind the
+//!   one in progress into one `LogStore::write` (group commit: many proposals, one fsync);
+//! - an **apply worker** task feeds committed entries to the state machine and answers clients;
+//! - one **sender** task per peer, behind a bounded queue, so a slow or dead peer delays only
+//!   itself. The leader ships entries to followers while its own write is still in flight; it
+//!   counts itself toward a quorum only once its write is durable.
+//!
+//! Storage errors are fatal: the node stops and every later call reports the error
+//! ([`Fatal`]). Network errors are retried by the protocol itself.
+//!
+//! # Example
+//!
+//! ```
+//! use raftkit::{Config, NodeId, Raft};
+//! use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemRouter};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let router = MemRouter::new(7);
+//! let members = [NodeId(1), NodeId(2), NodeId(3)];
+//! let mut nodes = Vec::new();
+//! for id in members {
+//!     let config = Config::new(id, members);
+//!     let node = Raft::start(config, router.network(id), MemLogStore::new(), MemKv::new())
+//!         .await
+//!         .unwrap();
+//!     nodes.push(node);
+//! }
+//! // Wait for a leader, then write through it.
+//! let leader = nodes[0]
+//!     .wait_for(std::time::Duration::from_secs(10), |m| m.leader.is_some())
+//!     .await
+//!     .unwrap()
+//!     .leader
+//!     .unwrap();
+//! let leader = &nodes[(leader.0 - 1) as usize];
+//! let out = leader.client_write(KvCommand::put("greeting", "hello")).await.unwrap();
+//! assert_eq!(out, KvOutput::Prev(None));
+//! for n in &nodes {
+//!     n.shutdown().await.unwrap();
+//! }
+//! # }
+//! ```
+
+mod driver;
+mod error;
+mod metrics;
+mod raft;
+mod startup;
+mod traits;
+mod workers;
+
+pub use error::{
+    Fatal, NetworkError, NetworkErrorKind, StartError, StorageError, StorageErrorKind, WriteError,
+};
+pub use metrics::{NodeState, RaftMetrics};
+pub use raft::Raft;
+pub use traits::{
+    ApplyEntry, ApplyPayload, Inbound, Inbox, LogState, LogStore, Network, StateMachine,
+};
+
+/// The protocol core and its types, re-exported so users depend on `raftkit` alone.
+pub use raftkit_core as core;
+pub use raftkit_core::{
+    Config, ConfigError, Entry, EntryPayload, HardState, LogId, LogIndex, LogWrite, Membership,
+    Message, NodeId, Role, Term, codec,
+};

@@ -1,0 +1,228 @@
+//! [`MemRouter`] and [`MemNetwork`]: an in-process network with seeded fault injection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raftkit::{Inbox, Message, Network, NetworkError, NetworkErrorKind, NodeId, codec};
+
+/// Fault settings of the router. All randomness comes from the router's seed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Probability that a message is lost.
+    pub drop_rate: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate_rate: f64,
+    /// Every message is delayed by a random duration in this range (`None`: delivered at once,
+    /// in order). Different delays reorder messages.
+    pub delay: Option<(Duration, Duration)>,
+}
+
+/// The shared switchboard of an in-process cluster. Make one per cluster, then one
+/// [`MemNetwork`] per node with [`MemRouter::network`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MemRouter {
+    inner: Arc<Mutex<Router>>,
+}
+
+#[derive(Debug)]
+struct Router {
+    inboxes: BTreeMap<NodeId, Inbox>,
+    /// Directed links that lose everything.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    faults: Faults,
+    rng: u64,
+    through_codec: bool,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl Router {
+    /// SplitMix64 step.
+    fn next_u64(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn delay(&mut self) -> Option<Duration> {
+        let (lo, hi) = self.faults.delay?;
+        let (lo_n, hi_n) = (lo.as_nanos() as u64, hi.as_nanos() as u64);
+        let span = hi_n.saturating_sub(lo_n);
+        let extra = if span == 0 { 0 } else { self.next_u64() % span };
+        Some(Duration::from_nanos(lo_n + extra))
+    }
+}
+
+impl MemRouter {
+    /// A router with no faults; `seed` drives every random fault decision.
+    pub fn new(seed: u64) -> MemRouter {
+        MemRouter {
+            inner: Arc::new(Mutex::new(Router {
+                inboxes: BTreeMap::new(),
+                blocked: BTreeSet::new(),
+                faults: Faults::default(),
+                rng: seed,
+                through_codec: false,
+                delivered: 0,
+                dropped: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Router> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The network endpoint of node `id`.
+    pub fn network(&self, id: NodeId) -> MemNetwork {
+        MemNetwork { id, router: self.clone() }
+    }
+
+    /// Encodes and decodes every message with the wire codec (as a real transport would),
+    /// instead of passing it by value.
+    pub fn set_through_codec(&self, on: bool) {
+        self.lock().through_codec = on;
+    }
+
+    /// Replaces the fault settings.
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    /// Drops every message from `from` to `to` (one direction).
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        self.lock().blocked.insert((from, to));
+    }
+
+    /// Undoes [`block`](Self::block).
+    pub fn unblock(&self, from: NodeId, to: NodeId) {
+        self.lock().blocked.remove(&(from, to));
+    }
+
+    /// Splits the nodes into groups that cannot reach each other (both directions). Nodes not
+    /// named keep all their links.
+    pub fn partition(&self, groups: &[&[NodeId]]) {
+        let mut g = self.lock();
+        g.blocked.clear();
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i != j {
+                    for x in a.iter() {
+                        for y in b.iter() {
+                            g.blocked.insert((*x, *y));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts `id` off from every other registered node, both directions.
+    pub fn isolate(&self, id: NodeId) {
+        let mut g = self.lock();
+        let others: Vec<NodeId> = g.inboxes.keys().copied().filter(|n| *n != id).collect();
+        for o in others {
+            g.blocked.insert((id, o));
+            g.blocked.insert((o, id));
+        }
+    }
+
+    /// Restores every link and clears the fault settings.
+    pub fn heal(&self) {
+        let mut g = self.lock();
+        g.blocked.clear();
+        g.faults = Faults::default();
+    }
+
+    /// (delivered, dropped) message counts so far.
+    pub fn stats(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.delivered, g.dropped)
+    }
+
+    fn deliver(inbox: &Inbox, from: NodeId, msg: Message) {
+        // A stopped node simply does not receive.
+        let _ = inbox.deliver(from, msg);
+    }
+}
+
+/// One node's endpoint on a [`MemRouter`].
+#[derive(Clone, Debug)]
+pub struct MemNetwork {
+    id: NodeId,
+    router: MemRouter,
+}
+
+impl MemNetwork {
+    /// The node this endpoint belongs to.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+#[async_trait]
+impl Network for MemNetwork {
+    async fn start(&self, inbox: Inbox) -> Result<(), NetworkError> {
+        self.router.lock().inboxes.insert(self.id, inbox);
+        Ok(())
+    }
+
+    async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), NetworkError> {
+        let mut g = self.router.lock();
+        let inbox = match g.inboxes.get(&to) {
+            Some(i) if !i.is_closed() => i.clone(),
+            _ => {
+                return Err(NetworkError::new(
+                    NetworkErrorKind::Unreachable,
+                    format!("{to} is not running"),
+                ));
+            }
+        };
+        let blocked = g.blocked.contains(&(self.id, to));
+        for msg in messages {
+            let drop_rate = g.faults.drop_rate;
+            if blocked || g.chance(drop_rate) {
+                g.dropped += 1;
+                continue;
+            }
+            let msg = if g.through_codec {
+                let bytes = codec::encode_message(&msg).map_err(|e| {
+                    NetworkError::with_source(NetworkErrorKind::InvalidFrame, "encode", e)
+                })?;
+                codec::decode_message(&bytes).map_err(|e| {
+                    NetworkError::with_source(NetworkErrorKind::InvalidFrame, "decode", e)
+                })?
+            } else {
+                msg
+            };
+            let dup_rate = g.faults.duplicate_rate;
+            let copies = if g.chance(dup_rate) { 2 } else { 1 };
+            for _ in 0..copies {
+                g.delivered += 1;
+                match g.delay() {
+                    None => MemRouter::deliver(&inbox, self.id, msg.clone()),
+                    Some(d) => {
+                        let (inbox, from, msg) = (inbox.clone(), self.id, msg.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            MemRouter::deliver(&inbox, from, msg);
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.router.lock().inboxes.remove(&self.id);
+    }
+}

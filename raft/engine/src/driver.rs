@@ -1,0 +1,308 @@
+//! The driver task: the one production caller of `RaftCore`. Its loop reads like the core's
+//! calling order: carry out every action, publish metrics, wait for the next input (biased, so
+//! runs are reproducible), feed it in, and repeat.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use raftkit_core::{
+    Action, Instant, LogIndex, NodeId, PersistRequest, ProposeError, RaftCore, WriteId,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{Fatal, StorageError, WriteError};
+use crate::metrics::{NodeState, RaftMetrics};
+use crate::traits::{Inbound, LogStore, Network, StateMachine};
+use crate::workers::{self, ApplyJob, PeerItem, Waiter};
+
+/// A client command on its way to the driver.
+pub(crate) struct Proposal<O> {
+    pub(crate) data: Bytes,
+    pub(crate) tx: oneshot::Sender<Result<O, WriteError>>,
+}
+
+/// Requests from handles other than proposals.
+pub(crate) enum Control {
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// State shared between the driver and the handles.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) fatal: OnceLock<Fatal>,
+}
+
+/// The most inbound messages handled per loop turn before other inputs get a look in.
+const INBOX_BATCH: usize = 1024;
+
+pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
+    pub(crate) core: RaftCore,
+    pub(crate) epoch: tokio::time::Instant,
+    pub(crate) network: Arc<N>,
+    pub(crate) log: Arc<L>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) inbox: mpsc::Receiver<Inbound>,
+    pub(crate) proposals: mpsc::Receiver<Proposal<S::Output>>,
+    pub(crate) control: mpsc::Receiver<Control>,
+    pub(crate) metrics: watch::Sender<RaftMetrics>,
+    pub(crate) write_tx: Option<mpsc::UnboundedSender<PersistRequest>>,
+    pub(crate) write_done: mpsc::UnboundedReceiver<Result<(WriteId, usize), StorageError>>,
+    pub(crate) writer: Option<JoinHandle<()>>,
+    pub(crate) apply_tx: Option<mpsc::UnboundedSender<ApplyJob<S::Output>>>,
+    pub(crate) apply_done: mpsc::UnboundedReceiver<Result<LogIndex, Fatal>>,
+    pub(crate) applier: Option<JoinHandle<()>>,
+    pub(crate) unreachable_tx: mpsc::UnboundedSender<NodeId>,
+    pub(crate) unreachable: mpsc::UnboundedReceiver<NodeId>,
+    pub(crate) peers: BTreeMap<NodeId, (mpsc::Sender<PeerItem>, JoinHandle<()>)>,
+    pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
+    pub(crate) failure: Option<Fatal>,
+}
+
+enum Exit {
+    Shutdown(Option<oneshot::Sender<()>>),
+    Failed(Fatal),
+}
+
+impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
+    fn now(&self) -> Instant {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        Instant::from_nanos(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn deadline(&self, t: Instant) -> tokio::time::Instant {
+        self.epoch + Duration::from_nanos(t.as_nanos())
+    }
+
+    pub(crate) async fn run(mut self) {
+        let exit = self.main_loop().await;
+        self.finish(exit).await;
+    }
+
+    async fn main_loop(&mut self) -> Exit {
+        loop {
+            self.carry_out_actions();
+            self.publish_metrics(NodeState::Running);
+            if let Some(f) = self.failure.take() {
+                return Exit::Failed(f);
+            }
+            let timeout = self.core.poll_timeout().map(|t| self.deadline(t));
+            let sleep = async move {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                c = self.control.recv() => match c {
+                    Some(Control::Shutdown(tx)) => return Exit::Shutdown(Some(tx)),
+                    None => return Exit::Shutdown(None),
+                },
+                Some(r) = self.write_done.recv() => self.on_write_done(r),
+                Some(r) = self.apply_done.recv() => self.on_apply_done(r),
+                Some(m) = self.inbox.recv() => self.on_inbound(m),
+                p = self.proposals.recv() => match p {
+                    Some(p) => self.on_proposal(p),
+                    // Every handle is gone: nobody can use this node any more.
+                    None => return Exit::Shutdown(None),
+                },
+                Some(peer) = self.unreachable.recv() => self.core.handle_unreachable(peer),
+                () = sleep => {
+                    let now = self.now();
+                    self.core.handle_timeout(now);
+                }
+            }
+            self.drain_ready();
+        }
+    }
+
+    /// Takes every input that is already waiting, so one loop turn (and one write, one message
+    /// per peer) covers as much as possible: this is where proposals are batched.
+    fn drain_ready(&mut self) {
+        while let Ok(r) = self.write_done.try_recv() {
+            self.on_write_done(r);
+        }
+        while let Ok(r) = self.apply_done.try_recv() {
+            self.on_apply_done(r);
+        }
+        for _ in 0..INBOX_BATCH {
+            match self.inbox.try_recv() {
+                Ok(m) => self.on_inbound(m),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..self.core.config().max_proposal_batch {
+            match self.proposals.try_recv() {
+                Ok(p) => self.on_proposal(p),
+                Err(_) => break,
+            }
+        }
+        while let Ok(peer) = self.unreachable.try_recv() {
+            self.core.handle_unreachable(peer);
+        }
+    }
+
+    fn on_write_done(&mut self, r: Result<(WriteId, usize), StorageError>) {
+        match r {
+            Ok((id, _merged)) => {
+                let now = self.now();
+                self.core.handle_persisted(now, id);
+            }
+            Err(e) => self.fail(Fatal::LogStore(e)),
+        }
+    }
+
+    fn on_apply_done(&mut self, r: Result<LogIndex, Fatal>) {
+        match r {
+            Ok(index) => self.core.handle_applied(index),
+            Err(f) => self.fail(f),
+        }
+    }
+
+    fn on_inbound(&mut self, m: Inbound) {
+        let now = self.now();
+        self.core.handle_message(now, m.from, m.message);
+    }
+
+    fn on_proposal(&mut self, p: Proposal<S::Output>) {
+        let now = self.now();
+        match self.core.propose(now, p.data) {
+            Ok(log_id) => {
+                let waiter = Waiter { log_id, tx: p.tx };
+                if let Some(old) = self.waiters.insert(log_id.index, waiter) {
+                    // The new entry replaced an older one at this index (a leadership change
+                    // in between): the old command can never be applied.
+                    let _ = old.tx.send(Err(WriteError::Overwritten { log_id: old.log_id }));
+                }
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let _ = p.tx.send(Err(WriteError::NotLeader { leader }));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "unexpected proposal error");
+                let _ = p.tx.send(Err(WriteError::NotLeader { leader: None }));
+            }
+        }
+    }
+
+    fn fail(&mut self, f: Fatal) {
+        tracing::error!(node = %self.core.id(), error = %f, "fatal error; the node stops serving");
+        if self.failure.is_none() {
+            self.failure = Some(f);
+        }
+    }
+
+    fn carry_out_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Persist(req) => {
+                    let sent = self.write_tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
+                    if !sent {
+                        self.fail(Fatal::LogStore(StorageError::new(
+                            crate::StorageErrorKind::Closed,
+                            "the log writer stopped",
+                        )));
+                    }
+                }
+                Action::Send(out) => self.send_to_peer(out.to, PeerItem::Msg(out.message)),
+                Action::SendFromLog(req) => self.send_to_peer(req.to, PeerItem::FromLog(req)),
+                Action::Apply(req) => {
+                    let rest = self.waiters.split_off(&req.last.index.next());
+                    let waiters = std::mem::replace(&mut self.waiters, rest);
+                    let job = ApplyJob { req, waiters };
+                    if self.apply_tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
+                        self.fail(Fatal::StateMachine(StorageError::new(
+                            crate::StorageErrorKind::Closed,
+                            "the apply worker stopped",
+                        )));
+                    }
+                }
+                _ => tracing::error!("unknown action from the core"),
+            }
+        }
+    }
+
+    fn send_to_peer(&mut self, to: NodeId, item: PeerItem) {
+        let (tx, _) = self.peers.entry(to).or_insert_with(|| {
+            let cfg = self.core.config();
+            let (tx, rx) = mpsc::channel(cfg.peer_queue_capacity);
+            let task = tokio::spawn(workers::peer_sender(
+                to,
+                self.network.clone(),
+                self.log.clone(),
+                cfg.election_timeout_max,
+                rx,
+                self.unreachable_tx.clone(),
+            ));
+            (tx, task)
+        });
+        if tx.try_send(item).is_err() {
+            // The peer is not keeping up. Dropping is safe (Raft tolerates loss) and keeps the
+            // driver and every other peer moving; the core's stall detection re-probes.
+            tracing::debug!(peer = %to, "peer queue full; dropping a message");
+        }
+    }
+
+    fn publish_metrics(&mut self, state: NodeState) {
+        let core = &self.core;
+        self.metrics.send_if_modified(|m| {
+            let changed = m.state != state
+                || m.role != core.role()
+                || m.term != core.term()
+                || m.leader != core.leader()
+                || m.commit != core.commit_index()
+                || m.applied != core.applied_index()
+                || m.last_log != core.last_log_id()
+                || m.stable != core.stable_index()
+                || m.replication != core.match_indexes();
+            if changed {
+                *m = RaftMetrics::from_core(core, state.clone());
+            }
+            changed
+        });
+    }
+
+    async fn finish(mut self, exit: Exit) {
+        let (state, reason, ack) = match exit {
+            Exit::Shutdown(ack) => (NodeState::Shutdown, WriteError::Shutdown, ack),
+            Exit::Failed(f) => {
+                let _ = self.shared.fatal.set(f.clone());
+                (NodeState::Failed(f.to_string()), WriteError::Fatal(f), None)
+            }
+        };
+        tracing::info!(node = %self.core.id(), ?state, "stopping");
+        // Refuse new proposals, and answer those already queued.
+        self.proposals.close();
+        while let Ok(p) = self.proposals.try_recv() {
+            let _ = p.tx.send(Err(reason.clone()));
+        }
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            let _ = w.tx.send(Err(reason.clone()));
+        }
+        for (_, (tx, task)) in std::mem::take(&mut self.peers) {
+            drop(tx);
+            task.abort();
+        }
+        // Let the writer finish the write it is in (all or nothing either way) so that nothing
+        // touches the store after shutdown returns; then the apply worker.
+        self.write_tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.await;
+        }
+        // The apply worker drains what is already committed and queued, then stops; dropping
+        // it mid-`apply` could leave a durable state machine half-written.
+        self.apply_tx = None;
+        if let Some(a) = self.applier.take() {
+            let _ = a.await;
+        }
+        self.network.shutdown().await;
+        self.inbox.close();
+        self.publish_metrics(state);
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+}

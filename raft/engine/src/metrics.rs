@@ -1,0 +1,62 @@
+//! A node's observable state, published through a `tokio::sync::watch`.
+
+use std::collections::BTreeMap;
+
+use raftkit_core::{LogId, LogIndex, NodeId, RaftCore, Role, Term};
+
+/// Whether the node is serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Running normally.
+    Running,
+    /// Stopped by [`Raft::shutdown`](crate::Raft::shutdown).
+    Shutdown,
+    /// Stopped by a fatal error (the message says which).
+    Failed(String),
+}
+
+/// A snapshot of a node's state. Published whenever it changes; read it with
+/// [`Raft::metrics`](crate::Raft::metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftMetrics {
+    /// This node.
+    pub id: NodeId,
+    /// Serving, shut down or failed.
+    pub state: NodeState,
+    /// The protocol role.
+    pub role: Role,
+    /// The current term.
+    pub term: Term,
+    /// The leader of the current term, if known.
+    pub leader: Option<NodeId>,
+    /// The highest index known committed.
+    pub commit: LogIndex,
+    /// The highest index applied to the state machine.
+    pub applied: LogIndex,
+    /// The last log entry (durable or not).
+    pub last_log: LogId,
+    /// The highest index durable in the local log.
+    pub stable: LogIndex,
+    /// When leader: each other node's durable match index.
+    pub replication: BTreeMap<NodeId, LogIndex>,
+    /// The voters of the current configuration.
+    pub voters: Vec<NodeId>,
+}
+
+impl RaftMetrics {
+    pub(crate) fn from_core(core: &RaftCore, state: NodeState) -> RaftMetrics {
+        RaftMetrics {
+            id: core.id(),
+            state,
+            role: core.role(),
+            term: core.term(),
+            leader: core.leader(),
+            commit: core.commit_index(),
+            applied: core.applied_index(),
+            last_log: core.last_log_id(),
+            stable: core.stable_index(),
+            replication: core.match_indexes(),
+            voters: core.membership().voters().into_iter().collect(),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! [`Raft`]: starting a node and the handle users hold.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftkit_core::{Config, Instant, NodeId, RaftCore, codec};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::driver::{Control, Driver, Proposal, Shared};
+use crate::error::{Fatal, StartError, WriteError};
+use crate::metrics::{NodeState, RaftMetrics};
+use crate::startup;
+use crate::traits::{Inbox, LogStore, Network, StateMachine};
+use crate::workers;
+
+/// How many inbound messages may wait for the driver before new ones are dropped.
+const INBOX_CAPACITY: usize = 4096;
+
+/// A running Raft node: network `N`, log store `L`, state machine `S`.
+///
+/// `Raft` is a cheap, cloneable handle to one driver task that owns the protocol core; the log
+/// store, the state machine and the network are driven from it. Dropping every handle stops the
+/// node, as does [`shutdown`](Self::shutdown).
+pub struct Raft<N: Network, L: LogStore, S: StateMachine> {
+    inner: Arc<Inner<N, S>>,
+    _log: PhantomData<fn() -> L>,
+}
+
+struct Inner<N, S: StateMachine> {
+    id: NodeId,
+    network: Arc<N>,
+    proposals: mpsc::Sender<Proposal<S::Output>>,
+    control: mpsc::Sender<Control>,
+    metrics: watch::Receiver<RaftMetrics>,
+    shared: Arc<Shared>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<N: Network, L: LogStore, S: StateMachine> Clone for Raft<N, L, S> {
+    fn clone(&self) -> Self {
+        Raft { inner: self.inner.clone(), _log: PhantomData }
+    }
+}
+
+impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
+    /// Starts a node: validates `config`, loads the log and the state machine's applied index,
+    /// starts the network and spawns the driver. Must be called inside a tokio runtime.
+    ///
+    /// A node of a new cluster starts with empty storage; a restarted node resumes from what
+    /// its log store and state machine hold, applying only the committed entries its state
+    /// machine lacks.
+    pub async fn start(
+        config: Config,
+        network: N,
+        log: L,
+        mut state_machine: S,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let id = config.id;
+        let applied = state_machine.applied().await.map_err(|e| {
+            StartError::Storage(e.context("reading the state machine's applied index"))
+        })?;
+        let init = startup::initial_state(&log, applied).await?;
+        tracing::info!(
+            node = %id, term = %init.hard_state.term, last = %init.last, applied = %init.applied,
+            "starting"
+        );
+        let core = RaftCore::new(config.clone(), init, Instant::ZERO)?;
+        let epoch = tokio::time::Instant::now();
+
+        let network = Arc::new(network);
+        let log = Arc::new(log);
+        let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
+        network.start(inbox).await.map_err(StartError::Network)?;
+
+        let (proposals_tx, proposals_rx) = mpsc::channel(config.max_proposal_batch.max(64) * 4);
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let (metrics_tx, metrics_rx) =
+            watch::channel(RaftMetrics::from_core(&core, NodeState::Running));
+        let (write_tx, write_rx) = mpsc::unbounded_channel();
+        let (write_done_tx, write_done_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(workers::log_writer(log.clone(), write_rx, write_done_tx));
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (apply_done_tx, apply_done_rx) = mpsc::unbounded_channel();
+        let applier = tokio::spawn(workers::apply_worker(
+            state_machine,
+            log.clone(),
+            config.max_apply_batch,
+            apply_rx,
+            apply_done_tx,
+        ));
+        let (unreachable_tx, unreachable_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let driver = Driver::<N, L, S> {
+            core,
+            epoch,
+            network: network.clone(),
+            log,
+            shared: shared.clone(),
+            inbox: inbox_rx,
+            proposals: proposals_rx,
+            control: control_rx,
+            metrics: metrics_tx,
+            write_tx: Some(write_tx),
+            write_done: write_done_rx,
+            writer: Some(writer),
+            apply_tx: Some(apply_tx),
+            apply_done: apply_done_rx,
+            applier: Some(applier),
+            unreachable_tx,
+            unreachable: unreachable_rx,
+            peers: Default::default(),
+            waiters: Default::default(),
+            failure: None,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(Raft {
+            inner: Arc::new(Inner {
+                id,
+                network,
+                proposals: proposals_tx,
+                control: control_tx,
+                metrics: metrics_rx,
+                shared,
+                driver: Mutex::new(Some(task)),
+            }),
+            _log: PhantomData,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The network this node uses (for adapter-specific controls).
+    pub fn network(&self) -> &N {
+        &self.inner.network
+    }
+
+    /// Proposes a command and waits until it is committed and applied on this node, returning
+    /// the state machine's output.
+    ///
+    /// Only the leader accepts writes: elsewhere this returns [`WriteError::NotLeader`] with the
+    /// leader's id when known. Concurrent calls are batched into one log write (group commit).
+    /// [`WriteError::Shutdown`] and [`WriteError::Fatal`] mean the outcome is unknown: the
+    /// command may still be committed by the rest of the cluster.
+    pub async fn client_write(&self, command: S::Command) -> Result<S::Output, WriteError> {
+        let data = codec::encode(&command).map_err(WriteError::Encode)?;
+        let (tx, rx) = oneshot::channel();
+        let proposal = Proposal { data: data.into(), tx };
+        if self.inner.proposals.send(proposal).await.is_err() {
+            return Err(self.stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    fn stopped(&self) -> WriteError {
+        match self.inner.shared.fatal.get() {
+            Some(f) => WriteError::Fatal(f.clone()),
+            None => WriteError::Shutdown,
+        }
+    }
+
+    /// A live view of this node's state: role, term, leader, commit and applied indexes, …
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Waits until `pred` holds for this node's metrics, or `timeout` passes. Returns the
+    /// metrics that satisfied it.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&RaftMetrics) -> bool,
+    ) -> Option<RaftMetrics> {
+        let mut rx = self.metrics();
+        let fut = async move { rx.wait_for(pred).await.ok().map(|m| m.clone()) };
+        tokio::time::timeout(timeout, fut).await.ok().flatten()
+    }
+
+    /// Stops the node: answers pending writes with [`WriteError::Shutdown`], lets an in-progress
+    /// log write finish, drains committed entries into the state machine, and shuts the
+    /// network down. Returns the fatal error if the node had already failed.
+    pub async fn shutdown(&self) -> Result<(), Fatal> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.control.send(Control::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.inner.driver.lock().await.take() {
+            if task.await.is_err() {
+                return Err(Fatal::DriverStopped);
+            }
+        }
+        match self.inner.shared.fatal.get() {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The three adapter traits: where the log lives ([`LogStore`]), what the log drives
+//! ([`StateMachine`]), and how nodes talk ([`Network`]).
+
+use async_trait::async_trait;
+use raftkit_core::{Entry, HardState, LogId, LogIndex, LogWrite, Membership, Message, NodeId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::error::{NetworkError, NetworkErrorKind, StorageError};
+
+/// What a log store holds when a node starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The durable hard state (term, vote, commit); default for a new store.
+    pub hard_state: HardState,
+    /// The last purged entry (`LogId::ZERO` if none). Purges survive restarts.
+    pub purged: LogId,
+    /// The last entry (`purged` if the log is empty).
+    pub last: LogId,
+}
+
+/// Durable storage of the Raft log and hard state.
+///
+/// The engine calls `write` from one task at a time, in order, and calls `read` concurrently
+/// from other tasks (replication to lagging followers, apply), so implementations must allow
+/// reads while a write is in progress. Implementations are shared (`&self`) and synchronize
+/// internally.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Loads the state to start from.
+    ///
+    /// # Correctness
+    /// Returns exactly what earlier acknowledged calls left: the last hard state written, the
+    /// last purge, and the last entry.
+    ///
+    /// # Durability
+    /// Reads only.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Errors
+    /// [`Io`](crate::StorageErrorKind::Io) or
+    /// [`Corruption`](crate::StorageErrorKind::Corruption) if the stored data cannot be read or
+    /// fails its checksums.
+    async fn load(&self) -> Result<LogState, StorageError>;
+
+    /// Applies a [`LogWrite`] atomically: replace the hard state if given, remove entries at and
+    /// after `truncate_from` if given, then append `entries`.
+    ///
+    /// # Correctness
+    /// `truncate_from`, when given, is at most the last index plus one and above the purged
+    /// index; `entries` start at `truncate_from` if given, else at the last index plus one, and
+    /// are contiguous. Anything else is refused with `InvalidInput` and changes nothing.
+    ///
+    /// # Durability
+    /// When this returns `Ok`, the whole write is durable (fsynced): it survives a crash or
+    /// power loss. After a crash mid-call, either all of it or none of it is present.
+    /// Concurrent callers may share one fsync (group commit).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: if the future is dropped, the write may or may not have happened (but
+    /// is still all-or-nothing). The engine never drops it except when the process stops.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a gap or bad truncation; `Io` on device failure, after which the
+    /// store returns `Poisoned` for every later write until it is reopened.
+    async fn write(&self, write: LogWrite) -> Result<(), StorageError>;
+
+    /// Reads the entries `first ..= last`.
+    ///
+    /// # Correctness
+    /// Returns exactly `last - first + 1` entries, in order, as written; never data that fails
+    /// its checksum.
+    ///
+    /// # Durability
+    /// Reads only; sees every write that has returned.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Errors
+    /// `Purged` if `first` is at or below the purged index; `OutOfRange` if `last` is past the
+    /// last entry; `InvalidInput` if `first > last`; `Corruption` if an entry fails its checksum.
+    async fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError>;
+
+    /// Removes every entry up to and including `up_to` (which must be in the log), and records
+    /// `up_to` as the last purged id.
+    ///
+    /// # Correctness
+    /// Entries after `up_to` are untouched. Purging at or below the current purged index is a
+    /// no-op.
+    ///
+    /// # Durability
+    /// Atomic; durable when it returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe (as `write`).
+    ///
+    /// # Errors
+    /// `InvalidInput` if `up_to` is past the last entry or its term does not match the log.
+    async fn purge(&self, up_to: LogId) -> Result<(), StorageError>;
+}
+
+/// One entry handed to the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyEntry<C> {
+    /// The entry's id.
+    pub log_id: LogId,
+    /// What it carries.
+    pub payload: ApplyPayload<C>,
+}
+
+/// What an [`ApplyEntry`] carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyPayload<C> {
+    /// An application command, decoded.
+    Command(C),
+    /// A leader's no-op. Produces no output.
+    Blank,
+    /// A configuration change. Produces no output.
+    Membership(Membership),
+}
+
+/// The application state that the log drives.
+#[async_trait]
+pub trait StateMachine: Send + 'static {
+    /// A command clients submit. It travels in the log encoded by the engine's codec.
+    type Command: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What applying a command returns to the client that wrote it.
+    type Output: Send + 'static;
+
+    /// The id of the last entry this state machine has applied, or `None` if none.
+    ///
+    /// # Correctness
+    /// Must be consistent with the state: if the state machine is durable, the applied id is
+    /// stored atomically with the data it describes, so after a restart the engine resumes at
+    /// the next entry (re-applying or skipping an entry would diverge from other nodes). An
+    /// in-memory state machine starts from `None` and is rebuilt from the log.
+    ///
+    /// # Durability
+    /// Reads only.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Errors
+    /// Any error stops the node from starting.
+    async fn applied(&mut self) -> Result<Option<LogId>, StorageError>;
+
+    /// Applies committed entries, in log order, and returns one output per `Command` entry (in
+    /// order; `Blank` and `Membership` entries produce none).
+    ///
+    /// # Correctness
+    /// Deterministic: the same entries applied to the same state give the same state and
+    /// outputs on every node. Each entry is applied exactly once per node.
+    ///
+    /// # Durability
+    /// A durable state machine may persist lazily; what it reports from `applied` after a
+    /// restart must match its data.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; the engine never drops this future while the node runs.
+    ///
+    /// # Errors
+    /// An error is fatal: the node stops serving.
+    async fn apply(
+        &mut self,
+        entries: Vec<ApplyEntry<Self::Command>>,
+    ) -> Result<Vec<Self::Output>, StorageError>;
+}
+
+/// A message received from a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    /// The (authenticated) sender.
+    pub from: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Where a [`Network`] delivers the messages it receives for its node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    tx: mpsc::Sender<Inbound>,
+}
+
+impl Inbox {
+    /// Makes an inbox and the receiving end (the engine does this; adapter tests may too).
+    pub fn channel(capacity: usize) -> (Inbox, mpsc::Receiver<Inbound>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Inbox { tx }, rx)
+    }
+
+    /// Delivers a message without waiting. If the node is overloaded the message is dropped
+    /// (Raft tolerates loss) and `Ok` is returned; `Closed` means the node has stopped.
+    pub fn deliver(&self, from: NodeId, message: Message) -> Result<(), NetworkError> {
+        match self.tx.try_send(Inbound { from, message }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                tracing::debug!(from = %m.from, kind = m.message.kind(), "inbox full; dropping message");
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(NetworkError::new(NetworkErrorKind::Closed, "the node has stopped"))
+            }
+        }
+    }
+
+    /// Delivers a message, waiting for room (backpressure toward the sender).
+    pub async fn deliver_wait(&self, from: NodeId, message: Message) -> Result<(), NetworkError> {
+        self.tx
+            .send(Inbound { from, message })
+            .await
+            .map_err(|_| NetworkError::new(NetworkErrorKind::Closed, "the node has stopped"))
+    }
+
+    /// Whether the node behind this inbox has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// How a node exchanges messages with its peers.
+///
+/// The transport authenticates peers: the `from` id it passes to the [`Inbox`] must be the
+/// verified identity of the sender, not a claim read from the message.
+#[async_trait]
+pub trait Network: Send + Sync + 'static {
+    /// Starts delivering this node's inbound messages into `inbox`. Called once, when the node
+    /// starts.
+    ///
+    /// # Correctness
+    /// Every message received for this node afterwards goes to `inbox` (or is dropped); none is
+    /// delivered to another node.
+    ///
+    /// # Durability
+    /// Not applicable.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Errors
+    /// Any error stops the node from starting.
+    async fn start(&self, inbox: Inbox) -> Result<(), NetworkError>;
+
+    /// Sends messages to `to`, in order.
+    ///
+    /// # Correctness
+    /// Best effort: messages may be lost, but a message that arrives is intact, from this node,
+    /// and (for one peer) arrives after those sent before it in the same or an earlier call, if
+    /// the transport preserves order (the core tolerates reordering, at some cost in
+    /// throughput). The engine calls `send` for one peer at a time.
+    ///
+    /// # Durability
+    /// Not applicable.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future may lose messages, nothing else.
+    ///
+    /// # Errors
+    /// `Unreachable` or `Timeout` when the peer cannot be reached; the engine backs off that
+    /// peer (the core probes it again after a heartbeat answer). Must fail within a bounded
+    /// time rather than block.
+    async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), NetworkError>;
+
+    /// Stops the network: closes connections and stops delivering to the inbox.
+    ///
+    /// # Correctness
+    /// After it returns, no more messages reach the inbox.
+    ///
+    /// # Durability
+    /// Not applicable.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Errors
+    /// None; problems while closing are logged.
+    async fn shutdown(&self) {}
+}
