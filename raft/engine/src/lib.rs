@@ -57,6 +57,11 @@
 //! # }
 //! ```
 
+/// The README's examples, compiled as doc tests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 mod driver;
 mod error;
 mod metrics;
