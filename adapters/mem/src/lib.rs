@@ -6,6 +6,8 @@
 //! - [`MemLogStore`]: a correct log store in memory; the reference the durable stores are
 //!   checked against. Clones share data, so a node can be "restarted" on its store.
 //! - [`MemKv`]: a key-value state machine (put, get, delete, compare-and-swap).
+//! - [`harness`]: their testkit harnesses, for pairing any adapter with in-memory halves in the
+//!   conformance suites.
 //!
 //! ```
 //! use raftkit::{Config, NodeId, Raft};
@@ -27,10 +29,11 @@
 //! # }
 //! ```
 
+pub mod harness;
 mod kv;
 mod log_store;
 mod network;
 
 pub use kv::{KvCommand, KvOutput, KvState, MemKv};
-pub use log_store::MemLogStore;
-pub use network::{Faults, MemNetwork, MemRouter};
+pub use log_store::{DurableSummary, MemLogStore};
+pub use network::{DEFAULT_MAX_FRAME, Faults, MemNetwork, MemRouter};

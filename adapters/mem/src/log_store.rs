@@ -1,19 +1,28 @@
-//! [`MemLogStore`]: the reference log store.
+//! [`MemLogStore`]: the reference log store, with a model of what a crash loses.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use raftkit::{
-    Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError, StorageErrorKind,
+    Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError,
+    StorageErrorKind, Term,
 };
 
 /// A log store in memory: correct, simple, and the reference the durable stores are tested
 /// against.
 ///
-/// "Durable" here means "survives the node": clones share the same data, so a test can stop a
-/// node and start a new one on a clone of its store, as after a process restart. Nothing
-/// survives the process.
+/// It models durability explicitly. Every write first lands in a *volatile* copy (what reads
+/// see, like a page cache) and becomes *durable* once its "fsync" completes — immediately by
+/// default, or after [`with_sync_delay`](Self::with_sync_delay). `write` returns only after
+/// that. [`crash`](Self::crash) throws away everything not yet durable, as power loss would; a
+/// write abandoned mid-sync (its future dropped, as when the node is killed) never becomes
+/// durable.
+///
+/// Clones share the same data, so a test can stop a node and start a new one on a clone of its
+/// store, as after a process restart. Nothing survives the process itself. One writer at a time
+/// (the engine's log writer) is assumed; reads may run concurrently with it.
 #[derive(Clone, Debug, Default)]
 pub struct MemLogStore {
     inner: Arc<Mutex<Inner>>,
@@ -21,15 +30,27 @@ pub struct MemLogStore {
 
 #[derive(Debug, Default)]
 struct Inner {
+    volatile: LogData,
+    durable: LogData,
+    sync_delay: Duration,
+    /// Bumped by every crash, so a write that straddles one cannot make itself durable.
+    epoch: u64,
+    writes: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct LogData {
     hard_state: HardState,
     purged: LogId,
     /// Entries after `purged`, contiguous.
     entries: VecDeque<Entry>,
-    /// Counters for tests and benchmarks.
-    writes: u64,
 }
 
-impl Inner {
+fn invalid(msg: String) -> StorageError {
+    StorageError::new(StorageErrorKind::InvalidInput, msg)
+}
+
+impl LogData {
     fn last(&self) -> LogId {
         self.entries.back().map_or(self.purged, |e| e.log_id)
     }
@@ -37,52 +58,25 @@ impl Inner {
     fn offset(&self, index: LogIndex) -> usize {
         (index.0 - self.purged.index.0 - 1) as usize
     }
-}
 
-fn invalid(msg: String) -> StorageError {
-    StorageError::new(StorageErrorKind::InvalidInput, msg)
-}
-
-impl MemLogStore {
-    /// An empty store.
-    pub fn new() -> MemLogStore {
-        MemLogStore::default()
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.purged.index {
+            return Some(self.purged.term);
+        }
+        if index < self.purged.index || index > self.last().index {
+            return None;
+        }
+        Some(self.entries[self.offset(index)].term())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the data half-updated (every update below
-        // validates first and then mutates without panicking), so a poisoned lock is usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How many `write` calls have completed (each one is an "fsync" of a real store).
-    pub fn write_count(&self) -> u64 {
-        self.lock().writes
-    }
-
-    /// A copy of every entry in the store, for tests.
-    pub fn entries(&self) -> Vec<Entry> {
-        self.lock().entries.iter().cloned().collect()
-    }
-}
-
-#[async_trait]
-impl LogStore for MemLogStore {
-    async fn load(&self) -> Result<LogState, StorageError> {
-        let g = self.lock();
-        Ok(LogState { hard_state: g.hard_state, purged: g.purged, last: g.last() })
-    }
-
-    async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
-        let mut g = self.lock();
-        // Validate everything first so the write is all-or-nothing.
-        let last = g.last();
+    fn validate(&self, write: &LogWrite) -> Result<(), StorageError> {
+        let last = self.last();
         let mut expected = last.index.next();
         if let Some(t) = write.truncate_from {
-            if t <= g.purged.index || t > last.index.next() {
+            if t <= self.purged.index || t > last.index.next() {
                 return Err(invalid(format!(
                     "truncate_from {t} outside ({}, {}]",
-                    g.purged.index,
+                    self.purged.index,
                     last.index.next()
                 )));
             }
@@ -97,56 +91,220 @@ impl LogStore for MemLogStore {
             }
             expected = expected.next();
         }
+        Ok(())
+    }
+
+    /// Applies a validated write.
+    fn apply(&mut self, write: &LogWrite) {
         if let Some(t) = write.truncate_from {
-            let keep = g.offset(t);
-            g.entries.truncate(keep);
+            let keep = self.offset(t);
+            self.entries.truncate(keep);
         }
-        g.entries.extend(write.entries);
+        self.entries.extend(write.entries.iter().cloned());
         if let Some(hs) = write.hard_state {
-            g.hard_state = hs;
+            self.hard_state = hs;
         }
+    }
+
+    fn purge(&mut self, up_to: LogId) -> Result<(), StorageError> {
+        if up_to.index <= self.purged.index {
+            return Ok(());
+        }
+        if up_to.index > self.last().index {
+            return Err(invalid(format!("purge to {up_to} past the last entry {}", self.last())));
+        }
+        let at = self.offset(up_to.index);
+        if self.entries[at].log_id != up_to {
+            return Err(invalid(format!(
+                "purge to {up_to} but the log holds {} there",
+                self.entries[at].log_id
+            )));
+        }
+        self.entries.drain(..=at);
+        self.purged = up_to;
+        Ok(())
+    }
+
+    fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        if first > last {
+            return Err(invalid(format!("read range {first}..={last} is inverted")));
+        }
+        if first <= self.purged.index {
+            return Err(StorageError::new(
+                StorageErrorKind::Purged,
+                format!("read from {first} but entries up to {} are purged", self.purged.index),
+            ));
+        }
+        if last > self.last().index {
+            return Err(StorageError::new(
+                StorageErrorKind::OutOfRange,
+                format!("read to {last} but the last entry is {}", self.last().index),
+            ));
+        }
+        let (a, b) = (self.offset(first), self.offset(last));
+        Ok(self.entries.range(a..=b).cloned().collect())
+    }
+}
+
+/// What a [`MemLogStore`] holds durably: what would survive a crash now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurableSummary {
+    /// The durable hard state.
+    pub hard_state: HardState,
+    /// The durable last purged id.
+    pub purged: LogId,
+    /// The durable last entry.
+    pub last: LogId,
+}
+
+impl MemLogStore {
+    /// An empty store whose writes are durable as soon as they are applied.
+    pub fn new() -> MemLogStore {
+        MemLogStore::default()
+    }
+
+    /// An empty store whose writes take `delay` (of tokio time) to become durable, so that a
+    /// crash can catch a write half-way and lose it.
+    pub fn with_sync_delay(delay: Duration) -> MemLogStore {
+        let s = MemLogStore::default();
+        s.lock().sync_delay = delay;
+        s
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update validates first and then mutates without panicking, so a poisoned lock
+        // still guards consistent data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Simulates power loss: everything not yet durable is gone.
+    pub fn crash(&self) {
+        let mut g = self.lock();
+        g.volatile = g.durable.clone();
+        g.epoch += 1;
+    }
+
+    /// What would survive a crash right now.
+    pub fn durable(&self) -> DurableSummary {
+        let g = self.lock();
+        DurableSummary {
+            hard_state: g.durable.hard_state,
+            purged: g.durable.purged,
+            last: g.durable.last(),
+        }
+    }
+
+    /// The term of the durable entry at `index`, if there is one.
+    pub fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
+        self.lock().durable.term_at(index)
+    }
+
+    /// How many `write` calls have completed (each one an "fsync" of a real store).
+    pub fn write_count(&self) -> u64 {
+        self.lock().writes
+    }
+
+    /// A copy of every entry in the store (as reads see it), for tests.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.lock().volatile.entries.iter().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl LogStore for MemLogStore {
+    async fn load(&self) -> Result<LogState, StorageError> {
+        let g = self.lock();
+        let v = &g.volatile;
+        Ok(LogState { hard_state: v.hard_state, purged: v.purged, last: v.last() })
+    }
+
+    async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
+        let (delay, epoch) = {
+            let mut g = self.lock();
+            g.volatile.validate(&write)?;
+            g.volatile.apply(&write);
+            if g.sync_delay.is_zero() {
+                g.durable.apply(&write);
+                g.writes += 1;
+                return Ok(());
+            }
+            (g.sync_delay, g.epoch)
+        };
+        // The "fsync". If this future is dropped here, the write never becomes durable.
+        tokio::time::sleep(delay).await;
+        let mut g = self.lock();
+        if g.epoch != epoch {
+            return Err(StorageError::new(
+                StorageErrorKind::Io,
+                "the store crashed during the write",
+            ));
+        }
+        g.durable.apply(&write);
         g.writes += 1;
         Ok(())
     }
 
     async fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        let g = self.lock();
-        if first > last {
-            return Err(invalid(format!("read range {first}..={last} is inverted")));
-        }
-        if first <= g.purged.index {
-            return Err(StorageError::new(
-                StorageErrorKind::Purged,
-                format!("read from {first} but entries up to {} are purged", g.purged.index),
-            ));
-        }
-        if last > g.last().index {
-            return Err(StorageError::new(
-                StorageErrorKind::OutOfRange,
-                format!("read to {last} but the last entry is {}", g.last().index),
-            ));
-        }
-        let (a, b) = (g.offset(first), g.offset(last));
-        Ok(g.entries.range(a..=b).cloned().collect())
+        self.lock().volatile.read(first, last)
     }
 
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
         let mut g = self.lock();
-        if up_to.index <= g.purged.index {
-            return Ok(());
+        g.volatile.purge(up_to)?;
+        // Purging durable data is safe at any time (purged entries are covered by a snapshot),
+        // and the durable copy may lag, so purge what it has.
+        let durable_up_to = up_to.index.min(g.durable.last().index);
+        if let Some(term) = g.durable.term_at(durable_up_to) {
+            let _ = g.durable.purge(LogId { term, index: durable_up_to });
         }
-        if up_to.index > g.last().index {
-            return Err(invalid(format!("purge to {up_to} past the last entry {}", g.last())));
-        }
-        let at = g.offset(up_to.index);
-        if g.entries[at].log_id != up_to {
-            return Err(invalid(format!(
-                "purge to {up_to} but the log holds {} there",
-                g.entries[at].log_id
-            )));
-        }
-        g.entries.drain(..=at);
-        g.purged = up_to;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        range.map(|i| Entry::blank(LogId::new(term, i))).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loses_only_what_was_not_durable() {
+        let s = MemLogStore::with_sync_delay(Duration::from_millis(5));
+        s.write(LogWrite { entries: entries(1, 1..=3), ..Default::default() }).await.unwrap();
+        assert_eq!(s.durable().last, LogId::new(1, 3));
+        // A write abandoned during its sync: visible to reads, but not durable.
+        let w = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.write(LogWrite { entries: entries(1, 4..=6), ..Default::default() }).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(s.load().await.unwrap().last, LogId::new(1, 6));
+        assert_eq!(s.durable().last, LogId::new(1, 3));
+        w.abort();
+        let _ = w.await;
+        s.crash();
+        assert_eq!(s.load().await.unwrap().last, LogId::new(1, 3));
+        assert!(s.read(LogIndex(4), LogIndex(4)).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_straddling_a_crash_fails_and_stays_lost() {
+        let s = MemLogStore::with_sync_delay(Duration::from_millis(5));
+        let w = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.write(LogWrite { entries: entries(1, 1..=2), ..Default::default() }).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        s.crash();
+        let err = w.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Io);
+        assert_eq!(s.durable().last, LogId::ZERO);
+        assert_eq!(s.load().await.unwrap().last, LogId::ZERO);
     }
 }

@@ -34,11 +34,31 @@ struct Router {
     faults: Faults,
     rng: u64,
     through_codec: bool,
+    max_frame: usize,
     delivered: u64,
     dropped: u64,
+    rejected: u64,
 }
 
+/// The default frame limit when messages go through the codec: 64 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
 impl Router {
+    /// Decodes a frame as a receiving transport would, refusing oversized or malformed ones.
+    fn check_frame(&mut self, frame: &[u8]) -> Result<Message, NetworkError> {
+        if frame.len() > self.max_frame {
+            self.rejected += 1;
+            return Err(NetworkError::new(
+                NetworkErrorKind::InvalidFrame,
+                format!("frame of {} bytes exceeds the {} byte limit", frame.len(), self.max_frame),
+            ));
+        }
+        codec::decode_message(frame).map_err(|e| {
+            self.rejected += 1;
+            NetworkError::with_source(NetworkErrorKind::InvalidFrame, "malformed frame", e)
+        })
+    }
+
     /// SplitMix64 step.
     fn next_u64(&mut self) -> u64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -71,8 +91,10 @@ impl MemRouter {
                 faults: Faults::default(),
                 rng: seed,
                 through_codec: false,
+                max_frame: DEFAULT_MAX_FRAME,
                 delivered: 0,
                 dropped: 0,
+                rejected: 0,
             })),
         }
     }
@@ -87,9 +109,41 @@ impl MemRouter {
     }
 
     /// Encodes and decodes every message with the wire codec (as a real transport would),
-    /// instead of passing it by value.
+    /// instead of passing it by value. Frames over the limit are then refused.
     pub fn set_through_codec(&self, on: bool) {
         self.lock().through_codec = on;
+    }
+
+    /// Sets the largest encoded message accepted when going through the codec.
+    pub fn set_max_frame(&self, bytes: usize) {
+        self.lock().max_frame = bytes;
+    }
+
+    /// The largest encoded message accepted when going through the codec.
+    pub fn max_frame(&self) -> usize {
+        self.lock().max_frame
+    }
+
+    /// Delivers raw bytes to `to` as if `from` had sent them as one frame: they are decoded
+    /// and validated like any frame, so a malformed or oversized one is refused (and counted)
+    /// without reaching the node. For testing transports' handling of hostile peers.
+    pub fn deliver_raw(&self, from: NodeId, to: NodeId, frame: &[u8]) -> Result<(), NetworkError> {
+        let mut g = self.lock();
+        let inbox = g.inboxes.get(&to).cloned().ok_or_else(|| {
+            NetworkError::new(NetworkErrorKind::Unreachable, format!("{to} is not running"))
+        })?;
+        match g.check_frame(frame) {
+            Ok(msg) => {
+                g.delivered += 1;
+                drop(g);
+                MemRouter::deliver(&inbox, from, msg);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%from, %to, error = %e, "refusing a frame");
+                Err(e)
+            }
+        }
     }
 
     /// Replaces the fault settings.
@@ -142,10 +196,10 @@ impl MemRouter {
         g.faults = Faults::default();
     }
 
-    /// (delivered, dropped) message counts so far.
-    pub fn stats(&self) -> (u64, u64) {
+    /// (delivered, dropped, refused as malformed or oversized) message counts so far.
+    pub fn stats(&self) -> (u64, u64, u64) {
         let g = self.lock();
-        (g.delivered, g.dropped)
+        (g.delivered, g.dropped, g.rejected)
     }
 
     fn deliver(inbox: &Inbox, from: NodeId, msg: Message) {
@@ -197,9 +251,7 @@ impl Network for MemNetwork {
                 let bytes = codec::encode_message(&msg).map_err(|e| {
                     NetworkError::with_source(NetworkErrorKind::InvalidFrame, "encode", e)
                 })?;
-                codec::decode_message(&bytes).map_err(|e| {
-                    NetworkError::with_source(NetworkErrorKind::InvalidFrame, "decode", e)
-                })?
+                g.check_frame(&bytes)?
             } else {
                 msg
             };

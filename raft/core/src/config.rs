@@ -55,6 +55,9 @@ pub struct Config {
     /// Seed of the core's PRNG (election jitter). Mixed with `id`, so nodes sharing a seed still
     /// draw different timeouts. The same seed and inputs replay the same run.
     pub seed: u64,
+    /// A deliberately broken behaviour to activate on this node (test builds only).
+    #[cfg(feature = "mutants")]
+    pub mutant: Option<crate::Mutant>,
 }
 
 /// A configuration value that cannot work, naming the field at fault.
@@ -123,6 +126,8 @@ impl Config {
             max_apply_batch: 4096,
             peer_queue_capacity: 1024,
             seed: 0,
+            #[cfg(feature = "mutants")]
+            mutant: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
 use crate::progress::Progress;
 use crate::quorum::VoteResult;
-use crate::raft::{RaftCore, Ungated};
+use crate::raft::{Mutant, RaftCore, Ungated};
 use crate::time::Instant;
 use crate::types::{Entry, LogId, NodeId, Role, Term};
 
@@ -43,6 +43,10 @@ impl RaftCore {
                     // tell it directly; it steps down and a fresh election includes us.
                     let reply = Message { term: self.term, body: MessageBody::HeartbeatResponse };
                     self.send_after_persist(from, reply);
+                }
+                MessageBody::VoteResponse(vr) if self.mutant(Mutant::CountStaleTermVotes) => {
+                    let vr = vr.clone();
+                    self.handle_vote_response(now, from, msg.term, vr);
                 }
                 MessageBody::RequestVote(rv) if rv.pre_vote => {
                     // Answer so a pre-candidate behind in term learns the current one.
@@ -158,6 +162,8 @@ impl RaftCore {
         if term > self.term {
             self.term = term;
             self.vote = None;
+        } else if self.mutant(Mutant::ForgetVoteOnSameTermStepDown) {
+            self.vote = None;
         }
         self.role = if self.membership.is_voter(self.id) { Role::Follower } else { Role::Learner };
         if self.leader != leader {
@@ -261,8 +267,13 @@ impl RaftCore {
         };
         let body =
             MessageBody::VoteResponse(VoteResponse { pre_vote: rv.pre_vote, granted: grant });
+        let msg = Message { term: reply_term, body };
+        if grant && !rv.pre_vote && self.mutant(Mutant::GrantVoteBeforePersist) {
+            self.send_unsafe_mutant(from, msg);
+            return;
+        }
         // The grant is released only once the vote is durable (and with it, our term).
-        self.send_after_persist(from, Message { term: reply_term, body });
+        self.send_after_persist(from, msg);
     }
 
     fn handle_vote_response(&mut self, now: Instant, from: NodeId, term: Term, vr: VoteResponse) {
@@ -272,7 +283,8 @@ impl RaftCore {
             _ => return,
         };
         // A pre-vote rejection arrives in the responder's (our) term; grants in the asked one.
-        if term != expected && !(vr.pre_vote && !vr.granted && term == self.term) {
+        let stale_ok = self.mutant(Mutant::CountStaleTermVotes) && term < expected;
+        if term != expected && !(vr.pre_vote && !vr.granted && term == self.term) && !stale_ok {
             return;
         }
         self.votes.insert(from, vr.granted);

@@ -71,6 +71,8 @@ mod election;
 mod log;
 mod membership;
 mod message;
+#[cfg(feature = "mutants")]
+mod mutants;
 mod progress;
 pub mod quorum;
 mod raft;
@@ -87,6 +89,8 @@ pub use message::{
     AppendEntries, AppendResponse, Heartbeat, InvalidMessage, Message, MessageBody, RequestVote,
     VoteResponse,
 };
+#[cfg(feature = "mutants")]
+pub use mutants::Mutant;
 pub use progress::ProgressState;
 pub use raft::{InitialState, ProposeError, RaftCore, StartError};
 pub use time::Instant;

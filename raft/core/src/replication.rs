@@ -4,7 +4,7 @@
 use crate::action::{Action, SendFromLog};
 use crate::message::{AppendEntries, AppendResponse, Heartbeat, Message, MessageBody};
 use crate::progress::ProgressState;
-use crate::raft::{RaftCore, Ungated};
+use crate::raft::{Mutant, RaftCore, Ungated};
 use crate::time::Instant;
 use crate::types::{LogId, LogIndex, NodeId};
 
@@ -157,7 +157,10 @@ impl RaftCore {
         let quorum_index = self.membership.committed_index(|n| {
             if n == id { stable } else { progress.get(&n).map_or(LogIndex(0), |p| p.match_index) }
         });
-        if quorum_index > self.commit && self.log.term_at(quorum_index) == Some(self.term) {
+        let current_term = self.log.term_at(quorum_index) == Some(self.term);
+        if quorum_index > self.commit
+            && (current_term || self.mutant(Mutant::CommitPreviousTermByCounting))
+        {
             tracing::trace!(node = %self.id, from = %self.commit, to = %quorum_index, "commit");
             self.commit = quorum_index;
             self.dirty = true;
@@ -180,7 +183,9 @@ impl RaftCore {
             ae.prev_log_id = ae.entries[skip - 1].log_id;
             ae.entries.drain(..skip);
         }
-        if !self.log.has(ae.prev_log_id) {
+        let skip_check = self.mutant(Mutant::SkipLogConsistencyCheck)
+            && ae.prev_log_id.index <= self.log.last().index;
+        if !self.log.has(ae.prev_log_id) && !skip_check {
             let hint = self.log.find_conflict_by_term(ae.prev_log_id.index, ae.prev_log_id.term);
             tracing::debug!(node = %self.id, %from, prev = %ae.prev_log_id, %hint, "rejecting append");
             let body = MessageBody::AppendResponse(AppendResponse::Reject {
@@ -191,6 +196,11 @@ impl RaftCore {
             return;
         }
         let last_new = ae.prev_log_id.index.plus(ae.entries.len() as u64);
+        if self.mutant(Mutant::TruncateMatchingSuffix)
+            && ae.prev_log_id.index < self.log.last().index
+        {
+            self.truncate_local(ae.prev_log_id.index.next());
+        }
         // The first entry our log does not already have decides where ours ends and theirs
         // begins; everything after a conflict is removed (Raft §5.3).
         if let Some(pos) = ae.entries.iter().position(|e| !self.log.has(e.log_id)) {
@@ -215,7 +225,12 @@ impl RaftCore {
     /// Acknowledges that our log matches the leader's up to `match_index`, once durable.
     fn ack(&mut self, to: NodeId, match_index: LogIndex) {
         let body = MessageBody::AppendResponse(AppendResponse::Success { match_index });
-        self.send_after_persist(to, Message { term: self.term, body });
+        let msg = Message { term: self.term, body };
+        if self.mutant(Mutant::AckAppendBeforePersist) {
+            self.send_unsafe_mutant(to, msg);
+            return;
+        }
+        self.send_after_persist(to, msg);
     }
 
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, hb: Heartbeat) {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Fatal, StorageError, WriteError};
-use crate::metrics::{NodeState, RaftMetrics};
+use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{self, ApplyJob, PeerItem, Waiter};
 
@@ -27,12 +27,23 @@ pub(crate) struct Proposal<O> {
 /// Requests from handles other than proposals.
 pub(crate) enum Control {
     Shutdown(oneshot::Sender<()>),
+    Pause(Duration),
 }
 
 /// State shared between the driver and the handles.
 #[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) fatal: OnceLock<Fatal>,
+    /// The driver's helper tasks, so `kill` can stop them all at once.
+    pub(crate) tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Shared {
+    pub(crate) fn register(&self, task: &JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
+    }
 }
 
 /// The most inbound messages handled per loop turn before other inputs get a look in.
@@ -59,6 +70,8 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) peers: BTreeMap<NodeId, (mpsc::Sender<PeerItem>, JoinHandle<()>)>,
     pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
     pub(crate) failure: Option<Fatal>,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) last_status: Option<NodeStatus>,
 }
 
 enum Exit {
@@ -84,6 +97,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     async fn main_loop(&mut self) -> Exit {
         loop {
             self.carry_out_actions();
+            self.observe();
             self.publish_metrics(NodeState::Running);
             if let Some(f) = self.failure.take() {
                 return Exit::Failed(f);
@@ -99,6 +113,10 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 biased;
                 c = self.control.recv() => match c {
                     Some(Control::Shutdown(tx)) => return Exit::Shutdown(Some(tx)),
+                    Some(Control::Pause(d)) => {
+                        // Like a process stalled by the OS: nothing is handled meanwhile.
+                        tokio::time::sleep(d).await;
+                    }
                     None => return Exit::Shutdown(None),
                 },
                 Some(r) = self.write_done.recv() => self.on_write_done(r),
@@ -237,12 +255,23 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 rx,
                 self.unreachable_tx.clone(),
             ));
+            self.shared.register(&task);
             (tx, task)
         });
         if tx.try_send(item).is_err() {
             // The peer is not keeping up. Dropping is safe (Raft tolerates loss) and keeps the
             // driver and every other peer moving; the core's stall detection re-probes.
             tracing::debug!(peer = %to, "peer queue full; dropping a message");
+        }
+    }
+
+    fn observe(&mut self) {
+        if let Some(obs) = &self.observer {
+            let status = NodeStatus::from_core(&self.core);
+            if self.last_status != Some(status) {
+                obs.on_status(&status);
+                self.last_status = Some(status);
+            }
         }
     }
 

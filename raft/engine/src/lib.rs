@@ -73,7 +73,7 @@ mod workers;
 pub use error::{
     Fatal, NetworkError, NetworkErrorKind, StartError, StorageError, StorageErrorKind, WriteError,
 };
-pub use metrics::{NodeState, RaftMetrics};
+pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 pub use raft::Raft;
 pub use traits::{
     ApplyEntry, ApplyPayload, Inbound, Inbox, LogState, LogStore, Network, StateMachine,
@@ -81,7 +81,10 @@ pub use traits::{
 
 /// The protocol core and its types, re-exported so users depend on `raftkit` alone.
 pub use raftkit_core as core;
+#[cfg(feature = "mutants")]
+pub use raftkit_core::Mutant;
 pub use raftkit_core::{
-    Config, ConfigError, Entry, EntryPayload, HardState, LogId, LogIndex, LogWrite, Membership,
-    Message, NodeId, Role, Term, codec,
+    AppendEntries, AppendResponse, Config, ConfigError, Entry, EntryPayload, HardState, Heartbeat,
+    LogId, LogIndex, LogWrite, Membership, Message, MessageBody, NodeId, RequestVote, Role, Term,
+    VoteResponse, codec,
 };

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use raftkit_core::{LogId, LogIndex, NodeId, RaftCore, Role, Term};
+use raftkit_core::{HardState, LogId, LogIndex, NodeId, RaftCore, Role, Term};
 
 /// Whether the node is serving.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +41,59 @@ pub struct RaftMetrics {
     pub replication: BTreeMap<NodeId, LogIndex>,
     /// The voters of the current configuration.
     pub voters: Vec<NodeId>,
+}
+
+/// A node's protocol state after one turn of its driver, for [`Observer`]s. Cheap to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node.
+    pub id: NodeId,
+    /// The protocol role.
+    pub role: Role,
+    /// The current term.
+    pub term: Term,
+    /// The vote cast in the current term (possibly not yet durable).
+    pub vote: Option<NodeId>,
+    /// The leader of the current term, if known.
+    pub leader: Option<NodeId>,
+    /// The commit index.
+    pub commit: LogIndex,
+    /// The term of the entry at the commit index.
+    pub commit_term: Option<Term>,
+    /// The applied index.
+    pub applied: LogIndex,
+    /// The last log entry (durable or not).
+    pub last_log: LogId,
+    /// The highest index durable in the local log.
+    pub stable: LogIndex,
+    /// The hard state known durable.
+    pub durable: HardState,
+}
+
+impl NodeStatus {
+    pub(crate) fn from_core(core: &RaftCore) -> NodeStatus {
+        NodeStatus {
+            id: core.id(),
+            role: core.role(),
+            term: core.term(),
+            vote: core.vote(),
+            leader: core.leader(),
+            commit: core.commit_index(),
+            commit_term: core.term_at(core.commit_index()),
+            applied: core.applied_index(),
+            last_log: core.last_log_id(),
+            stable: core.stable_index(),
+            durable: core.durable_hard_state(),
+        }
+    }
+}
+
+/// Sees every change of a node's protocol state, synchronously, from the driver task — unlike
+/// [`Raft::metrics`](crate::Raft::metrics), which coalesces changes. Used by the testkit's
+/// invariant checkers; keep `on_status` fast, it runs on the driver.
+pub trait Observer: Send + Sync + 'static {
+    /// Called after each driver turn in which the status changed.
+    fn on_status(&self, status: &NodeStatus);
 }
 
 impl RaftMetrics {

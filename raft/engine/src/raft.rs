@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::driver::{Control, Driver, Proposal, Shared};
 use crate::error::{Fatal, StartError, WriteError};
-use crate::metrics::{NodeState, RaftMetrics};
+use crate::metrics::{NodeState, Observer, RaftMetrics};
 use crate::startup;
 use crate::traits::{Inbox, LogStore, Network, StateMachine};
 use crate::workers;
@@ -55,7 +55,29 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         config: Config,
         network: N,
         log: L,
+        state_machine: S,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(config, network, log, state_machine, None).await
+    }
+
+    /// Like [`start`](Self::start), with an [`Observer`] that sees every change of the node's
+    /// protocol state.
+    pub async fn start_observed(
+        config: Config,
+        network: N,
+        log: L,
+        state_machine: S,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(config, network, log, state_machine, Some(observer)).await
+    }
+
+    async fn start_inner(
+        config: Config,
+        network: N,
+        log: L,
         mut state_machine: S,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let id = config.id;
@@ -93,6 +115,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         ));
         let (unreachable_tx, unreachable_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
+        shared.register(&writer);
+        shared.register(&applier);
         let driver = Driver::<N, L, S> {
             core,
             epoch,
@@ -114,6 +138,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             peers: Default::default(),
             waiters: Default::default(),
             failure: None,
+            observer,
+            last_status: None,
         };
         let task = tokio::spawn(driver.run());
         Ok(Raft {
@@ -179,6 +205,30 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let mut rx = self.metrics();
         let fut = async move { rx.wait_for(pred).await.ok().map(|m| m.clone()) };
         tokio::time::timeout(timeout, fut).await.ok().flatten()
+    }
+
+    /// Stops processing for `duration`, as a process stalled by the OS or a long GC pause would:
+    /// no messages, timers, completions or proposals are handled meanwhile (inputs queue up, and
+    /// inbound messages beyond the inbox capacity are lost). For fault-injection tests.
+    pub async fn pause(&self, duration: Duration) {
+        let _ = self.inner.control.send(Control::Pause(duration)).await;
+    }
+
+    /// Stops the node at once, as if its process died: every task is aborted where it stands,
+    /// an in-progress log write is abandoned (the store's all-or-nothing guarantee decides what
+    /// remains), nothing is drained, and waiting clients get [`WriteError::Shutdown`]. The
+    /// network is shut down, as the OS would close the sockets. Metrics stop updating.
+    pub async fn kill(&self) {
+        let tasks =
+            std::mem::take(&mut *self.inner.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in &tasks {
+            t.abort();
+        }
+        if let Some(driver) = self.inner.driver.lock().await.take() {
+            driver.abort();
+            let _ = driver.await;
+        }
+        self.inner.network.shutdown().await;
     }
 
     /// Stops the node: answers pending writes with [`WriteError::Shutdown`], lets an in-progress

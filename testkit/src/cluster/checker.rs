@@ -1,0 +1,549 @@
+//! The invariant checker. It sees every node's protocol state after each driver turn (an
+//! [`Observer`]), every message a node sends (through the fault-injecting network), every entry
+//! applied (through the state machine), and the logs in the stores at checkpoints. Violations
+//! are recorded, not panicked on, so the run can finish and print a full report.
+//!
+//! Checked: election safety (one leader per term, elected by a quorum of votes granted in that
+//! term, as seen on the wire); one vote per node per term; term and commit
+//! never go backwards; the durable term and vote never go backwards, across restarts; a leader
+//! advances its commit index only to entries of its own term (Raft §5.4.2); all nodes agree on
+//! what is committed; state-machine safety (the same entry at every index, applied in order
+//! without gaps); nothing that depends on durable state is sent before it is durable (when the
+//! store can tell); log matching; leader completeness; every committed entry durable on a
+//! quorum.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use raftkit::{
+    AppendResponse, Entry, HardState, LogId, LogIndex, Message, MessageBody, NodeId, NodeStatus,
+    Observer, Role, Term,
+};
+
+use crate::harness::DurableView;
+use crate::kv::{ApplyRecorder, Fnv};
+
+/// What a checkpoint read from one node's store.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLog {
+    /// The last purged id.
+    pub purged: LogId,
+    /// The entries after it, as (id, payload digest).
+    pub entries: Vec<(LogId, u64)>,
+}
+
+impl NodeLog {
+    /// Summarizes entries read from a store.
+    pub fn from_entries(purged: LogId, entries: &[Entry]) -> NodeLog {
+        let entries = entries
+            .iter()
+            .map(|e| {
+                let mut h = Fnv::default();
+                format!("{:?}", e.payload).hash(&mut h);
+                (e.log_id, h.finish())
+            })
+            .collect();
+        NodeLog { purged, entries }
+    }
+
+    fn get(&self, index: LogIndex) -> Option<(LogId, u64)> {
+        if index <= self.purged.index {
+            return None;
+        }
+        self.entries.get((index.0 - self.purged.index.0 - 1) as usize).copied()
+    }
+
+    fn last(&self) -> LogId {
+        self.entries.last().map_or(self.purged, |e| e.0)
+    }
+
+    /// A compact description: term runs with their index ranges.
+    pub fn summary(&self) -> String {
+        let mut out = format!("purged={} ", self.purged);
+        let mut i = 0;
+        while i < self.entries.len() {
+            let t = self.entries[i].0.term;
+            let start = self.entries[i].0.index;
+            let mut j = i;
+            while j + 1 < self.entries.len() && self.entries[j + 1].0.term == t {
+                j += 1;
+            }
+            let _ = write!(out, "[t{} {}..={}] ", t.0, start.0, self.entries[j].0.index.0);
+            i = j + 1;
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+struct Track {
+    incarnation: u32,
+    last: Option<NodeStatus>,
+    /// (term, commit) when this node last became leader.
+    leader_since: Option<(Term, LogIndex)>,
+    /// The highest durable hard state ever seen (across incarnations).
+    max_durable: HardState,
+    /// The next index this incarnation must apply.
+    next_apply: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    violations: Vec<String>,
+    trace: Vec<String>,
+    leaders: BTreeMap<Term, NodeId>,
+    votes: BTreeMap<(NodeId, Term), NodeId>,
+    committed: BTreeMap<LogIndex, LogId>,
+    /// The highest commit index any node reported while in each term: everything up to it was
+    /// committed by that term at the latest.
+    commit_by_term: BTreeMap<Term, LogIndex>,
+    applied: BTreeMap<u64, (LogId, u64)>,
+    nodes: BTreeMap<NodeId, Track>,
+    durable: BTreeMap<NodeId, Arc<dyn DurableView>>,
+}
+
+/// Collects observations and checks the invariants.
+pub struct Checker {
+    state: Mutex<State>,
+    epoch: tokio::time::Instant,
+    quorum: usize,
+    max_violations: usize,
+}
+
+impl Checker {
+    /// A checker for a cluster of `nodes` voters.
+    pub fn new(nodes: usize) -> Checker {
+        Checker {
+            state: Mutex::new(State::default()),
+            epoch: tokio::time::Instant::now(),
+            quorum: nodes / 2 + 1,
+            max_violations: 50,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn millis(&self) -> u128 {
+        tokio::time::Instant::now().saturating_duration_since(self.epoch).as_millis()
+    }
+
+    /// Adds a line to the event trace.
+    pub fn note(&self, line: impl AsRef<str>) {
+        let t = self.millis();
+        self.lock().trace.push(format!("{t:>7}ms {}", line.as_ref()));
+    }
+
+    /// Records a violation.
+    pub fn violation(&self, what: impl Into<String>) {
+        let what = what.into();
+        let t = self.millis();
+        let mut s = self.lock();
+        s.trace.push(format!("{t:>7}ms VIOLATION {what}"));
+        if s.violations.len() < self.max_violations {
+            s.violations.push(format!("at {t}ms: {what}"));
+        }
+    }
+
+    /// The violations found so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// The event trace so far.
+    pub fn trace(&self) -> Vec<String> {
+        self.lock().trace.clone()
+    }
+
+    /// The highest committed index seen, with its id.
+    pub fn committed(&self) -> BTreeMap<LogIndex, LogId> {
+        self.lock().committed.clone()
+    }
+
+    /// How many distinct entries were applied.
+    pub fn applied_count(&self) -> usize {
+        self.lock().applied.len()
+    }
+
+    /// Starts a new incarnation of `id` (first start or restart) and returns its number.
+    /// `durable` is what the node's store holds durably now; `loaded` is its hard state at start.
+    pub fn start_incarnation(
+        &self,
+        id: NodeId,
+        loaded: HardState,
+        durable: Option<Arc<dyn DurableView>>,
+    ) -> u32 {
+        let mut s = self.lock();
+        match durable {
+            Some(d) => {
+                s.durable.insert(id, d);
+            }
+            None => {
+                s.durable.remove(&id);
+            }
+        }
+        let t = s.nodes.entry(id).or_default();
+        t.incarnation += 1;
+        t.last = None;
+        t.leader_since = None;
+        t.next_apply = None;
+        let prev = t.max_durable;
+        let inc = t.incarnation;
+        drop(s);
+        self.check_durable_monotonic(id, prev, loaded, "restart");
+        inc
+    }
+
+    fn check_durable_monotonic(&self, id: NodeId, prev: HardState, now: HardState, when: &str) {
+        if now.term < prev.term {
+            self.violation(format!(
+                "{id}: durable term went back from {} to {} ({when})",
+                prev.term, now.term
+            ));
+        } else if now.term == prev.term && prev.vote.is_some() && now.vote != prev.vote {
+            self.violation(format!(
+                "{id}: durable vote in {} changed from {:?} to {:?} ({when})",
+                now.term, prev.vote, now.vote
+            ));
+        }
+        if now.commit < prev.commit {
+            self.violation(format!(
+                "{id}: durable commit went back from {} to {} ({when})",
+                prev.commit, now.commit
+            ));
+        }
+        let mut s = self.lock();
+        let t = s.nodes.entry(id).or_default();
+        let max = &mut t.max_durable;
+        if now.term > max.term {
+            *max = now;
+        } else if now.term == max.term {
+            max.vote = max.vote.or(now.vote);
+            max.commit = max.commit.max(now.commit);
+        }
+    }
+
+    /// An observer for one incarnation of a node.
+    pub fn observer(self: &Arc<Self>, id: NodeId, incarnation: u32) -> Arc<dyn Observer> {
+        Arc::new(NodeWatch { checker: self.clone(), id, incarnation })
+    }
+
+    /// An apply recorder for one incarnation of a node.
+    pub fn recorder(self: &Arc<Self>, id: NodeId, incarnation: u32) -> Arc<dyn ApplyRecorder> {
+        Arc::new(NodeWatch { checker: self.clone(), id, incarnation })
+    }
+
+    fn on_status(&self, id: NodeId, incarnation: u32, st: &NodeStatus) {
+        let mut problems = Vec::new();
+        let mut notes = Vec::new();
+        let prev_durable;
+        {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            let t = s.nodes.entry(id).or_default();
+            if t.incarnation != incarnation {
+                return;
+            }
+            prev_durable = t.max_durable;
+            if let Some(last) = t.last {
+                if st.term < last.term {
+                    problems
+                        .push(format!("{id}: term went back from {} to {}", last.term, st.term));
+                }
+                if st.commit < last.commit {
+                    problems.push(format!(
+                        "{id}: commit went back from {} to {}",
+                        last.commit, st.commit
+                    ));
+                }
+                if (last.role, last.term, last.leader) != (st.role, st.term, st.leader) {
+                    notes.push(format!(
+                        "{id}: {} in {} (leader {:?}) last={} commit={} stable={}",
+                        st.role,
+                        st.term,
+                        st.leader.map(|l| l.0),
+                        st.last_log,
+                        st.commit,
+                        st.stable
+                    ));
+                }
+            } else {
+                notes.push(format!(
+                    "{id}: started as {} in {}, last {}",
+                    st.role, st.term, st.last_log
+                ));
+            }
+            if st.role == Role::Leader {
+                match s.leaders.get(&st.term) {
+                    Some(other) if *other != id => {
+                        problems.push(format!("two leaders in {}: {} and {id}", st.term, other));
+                    }
+                    Some(_) => {}
+                    None => {
+                        s.leaders.insert(st.term, id);
+                        // A leader must hold a quorum of votes cast *in its term*: its own and
+                        // grants that voters actually sent in that term.
+                        let others = s
+                            .votes
+                            .iter()
+                            .filter(|((voter, term), cand)| {
+                                *term == st.term && **cand == id && *voter != id
+                            })
+                            .count();
+                        if others + 1 < self.quorum {
+                            problems.push(format!(
+                                "{id} became leader of {} with {} vote(s) granted in that term \
+                                 (quorum {}): it counted votes from another term",
+                                st.term,
+                                others + 1,
+                                self.quorum
+                            ));
+                        }
+                    }
+                }
+                match t.leader_since {
+                    Some((term, start)) if term == st.term => {
+                        if st.commit > start && st.commit_term != Some(st.term) {
+                            problems.push(format!(
+                                "{id}, leader of {}, advanced its commit to {} whose term is {:?}: \
+                                 an earlier term's entry committed by counting (Figure 8)",
+                                st.term, st.commit, st.commit_term
+                            ));
+                        }
+                    }
+                    _ => t.leader_since = Some((st.term, st.commit)),
+                }
+            }
+            if st.commit.0 > 0 {
+                let c = s.commit_by_term.entry(st.term).or_default();
+                *c = (*c).max(st.commit);
+                if let Some(term) = st.commit_term {
+                    let id_here = LogId { term, index: st.commit };
+                    match s.committed.get(&st.commit) {
+                        Some(prev) if *prev != id_here => problems.push(format!(
+                            "{id} committed {id_here} but {prev} was committed at that index"
+                        )),
+                        Some(_) => {}
+                        None => {
+                            s.committed.insert(st.commit, id_here);
+                        }
+                    }
+                }
+            }
+            let t = s.nodes.entry(id).or_default();
+            t.last = Some(*st);
+        }
+        self.check_durable_monotonic(id, prev_durable, st.durable, "running");
+        for n in notes {
+            self.note(n);
+        }
+        for p in problems {
+            self.violation(p);
+        }
+    }
+
+    fn on_apply(&self, id: NodeId, incarnation: u32, log_id: LogId, digest: u64) {
+        let mut problems = Vec::new();
+        {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            let t = s.nodes.entry(id).or_default();
+            if t.incarnation != incarnation {
+                return;
+            }
+            let i = log_id.index.0;
+            if let Some(next) = t.next_apply {
+                if i != next {
+                    problems.push(format!(
+                        "{id} applied {log_id} but the next index to apply was {next}"
+                    ));
+                }
+            }
+            t.next_apply = Some(i + 1);
+            match s.applied.get(&i) {
+                Some((other, d)) if (*other, *d) != (log_id, digest) => problems.push(format!(
+                    "state machine safety: {id} applied {log_id} at {i}, another node applied {other}{}",
+                    if *other == log_id { " with different contents" } else { "" }
+                )),
+                Some(_) => {}
+                None => {
+                    s.applied.insert(i, (log_id, digest));
+                }
+            }
+        }
+        for p in problems {
+            self.violation(p);
+        }
+    }
+
+    /// Sees a message as its sender emits it.
+    pub fn on_send(&self, from: NodeId, to: NodeId, m: &Message) {
+        let mut problems = Vec::new();
+        {
+            let mut s = self.lock();
+            let durable = s.durable.get(&from).cloned();
+            let mut vote = |voter: NodeId, term: Term, cand: NodeId, s: &mut State| match s
+                .votes
+                .get(&(voter, term))
+            {
+                Some(prev) if *prev != cand => {
+                    problems.push(format!("{voter} voted for {prev} and for {cand} in {term}"));
+                }
+                _ => {
+                    s.votes.insert((voter, term), cand);
+                }
+            };
+            match &m.body {
+                MessageBody::RequestVote(rv) if !rv.pre_vote => {
+                    vote(from, m.term, from, &mut s);
+                    if let Some(d) = &durable {
+                        let hs = d.hard_state();
+                        if hs.term < m.term || (hs.term == m.term && hs.vote != Some(from)) {
+                            problems.push(format!(
+                                "{from} asked for votes in {} before its own vote was durable (durable {hs:?})",
+                                m.term
+                            ));
+                        }
+                    }
+                }
+                MessageBody::VoteResponse(vr) if vr.granted && !vr.pre_vote => {
+                    vote(from, m.term, to, &mut s);
+                    if let Some(d) = &durable {
+                        let hs = d.hard_state();
+                        if hs.term < m.term || (hs.term == m.term && hs.vote != Some(to)) {
+                            problems.push(format!(
+                                "{from} granted its vote to {to} in {} before the vote was durable (durable {hs:?})",
+                                m.term
+                            ));
+                        }
+                    }
+                }
+                MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
+                    if let Some(d) = &durable {
+                        let hs = d.hard_state();
+                        if hs.term < m.term {
+                            problems.push(format!(
+                                "{from} answered in {} before that term was durable (durable {})",
+                                m.term, hs.term
+                            ));
+                        } else if hs.term == m.term && d.last().index < *match_index {
+                            problems.push(format!(
+                                "{from} acknowledged entries up to {match_index} to {to} but only {} is durable",
+                                d.last()
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for p in problems {
+            self.violation(p);
+        }
+    }
+
+    /// Checks the logs read from every store: log matching, leader completeness, and that every
+    /// applied (hence committed) entry is durable on a quorum.
+    pub fn checkpoint(&self, logs: &BTreeMap<NodeId, NodeLog>) {
+        let mut problems = Vec::new();
+        {
+            let s = self.lock();
+            // Log matching.
+            let ids: Vec<&NodeId> = logs.keys().collect();
+            for (i, a) in ids.iter().enumerate() {
+                for b in &ids[i + 1..] {
+                    let (la, lb) = (&logs[*a], &logs[*b]);
+                    let hi = la.last().index.min(lb.last().index);
+                    let lo = la.purged.index.max(lb.purged.index);
+                    let mut k = hi;
+                    while k > lo && la.get(k).map(|e| e.0) != lb.get(k).map(|e| e.0) {
+                        k = k.prev();
+                    }
+                    let mut j = lo.next();
+                    while j <= k {
+                        if la.get(j) != lb.get(j) {
+                            problems.push(format!(
+                                "log matching: {a} and {b} share {} at {k} but differ at {j}: {:?} vs {:?}",
+                                la.get(k).map(|e| e.0).unwrap_or_default(),
+                                la.get(j),
+                                lb.get(j)
+                            ));
+                            break;
+                        }
+                        j = j.next();
+                    }
+                }
+            }
+            // Leader completeness: a leader of term t has every entry committed before t (an
+            // entry's commit term is when it became committed, not when it was created).
+            for (id, log) in logs {
+                let Some(st) = s.nodes.get(id).and_then(|t| t.last) else { continue };
+                if st.role != Role::Leader {
+                    continue;
+                }
+                let Some(bound) = s.commit_by_term.range(..st.term).map(|(_, c)| *c).max() else {
+                    continue;
+                };
+                for (i, (lid, _)) in s.applied.range(..=bound.0) {
+                    let i = LogIndex(*i);
+                    if i > log.purged.index && log.get(i).map(|e| e.0) != Some(*lid) {
+                        problems.push(format!(
+                            "leader completeness: {id}, leader of {}, lacks committed {lid} (has {:?})",
+                            st.term,
+                            log.get(i).map(|e| e.0)
+                        ));
+                        break;
+                    }
+                }
+            }
+            // Committed entries are durable on a quorum.
+            for (i, (lid, _)) in &s.applied {
+                let i = LogIndex(*i);
+                let holders = logs
+                    .iter()
+                    .filter(|(id, log)| {
+                        if i <= log.purged.index {
+                            // Compacted away: covered by the node's snapshot.
+                            return true;
+                        }
+                        match s.durable.get(id) {
+                            Some(d) => d.term_at(i) == Some(lid.term),
+                            None => log.get(i).map(|e| e.0) == Some(*lid),
+                        }
+                    })
+                    .count();
+                if holders < self.quorum {
+                    problems.push(format!(
+                        "committed entry {lid} is durable on only {holders} nodes (quorum {})",
+                        self.quorum
+                    ));
+                    break;
+                }
+            }
+        }
+        for p in problems {
+            self.violation(p);
+        }
+    }
+}
+
+struct NodeWatch {
+    checker: Arc<Checker>,
+    id: NodeId,
+    incarnation: u32,
+}
+
+impl Observer for NodeWatch {
+    fn on_status(&self, status: &NodeStatus) {
+        self.checker.on_status(self.id, self.incarnation, status);
+    }
+}
+
+impl ApplyRecorder for NodeWatch {
+    fn applied(&self, entry: LogId, digest: u64) {
+        self.checker.on_apply(self.id, self.incarnation, entry, digest);
+    }
+}

@@ -1,0 +1,164 @@
+//! [`FaultyNetwork`]: wraps any [`Network`] with the nemesis's faults — directed link blocks
+//! (partitions, one-way and bridge), loss, duplication and delay (hence reordering) — and shows
+//! every message a node emits to the checker before any fault applies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raftkit::{Inbox, Message, Network, NetworkError, NodeId};
+
+use super::checker::Checker;
+use crate::rng::Rng;
+
+/// Message-level fault rates.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MessageFaults {
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Extra delay drawn per message from this range (different delays reorder).
+    pub delay: Option<(Duration, Duration)>,
+    /// Probability a message is stalled: held for 0.3–2 s, longer than an election timeout,
+    /// as a congested link or a stalled proxy would (late votes and acknowledgements from an
+    /// earlier term then arrive mid-election).
+    pub stall: f64,
+}
+
+#[derive(Debug)]
+struct State {
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Directed links with a large fixed latency.
+    slow: BTreeMap<(NodeId, NodeId), Duration>,
+    faults: MessageFaults,
+    rng: Rng,
+}
+
+/// The fault settings shared by every node's [`FaultyNetwork`]; the nemesis changes them.
+#[derive(Debug)]
+pub struct Faults {
+    state: Mutex<State>,
+}
+
+impl Faults {
+    /// No faults; `seed` drives every random fault decision.
+    pub fn new(seed: u64) -> Faults {
+        Faults {
+            state: Mutex::new(State {
+                blocked: BTreeSet::new(),
+                slow: BTreeMap::new(),
+                faults: MessageFaults::default(),
+                rng: Rng::new(seed),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the blocked links with `links` (directed pairs).
+    pub fn set_blocked(&self, links: BTreeSet<(NodeId, NodeId)>) {
+        self.lock().blocked = links;
+    }
+
+    /// Blocks one directed link.
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        self.lock().blocked.insert((from, to));
+    }
+
+    /// Makes the directed link `from -> to` slow: every message takes about `latency` (a
+    /// congested path), so answers arrive long after the sender moved on.
+    pub fn slow_link(&self, from: NodeId, to: NodeId, latency: Duration) {
+        self.lock().slow.insert((from, to), latency);
+    }
+
+    /// Sets the message fault rates.
+    pub fn set_message_faults(&self, f: MessageFaults) {
+        self.lock().faults = f;
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        let mut s = self.lock();
+        s.blocked.clear();
+        s.slow.clear();
+        s.faults = MessageFaults::default();
+    }
+
+    /// Decides the fate of one message: how many copies, each with its delay.
+    fn fate(&self, from: NodeId, to: NodeId) -> Vec<Option<Duration>> {
+        let mut s = self.lock();
+        if s.blocked.contains(&(from, to)) {
+            return Vec::new();
+        }
+        let f = s.faults;
+        if s.rng.chance(f.drop) {
+            return Vec::new();
+        }
+        let copies = if s.rng.chance(f.duplicate) { 2 } else { 1 };
+        let slow = s.slow.get(&(from, to)).copied();
+        (0..copies)
+            .map(|_| {
+                if let Some(latency) = slow {
+                    Some(latency + s.rng.duration(Duration::ZERO, Duration::from_millis(20)))
+                } else if s.rng.chance(f.stall) {
+                    Some(s.rng.duration(Duration::from_millis(300), Duration::from_secs(2)))
+                } else {
+                    f.delay.map(|(lo, hi)| s.rng.duration(lo, hi))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A node's network with faults injected on the sending side.
+pub struct FaultyNetwork<N> {
+    inner: Arc<N>,
+    id: NodeId,
+    faults: Arc<Faults>,
+    checker: Arc<Checker>,
+}
+
+impl<N: Network> FaultyNetwork<N> {
+    /// Wraps `inner`, the endpoint of node `id`.
+    pub fn new(inner: N, id: NodeId, faults: Arc<Faults>, checker: Arc<Checker>) -> Self {
+        FaultyNetwork { inner: Arc::new(inner), id, faults, checker }
+    }
+}
+
+#[async_trait]
+impl<N: Network> Network for FaultyNetwork<N> {
+    async fn start(&self, inbox: Inbox) -> Result<(), NetworkError> {
+        self.inner.start(inbox).await
+    }
+
+    async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), NetworkError> {
+        let mut now = Vec::with_capacity(messages.len());
+        for m in messages {
+            self.checker.on_send(self.id, to, &m);
+            for delay in self.faults.fate(self.id, to) {
+                match delay {
+                    None => now.push(m.clone()),
+                    Some(d) => {
+                        let (inner, m) = (self.inner.clone(), m.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(d).await;
+                            let _ = inner.send(to, vec![m]).await;
+                        });
+                    }
+                }
+            }
+        }
+        if now.is_empty() {
+            return Ok(());
+        }
+        self.inner.send(to, now).await
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+}

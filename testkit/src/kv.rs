@@ -1,0 +1,186 @@
+//! The testkit's own key-value state machine: registers with put, get and compare-and-swap,
+//! that reports every applied entry to a recorder so the cluster suite can check state-machine
+//! safety. It is deliberately simple and in-memory (rebuilt from the log after a restart).
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use raftkit::{ApplyEntry, ApplyPayload, LogId, StateMachine, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::linearizability::{Input, Output};
+
+/// A command on one key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KvCommand {
+    /// The key.
+    pub key: String,
+    /// What to do.
+    pub op: KvOp,
+}
+
+/// What a [`KvCommand`] does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KvOp {
+    /// Set the value; answers the previous one.
+    Put(String),
+    /// Read the value (through the log).
+    Get,
+    /// Set `new` if the current value is `expected`.
+    Cas {
+        /// The value required (`None`: absent).
+        expected: Option<String>,
+        /// The value to set.
+        new: String,
+    },
+}
+
+/// The answer to a [`KvCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KvOutput {
+    /// `Put`: the previous value.
+    Put {
+        /// The previous value.
+        prev: Option<String>,
+    },
+    /// `Get`: the value.
+    Get {
+        /// The value.
+        value: Option<String>,
+    },
+    /// `Cas`: whether it swapped, and the value after.
+    Cas {
+        /// The swap happened.
+        swapped: bool,
+        /// The value after the command.
+        current: Option<String>,
+    },
+}
+
+impl KvOp {
+    /// The linearizability checker's view of this operation.
+    pub fn to_input(&self) -> Input {
+        match self {
+            KvOp::Put(v) => Input::Put { value: v.clone() },
+            KvOp::Get => Input::Get,
+            KvOp::Cas { expected, new } => {
+                Input::Cas { expected: expected.clone(), new: new.clone() }
+            }
+        }
+    }
+}
+
+impl KvOutput {
+    /// The linearizability checker's view of this answer.
+    pub fn to_output(&self) -> Output {
+        match self {
+            KvOutput::Put { prev } => Output::Put { prev: prev.clone() },
+            KvOutput::Get { value } => Output::Get { value: value.clone() },
+            KvOutput::Cas { swapped, current } => {
+                Output::Cas { swapped: *swapped, current: current.clone() }
+            }
+        }
+    }
+}
+
+/// Executes one command on a map: the sequential specification of the store.
+pub fn execute(data: &mut BTreeMap<String, String>, cmd: &KvCommand) -> KvOutput {
+    let current = data.get(&cmd.key).cloned();
+    match &cmd.op {
+        KvOp::Put(v) => {
+            data.insert(cmd.key.clone(), v.clone());
+            KvOutput::Put { prev: current }
+        }
+        KvOp::Get => KvOutput::Get { value: current },
+        KvOp::Cas { expected, new } => {
+            if current == *expected {
+                data.insert(cmd.key.clone(), new.clone());
+                KvOutput::Cas { swapped: true, current: Some(new.clone()) }
+            } else {
+                KvOutput::Cas { swapped: false, current }
+            }
+        }
+    }
+}
+
+/// Receives every entry a [`TestKv`] applies.
+pub trait ApplyRecorder: Send + Sync + 'static {
+    /// `entry` was applied; `digest` identifies its payload (equal payloads, equal digests).
+    fn applied(&self, entry: LogId, digest: u64);
+}
+
+/// A deterministic 64-bit FNV-1a hasher (the std hasher's keys vary between processes).
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xCBF2_9CE4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+}
+
+/// The testkit's key-value state machine.
+pub struct TestKv {
+    data: BTreeMap<String, String>,
+    applied: Option<LogId>,
+    recorder: Option<Arc<dyn ApplyRecorder>>,
+}
+
+impl TestKv {
+    /// An empty machine that reports applied entries to `recorder`.
+    pub fn new(recorder: Option<Arc<dyn ApplyRecorder>>) -> TestKv {
+        TestKv { data: BTreeMap::new(), applied: None, recorder }
+    }
+
+    /// The current data.
+    pub fn data(&self) -> &BTreeMap<String, String> {
+        &self.data
+    }
+}
+
+#[async_trait]
+impl StateMachine for TestKv {
+    type Command = KvCommand;
+    type Output = KvOutput;
+
+    async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.applied)
+    }
+
+    async fn apply(
+        &mut self,
+        entries: Vec<ApplyEntry<KvCommand>>,
+    ) -> Result<Vec<KvOutput>, StorageError> {
+        let mut out = Vec::new();
+        for e in entries {
+            let mut h = Fnv::default();
+            match &e.payload {
+                ApplyPayload::Command(cmd) => {
+                    cmd.hash(&mut h);
+                    out.push(execute(&mut self.data, cmd));
+                }
+                ApplyPayload::Blank => 0u8.hash(&mut h),
+                ApplyPayload::Membership(m) => format!("{m:?}").hash(&mut h),
+            }
+            if let Some(r) = &self.recorder {
+                r.applied(e.log_id, h.finish());
+            }
+            self.applied = Some(e.log_id);
+        }
+        Ok(out)
+    }
+}
