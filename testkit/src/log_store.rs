@@ -386,10 +386,14 @@ pub async fn concurrent_reads_during_appends<H: LogStoreHarness>(h: &H) {
     let (s, _g) = h.build().await;
     let s = Arc::new(s);
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Readers that have completed a read; the writer waits for all of them after its first
+    // batch, so the remaining appends certainly overlap with reads.
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let total = 3_000u64;
+    let readers_n = 4u64;
     let mut readers = Vec::new();
-    for r in 0..4u64 {
-        let (s, acked) = (s.clone(), acked.clone());
+    for r in 0..readers_n {
+        let (s, acked, started) = (s.clone(), acked.clone(), started.clone());
         readers.push(tokio::spawn(async move {
             let mut reads = 0u64;
             let mut x = r.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -407,6 +411,9 @@ pub async fn concurrent_reads_during_appends<H: LogStoreHarness>(h: &H) {
                     let got =
                         s.read(LogIndex(a), LogIndex(b)).await.expect("read acknowledged range");
                     assert_eq!(got, entries(1, a..=b), "reader {r} saw wrong data for {a}..={b}");
+                    if reads == 0 {
+                        started.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    }
                     reads += 1;
                 }
                 tokio::task::yield_now().await;
@@ -417,13 +424,20 @@ pub async fn concurrent_reads_during_appends<H: LogStoreHarness>(h: &H) {
     for start in (1..=total).step_by(50) {
         s.write(append(entries(1, start..=start + 49))).await.expect("write");
         acked.store(start + 49, std::sync::atomic::Ordering::Release);
+        if start == 1 {
+            // (A reader that finished early has failed; its panic is reported below.)
+            while started.load(std::sync::atomic::Ordering::Acquire) < readers_n
+                && !readers.iter().any(|r: &tokio::task::JoinHandle<u64>| r.is_finished())
+            {
+                tokio::task::yield_now().await;
+            }
+        }
         tokio::task::yield_now().await;
     }
-    let mut reads = 0;
     for r in readers {
-        reads += r.await.expect("reader");
+        let reads = r.await.expect("reader");
+        assert!(reads > 0, "a reader never read while the writer appended");
     }
-    assert!(reads > 0, "readers never ran concurrently with the writer");
 }
 
 // ----- model-based random test ----------------------------------------------------------------

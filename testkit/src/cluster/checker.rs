@@ -547,3 +547,181 @@ impl ApplyRecorder for NodeWatch {
         self.checker.on_apply(self.id, self.incarnation, entry, digest);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raftkit::{MessageBody, RequestVote, VoteResponse};
+
+    use super::*;
+
+    fn status(id: u64, role: Role, term: u64, commit: u64, commit_term: u64) -> NodeStatus {
+        NodeStatus {
+            id: NodeId(id),
+            role,
+            term: Term(term),
+            vote: None,
+            leader: (role == Role::Leader).then_some(NodeId(id)),
+            commit: LogIndex(commit),
+            commit_term: Some(Term(commit_term)),
+            applied: LogIndex(commit),
+            last_log: LogId::new(term, commit),
+            stable: LogIndex(commit),
+            durable: HardState { term: Term(term), vote: None, commit: LogIndex(0) },
+        }
+    }
+
+    fn grant(c: &Checker, voter: u64, cand: u64, term: u64) {
+        let m = Message {
+            term: Term(term),
+            body: MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true }),
+        };
+        c.on_send(NodeId(voter), NodeId(cand), &m);
+    }
+
+    fn start(c: &Checker, id: u64) -> u32 {
+        c.start_incarnation(NodeId(id), HardState::default(), None)
+    }
+
+    #[test]
+    fn two_leaders_in_one_term() {
+        let c = Checker::new(3);
+        let (a, b) = (start(&c, 1), start(&c, 2));
+        grant(&c, 3, 1, 2);
+        grant(&c, 3, 2, 2);
+        c.on_status(NodeId(1), a, &status(1, Role::Leader, 2, 0, 0));
+        c.on_status(NodeId(2), b, &status(2, Role::Leader, 2, 0, 0));
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("two leaders in t2")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("n3 voted for n1 and for n2 in t2")), "{v:?}");
+    }
+
+    #[test]
+    fn a_leader_needs_a_quorum_of_votes_from_its_own_term() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 4); // a vote from an older term
+        c.on_status(NodeId(1), i, &status(1, Role::Leader, 5, 0, 0));
+        assert!(c.violations().iter().any(|v| v.contains("counted votes from another term")));
+
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 5);
+        c.on_status(NodeId(1), i, &status(1, Role::Leader, 5, 0, 0));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+
+    #[test]
+    fn durable_state_must_not_go_backwards_across_restarts() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        let mut s = status(1, Role::Follower, 3, 0, 0);
+        s.durable = HardState { term: Term(3), vote: Some(NodeId(2)), commit: LogIndex(4) };
+        c.on_status(NodeId(1), i, &s);
+        assert!(c.violations().is_empty());
+        // The restarted node loaded a state that lost the vote.
+        let lost = HardState { term: Term(3), vote: None, commit: LogIndex(4) };
+        c.start_incarnation(NodeId(1), lost, None);
+        assert!(c.violations().iter().any(|v| v.contains("durable vote in t3 changed")));
+        let older = HardState { term: Term(2), vote: None, commit: LogIndex(4) };
+        c.start_incarnation(NodeId(1), older, None);
+        assert!(c.violations().iter().any(|v| v.contains("durable term went back")));
+    }
+
+    #[test]
+    fn a_leader_may_not_commit_an_earlier_terms_entry_by_counting() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 4);
+        c.on_status(NodeId(1), i, &status(1, Role::Leader, 4, 10, 3));
+        assert!(c.violations().is_empty());
+        c.on_status(NodeId(1), i, &status(1, Role::Leader, 4, 12, 3));
+        assert!(c.violations().iter().any(|v| v.contains("Figure 8")));
+    }
+
+    #[test]
+    fn state_machine_safety_and_gapless_apply() {
+        let c = Checker::new(3);
+        let (a, b) = (start(&c, 1), start(&c, 2));
+        c.on_apply(NodeId(1), a, LogId::new(1, 1), 7);
+        c.on_apply(NodeId(2), b, LogId::new(1, 1), 8);
+        assert!(c.violations().iter().any(|v| v.contains("different contents")));
+        c.on_apply(NodeId(1), a, LogId::new(1, 3), 9);
+        assert!(c.violations().iter().any(|v| v.contains("next index to apply was 2")));
+    }
+
+    /// Regression: an entry created in term 1 but committed in term 3 need not be in the log
+    /// of a stale leader of term 2; it must be in a leader of term 4's.
+    #[test]
+    fn leader_completeness_counts_from_the_commit_term() {
+        let c = Checker::new(3);
+        let (a, b) = (start(&c, 1), start(&c, 2));
+        grant(&c, 3, 2, 2);
+        c.on_status(NodeId(2), b, &status(2, Role::Leader, 2, 5, 1));
+        grant(&c, 3, 1, 3);
+        c.on_status(NodeId(1), a, &status(1, Role::Leader, 3, 6, 3));
+        c.on_apply(NodeId(1), a, LogId::new(1, 6), 1);
+        let log = |ids: &[(u64, u64)]| NodeLog {
+            purged: LogId::ZERO,
+            entries: ids
+                .iter()
+                .map(|(t, i)| (LogId::new(*t, *i), if *t == 1 { 1 } else { 2 }))
+                .collect(),
+        };
+        // Only n2's log matters here: it is the stale leader of t2 holding its own entry at 6.
+        let logs =
+            BTreeMap::from([(NodeId(2), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]))]);
+        c.checkpoint(&logs);
+        assert!(
+            !c.violations().iter().any(|v| v.contains("leader completeness")),
+            "{:?}",
+            c.violations()
+        );
+        // A leader of t4 lacking it is a violation.
+        let d = start(&c, 3);
+        grant(&c, 2, 3, 4);
+        c.on_status(NodeId(3), d, &status(3, Role::Leader, 4, 5, 1));
+        let logs =
+            BTreeMap::from([(NodeId(3), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (4, 6)]))]);
+        c.checkpoint(&logs);
+        assert!(
+            c.violations().iter().any(|v| v.contains("leader completeness: n3")),
+            "{:?}",
+            c.violations()
+        );
+    }
+
+    #[test]
+    fn acknowledging_before_durable_is_caught() {
+        struct Fixed;
+        impl DurableView for Fixed {
+            fn hard_state(&self) -> HardState {
+                HardState { term: Term(2), vote: Some(NodeId(1)), commit: LogIndex(0) }
+            }
+            fn last(&self) -> LogId {
+                LogId::new(2, 5)
+            }
+            fn term_at(&self, _: LogIndex) -> Option<Term> {
+                Some(Term(2))
+            }
+        }
+        let c = Checker::new(3);
+        c.start_incarnation(NodeId(2), HardState::default(), Some(Arc::new(Fixed)));
+        let ack = |m: u64| Message {
+            term: Term(2),
+            body: MessageBody::AppendResponse(AppendResponse::Success { match_index: LogIndex(m) }),
+        };
+        c.on_send(NodeId(2), NodeId(1), &ack(5));
+        assert!(c.violations().is_empty());
+        c.on_send(NodeId(2), NodeId(1), &ack(6));
+        assert!(c.violations().iter().any(|v| v.contains("only 2-5 is durable")));
+        let rv = Message {
+            term: Term(3),
+            body: MessageBody::RequestVote(RequestVote {
+                pre_vote: false,
+                last_log_id: LogId::ZERO,
+            }),
+        };
+        c.on_send(NodeId(2), NodeId(1), &rv);
+        assert!(c.violations().iter().any(|v| v.contains("before its own vote was durable")));
+    }
+}
