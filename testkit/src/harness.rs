@@ -56,6 +56,13 @@ pub trait LogStoreHarness: Send + Sync + 'static {
     fn durable(&self, _store: &Self::Store) -> Option<Arc<dyn DurableView>> {
         None
     }
+
+    /// Whether the store does all its work on the tokio runtime without real time or threads
+    /// of its own, so that cluster runs can use a paused clock and replay exactly from a seed.
+    /// Stores that fsync on their own threads return `false` (the default).
+    fn deterministic(&self) -> bool {
+        false
+    }
 }
 
 /// What a store would still hold after a crash right now.

@@ -15,9 +15,13 @@
 //!   Every run derives from a printed seed; `RAFTKIT_SEED=<n>` replays it (exactly, on
 //!   in-process networks).
 //!
+//! - **The SIGKILL suite** ([`sigkill_suite!`]) for durable stores: a child process writes
+//!   continuously and is killed at random moments; every acknowledged write must survive.
+//!
 //! See `testkit/README.md` for a complete worked example of a third-party log store.
 
 pub mod cluster;
+pub mod crash;
 mod harness;
 pub mod kv;
 pub mod linearizability;

@@ -291,6 +291,12 @@ pub async fn invalid_writes_change_nothing<H: LogStoreHarness>(h: &H) {
             hard_state: Some(hs(2, None, 1)),
         },
         LogWrite { truncate_from: Some(LogIndex(0)), ..LogWrite::default() },
+        // Terms never decrease along a log.
+        LogWrite { entries: vec![Entry::blank(LogId::new(0, 6))], ..LogWrite::default() },
+        LogWrite {
+            entries: vec![Entry::blank(LogId::new(2, 6)), Entry::blank(LogId::new(1, 7))],
+            ..LogWrite::default()
+        },
     ];
     for w in bad {
         let desc = format!("{w:?}");
@@ -469,10 +475,15 @@ impl LogModel {
             }
             expect = t;
         }
+        let mut prev_term = match self.entries.get(&(expect.0 - 1)) {
+            Some(e) => e.term(),
+            None => self.purged.term,
+        };
         for e in &w.entries {
-            if e.index() != expect {
+            if e.index() != expect || e.term() < prev_term {
                 return Err(StorageErrorKind::InvalidInput);
             }
+            prev_term = e.term();
             expect = expect.next();
         }
         if let Some(t) = w.truncate_from {

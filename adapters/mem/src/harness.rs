@@ -110,6 +110,10 @@ impl LogStoreHarness for MemStoreHarness {
     fn durable(&self, store: &MemLogStore) -> Option<Arc<dyn DurableView>> {
         Some(Arc::new(Durable(store.clone())))
     }
+
+    fn deterministic(&self) -> bool {
+        true
+    }
 }
 
 /// [`MemKv`] for the state-machine suite. Reopening keeps the shared state, as a durable

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use raftkit::store::LogShape;
 use raftkit::{
     Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError,
     StorageErrorKind, Term,
@@ -41,57 +42,27 @@ struct Inner {
 #[derive(Clone, Debug, Default)]
 struct LogData {
     hard_state: HardState,
-    purged: LogId,
-    /// Entries after `purged`, contiguous.
+    /// Purged id, last id and term runs, with the contract's validation rules.
+    shape: LogShape,
+    /// Entries after the purged id, contiguous.
     entries: VecDeque<Entry>,
-}
-
-fn invalid(msg: String) -> StorageError {
-    StorageError::new(StorageErrorKind::InvalidInput, msg)
 }
 
 impl LogData {
     fn last(&self) -> LogId {
-        self.entries.back().map_or(self.purged, |e| e.log_id)
+        self.shape.last()
     }
 
     fn offset(&self, index: LogIndex) -> usize {
-        (index.0 - self.purged.index.0 - 1) as usize
+        (index.0 - self.shape.purged().index.0 - 1) as usize
     }
 
     fn term_at(&self, index: LogIndex) -> Option<Term> {
-        if index == self.purged.index {
-            return Some(self.purged.term);
-        }
-        if index < self.purged.index || index > self.last().index {
-            return None;
-        }
-        Some(self.entries[self.offset(index)].term())
+        self.shape.term_at(index)
     }
 
     fn validate(&self, write: &LogWrite) -> Result<(), StorageError> {
-        let last = self.last();
-        let mut expected = last.index.next();
-        if let Some(t) = write.truncate_from {
-            if t <= self.purged.index || t > last.index.next() {
-                return Err(invalid(format!(
-                    "truncate_from {t} outside ({}, {}]",
-                    self.purged.index,
-                    last.index.next()
-                )));
-            }
-            expected = t;
-        }
-        for e in &write.entries {
-            if e.index() != expected {
-                return Err(invalid(format!(
-                    "append expected index {expected}, got {}",
-                    e.index()
-                )));
-            }
-            expected = expected.next();
-        }
-        Ok(())
+        self.shape.check_write(write)
     }
 
     /// Applies a validated write.
@@ -104,43 +75,20 @@ impl LogData {
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }
+        self.shape.apply_write(write);
     }
 
     fn purge(&mut self, up_to: LogId) -> Result<(), StorageError> {
-        if up_to.index <= self.purged.index {
-            return Ok(());
+        if self.shape.check_purge(up_to)? {
+            let at = self.offset(up_to.index);
+            self.entries.drain(..=at);
+            self.shape.apply_purge(up_to);
         }
-        if up_to.index > self.last().index {
-            return Err(invalid(format!("purge to {up_to} past the last entry {}", self.last())));
-        }
-        let at = self.offset(up_to.index);
-        if self.entries[at].log_id != up_to {
-            return Err(invalid(format!(
-                "purge to {up_to} but the log holds {} there",
-                self.entries[at].log_id
-            )));
-        }
-        self.entries.drain(..=at);
-        self.purged = up_to;
         Ok(())
     }
 
     fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        if first > last {
-            return Err(invalid(format!("read range {first}..={last} is inverted")));
-        }
-        if first <= self.purged.index {
-            return Err(StorageError::new(
-                StorageErrorKind::Purged,
-                format!("read from {first} but entries up to {} are purged", self.purged.index),
-            ));
-        }
-        if last > self.last().index {
-            return Err(StorageError::new(
-                StorageErrorKind::OutOfRange,
-                format!("read to {last} but the last entry is {}", self.last().index),
-            ));
-        }
+        self.shape.check_read(first, last)?;
         let (a, b) = (self.offset(first), self.offset(last));
         Ok(self.entries.range(a..=b).cloned().collect())
     }
@@ -189,7 +137,7 @@ impl MemLogStore {
         let g = self.lock();
         DurableSummary {
             hard_state: g.durable.hard_state,
-            purged: g.durable.purged,
+            purged: g.durable.shape.purged(),
             last: g.durable.last(),
         }
     }
@@ -215,7 +163,7 @@ impl LogStore for MemLogStore {
     async fn load(&self) -> Result<LogState, StorageError> {
         let g = self.lock();
         let v = &g.volatile;
-        Ok(LogState { hard_state: v.hard_state, purged: v.purged, last: v.last() })
+        Ok(LogState { hard_state: v.hard_state, purged: v.shape.purged(), last: v.last() })
     }
 
     async fn write(&self, write: LogWrite) -> Result<(), StorageError> {

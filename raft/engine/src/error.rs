@@ -28,6 +28,8 @@ pub enum StorageErrorKind {
     Poisoned,
     /// The store is closed.
     Closed,
+    /// The stored data is in a format this build does not read (a newer version, say).
+    Unsupported,
     /// Anything else.
     Other,
 }
@@ -42,6 +44,7 @@ impl fmt::Display for StorageErrorKind {
             StorageErrorKind::OutOfRange => "out of range",
             StorageErrorKind::Poisoned => "store poisoned by an earlier failure",
             StorageErrorKind::Closed => "closed",
+            StorageErrorKind::Unsupported => "unsupported format",
             StorageErrorKind::Other => "error",
         };
         f.write_str(s)

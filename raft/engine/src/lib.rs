@@ -67,6 +67,7 @@ mod error;
 mod metrics;
 mod raft;
 mod startup;
+pub mod store;
 mod traits;
 mod workers;
 

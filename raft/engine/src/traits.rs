@@ -51,8 +51,10 @@ pub trait LogStore: Send + Sync + 'static {
     ///
     /// # Correctness
     /// `truncate_from`, when given, is at most the last index plus one and above the purged
-    /// index; `entries` start at `truncate_from` if given, else at the last index plus one, and
-    /// are contiguous. Anything else is refused with `InvalidInput` and changes nothing.
+    /// index; `entries` start at `truncate_from` if given, else at the last index plus one, are
+    /// contiguous, and their terms never decrease (nor fall below the entry before them).
+    /// Anything else is refused with `InvalidInput` and changes nothing.
+    /// [`store::LogShape`](crate::store::LogShape) implements these rules.
     ///
     /// # Durability
     /// When this returns `Ok`, the whole write is durable (fsynced): it survives a crash or

@@ -445,9 +445,28 @@ impl Checker {
         }
     }
 
-    /// Checks the logs read from every store: log matching, leader completeness, and that every
-    /// applied (hence committed) entry is durable on a quorum.
-    pub fn checkpoint(&self, logs: &BTreeMap<NodeId, NodeLog>) {
+    /// What is known committed right now. Take it *before* reading the stores for a
+    /// [`checkpoint`](Self::checkpoint): entries committed while the reads run would otherwise
+    /// look missing from stores read earlier.
+    pub fn begin_checkpoint(&self) -> CheckpointBase {
+        let s = self.lock();
+        CheckpointBase {
+            applied: s.applied.iter().map(|(i, (id, _))| (*i, *id)).collect(),
+            commit_by_term: s.commit_by_term.clone(),
+            leaders: s
+                .nodes
+                .iter()
+                .filter_map(|(id, t)| {
+                    t.last.filter(|st| st.role == Role::Leader).map(|st| (*id, st.term))
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the logs read from every store after [`begin_checkpoint`](Self::begin_checkpoint):
+    /// log matching, leader completeness, and that every entry applied (hence committed)
+    /// before the reads is durable on a quorum.
+    pub fn checkpoint(&self, base: &CheckpointBase, logs: &BTreeMap<NodeId, NodeLog>) {
         let mut problems = Vec::new();
         {
             let s = self.lock();
@@ -480,19 +499,16 @@ impl Checker {
             // Leader completeness: a leader of term t has every entry committed before t (an
             // entry's commit term is when it became committed, not when it was created).
             for (id, log) in logs {
-                let Some(st) = s.nodes.get(id).and_then(|t| t.last) else { continue };
-                if st.role != Role::Leader {
-                    continue;
-                }
-                let Some(bound) = s.commit_by_term.range(..st.term).map(|(_, c)| *c).max() else {
+                let Some(term) = base.leaders.get(id).copied() else { continue };
+                let Some(bound) = base.commit_by_term.range(..term).map(|(_, c)| *c).max() else {
                     continue;
                 };
-                for (i, (lid, _)) in s.applied.range(..=bound.0) {
+                for (i, lid) in base.applied.range(..=bound.0) {
                     let i = LogIndex(*i);
                     if i > log.purged.index && log.get(i).map(|e| e.0) != Some(*lid) {
                         problems.push(format!(
                             "leader completeness: {id}, leader of {}, lacks committed {lid} (has {:?})",
-                            st.term,
+                            term,
                             log.get(i).map(|e| e.0)
                         ));
                         break;
@@ -500,7 +516,7 @@ impl Checker {
                 }
             }
             // Committed entries are durable on a quorum.
-            for (i, (lid, _)) in &s.applied {
+            for (i, lid) in &base.applied {
                 let i = LogIndex(*i);
                 let holders = logs
                     .iter()
@@ -528,6 +544,14 @@ impl Checker {
             self.violation(p);
         }
     }
+}
+
+/// What a [`Checker`] knew committed when a checkpoint began.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointBase {
+    applied: BTreeMap<u64, LogId>,
+    commit_by_term: BTreeMap<Term, LogIndex>,
+    leaders: BTreeMap<NodeId, Term>,
 }
 
 struct NodeWatch {
@@ -670,7 +694,7 @@ mod tests {
         // Only n2's log matters here: it is the stale leader of t2 holding its own entry at 6.
         let logs =
             BTreeMap::from([(NodeId(2), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]))]);
-        c.checkpoint(&logs);
+        c.checkpoint(&c.begin_checkpoint(), &logs);
         assert!(
             !c.violations().iter().any(|v| v.contains("leader completeness")),
             "{:?}",
@@ -682,7 +706,7 @@ mod tests {
         c.on_status(NodeId(3), d, &status(3, Role::Leader, 4, 5, 1));
         let logs =
             BTreeMap::from([(NodeId(3), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (4, 6)]))]);
-        c.checkpoint(&logs);
+        c.checkpoint(&c.begin_checkpoint(), &logs);
         assert!(
             c.violations().iter().any(|v| v.contains("leader completeness: n3")),
             "{:?}",

@@ -177,11 +177,35 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         &self.opts
     }
 
+    /// Whether runs are in-process and free of real time: both harnesses say so. Such runs use a
+    /// paused clock and replay exactly.
+    pub fn deterministic(&self) -> bool {
+        self.net.deterministic() && self.logs.deterministic()
+    }
+
+    /// Runs the default seed budget for this cluster size (`RAFTKIT_SEEDS` / `RAFTKIT_SEED`
+    /// override it). Runs on real time are slow, so they get fewer seeds and a shorter fault
+    /// phase by default.
+    pub fn check_default_seeds(mut self) {
+        let n = self.opts.nodes as u64;
+        let default = if self.deterministic() {
+            match n {
+                1 => 2,
+                3 => 4,
+                _ => 3,
+            }
+        } else {
+            self.opts.fault_time = self.opts.fault_time.min(Duration::from_secs(6));
+            1
+        };
+        self.check_seeds(&seeds_from_env(default));
+    }
+
     /// Runs one seed on a fresh runtime: a paused clock for deterministic networks, real time
     /// otherwise.
     pub fn run(&self, seed: u64) -> RunReport {
         let mut b = tokio::runtime::Builder::new_current_thread();
-        if self.net.deterministic() {
+        if self.deterministic() {
             b.enable_time().start_paused(true);
         } else {
             b.enable_all();
@@ -569,6 +593,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         slots: &BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
         checker: &Checker,
     ) {
+        let base = checker.begin_checkpoint();
         let mut logs = BTreeMap::new();
         for (id, slot) in slots {
             let Some(store) = &slot.store else { continue };
@@ -579,7 +604,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 Err(e) => checker.violation(format!("{id}: reading its log failed: {e}")),
             }
         }
-        checker.checkpoint(&logs);
+        checker.checkpoint(&base, &logs);
     }
 
     /// After faults stop: a leader within the bound that accepts a write. Returns whether it
@@ -716,21 +741,21 @@ macro_rules! cluster_suite {
         fn cluster_1_node() {
             $crate::cluster::ClusterSuite::new($net, $logs)
                 .nodes(1)
-                .check_seeds(&$crate::cluster::seeds_from_env(2));
+                .check_default_seeds();
         }
 
         #[test]
         fn cluster_3_nodes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
                 .nodes(3)
-                .check_seeds(&$crate::cluster::seeds_from_env(4));
+                .check_default_seeds();
         }
 
         #[test]
         fn cluster_5_nodes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
                 .nodes(5)
-                .check_seeds(&$crate::cluster::seeds_from_env(3));
+                .check_default_seeds();
         }
 
         $(
@@ -745,7 +770,7 @@ macro_rules! cluster_suite {
 
 /// Runs one seed twice and checks that the traces are identical (exact replay).
 pub fn check_replay<NH: NetworkHarness, LH: LogStoreHarness>(suite: ClusterSuite<NH, LH>) {
-    assert!(suite.net.deterministic(), "replay is only exact on a deterministic network");
+    assert!(suite.deterministic(), "replay is only exact on a deterministic network and store");
     let seed = crate::seed_from_env().unwrap_or(7);
     let a = suite.run(seed);
     let b = suite.run(seed);
