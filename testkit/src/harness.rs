@@ -103,7 +103,10 @@ pub trait NetworkHarness: Send + Sync + 'static {
     /// The largest frame the transport accepts.
     fn max_frame_bytes(&self) -> usize;
 
-    /// Whether messages from one endpoint to one peer arrive in the order sent.
+    /// Whether messages of one kind from one endpoint to one peer arrive in the order sent
+    /// (the ordering case sends heartbeats). Transports that keep order only within a class of
+    /// messages, as QUIC's per-class streams do, answer `true`; the core itself tolerates
+    /// reordering, so this only decides what the suite checks.
     fn ordered(&self) -> bool {
         true
     }

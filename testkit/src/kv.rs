@@ -7,7 +7,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use raftkit::{ApplyEntry, ApplyPayload, LogId, StateMachine, StorageError};
+use raftkit::{
+    ApplyEntry, ApplyPayload, EncodedSnapshot, LogId, SnapshotMeta, SnapshotSource, StateMachine,
+    StorageError, StorageErrorKind, decode_snapshot,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::linearizability::{Input, Output};
@@ -109,6 +112,22 @@ pub fn execute(data: &mut BTreeMap<String, String>, cmd: &KvCommand) -> KvOutput
 pub trait ApplyRecorder: Send + Sync + 'static {
     /// `entry` was applied; `digest` identifies its payload (equal payloads, equal digests).
     fn applied(&self, entry: LogId, digest: u64);
+
+    /// The state was replaced by a snapshot's, up to and including `at`.
+    fn restored(&self, at: LogId);
+
+    /// After applying up to `at` (or restoring a snapshot of it), the whole state hashes to
+    /// `digest` ([`TestKv::state_digest`]): every node must report the same digest for the same
+    /// `at`, whether it got there entry by entry or from a snapshot.
+    fn state(&self, _at: LogId, _digest: u64) {}
+}
+
+/// The hash of one key's value, as it enters a [`TestKv::state_digest`].
+fn pair_hash(key: &str, value: &str) -> u64 {
+    let mut h = Fnv::default();
+    key.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
 }
 
 /// A deterministic 64-bit FNV-1a hasher (the std hasher's keys vary between processes).
@@ -138,17 +157,29 @@ pub struct TestKv {
     data: BTreeMap<String, String>,
     applied: Option<LogId>,
     recorder: Option<Arc<dyn ApplyRecorder>>,
+    /// XOR of [`pair_hash`] over every key: kept up to date in O(1) per command.
+    digest: u64,
 }
 
 impl TestKv {
     /// An empty machine that reports applied entries to `recorder`.
     pub fn new(recorder: Option<Arc<dyn ApplyRecorder>>) -> TestKv {
-        TestKv { data: BTreeMap::new(), applied: None, recorder }
+        TestKv { data: BTreeMap::new(), applied: None, recorder, digest: 0 }
     }
 
     /// The current data.
     pub fn data(&self) -> &BTreeMap<String, String> {
         &self.data
+    }
+
+    /// A digest of the whole state (the XOR of a hash of every key and its value), equal on two
+    /// machines holding the same data.
+    pub fn state_digest(&self) -> u64 {
+        self.digest
+    }
+
+    fn digest_of(data: &BTreeMap<String, String>) -> u64 {
+        data.iter().fold(0, |d, (k, v)| d ^ pair_hash(k, v))
     }
 }
 
@@ -171,7 +202,10 @@ impl StateMachine for TestKv {
             match &e.payload {
                 ApplyPayload::Command(cmd) => {
                     cmd.hash(&mut h);
+                    let before = self.data.get(&cmd.key).map(|v| pair_hash(&cmd.key, v));
                     out.push(execute(&mut self.data, cmd));
+                    let after = self.data.get(&cmd.key).map(|v| pair_hash(&cmd.key, v));
+                    self.digest ^= before.unwrap_or(0) ^ after.unwrap_or(0);
                 }
                 ApplyPayload::Blank => 0u8.hash(&mut h),
                 ApplyPayload::Membership(m) => format!("{m:?}").hash(&mut h),
@@ -181,6 +215,35 @@ impl StateMachine for TestKv {
             }
             self.applied = Some(e.log_id);
         }
+        if let (Some(r), Some(at)) = (&self.recorder, self.applied) {
+            r.state(at, self.digest);
+        }
         Ok(out)
+    }
+
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {
+        Ok(EncodedSnapshot::boxed((self.applied, self.data.clone())))
+    }
+
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Box<dyn std::io::Read + Send>,
+    ) -> Result<(), StorageError> {
+        let (applied, data): (Option<LogId>, BTreeMap<String, String>) = decode_snapshot(data)?;
+        if applied != Some(meta.last_log_id) {
+            return Err(StorageError::new(
+                StorageErrorKind::Corruption,
+                format!("the snapshot holds state up to {applied:?}, not {}", meta.last_log_id),
+            ));
+        }
+        self.applied = applied;
+        self.digest = TestKv::digest_of(&data);
+        self.data = data;
+        if let Some(r) = &self.recorder {
+            r.restored(meta.last_log_id);
+            r.state(meta.last_log_id, self.digest);
+        }
+        Ok(())
     }
 }

@@ -316,6 +316,39 @@ pub async fn invalid_writes_change_nothing<H: LogStoreHarness>(h: &H) {
     );
 }
 
+/// Installing a snapshot whose last entry the log holds keeps the entries after it; one the
+/// log does not hold (a conflicting or shorter log) empties it. Either way the purged id is the
+/// snapshot's, and it survives reopen.
+pub async fn install_snapshot_replaces_the_prefix<H: LogStoreHarness>(h: &H) {
+    let (s, g) = h.build().await;
+    write(&s, append(entries(1, 1..=10))).await;
+    write(&s, append(entries(2, 11..=20))).await;
+    // The log holds (2, 15): the suffix 16..=20 stays.
+    s.install_snapshot(LogId::new(2, 15)).await.expect("install");
+    let st = s.load().await.unwrap();
+    assert_eq!((st.purged, st.last), (LogId::new(2, 15), LogId::new(2, 20)));
+    assert_eq!(read_all(&s).await, entries(2, 16..=20));
+    expect_kind(
+        s.read(LogIndex(15), LogIndex(15)).await,
+        StorageErrorKind::Purged,
+        "read the installed prefix",
+    );
+    // A snapshot the log does not hold (a different term at its index): the log empties.
+    s.install_snapshot(LogId::new(3, 18)).await.expect("install over a conflict");
+    let st = s.load().await.unwrap();
+    assert_eq!((st.purged, st.last), (LogId::new(3, 18), LogId::new(3, 18)));
+    assert!(read_all(&s).await.is_empty());
+    // A snapshot past the end: the log empties and continues after it.
+    s.install_snapshot(LogId::new(4, 50)).await.expect("install past the end");
+    write(&s, append(entries(4, 51..=53))).await;
+    let s = h.reopen(s, &g).await;
+    let st = s.load().await.unwrap();
+    assert_eq!((st.purged, st.last), (LogId::new(4, 50), LogId::new(4, 53)));
+    assert_eq!(read_all(&s).await, entries(4, 51..=53));
+    // The snapshot store that goes with the log is there and empty.
+    assert!(s.snapshot_store().latest().await.expect("latest").is_none());
+}
+
 /// Entries of 4 MiB and more round-trip intact.
 pub async fn large_entries<H: LogStoreHarness>(h: &H) {
     let (s, g) = h.build().await;
@@ -513,6 +546,18 @@ impl LogModel {
         }
     }
 
+    /// Installs a snapshot ending at `s`: keeps the entries after it if the log holds `s`,
+    /// else empties the log; the purged id becomes `s`.
+    pub fn install(&mut self, s: LogId) {
+        let holds = s == self.purged || self.entries.get(&s.index.0).is_some_and(|e| e.log_id == s);
+        if holds && s.index >= self.purged.index {
+            self.entries = self.entries.split_off(&(s.index.0 + 1));
+        } else {
+            self.entries.clear();
+        }
+        self.purged = s;
+    }
+
     /// Reads, or returns the required error kind.
     pub fn read(&self, a: LogIndex, b: LogIndex) -> Result<Vec<Entry>, StorageErrorKind> {
         if a > b {
@@ -568,6 +613,14 @@ pub enum Op {
         /// The gap's size.
         gap: u8,
     },
+    /// Install a snapshot at a fraction (in 256ths, beyond 255 past the end) of the log, in
+    /// the entry's own term or a newer one.
+    Install {
+        /// Position, as a fraction of the log in 256ths (up to twice its length).
+        at: u16,
+        /// Use a newer term than the entry's (so the log does not hold the snapshot).
+        conflict: bool,
+    },
     /// Close and reopen the store.
     Reopen,
 }
@@ -580,6 +633,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|at| Op::Purge { at }),
         3 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Read { a, b }),
         1 => (1u8..5).prop_map(|gap| Op::BadAppend { gap }),
+        1 => (0u16..512, any::<bool>()).prop_map(|(at, conflict)| Op::Install { at, conflict }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -657,6 +711,20 @@ async fn run_ops<H: LogStoreHarness>(h: &H, ops: &[Op]) -> Result<(), String> {
                     }
                 }
             }
+            Op::Install { at, conflict } => {
+                let (lo, hi) = (m.purged.index.0, m.last().index.0);
+                let index = (lo + (hi - lo + 10) * u64::from(*at) / 255).max(lo + 1);
+                let own = m.entries.get(&index).map_or(term, |e| e.term().0);
+                if *conflict || !m.entries.contains_key(&index) {
+                    term += 1;
+                }
+                let t = if *conflict || !m.entries.contains_key(&index) { term } else { own };
+                let id = LogId::new(t, index);
+                m.install(id);
+                s.install_snapshot(id)
+                    .await
+                    .map_err(|e| ctx(&format!("store refused an install: {e}")))?;
+            }
             Op::Reopen => s = h.reopen(s, &g).await,
         }
         let st = s.load().await.map_err(|e| ctx(&format!("load: {e}")))?;
@@ -725,6 +793,7 @@ macro_rules! log_store_suite {
             reopen_keeps_everything_acknowledged,
             payload_kinds_round_trip,
             concurrent_reads_during_appends,
+            install_snapshot_replaces_the_prefix,
         );
         #[test]
         fn log_store_model_based_random_operations() {

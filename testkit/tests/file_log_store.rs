@@ -13,7 +13,8 @@
 //!   leftovers, removed after the commit.
 //!
 //! `LogShape` also carries the validation rules of the `LogStore` contract, so the store only
-//! has to do the file work.
+//! has to do the file work. Snapshots that compact the log are kept next to it, in
+//! `snapshots/`, by raftkit's `FileSnapshotStore`.
 
 use std::fs;
 use std::io::Write;
@@ -26,6 +27,7 @@ use raftkit::{
     Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError,
     StorageErrorKind, codec,
 };
+use raftkit::{FileSnapshotStore, SnapshotStore};
 use raftkit_testkit::LogStoreHarness;
 
 #[derive(Clone, Debug, Default)]
@@ -39,6 +41,7 @@ struct Meta {
 pub struct FileLogStore {
     dir: PathBuf,
     meta: Arc<Mutex<Meta>>,
+    snapshots: Arc<FileSnapshotStore>,
 }
 
 fn io(what: &str, e: std::io::Error) -> StorageError {
@@ -62,7 +65,8 @@ impl FileLogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
             Err(e) => return Err(io("read meta", e)),
         };
-        Ok(FileLogStore { dir: dir.to_path_buf(), meta: Arc::new(Mutex::new(meta)) })
+        let snapshots = Arc::new(FileSnapshotStore::open(dir.join("snapshots"))?);
+        Ok(FileLogStore { dir: dir.to_path_buf(), meta: Arc::new(Mutex::new(meta)), snapshots })
     }
 
     fn entry_path(&self, id: LogId) -> PathBuf {
@@ -168,6 +172,21 @@ impl LogStore for FileLogStore {
         self.tidy(&meta, &new, first, up_to.index);
         *meta = new;
         Ok(())
+    }
+
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError> {
+        let mut meta = self.lock();
+        let mut new = meta.clone();
+        new.shape.apply_install(snapshot);
+        self.commit(&new)?;
+        let (first, last) = (meta.shape.purged().index.next(), meta.shape.last().index);
+        self.tidy(&meta, &new, first, last);
+        *meta = new;
+        Ok(())
+    }
+
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        self.snapshots.clone()
     }
 }
 

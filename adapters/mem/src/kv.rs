@@ -5,7 +5,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use raftkit::{ApplyEntry, ApplyPayload, LogId, StateMachine, StorageError};
+use raftkit::{
+    ApplyEntry, ApplyPayload, EncodedSnapshot, LogId, SnapshotMeta, SnapshotSource, StateMachine,
+    StorageError, StorageErrorKind, decode_snapshot,
+};
 use serde::{Deserialize, Serialize};
 
 /// A key-value command.
@@ -88,7 +91,7 @@ pub enum KvOutput {
 }
 
 /// The state behind a [`MemKv`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvState {
     /// The data.
     pub data: BTreeMap<String, String>,
@@ -200,5 +203,29 @@ impl StateMachine for MemKv {
             g.applied = Some(e.log_id);
         }
         Ok(out)
+    }
+
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {
+        // A copy is all that happens on the apply path; encoding happens as it is written out.
+        Ok(EncodedSnapshot::boxed(self.lock().clone()))
+    }
+
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Box<dyn std::io::Read + Send>,
+    ) -> Result<(), StorageError> {
+        let state: KvState = decode_snapshot(data)?;
+        if state.applied != Some(meta.last_log_id) {
+            return Err(StorageError::new(
+                StorageErrorKind::Corruption,
+                format!(
+                    "the snapshot holds state up to {:?}, not {}",
+                    state.applied, meta.last_log_id
+                ),
+            ));
+        }
+        *self.lock() = state;
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use raftkit::{
     Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError,
     StorageErrorKind, Term,
 };
+use raftkit::{MemSnapshotStore, SnapshotStore};
 
 /// A log store in memory: correct, simple, and the reference the durable stores are tested
 /// against.
@@ -27,6 +28,8 @@ use raftkit::{
 #[derive(Clone, Debug, Default)]
 pub struct MemLogStore {
     inner: Arc<Mutex<Inner>>,
+    /// Snapshots, shared by clones like the log (and, like it, gone with the process).
+    snapshots: MemSnapshotStore,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +79,16 @@ impl LogData {
             self.hard_state = hs;
         }
         self.shape.apply_write(write);
+    }
+
+    fn install(&mut self, s: LogId) {
+        if self.shape.install_keeps_suffix(s) {
+            let n = (s.index.0 - self.shape.purged().index.0) as usize;
+            self.entries.drain(..n.min(self.entries.len()));
+        } else {
+            self.entries.clear();
+        }
+        self.shape.apply_install(s);
     }
 
     fn purge(&mut self, up_to: LogId) -> Result<(), StorageError> {
@@ -194,6 +207,32 @@ impl LogStore for MemLogStore {
 
     async fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError> {
         self.lock().volatile.read(first, last)
+    }
+
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError> {
+        let (delay, epoch) = {
+            let mut g = self.lock();
+            g.volatile.install(snapshot);
+            if g.sync_delay.is_zero() {
+                g.durable.install(snapshot);
+                return Ok(());
+            }
+            (g.sync_delay, g.epoch)
+        };
+        tokio::time::sleep(delay).await;
+        let mut g = self.lock();
+        if g.epoch != epoch {
+            return Err(StorageError::new(
+                StorageErrorKind::Io,
+                "the store crashed during the install",
+            ));
+        }
+        g.durable.install(snapshot);
+        Ok(())
+    }
+
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        Arc::new(self.snapshots.clone())
     }
 
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {

@@ -27,6 +27,15 @@ fn hunt(mutant: Mutant) {
                 seed,
                 report.violations[0].lines().next().unwrap_or_default()
             );
+            // Negative control: the same run without the mutant passes, so the violation is
+            // the mutant's doing and not a flaw of the suite or of that seed.
+            let clean = ClusterSuite::new(MemNetHarness, MemStoreHarness::default()).nodes(nodes);
+            let control = clean.run(seed);
+            assert!(
+                control.passed(),
+                "seed {seed} ({nodes} nodes) also fails without {mutant:?}: {:?}",
+                control.violations
+            );
             return;
         }
     }
@@ -61,4 +70,5 @@ mutant_tests! {
     count_stale_term_votes => CountStaleTermVotes,
     skip_log_consistency_check => SkipLogConsistencyCheck,
     truncate_matching_suffix => TruncateMatchingSuffix,
+    install_stale_snapshot => InstallStaleSnapshot,
 }

@@ -35,6 +35,11 @@
 //! The format version is checked when the store opens; another version is refused with
 //! [`StorageErrorKind::Unsupported`].
 //!
+//! Snapshots of the state machine live next to the database file, in the directory
+//! `<file>.snapshots` (a [`FileSnapshotStore`]: checksummed files published by an atomic,
+//! fsynced rename). Installing a snapshot received from a leader replaces the log's prefix in
+//! one transaction.
+//!
 //! Truncating a conflicting suffix and purging a prefix are range deletions inside the same
 //! transaction as the rest of the write. Purged pages go back to redb's allocator and are
 //! reused by later writes; the file does not shrink on its own ([`RedbLogStore::compact`]
@@ -63,6 +68,7 @@ use raftkit::store::{CommitBatch, GroupCommitter, LogShape, seal, unseal};
 use raftkit::{
     Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError, StorageErrorKind,
 };
+use raftkit::{FileSnapshotStore, SnapshotStore};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
     TableDefinition, WriteTransaction,
@@ -135,7 +141,9 @@ struct Inner {
     db: Arc<Db>,
     state: Arc<Mutex<Committed>>,
     committer: GroupCommitter<Batch>,
+    options: RedbOptions,
     path: Option<PathBuf>,
+    snapshots: Arc<dyn SnapshotStore>,
 }
 
 /// What is committed: served by `load` without touching the database.
@@ -218,7 +226,11 @@ impl RedbLogStore {
                 b.create(&path).map_err(|e| classify(&what, e.into()))
             }
         })?;
-        RedbLogStore::from_db(db, options, Some(path))
+        let mut dir = path.clone().into_os_string();
+        dir.push(".snapshots");
+        let snapshots: Arc<dyn SnapshotStore> =
+            Arc::new(FileSnapshotStore::open(PathBuf::from(dir))?);
+        RedbLogStore::from_db(db, options, Some(path), snapshots)
     }
 
     /// Opens the store on a custom redb [`StorageBackend`] (an in-memory one, or one that
@@ -226,19 +238,21 @@ impl RedbLogStore {
     pub fn with_backend(
         backend: impl StorageBackend,
         options: RedbOptions,
+        snapshots: Arc<dyn SnapshotStore>,
     ) -> Result<RedbLogStore, StorageError> {
         let db = guarded("opening the database", || {
             let mut b = Database::builder();
             b.set_cache_size(options.cache_size);
             b.create_with_backend(backend).map_err(|e| classify("opening the database", e.into()))
         })?;
-        RedbLogStore::from_db(db, options, None)
+        RedbLogStore::from_db(db, options, None, snapshots)
     }
 
     fn from_db(
         db: Database,
         options: RedbOptions,
         path: Option<PathBuf>,
+        snapshots: Arc<dyn SnapshotStore>,
     ) -> Result<RedbLogStore, StorageError> {
         let db = Arc::new(Db(Some(db)));
         let committed = guarded("loading the log", || load_state(&db))?;
@@ -252,7 +266,8 @@ impl RedbLogStore {
         };
         let committer = GroupCommitter::start("raftkit-redb-commit", batch, options.max_batch)
             .map_err(|e| StorageError::io("starting the commit thread", e))?;
-        Ok(RedbLogStore { inner: Arc::new(Inner { db, state, committer, path }) })
+        let inner = Inner { db, state, committer, options, path, snapshots };
+        Ok(RedbLogStore { inner: Arc::new(inner) })
     }
 
     /// Commit counters: how many fsyncs, and how many writes and entries they carried.
@@ -271,7 +286,7 @@ impl RedbLogStore {
                 "compact needs the only handle to the store",
             )
         })?;
-        let Inner { db, state: _, committer, path } = inner;
+        let Inner { db, state: _, committer, options, path, snapshots } = inner;
         drop(committer);
         let mut db = Arc::try_unwrap(db).map_err(|_| {
             StorageError::new(StorageErrorKind::InvalidInput, "a read is still using the database")
@@ -280,7 +295,7 @@ impl RedbLogStore {
         guarded("compacting", || {
             db.compact().map(|_| ()).map_err(|e| storage(StorageErrorKind::Io, "compacting", e))
         })?;
-        RedbLogStore::from_db(db, RedbOptions::default(), path)
+        RedbLogStore::from_db(db, options, path, snapshots)
     }
 
     fn committed(&self) -> MutexGuard<'_, Committed> {
@@ -380,6 +395,7 @@ fn check_key(key: u64, e: &Entry) -> Result<(), StorageError> {
 enum Op {
     Write(LogWrite),
     Purge(LogId),
+    Install(LogId),
 }
 
 /// The commit thread's side: one redb write transaction per group of operations.
@@ -435,6 +451,19 @@ impl Batch {
                 let mut meta = txn.open_table(META).map_err(io("opening the meta table"))?;
                 meta.insert(KEY_PURGED, record.as_slice()).map_err(io("saving the purged id"))?;
                 self.staged.shape.apply_purge(*up_to);
+            }
+            Op::Install(s) => {
+                let record = seal(s)?;
+                let mut entries =
+                    txn.open_table(ENTRIES).map_err(io("opening the entries table"))?;
+                if self.staged.shape.install_keeps_suffix(*s) {
+                    entries.retain_in(..=s.index.0, |_, _| false).map_err(io("installing"))?;
+                } else {
+                    entries.retain(|_, _| false).map_err(io("installing"))?;
+                }
+                let mut meta = txn.open_table(META).map_err(io("opening the meta table"))?;
+                meta.insert(KEY_PURGED, record.as_slice()).map_err(io("saving the purged id"))?;
+                self.staged.shape.apply_install(*s);
             }
         }
         Ok(())
@@ -492,6 +521,14 @@ impl LogStore for RedbLogStore {
 
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
         self.inner.committer.submit(Op::Purge(up_to), 0).await
+    }
+
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError> {
+        self.inner.committer.submit(Op::Install(snapshot), 0).await
+    }
+
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        self.inner.snapshots.clone()
     }
 }
 

@@ -161,7 +161,8 @@ async fn power_loss_keeps_every_acknowledged_write() {
             ..Disk::default()
         }));
         let backend = PowerLossBackend(disk.clone());
-        let store = RedbLogStore::with_backend(backend, RedbOptions::default())
+        let snapshots = Arc::new(raftkit::MemSnapshotStore::new());
+        let store = RedbLogStore::with_backend(backend, RedbOptions::default(), snapshots)
             .unwrap_or_else(|e| panic!("{ctx}: reopening after a power cut failed: {e}"));
         let found = contents(&store).await;
         if found != acked {

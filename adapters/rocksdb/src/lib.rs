@@ -39,6 +39,11 @@
 //! deletions in the same batch as the rest of the write; after a purge the purged key range is
 //! compacted in the background to reclaim its space.
 //!
+//! Snapshots of the state machine live in the `snapshots` subdirectory of the database's
+//! directory (a [`FileSnapshotStore`]: checksummed files published by an atomic, fsynced
+//! rename; RocksDB ignores the directory). Installing a snapshot received from a leader
+//! replaces the log's prefix in one batch.
+//!
 //! # Tuning
 //!
 //! [`RocksOptions`]: `block_cache_bytes` (recent entries read for replication),
@@ -62,6 +67,7 @@ use raftkit::store::{CommitBatch, GroupCommitter, LogShape, seal, unseal};
 use raftkit::{
     Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError, StorageErrorKind,
 };
+use raftkit::{FileSnapshotStore, SnapshotStore};
 use rocksdb::statistics::Ticker;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBRecoveryMode, Direction, IteratorMode,
@@ -118,6 +124,7 @@ struct Inner {
     opts: Options,
     state: Arc<Mutex<Committed>>,
     path: PathBuf,
+    snapshots: Arc<dyn SnapshotStore>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -211,10 +218,15 @@ impl RocksLogStore {
             staged: committed,
             state: state.clone(),
             compact_to: None,
+            compactor: Compactor::start(db.clone())
+                .map_err(|e| StorageError::io("starting the compaction thread", e))?,
         };
         let committer = GroupCommitter::start("raftkit-rocksdb-commit", batch, options.max_batch)
             .map_err(|e| StorageError::io("starting the commit thread", e))?;
-        Ok(RocksLogStore { inner: Arc::new(Inner { committer, db, opts, state, path }) })
+        // Snapshots live in a subdirectory of the database's (RocksDB ignores it).
+        let snapshots: Arc<dyn SnapshotStore> =
+            Arc::new(FileSnapshotStore::open(path.join("snapshots"))?);
+        Ok(RocksLogStore { inner: Arc::new(Inner { committer, db, opts, state, path, snapshots }) })
     }
 
     /// Commit counters: how many WAL syncs, and how many writes and entries they carried.
@@ -339,6 +351,7 @@ fn load_state(db: &DB, fresh: bool) -> Result<Committed, StorageError> {
 enum Op {
     Write(LogWrite),
     Purge(LogId),
+    Install(LogId),
 }
 
 /// The commit thread's side: one `WriteBatch`, written with a WAL sync.
@@ -349,6 +362,51 @@ struct Batch {
     state: Arc<Mutex<Committed>>,
     /// A purge staged in this batch: compact the purged range after the commit.
     compact_to: Option<u64>,
+    compactor: Compactor,
+}
+
+/// One background thread per store that compacts purged ranges, so space is reclaimed without
+/// holding up writes. Requests that queue up while it works are merged (the highest wins).
+/// Dropping it waits for the compaction in progress, so the database is closed when the store
+/// is.
+struct Compactor {
+    tx: Option<std::sync::mpsc::Sender<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    fn start(db: Arc<DB>) -> std::io::Result<Compactor> {
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let thread = std::thread::Builder::new().name("raftkit-rocksdb-compact".into()).spawn(
+            move || {
+                while let Ok(mut to) = rx.recv() {
+                    while let Ok(more) = rx.try_recv() {
+                        to = to.max(more);
+                    }
+                    if let Some(entries) = db.cf_handle(CF_ENTRIES) {
+                        db.compact_range_cf(entries, None::<&[u8]>, Some(key(to)));
+                    }
+                }
+            },
+        )?;
+        Ok(Compactor { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Asks for the range of entries before `to` to be compacted.
+    fn request(&self, to: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(to);
+        }
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl CommitBatch for Batch {
@@ -389,6 +447,15 @@ impl CommitBatch for Batch {
                 self.staged.shape.apply_purge(*up_to);
                 self.compact_to = Some(up_to.index.0 + 1);
             }
+            Op::Install(s) => {
+                let record = seal(s)?;
+                let keep = self.staged.shape.install_keeps_suffix(*s);
+                let end = if keep { s.index.0 + 1 } else { u64::MAX };
+                self.batch.delete_range_cf(entries, key(0), key(end));
+                self.batch.put_cf(meta, KEY_PURGED, record);
+                self.staged.shape.apply_install(*s);
+                self.compact_to = Some(end);
+            }
         }
         Ok(())
     }
@@ -401,12 +468,7 @@ impl CommitBatch for Batch {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = self.staged.clone();
         if let Some(to) = self.compact_to.take() {
             // Reclaim the purged range's space without holding up later writes.
-            let db = self.db.clone();
-            std::thread::spawn(move || {
-                if let Some(entries) = db.cf_handle(CF_ENTRIES) {
-                    db.compact_range_cf(entries, None::<&[u8]>, Some(key(to)));
-                }
-            });
+            self.compactor.request(to);
         }
         Ok(())
     }
@@ -433,6 +495,14 @@ impl LogStore for RocksLogStore {
 
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
         self.inner.committer.submit(Op::Purge(up_to), 0).await
+    }
+
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError> {
+        self.inner.committer.submit(Op::Install(snapshot), 0).await
+    }
+
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        self.inner.snapshots.clone()
     }
 }
 

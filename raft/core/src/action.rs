@@ -1,7 +1,7 @@
 //! What the core asks its driver to do.
 
-use crate::message::Message;
-use crate::types::{Entry, HardState, LogId, LogIndex, NodeId, Term};
+use crate::message::{InstallSnapshot, Message};
+use crate::types::{Entry, HardState, LogId, LogIndex, NodeId, SnapshotMeta, Term};
 
 /// Identifies a [`LogWrite`] the core asked for. Ids increase by one per write; storage must
 /// complete writes in id order, and [`RaftCore::handle_persisted`](crate::RaftCore::handle_persisted)
@@ -90,6 +90,9 @@ pub struct SendFromLog {
     pub last: LogId,
     /// The leader's commit index.
     pub leader_commit: LogIndex,
+    /// The most entry bytes (by [`Entry::size_hint`](crate::Entry::size_hint)) the message may
+    /// carry: the driver sends the longest prefix of the range within it (at least one entry).
+    pub max_bytes: usize,
 }
 
 /// Committed entries to apply to the state machine, in order. Indexes are contiguous across
@@ -105,6 +108,41 @@ pub struct ApplyRequest {
     pub entries: Option<Vec<Entry>>,
 }
 
+/// A chunk of the local snapshot `meta` to send: the driver reads `len` bytes at `offset` from
+/// its snapshot store and sends them as an
+/// [`InstallSnapshot`](crate::InstallSnapshot) message at `term`, with `done` set when the chunk
+/// reaches the end. If the snapshot can no longer be read, it calls
+/// [`RaftCore::handle_snapshot_send_failed`](crate::RaftCore::handle_snapshot_send_failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendSnapshot {
+    /// The recipient.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: Term,
+    /// The snapshot.
+    pub meta: SnapshotMeta,
+    /// Where the chunk starts.
+    pub offset: u64,
+    /// How many bytes it holds.
+    pub len: u64,
+}
+
+/// A snapshot chunk received from the leader `from`: the driver writes it to its snapshot
+/// store if it continues what was received so far (resuming an interrupted transfer), and when
+/// the chunk completes the snapshot it installs it: makes the snapshot durable and checks its
+/// checksum, restores the state machine from it, and replaces the log's prefix
+/// ([`LogStore::install_snapshot`]). It then reports with
+/// [`RaftCore::handle_snapshot_received`](crate::RaftCore::handle_snapshot_received).
+///
+/// [`LogStore::install_snapshot`]: https://docs.rs/raftkit
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiveSnapshot {
+    /// The leader that sent it.
+    pub from: NodeId,
+    /// The chunk.
+    pub chunk: InstallSnapshot,
+}
+
 /// An output of the core, polled with [`RaftCore::poll_action`](crate::RaftCore::poll_action).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -117,6 +155,17 @@ pub enum Action {
     SendFromLog(SendFromLog),
     /// Apply committed entries, then report progress with `handle_applied`.
     Apply(ApplyRequest),
+    /// Take a snapshot of the state machine at its applied index and store it, then report
+    /// with `handle_snapshot_built` (or `handle_snapshot_failed`).
+    BuildSnapshot,
+    /// Remove log entries up to and including this id (after a snapshot covering them). Must be
+    /// ordered with `Persist` writes (the driver sends it through the same writer).
+    PurgeLog(LogId),
+    /// Send a chunk of a snapshot to a follower (see [`SendSnapshot`]).
+    SendSnapshot(SendSnapshot),
+    /// Store (and, when complete, install) a snapshot chunk from the leader (see
+    /// [`ReceiveSnapshot`]).
+    ReceiveSnapshot(ReceiveSnapshot),
 }
 
 #[cfg(test)]

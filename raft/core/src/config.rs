@@ -52,6 +52,19 @@ pub struct Config {
     /// The most messages queued for one peer before the engine drops new ones for it (Raft
     /// tolerates loss; a slow peer must never stall the others).
     pub peer_queue_capacity: usize,
+    /// Take a snapshot once this many entries have been applied since the last one (0: never
+    /// automatically; [`RaftCore::trigger_snapshot`](crate::RaftCore::trigger_snapshot) still
+    /// works).
+    pub snapshot_every: u64,
+    /// Also take a snapshot once the entries appended since the last one add up to about this
+    /// many bytes (0: no limit).
+    pub snapshot_log_bytes: u64,
+    /// After a snapshot, keep this many entries before its last entry in the log, so followers
+    /// slightly behind catch up from the log instead of a whole snapshot.
+    pub snapshot_keep: u64,
+    /// The size of the chunks a snapshot is sent in; the memory a transfer needs is bounded by
+    /// it, not by the snapshot's size.
+    pub snapshot_chunk_bytes: usize,
     /// Seed of the core's PRNG (election jitter). Mixed with `id`, so nodes sharing a seed still
     /// draw different timeouts. The same seed and inputs replay the same run.
     pub seed: u64,
@@ -125,6 +138,10 @@ impl Config {
             max_proposal_batch: 4096,
             max_apply_batch: 4096,
             peer_queue_capacity: 1024,
+            snapshot_every: 100_000,
+            snapshot_log_bytes: 256 << 20,
+            snapshot_keep: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
             seed: 0,
             #[cfg(feature = "mutants")]
             mutant: None,
@@ -133,7 +150,8 @@ impl Config {
 
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, bool); 10] = [
+        let positive: [(&'static str, bool); 11] = [
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes > 0),
             ("heartbeat_interval", !self.heartbeat_interval.is_zero()),
             ("election_timeout_min", !self.election_timeout_min.is_zero()),
             ("max_entries_per_message", self.max_entries_per_message > 0),

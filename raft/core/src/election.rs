@@ -28,21 +28,25 @@ impl RaftCore {
                 }
                 // A granted pre-vote echoes the term we asked about; it is not a newer term.
                 MessageBody::VoteResponse(vr) if vr.pre_vote && vr.granted => {}
-                MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_) => {
+                MessageBody::AppendEntries(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_) => {
                     self.become_follower(now, msg.term, Some(from));
                 }
                 _ => self.become_follower(now, msg.term, None),
             }
         } else if msg.term < self.term {
             match &msg.body {
-                MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_)
+                MessageBody::AppendEntries(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_)
                     if self.cfg.check_quorum || self.cfg.pre_vote =>
                 {
                     // A stale leader, or this node raised its term while partitioned. With
                     // CheckQuorum/PreVote our term would not reach the leader through votes, so
                     // tell it directly; it steps down and a fresh election includes us.
                     let reply = Message { term: self.term, body: MessageBody::HeartbeatResponse };
-                    self.send_after_persist(from, reply);
+                    self.send_after_term_durable(from, reply);
                 }
                 MessageBody::VoteResponse(vr) if self.mutant(Mutant::CountStaleTermVotes) => {
                     let vr = vr.clone();
@@ -82,6 +86,16 @@ impl RaftCore {
             MessageBody::HeartbeatResponse => {
                 if self.role == Role::Leader {
                     self.handle_heartbeat_response(from);
+                }
+            }
+            MessageBody::InstallSnapshot(chunk) => {
+                if self.accept_leader(now, from) {
+                    self.handle_install_snapshot(from, chunk);
+                }
+            }
+            MessageBody::SnapshotResponse(resp) => {
+                if self.role == Role::Leader {
+                    self.handle_snapshot_response(now, from, resp);
                 }
             }
         }

@@ -78,20 +78,26 @@ pub mod quorum;
 mod raft;
 mod replication;
 mod rng;
+mod snapshot;
 mod time;
 mod types;
 
-pub use action::{Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, SendFromLog, WriteId};
+pub use action::{
+    Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, ReceiveSnapshot, SendFromLog,
+    SendSnapshot, WriteId,
+};
 pub use config::{Config, ConfigError};
 pub use log::LogStateError;
 pub use membership::{Membership, MembershipError};
 pub use message::{
-    AppendEntries, AppendResponse, Heartbeat, InvalidMessage, Message, MessageBody, RequestVote,
-    VoteResponse,
+    AppendEntries, AppendResponse, Heartbeat, InstallSnapshot, InvalidMessage, MAX_INDEX, MAX_TERM,
+    Message, MessageBody, RequestVote, SnapshotResponse, VoteResponse,
 };
 #[cfg(feature = "mutants")]
 pub use mutants::Mutant;
 pub use progress::ProgressState;
 pub use raft::{InitialState, ProposeError, RaftCore, StartError};
 pub use time::Instant;
-pub use types::{Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, Term};
+pub use types::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, SnapshotMeta, Term,
+};

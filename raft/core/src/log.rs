@@ -184,6 +184,45 @@ impl RaftLog {
         LogId { term: self.runs[pos - 1].term, index }
     }
 
+    /// Forgets every entry up to and including `up_to` (covered by a snapshot). `up_to` must be
+    /// in the log and durable.
+    pub(crate) fn purge(&mut self, up_to: LogId) {
+        if up_to.index <= self.purged.index {
+            return;
+        }
+        debug_assert!(self.has(up_to) && up_to.index <= self.stable);
+        let after = up_to.index.next();
+        let keep_term = self.term_at(after);
+        self.runs.retain(|r| r.index > after);
+        if let Some(term) = keep_term {
+            self.runs.insert(0, LogId { term, index: after });
+        }
+        while self.cache.front().is_some_and(|e| e.index() <= up_to.index) {
+            let e = self.cache.pop_front().expect("checked non-empty");
+            self.cache_bytes -= e.size_hint();
+        }
+        self.purged = up_to;
+        if self.last.index < after {
+            self.last = up_to;
+        }
+    }
+
+    /// Replaces the log's prefix with a snapshot ending at `snapshot`: entries after it are kept
+    /// if the log holds `snapshot` itself (they follow from it), otherwise the log is emptied.
+    /// Mirrors what the store's install did durably.
+    pub(crate) fn install(&mut self, snapshot: LogId) {
+        if self.has(snapshot) && snapshot.index <= self.stable {
+            self.purge(snapshot);
+            return;
+        }
+        self.runs.clear();
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.purged = snapshot;
+        self.last = snapshot;
+        self.stable = snapshot.index;
+    }
+
     /// Records that a write ending at `written` is durable. If the log has since diverged from
     /// what that write contained (a later truncation), `truncate` already lowered `stable`.
     pub(crate) fn mark_stable(&mut self, written: LogId) {

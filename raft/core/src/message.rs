@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Entry, EntryPayload, LogId, LogIndex, Term};
+use bytes::Bytes;
+
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, SnapshotMeta, Term};
 
 /// A Raft message: the sender's term and the body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,34 @@ pub enum MessageBody {
     Heartbeat(Heartbeat),
     /// The answer to a [`Heartbeat`].
     HeartbeatResponse,
+    /// The leader sends one chunk of a snapshot to a follower that needs purged entries.
+    InstallSnapshot(InstallSnapshot),
+    /// The answer to an [`InstallSnapshot`] chunk.
+    SnapshotResponse(SnapshotResponse),
+}
+
+/// One chunk of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshot {
+    /// Which snapshot (its last entry, membership, size and checksum).
+    pub meta: SnapshotMeta,
+    /// Where this chunk starts in the snapshot's bytes.
+    pub offset: u64,
+    /// The chunk.
+    pub data: Bytes,
+    /// This chunk ends the snapshot.
+    pub done: bool,
+}
+
+/// The answer to an [`InstallSnapshot`] chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    /// The snapshot answered about (its last log id).
+    pub snapshot: LogId,
+    /// The offset the follower expects next (resume from here).
+    pub next_offset: u64,
+    /// The follower has installed the snapshot (or already had everything it covers).
+    pub installed: bool,
 }
 
 /// A request for a vote (or, with `pre_vote`, a question whether a vote would be granted).
@@ -135,6 +165,9 @@ pub enum InvalidMessage {
     /// A message of a kind that needs a term carries term 0.
     #[error("message has term 0")]
     ZeroTerm,
+    /// A snapshot chunk is inconsistent with its snapshot's metadata.
+    #[error("bad snapshot chunk: {0}")]
+    BadSnapshot(String),
     /// The previous log id is above the message's term.
     #[error("prev_log_id {prev} is from a term above the message's {term}")]
     BadPrev {
@@ -143,6 +176,43 @@ pub enum InvalidMessage {
         /// The message's term.
         term: Term,
     },
+    /// A candidate's last log entry is from a term above the one it campaigns in.
+    #[error("candidate's last log id {last} is from a term above the message's {term}")]
+    BadCandidateLog {
+        /// The candidate's last log id.
+        last: LogId,
+        /// The message's term.
+        term: Term,
+    },
+    /// A term or an index is beyond [`MAX_TERM`] / [`MAX_INDEX`]: no real cluster gets there,
+    /// and arithmetic on it could overflow.
+    #[error("{what} {value} is out of range")]
+    OutOfRange {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+}
+
+/// The largest term a message may carry (2^62): a cluster electing a leader every
+/// microsecond would need 146,000 years to get there, and the core can add to any term or
+/// index it accepts without overflowing.
+pub const MAX_TERM: u64 = 1 << 62;
+/// The largest log index a message may carry (2^62).
+pub const MAX_INDEX: u64 = 1 << 62;
+
+fn check_term(what: &'static str, t: Term) -> Result<(), InvalidMessage> {
+    if t.0 > MAX_TERM { Err(InvalidMessage::OutOfRange { what, value: t.0 }) } else { Ok(()) }
+}
+
+fn check_index(what: &'static str, i: LogIndex) -> Result<(), InvalidMessage> {
+    if i.0 > MAX_INDEX { Err(InvalidMessage::OutOfRange { what, value: i.0 }) } else { Ok(()) }
+}
+
+fn check_id(what: &'static str, id: LogId) -> Result<(), InvalidMessage> {
+    check_term(what, id.term)?;
+    check_index(what, id.index)
 }
 
 impl Message {
@@ -152,8 +222,29 @@ impl Message {
         if self.term == Term(0) {
             return Err(InvalidMessage::ZeroTerm);
         }
+        check_term("term", self.term)?;
         match &self.body {
+            MessageBody::RequestVote(r) => {
+                check_id("last_log_id", r.last_log_id)?;
+                if r.last_log_id.term > self.term {
+                    return Err(InvalidMessage::BadCandidateLog {
+                        last: r.last_log_id,
+                        term: self.term,
+                    });
+                }
+                Ok(())
+            }
+            MessageBody::Heartbeat(h) => check_index("commit", h.commit),
+            MessageBody::SnapshotResponse(r) => check_id("snapshot", r.snapshot),
+            MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
+                check_index("match_index", *match_index)
+            }
             MessageBody::AppendEntries(a) => {
+                check_id("prev_log_id", a.prev_log_id)?;
+                check_index("leader_commit", a.leader_commit)?;
+                // Entries are contiguous from prev (checked below), so the last one's index is
+                // prev + len; keep that in range too.
+                check_index("last entry index", a.prev_log_id.index.plus(a.entries.len() as u64))?;
                 if a.prev_log_id.term > self.term {
                     return Err(InvalidMessage::BadPrev { prev: a.prev_log_id, term: self.term });
                 }
@@ -186,10 +277,34 @@ impl Message {
                 }
                 Ok(())
             }
-            MessageBody::AppendResponse(AppendResponse::Reject { rejected, hint })
-                if hint.index > *rejected =>
-            {
-                Err(InvalidMessage::BadHint { rejected: *rejected, hint: *hint })
+            MessageBody::AppendResponse(AppendResponse::Reject { rejected, hint }) => {
+                check_index("rejected", *rejected)?;
+                check_id("hint", *hint)?;
+                if hint.index > *rejected {
+                    return Err(InvalidMessage::BadHint { rejected: *rejected, hint: *hint });
+                }
+                Ok(())
+            }
+            MessageBody::InstallSnapshot(s) => {
+                check_id("snapshot", s.meta.last_log_id)?;
+                s.meta
+                    .membership
+                    .validate()
+                    .map_err(|reason| InvalidMessage::BadSnapshot(reason.to_string()))?;
+                let end = s.offset.checked_add(s.data.len() as u64);
+                if end.is_none_or(|e| e > s.meta.size) || (s.done && end != Some(s.meta.size)) {
+                    return Err(InvalidMessage::BadSnapshot(format!(
+                        "chunk at {} of {} bytes does not fit a snapshot of {} bytes (done: {})",
+                        s.offset,
+                        s.data.len(),
+                        s.meta.size,
+                        s.done
+                    )));
+                }
+                if s.meta.last_log_id.term > self.term {
+                    return Err(InvalidMessage::BadSnapshot("snapshot from a future term".into()));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -206,6 +321,8 @@ impl Message {
             MessageBody::AppendResponse(_) => "AppendResponse",
             MessageBody::Heartbeat(_) => "Heartbeat",
             MessageBody::HeartbeatResponse => "HeartbeatResponse",
+            MessageBody::InstallSnapshot(_) => "InstallSnapshot",
+            MessageBody::SnapshotResponse(_) => "SnapshotResponse",
         }
     }
 
@@ -215,6 +332,7 @@ impl Message {
             MessageBody::AppendEntries(a) => {
                 48 + a.entries.iter().map(Entry::size_hint).sum::<usize>()
             }
+            MessageBody::InstallSnapshot(s) => 96 + s.data.len(),
             _ => 48,
         }
     }

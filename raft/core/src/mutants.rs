@@ -24,11 +24,14 @@ pub enum Mutant {
     /// On every append, cut the log after `prev_log_id` even where it matches the new entries,
     /// so a stale (delayed or duplicated) append removes acknowledged, even committed, entries.
     TruncateMatchingSuffix,
+    /// Install a snapshot from the leader without checking that it is newer than what the node
+    /// already has.
+    InstallStaleSnapshot,
 }
 
 impl Mutant {
     /// Every mutant in the catalogue.
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::CommitPreviousTermByCounting,
         Mutant::GrantVoteBeforePersist,
         Mutant::AckAppendBeforePersist,
@@ -36,5 +39,6 @@ impl Mutant {
         Mutant::CountStaleTermVotes,
         Mutant::SkipLogConsistencyCheck,
         Mutant::TruncateMatchingSuffix,
+        Mutant::InstallStaleSnapshot,
     ];
 }

@@ -14,6 +14,9 @@ pub enum ProgressState {
     /// The follower's log matches; the leader streams entries optimistically, bounded by the
     /// in-flight window.
     Replicate,
+    /// The follower needs entries the leader has purged: the leader streams a snapshot to it,
+    /// one chunk at a time.
+    Snapshot,
 }
 
 /// The in-flight window: AppendEntries messages sent but not yet acknowledged, bounded by count
@@ -78,6 +81,13 @@ pub(crate) struct Progress {
     /// When the follower last answered an AppendEntries; with messages in flight and no answer
     /// for an election timeout, the leader assumes they were lost and probes again.
     pub(crate) last_answer: Instant,
+    /// In `Snapshot`: the snapshot being sent and the offset to send next.
+    pub(crate) snapshot: Option<(crate::types::SnapshotMeta, u64)>,
+    /// In `Snapshot`: a chunk is outstanding.
+    pub(crate) chunk_in_flight: bool,
+    /// In `Snapshot`: when the follower last confirmed receiving more of the snapshot (`None`
+    /// until it first does).
+    pub(crate) snapshot_advanced: Option<Instant>,
 }
 
 impl Progress {
@@ -97,6 +107,9 @@ impl Progress {
             // it as silent.
             recent_active: true,
             last_answer: now,
+            snapshot: None,
+            chunk_in_flight: false,
+            snapshot_advanced: None,
         }
     }
 
@@ -105,11 +118,14 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.is_full(),
+            ProgressState::Snapshot => self.chunk_in_flight,
         }
     }
 
     pub(crate) fn become_probe(&mut self) {
-        if self.state == ProgressState::Replicate {
+        self.snapshot = None;
+        self.chunk_in_flight = false;
+        if self.state != ProgressState::Probe {
             // Resume from the last known match; fast backtracking takes it further if needed.
             self.next = self.match_index.next();
         }
@@ -119,6 +135,8 @@ impl Progress {
     }
 
     pub(crate) fn become_replicate(&mut self) {
+        self.snapshot = None;
+        self.chunk_in_flight = false;
         self.state = ProgressState::Replicate;
         self.next = self.match_index.next();
         self.probe_sent = false;
@@ -143,6 +161,7 @@ impl Progress {
     pub(crate) fn sent(&mut self, last: LogIndex, bytes: usize, carried_entries: bool) {
         match self.state {
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => self.chunk_in_flight = true,
             ProgressState::Replicate => {
                 if carried_entries {
                     self.next = last.next();
@@ -166,6 +185,7 @@ impl Progress {
                 self.next = probe_from.max(self.match_index.next()).min(self.next);
                 true
             }
+            ProgressState::Snapshot => false,
             ProgressState::Probe => {
                 if rejected.next() != self.next {
                     return false;

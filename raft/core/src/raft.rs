@@ -13,7 +13,9 @@ use crate::message::{AppendEntries, Heartbeat, Message, MessageBody, RequestVote
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::time::Instant;
-use crate::types::{Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, Term};
+use crate::types::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, SnapshotMeta, Term,
+};
 
 /// Without the `mutants` feature, a stand-in with the same variant names so mutant checks
 /// type-check everywhere and always answer `false`.
@@ -28,6 +30,7 @@ pub(crate) enum Mutant {
     CountStaleTermVotes,
     SkipLogConsistencyCheck,
     TruncateMatchingSuffix,
+    InstallStaleSnapshot,
 }
 #[cfg(feature = "mutants")]
 pub(crate) use crate::Mutant;
@@ -45,8 +48,11 @@ pub struct InitialState {
     /// The id of the last entry in the log (`purged` if the log is empty).
     pub last: LogId,
     /// The last index the state machine has applied (it survives restarts with the state
-    /// machine's data, so the core does not hand those entries out again).
+    /// machine's data, so the core does not hand those entries out again). At least the
+    /// snapshot's last index: the driver restores the state machine from the snapshot first.
     pub applied: LogIndex,
+    /// The latest snapshot in the snapshot store, if any.
+    pub snapshot: Option<SnapshotMeta>,
 }
 
 /// Why a core could not start.
@@ -71,6 +77,19 @@ pub enum StartError {
         committed: LogIndex,
         /// The last index in the log.
         last: LogIndex,
+    },
+    /// The log was purged past the latest snapshot, or the state machine was not restored
+    /// from it.
+    #[error(
+        "the snapshot (at {snapshot}) does not cover the purged log ({purged}) or the applied index ({applied})"
+    )]
+    SnapshotMismatch {
+        /// The snapshot's last index (0 if none).
+        snapshot: LogIndex,
+        /// The purged index.
+        purged: LogIndex,
+        /// The applied index.
+        applied: LogIndex,
     },
     /// An entry's term is above the durable current term.
     #[error("the log's last term {log_term} is above the durable current term {term}")]
@@ -155,6 +174,8 @@ pub struct RaftCore {
     pub(crate) election_deadline: Instant,
     pub(crate) heartbeat_deadline: Instant,
     pub(crate) quorum_deadline: Instant,
+    /// The latest `now` an input carried (for decisions made while flushing, which has none).
+    pub(crate) clock: Instant,
     /// When a follower last heard from its leader (for leader stickiness).
     pub(crate) leader_heard_at: Option<Instant>,
 
@@ -162,6 +183,19 @@ pub struct RaftCore {
     pub(crate) votes: BTreeMap<NodeId, bool>,
     /// The leader's view of every other node.
     pub(crate) progress: BTreeMap<NodeId, Progress>,
+
+    /// The latest snapshot (built here or installed from a leader).
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// A `BuildSnapshot` action is outstanding.
+    pub(crate) building_snapshot: bool,
+    /// A complete snapshot from the leader is being installed; appends wait for it.
+    pub(crate) installing: Option<LogId>,
+    /// Snapshot chunks handed to the driver whose outcome has not come back yet. The outcome of
+    /// the final chunk comes back after those of every earlier one, so `installing` ends when
+    /// this drops to zero.
+    pub(crate) chunks_pending: u64,
+    /// Bytes of entries appended since the last snapshot (for the size policy).
+    pub(crate) bytes_since_snapshot: u64,
 
     // The write pipeline.
     pending: LogWrite,
@@ -183,7 +217,18 @@ impl RaftCore {
     /// Makes a core from a validated configuration and the state loaded from storage.
     pub fn new(cfg: Config, init: InitialState, now: Instant) -> Result<RaftCore, StartError> {
         cfg.validate()?;
-        let membership = Membership::new(cfg.members.iter().copied())?;
+        let membership = match &init.snapshot {
+            Some(s) => s.membership.clone(),
+            None => Membership::new(cfg.members.iter().copied())?,
+        };
+        let snap_index = init.snapshot.as_ref().map_or(LogIndex(0), |s| s.last_log_id.index);
+        if init.purged.index > snap_index || init.applied < snap_index {
+            return Err(StartError::SnapshotMismatch {
+                snapshot: snap_index,
+                purged: init.purged.index,
+                applied: init.applied,
+            });
+        }
         let log = RaftLog::restore(init.purged, init.term_runs, init.last, cfg.entry_cache_bytes)?;
         let hs = init.hard_state;
         if log.last().term > hs.term {
@@ -212,9 +257,15 @@ impl RaftCore {
             election_deadline: now,
             heartbeat_deadline: now,
             quorum_deadline: now,
+            clock: now,
             leader_heard_at: None,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            snapshot: init.snapshot,
+            building_snapshot: false,
+            installing: None,
+            chunks_pending: 0,
+            bytes_since_snapshot: 0,
             pending: LogWrite::default(),
             next_write: WriteId(1),
             inflight: VecDeque::new(),
@@ -244,6 +295,7 @@ impl RaftCore {
             return;
         }
         self.dirty = true;
+        self.clock = self.clock.max(now);
         self.step(now, from, msg);
     }
 
@@ -251,6 +303,7 @@ impl RaftCore {
     /// (calling it early or late is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.dirty = true;
+        self.clock = self.clock.max(now);
         self.tick(now);
     }
 
@@ -264,6 +317,7 @@ impl RaftCore {
             return;
         }
         self.dirty = true;
+        self.clock = self.clock.max(now);
         while let Some(&(wid, last, hs)) = self.inflight.front() {
             if wid > id {
                 break;
@@ -294,6 +348,11 @@ impl RaftCore {
     /// streaming to it and probes instead, so nothing waits for answers that will not come.
     pub fn handle_unreachable(&mut self, peer: NodeId) {
         if let Some(pr) = self.progress.get_mut(&peer) {
+            if pr.state == crate::progress::ProgressState::Snapshot {
+                // Keep the transfer's offset; the stall check resends the chunk later.
+                pr.chunk_in_flight = true;
+                return;
+            }
             pr.become_probe();
             // Wait for a heartbeat answer before probing again, instead of hammering a peer
             // that the transport just failed to reach.
@@ -458,6 +517,7 @@ impl RaftCore {
 
     /// Appends entries to the in-memory log and the pending write.
     pub(crate) fn append_local(&mut self, entries: Vec<Entry>) {
+        self.bytes_since_snapshot += entries.iter().map(|e| e.size_hint() as u64).sum::<u64>();
         self.log.append(&entries);
         self.pending.merge(LogWrite { entries, ..LogWrite::default() });
         self.dirty = true;
@@ -502,6 +562,33 @@ impl RaftCore {
         }
     }
 
+    /// Sends a message that depends on this node's term (and vote) being durable, but not on
+    /// its log: a heartbeat response. It waits for the write that carries the current term and
+    /// vote, not for entries in flight, so a slow disk under heavy appends never delays the
+    /// answers CheckQuorum counts (etcd sends heartbeat responses at once for the same reason).
+    pub(crate) fn send_after_term_durable(&mut self, to: NodeId, message: Message) {
+        let out = Outgoing { to, message };
+        let current = (self.term, self.vote);
+        let after = if self.hard_state_needs_write() {
+            Some(self.next_write)
+        } else if (self.durable_hs.term, self.durable_hs.vote) != current {
+            // Handed to storage but not durable yet: wait for the write that carries it.
+            // (If none did, which the write rules rule out, the last write in flight is a
+            // safe bound: everything submitted is durable once it is.)
+            self.inflight
+                .iter()
+                .find(|(_, _, hs)| hs.is_some_and(|h| (h.term, h.vote) == current))
+                .or(self.inflight.back())
+                .map(|w| w.0)
+        } else {
+            None
+        };
+        match after {
+            Some(after) if after > self.persisted => self.gated.push_back(Gated { after, out }),
+            _ => self.actions.push_back(Action::Send(out)),
+        }
+    }
+
     /// Whether term or vote differ from what was last handed to storage.
     fn hard_state_needs_write(&self) -> bool {
         self.term != self.submitted_hs.term || self.vote != self.submitted_hs.vote
@@ -527,9 +614,16 @@ impl RaftCore {
             self.replicate_all();
         }
         self.emit_apply();
+        self.maybe_build_snapshot();
     }
 
     fn emit_apply(&mut self) {
+        if self.installing.is_some() {
+            // A snapshot is being installed: the state machine is about to be replaced, and
+            // anything handed out now would be applied after the restore, out of order. The
+            // install moves `apply_next` past the snapshot.
+            return;
+        }
         let ready = self.commit.min(self.log.stable());
         // Bound what is handed out but not yet applied, so a slow state machine cannot make
         // memory grow with the commit rate.

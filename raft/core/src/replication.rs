@@ -37,10 +37,12 @@ impl RaftCore {
         if next > last && !allow_empty {
             return false;
         }
+        if pr.state == ProgressState::Snapshot {
+            return self.send_snapshot_chunk(peer);
+        }
         let Some(prev_log_id) = self.log.id_at(next.prev()) else {
-            // The follower needs entries that were purged: it must catch up from a snapshot.
-            tracing::warn!(node = %self.id, %peer, %next, purged = %self.log.purged(), "follower needs purged entries");
-            return false;
+            // The follower needs entries that were purged: it catches up from a snapshot.
+            return self.send_snapshot_chunk(peer);
         };
         let leader_commit = self.commit;
         let (max_count, max_bytes) =
@@ -55,9 +57,12 @@ impl RaftCore {
             }
             None => {
                 // Below the cache: these entries are durable, so the driver reads them from the
-                // store. Stop at the cache so the read never needs a not-yet-durable entry.
-                let end =
-                    LogIndex((next.0 + max_count as u64 - 1).min(self.log.cache_first().0 - 1));
+                // store. Stop at the cache so the read never needs a not-yet-durable entry. The
+                // sizes are unknown here: ask for as many as fit `max_bytes` at the average
+                // size, and let the driver cut the message at `max_bytes` if they are larger.
+                let avg = self.log.average_entry_size();
+                let fit = (max_bytes / avg.max(1)).clamp(1, max_count) as u64;
+                let end = LogIndex((next.0 + fit - 1).min(self.log.cache_first().0 - 1));
                 let last_id = self.log.id_at(end).expect("below the cache means in the log");
                 let count = (end.0 - next.0 + 1) as usize;
                 self.actions.push_back(Action::SendFromLog(SendFromLog {
@@ -66,8 +71,9 @@ impl RaftCore {
                     prev_log_id,
                     last: last_id,
                     leader_commit,
+                    max_bytes,
                 }));
-                (end, count * self.log.average_entry_size(), true)
+                (end, count * avg, true)
             }
         };
         let pr = self.progress.get_mut(&peer).expect("checked above");
@@ -86,6 +92,16 @@ impl RaftCore {
                 // the follower restarted). Probe from the last known match.
                 tracing::debug!(node = %self.id, %peer, "replication stalled; probing");
                 pr.become_probe();
+            }
+            if pr.state == ProgressState::Snapshot
+                && pr.chunk_in_flight
+                && now >= pr.last_answer + stall
+            {
+                // A snapshot chunk (or its answer) was lost: send it again; the follower says
+                // where to resume.
+                tracing::debug!(node = %self.id, %peer, "snapshot transfer stalled; resending");
+                pr.chunk_in_flight = false;
+                pr.last_answer = now;
             }
         }
         let peers: Vec<(NodeId, LogIndex)> =
@@ -170,6 +186,10 @@ impl RaftCore {
     // ----- follower ---------------------------------------------------------------------------
 
     pub(crate) fn handle_append(&mut self, from: NodeId, mut ae: AppendEntries) {
+        if self.installing.is_some() {
+            // The log is being replaced by a snapshot; the leader resends after it.
+            return;
+        }
         // Entries up to our commit index are committed, hence identical to the leader's: skip
         // them (and never consider truncating them).
         if ae.prev_log_id.index < self.commit {
@@ -238,7 +258,7 @@ impl RaftCore {
         if commit > self.commit {
             self.commit = commit;
         }
-        self.send_after_persist(
+        self.send_after_term_durable(
             from,
             Message { term: self.term, body: MessageBody::HeartbeatResponse },
         );

@@ -46,14 +46,16 @@ impl fmt::Display for LogIndex {
 impl Term {
     /// The term after this one.
     pub fn next(self) -> Term {
-        Term(self.0 + 1)
+        // Terms from peers are bounded by `MAX_TERM`, so this never saturates in practice;
+        // saturating keeps a bug from wrapping a term back to 0.
+        Term(self.0.saturating_add(1))
     }
 }
 
 impl LogIndex {
     /// The index after this one.
     pub fn next(self) -> LogIndex {
-        LogIndex(self.0 + 1)
+        LogIndex(self.0.saturating_add(1))
     }
 
     /// The index before this one, saturating at 0.
@@ -63,7 +65,7 @@ impl LogIndex {
 
     /// This index plus `n`.
     pub fn plus(self, n: u64) -> LogIndex {
-        LogIndex(self.0 + n)
+        LogIndex(self.0.saturating_add(n))
     }
 }
 
@@ -165,6 +167,31 @@ pub struct HardState {
     pub vote: Option<NodeId>,
     /// A commit index this node knew of when the record was written.
     pub commit: LogIndex,
+}
+
+/// Describes a snapshot: the state machine's state after applying every entry up to
+/// `last_log_id`, with the membership at that point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last entry the snapshot covers.
+    pub last_log_id: LogId,
+    /// The configuration as of `last_log_id`.
+    pub membership: Membership,
+    /// The snapshot's size in bytes.
+    pub size: u64,
+    /// CRC-32 of the snapshot's bytes.
+    pub checksum: u32,
+}
+
+impl SnapshotMeta {
+    /// A name unique to this snapshot's contents: two snapshots at the same log id hold the
+    /// same state, so the id and checksum identify it.
+    pub fn name(&self) -> String {
+        format!(
+            "snapshot-{:020}-{:020}-{:08x}",
+            self.last_log_id.term.0, self.last_log_id.index.0, self.checksum
+        )
+    }
 }
 
 /// A node's role in the protocol.

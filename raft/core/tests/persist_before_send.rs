@@ -162,3 +162,55 @@ fn malformed_and_foreign_messages_are_dropped() {
     c.handle_message(Instant::ZERO, NodeId(42), hb);
     assert_eq!(c.term(), Term(0), "a non-member must not change state");
 }
+
+/// A heartbeat response depends on the durable term, not on the log: a follower whose entries
+/// are still being written answers heartbeats at once (a slow disk under heavy appends must not
+/// make the leader's CheckQuorum step it down), but one whose term the heartbeat itself raised
+/// answers only once that term is durable.
+#[test]
+fn heartbeat_responses_wait_for_the_term_not_for_entries() {
+    let heartbeat = |term: u64| Message {
+        term: Term(term),
+        body: MessageBody::Heartbeat(raftkit_core::Heartbeat { commit: LogIndex(0) }),
+    };
+    let is_hb_response = |actions: &[Action]| {
+        sends(actions).iter().any(|m| m.body == MessageBody::HeartbeatResponse)
+    };
+    let mut c = core(2, &[1, 2, 3]);
+    drain(&mut c);
+    // Term 1 becomes durable through the first heartbeat.
+    c.handle_message(Instant::ZERO, NodeId(1), heartbeat(1));
+    let actions = drain(&mut c);
+    assert!(!is_hb_response(&actions), "answered before term 1 was durable: {actions:?}");
+    let ids = persists(&actions);
+    assert_eq!(ids.len(), 1, "the new term is written: {actions:?}");
+    // A second heartbeat while that write is in flight waits for it too.
+    c.handle_message(Instant::ZERO, NodeId(1), heartbeat(1));
+    let actions = drain(&mut c);
+    assert!(!is_hb_response(&actions), "answered while term 1 was being written: {actions:?}");
+    c.handle_persisted(Instant::ZERO, ids[0]);
+    let released = drain(&mut c);
+    let answers = sends(&released)
+        .iter()
+        .filter(|m| m.body == MessageBody::HeartbeatResponse && m.term == Term(1))
+        .count();
+    assert_eq!(answers, 2, "both answers once the term was durable: {released:?}");
+    // Entries arrive and their write stays in flight.
+    let ae = Message {
+        term: Term(1),
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_id: LogId::ZERO,
+            entries: vec![Entry::normal(LogId::new(1, 1), &b"a"[..])],
+            leader_commit: LogIndex(0),
+        }),
+    };
+    c.handle_message(Instant::ZERO, NodeId(1), ae);
+    let pending = persists(&drain(&mut c));
+    assert_eq!(pending.len(), 1);
+    c.handle_message(Instant::ZERO, NodeId(1), heartbeat(1));
+    let actions = drain(&mut c);
+    assert!(is_hb_response(&actions), "a heartbeat waited for an entry write: {actions:?}");
+    // The append acknowledgement still waits for its write.
+    let acked = sends(&actions).iter().any(|m| matches!(m.body, MessageBody::AppendResponse(_)));
+    assert!(!acked, "acknowledged before durable: {actions:?}");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, Instant, LogIndex, NodeId, PersistRequest, ProposeError, RaftCore, WriteId,
+    Action, Instant, LogIndex, NodeId, ProposeError, RaftCore, ReceiveSnapshot, WriteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Fatal, StorageError, WriteError};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
-use crate::workers::{self, ApplyJob, PeerItem, Waiter};
+use crate::workers::{self, ApplyJob, Event, PeerItem, Waiter, WriterOp};
 
 /// A client command on its way to the driver.
 pub(crate) struct Proposal<O> {
@@ -28,6 +28,7 @@ pub(crate) struct Proposal<O> {
 pub(crate) enum Control {
     Shutdown(oneshot::Sender<()>),
     Pause(Duration),
+    TriggerSnapshot(oneshot::Sender<bool>),
 }
 
 /// State shared between the driver and the handles.
@@ -59,14 +60,15 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) proposals: mpsc::Receiver<Proposal<S::Output>>,
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) metrics: watch::Sender<RaftMetrics>,
-    pub(crate) write_tx: Option<mpsc::UnboundedSender<PersistRequest>>,
+    pub(crate) write_tx: Option<mpsc::UnboundedSender<WriterOp>>,
     pub(crate) write_done: mpsc::UnboundedReceiver<Result<(WriteId, usize), StorageError>>,
     pub(crate) writer: Option<JoinHandle<()>>,
     pub(crate) apply_tx: Option<mpsc::UnboundedSender<ApplyJob<S::Output>>>,
     pub(crate) apply_done: mpsc::UnboundedReceiver<Result<LogIndex, Fatal>>,
     pub(crate) applier: Option<JoinHandle<()>>,
-    pub(crate) unreachable_tx: mpsc::UnboundedSender<NodeId>,
-    pub(crate) unreachable: mpsc::UnboundedReceiver<NodeId>,
+    pub(crate) events_tx: mpsc::UnboundedSender<Event>,
+    pub(crate) events: mpsc::UnboundedReceiver<Event>,
+    pub(crate) snapshot_tx: Option<mpsc::UnboundedSender<ReceiveSnapshot>>,
     pub(crate) peers: BTreeMap<NodeId, (mpsc::Sender<PeerItem>, JoinHandle<()>)>,
     pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
     pub(crate) failure: Option<Fatal>,
@@ -117,6 +119,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                         // Like a process stalled by the OS: nothing is handled meanwhile.
                         tokio::time::sleep(d).await;
                     }
+                    Some(Control::TriggerSnapshot(tx)) => {
+                        let _ = tx.send(self.core.trigger_snapshot());
+                    }
                     None => return Exit::Shutdown(None),
                 },
                 Some(r) = self.write_done.recv() => self.on_write_done(r),
@@ -127,7 +132,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                     // Every handle is gone: nobody can use this node any more.
                     None => return Exit::Shutdown(None),
                 },
-                Some(peer) = self.unreachable.recv() => self.core.handle_unreachable(peer),
+                Some(ev) = self.events.recv() => self.on_event(ev),
                 () = sleep => {
                     let now = self.now();
                     self.core.handle_timeout(now);
@@ -158,8 +163,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Err(_) => break,
             }
         }
-        while let Ok(peer) = self.unreachable.try_recv() {
-            self.core.handle_unreachable(peer);
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
         }
     }
 
@@ -213,15 +218,69 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
     }
 
+    fn on_event(&mut self, ev: Event) {
+        let now = self.now();
+        match ev {
+            Event::Unreachable(peer) => self.core.handle_unreachable(peer),
+            Event::SnapshotBuilt(meta) => self.core.handle_snapshot_built(now, meta),
+            Event::SnapshotBuildFailed(e) => {
+                if matches!(e.kind(), crate::StorageErrorKind::InvalidInput) {
+                    self.core.handle_snapshot_failed();
+                } else {
+                    self.fail(Fatal::LogStore(e.context("storing a snapshot")));
+                }
+            }
+            Event::SnapshotReceived { from, meta, next_offset, installed } => {
+                let covered = meta.last_log_id.index;
+                self.core.handle_snapshot_received(now, from, meta, next_offset, installed);
+                if installed {
+                    // Commands this node appended (as an earlier leader) up to the snapshot
+                    // will not be applied here one by one: whether they made it is unknown.
+                    let rest = self.waiters.split_off(&covered.next());
+                    for (_, w) in std::mem::replace(&mut self.waiters, rest) {
+                        let _ = w.tx.send(Err(WriteError::OutcomeUnknown { log_id: w.log_id }));
+                    }
+                }
+            }
+            Event::SnapshotSendFailed(peer) => self.core.handle_snapshot_send_failed(peer),
+            Event::Fatal(f) => self.fail(f),
+        }
+    }
+
+    fn send_to_writer(&mut self, op: WriterOp) {
+        if self.write_tx.as_ref().is_none_or(|tx| tx.send(op).is_err()) {
+            self.fail(Fatal::LogStore(StorageError::new(
+                crate::StorageErrorKind::Closed,
+                "the log writer stopped",
+            )));
+        }
+    }
+
+    fn send_to_applier(&mut self, job: ApplyJob<S::Output>) {
+        if self.apply_tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
+            self.fail(Fatal::StateMachine(StorageError::new(
+                crate::StorageErrorKind::Closed,
+                "the apply worker stopped",
+            )));
+        }
+    }
+
     fn carry_out_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Persist(req) => {
-                    let sent = self.write_tx.as_ref().is_some_and(|tx| tx.send(req).is_ok());
-                    if !sent {
+                Action::Persist(req) => self.send_to_writer(WriterOp::Persist(req)),
+                Action::PurgeLog(up_to) => self.send_to_writer(WriterOp::Purge(up_to)),
+                Action::BuildSnapshot => {
+                    let membership = self.core.membership().clone();
+                    let chunk_bytes = self.core.config().snapshot_chunk_bytes;
+                    self.send_to_applier(ApplyJob::BuildSnapshot { membership, chunk_bytes });
+                }
+                Action::SendSnapshot(req) => self.send_to_peer(req.to, PeerItem::Snapshot(req)),
+                Action::ReceiveSnapshot(r) => {
+                    if self.snapshot_tx.as_ref().is_none_or(|tx| tx.send(r).is_err()) {
                         self.fail(Fatal::LogStore(StorageError::new(
                             crate::StorageErrorKind::Closed,
-                            "the log writer stopped",
+                            "the snapshot receiver stopped",
                         )));
                     }
                 }
@@ -230,13 +289,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Action::Apply(req) => {
                     let rest = self.waiters.split_off(&req.last.index.next());
                     let waiters = std::mem::replace(&mut self.waiters, rest);
-                    let job = ApplyJob { req, waiters };
-                    if self.apply_tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
-                        self.fail(Fatal::StateMachine(StorageError::new(
-                            crate::StorageErrorKind::Closed,
-                            "the apply worker stopped",
-                        )));
-                    }
+                    self.send_to_applier(ApplyJob::Entries { req, waiters });
                 }
                 _ => tracing::error!("unknown action from the core"),
             }
@@ -253,7 +306,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 self.log.clone(),
                 cfg.election_timeout_max,
                 rx,
-                self.unreachable_tx.clone(),
+                self.events_tx.clone(),
             ));
             self.shared.register(&task);
             (tx, task)
@@ -286,6 +339,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 || m.applied != core.applied_index()
                 || m.last_log != core.last_log_id()
                 || m.stable != core.stable_index()
+                || m.purged != core.purged_log_id()
+                || m.snapshot != core.snapshot().map(|s| s.last_log_id)
                 || m.replication != core.match_indexes();
             if changed {
                 *m = RaftMetrics::from_core(core, state.clone());
@@ -317,6 +372,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
         // Let the writer finish the write it is in (all or nothing either way) so that nothing
         // touches the store after shutdown returns; then the apply worker.
+        self.snapshot_tx = None;
         self.write_tx = None;
         if let Some(w) = self.writer.take() {
             let _ = w.await;

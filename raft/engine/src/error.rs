@@ -268,6 +268,15 @@ pub enum WriteError {
         /// Where the command had been appended.
         log_id: LogId,
     },
+    /// The command was appended at `log_id`, but before this node applied it, it installed a
+    /// snapshot from the leader that covers that index: the command may be in the snapshot or
+    /// may have been replaced, and its output is not available here. Read back (or make the
+    /// command idempotent) to find out.
+    #[error("the entry {log_id} was covered by a snapshot from the leader; the outcome is unknown")]
+    OutcomeUnknown {
+        /// Where the command had been appended.
+        log_id: LogId,
+    },
     /// The command could not be encoded.
     #[error("cannot encode the command: {0}")]
     Encode(raftkit_core::codec::CodecError),

@@ -23,6 +23,26 @@
 //! Storage errors are fatal: the node stops and every later call reports the error
 //! ([`Fatal`]). Network errors are retried by the protocol itself.
 //!
+//! # Snapshots and log compaction
+//!
+//! When the policy in [`Config`] says so (`snapshot_every` applied entries, or
+//! `snapshot_log_bytes` of log since the last snapshot) or on [`Raft::trigger_snapshot`], the
+//! apply worker asks the state machine for a [`SnapshotSource`] — a copy of its state at the
+//! last applied entry — and a separate task streams it into the log store's
+//! [`SnapshotStore`] while applying goes on. Once the snapshot is stored (checksummed, published
+//! atomically), the log is purged up to it, except the last `snapshot_keep` entries, kept for
+//! followers that are only a little behind.
+//!
+//! A follower that needs purged entries gets the snapshot instead, in chunks of
+//! `snapshot_chunk_bytes` read from the store one at a time (memory is bounded by the chunk, not
+//! the snapshot), while the leader goes on replicating to everyone else. The follower writes each
+//! chunk that continues what it has and answers with the offset it holds, so a transfer cut off
+//! by a partition resumes from there. On the last chunk it verifies size and checksum, restores
+//! the state machine, then replaces the log's prefix ([`LogStore::install_snapshot`]); a
+//! snapshot older than what the follower has committed is refused. A crash part-way leaves
+//! either the old state (the snapshot was not complete) or a stored snapshot that the next
+//! start installs before anything else.
+//!
 //! # Example
 //!
 //! ```
@@ -66,6 +86,7 @@ mod driver;
 mod error;
 mod metrics;
 mod raft;
+mod snapshot_store;
 mod startup;
 pub mod store;
 mod traits;
@@ -76,8 +97,13 @@ pub use error::{
 };
 pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 pub use raft::Raft;
+pub use snapshot_store::{
+    EncodedSnapshot, Expected, FileSnapshotStore, MemSnapshotStore, SnapshotStore, SnapshotWriter,
+    decode_snapshot,
+};
 pub use traits::{
-    ApplyEntry, ApplyPayload, Inbound, Inbox, LogState, LogStore, Network, StateMachine,
+    ApplyEntry, ApplyPayload, Inbound, Inbox, LogState, LogStore, Network, SnapshotSource,
+    StateMachine,
 };
 
 /// The protocol core and its types, re-exported so users depend on `raftkit` alone.
@@ -86,6 +112,6 @@ pub use raftkit_core as core;
 pub use raftkit_core::Mutant;
 pub use raftkit_core::{
     AppendEntries, AppendResponse, Config, ConfigError, Entry, EntryPayload, HardState, Heartbeat,
-    LogId, LogIndex, LogWrite, Membership, Message, MessageBody, NodeId, RequestVote, Role, Term,
-    VoteResponse, codec,
+    InstallSnapshot, LogId, LogIndex, LogWrite, Membership, Message, MessageBody, NodeId,
+    RequestVote, Role, SnapshotMeta, SnapshotResponse, Term, VoteResponse, codec,
 };

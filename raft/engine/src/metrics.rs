@@ -37,6 +37,10 @@ pub struct RaftMetrics {
     pub last_log: LogId,
     /// The highest index durable in the local log.
     pub stable: LogIndex,
+    /// The last purged entry (the log starts after it).
+    pub purged: LogId,
+    /// The last entry covered by the latest snapshot, if any.
+    pub snapshot: Option<LogId>,
     /// When leader: each other node's durable match index.
     pub replication: BTreeMap<NodeId, LogIndex>,
     /// The voters of the current configuration.
@@ -68,6 +72,10 @@ pub struct NodeStatus {
     pub stable: LogIndex,
     /// The hard state known durable.
     pub durable: HardState,
+    /// The last purged entry.
+    pub purged: LogId,
+    /// The last entry covered by the latest snapshot.
+    pub snapshot: Option<LogId>,
 }
 
 impl NodeStatus {
@@ -84,6 +92,8 @@ impl NodeStatus {
             last_log: core.last_log_id(),
             stable: core.stable_index(),
             durable: core.durable_hard_state(),
+            purged: core.purged_log_id(),
+            snapshot: core.snapshot().map(|s| s.last_log_id),
         }
     }
 }
@@ -108,6 +118,8 @@ impl RaftMetrics {
             applied: core.applied_index(),
             last_log: core.last_log_id(),
             stable: core.stable_index(),
+            purged: core.purged_log_id(),
+            snapshot: core.snapshot().map(|s| s.last_log_id),
             replication: core.match_indexes(),
             voters: core.membership().voters().into_iter().collect(),
         }

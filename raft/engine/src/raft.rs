@@ -81,10 +81,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     ) -> Result<Self, StartError> {
         config.validate()?;
         let id = config.id;
-        let applied = state_machine.applied().await.map_err(|e| {
-            StartError::Storage(e.context("reading the state machine's applied index"))
-        })?;
-        let init = startup::initial_state(&log, applied).await?;
+        let init = startup::initial_state(&log, &mut state_machine).await?;
         tracing::info!(
             node = %id, term = %init.hard_state.term, last = %init.last, applied = %init.applied,
             "starting"
@@ -106,17 +103,27 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let writer = tokio::spawn(workers::log_writer(log.clone(), write_rx, write_done_tx));
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (apply_done_tx, apply_done_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let applier = tokio::spawn(workers::apply_worker(
             state_machine,
             log.clone(),
             config.max_apply_batch,
             apply_rx,
             apply_done_tx,
+            events_tx.clone(),
         ));
-        let (unreachable_tx, unreachable_rx) = mpsc::unbounded_channel();
+        let (snapshot_tx, snapshot_rx) = mpsc::unbounded_channel();
+        let receiver = tokio::spawn(workers::snapshot_receiver(
+            log.clone(),
+            snapshot_rx,
+            apply_tx.clone(),
+            write_tx.clone(),
+            events_tx.clone(),
+        ));
         let shared = Arc::new(Shared::default());
         shared.register(&writer);
         shared.register(&applier);
+        shared.register(&receiver);
         let driver = Driver::<N, L, S> {
             core,
             epoch,
@@ -133,8 +140,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             apply_tx: Some(apply_tx),
             apply_done: apply_done_rx,
             applier: Some(applier),
-            unreachable_tx,
-            unreachable: unreachable_rx,
+            events_tx,
+            events: events_rx,
+            snapshot_tx: Some(snapshot_tx),
             peers: Default::default(),
             waiters: Default::default(),
             failure: None,
@@ -205,6 +213,23 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let mut rx = self.metrics();
         let fut = async move { rx.wait_for(pred).await.ok().map(|m| m.clone()) };
         tokio::time::timeout(timeout, fut).await.ok().flatten()
+    }
+
+    /// Starts building a snapshot of the state machine now, whatever the snapshot policy in
+    /// [`Config`] says; the log is purged up to it (minus
+    /// `snapshot_keep`) once it is stored. Returns `Ok(true)` if a snapshot was started,
+    /// `Ok(false)` if one is being built already or nothing was applied since the last one.
+    /// The new snapshot shows in [`RaftMetrics::snapshot`](crate::RaftMetrics) when done.
+    ///
+    /// # Errors
+    /// The node's fatal error if it failed, [`Fatal::DriverStopped`] if it was shut down.
+    pub async fn trigger_snapshot(&self) -> Result<bool, Fatal> {
+        let stopped = || self.inner.shared.fatal.get().cloned().unwrap_or(Fatal::DriverStopped);
+        let (tx, rx) = oneshot::channel();
+        if self.inner.control.send(Control::TriggerSnapshot(tx)).await.is_err() {
+            return Err(stopped());
+        }
+        rx.await.map_err(|_| stopped())
     }
 
     /// Stops processing for `duration`, as a process stalled by the OS or a long GC pause would:

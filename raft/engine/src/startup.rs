@@ -3,7 +3,7 @@
 use raftkit_core::{InitialState, LogId, LogIndex};
 
 use crate::error::{StartError, StorageError};
-use crate::traits::{LogState, LogStore};
+use crate::traits::{LogState, LogStore, StateMachine};
 
 /// Reads one entry's id.
 async fn id_at<L: LogStore>(log: &L, index: LogIndex) -> Result<LogId, StartError> {
@@ -66,11 +66,41 @@ pub(crate) async fn term_runs<L: LogStore>(
     Ok(runs)
 }
 
-/// Builds the core's initial state.
-pub(crate) async fn initial_state<L: LogStore>(
+/// Builds the core's initial state. With a snapshot newer than what the state machine has
+/// applied, the state machine is restored from it first; if the log does not hold the
+/// snapshot's last entry (an install was interrupted by a crash), the install is completed.
+pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
     log: &L,
-    applied: Option<LogId>,
+    sm: &mut S,
 ) -> Result<InitialState, StartError> {
+    let snapshots = log.snapshot_store();
+    let snapshot =
+        snapshots.latest().await.map_err(|e| start_err(e, "reading the latest snapshot"))?;
+    let mut applied = sm
+        .applied()
+        .await
+        .map_err(|e| start_err(e, "reading the state machine's applied index"))?;
+    if let Some(snap) = &snapshot {
+        let s = snap.last_log_id;
+        if applied.is_none_or(|a| a.index < s.index) {
+            tracing::info!(snapshot = %s, "restoring the state machine from the snapshot");
+            let data =
+                snapshots.open(snap).await.map_err(|e| start_err(e, "opening the snapshot"))?;
+            sm.restore(snap, data).await.map_err(|e| start_err(e, "restoring the snapshot"))?;
+            applied = Some(s);
+        }
+        let state = log.load().await.map_err(|e| start_err(e, "loading the log store"))?;
+        let holds = state.purged == s
+            || (state.purged.index < s.index
+                && s.index <= state.last.index
+                && id_at(log, s.index).await? == s);
+        if !holds && state.purged.index < s.index {
+            tracing::info!(snapshot = %s, "completing an interrupted snapshot install");
+            log.install_snapshot(s)
+                .await
+                .map_err(|e| start_err(e, "installing the snapshot in the log"))?;
+        }
+    }
     let state = log.load().await.map_err(|e| start_err(e, "loading the log store"))?;
     let runs = term_runs(log, &state).await?;
     let applied_index = applied.map_or(LogIndex(0), |a| a.index);
@@ -92,5 +122,6 @@ pub(crate) async fn initial_state<L: LogStore>(
         term_runs: runs,
         last: state.last,
         applied: applied_index,
+        snapshot,
     })
 }

@@ -231,6 +231,27 @@ impl LogShape {
         }
     }
 
+    /// Replaces the log's prefix with a snapshot ending at `snapshot`: if the log holds that
+    /// entry, the entries after it stay (they follow from it); otherwise the log is emptied.
+    /// Afterwards the purged id is `snapshot`.
+    pub fn apply_install(&mut self, snapshot: LogId) {
+        if snapshot.index >= self.purged.index
+            && self.term_at(snapshot.index) == Some(snapshot.term)
+        {
+            self.apply_purge(snapshot);
+        } else {
+            self.runs.clear();
+            self.purged = snapshot;
+            self.last = snapshot;
+        }
+    }
+
+    /// Whether installing `snapshot` keeps the entries after it (see
+    /// [`apply_install`](Self::apply_install)).
+    pub fn install_keeps_suffix(&self, snapshot: LogId) -> bool {
+        snapshot.index >= self.purged.index && self.term_at(snapshot.index) == Some(snapshot.term)
+    }
+
     /// Checks a read of `first ..= last` against the contract's error rules.
     pub fn check_read(&self, first: LogIndex, last: LogIndex) -> Result<(), StorageError> {
         LogShape::check_bounds(self.purged.index, self.last.index, first, last)
@@ -269,8 +290,10 @@ pub trait CommitBatch: Send + 'static {
     /// An operation (a write, a purge, …).
     type Op: Send + 'static;
 
-    /// Validates `op` against the state including everything staged so far and stages it. On
-    /// error nothing of `op` is staged (the others are unaffected).
+    /// Validates `op` against the state including everything staged so far and stages it. A
+    /// refusal ([`StorageErrorKind::InvalidInput`]) stages nothing of `op` and leaves the others
+    /// unaffected; any other error poisons the committer: nothing staged in that round is
+    /// committed and every later operation is refused.
     fn stage(&mut self, op: &Self::Op) -> Result<(), StorageError>;
 
     /// Makes everything staged durable, atomically, with one sync. On error the committer
@@ -329,13 +352,31 @@ impl<B: CommitBatch> GroupCommitter<B> {
                     continue;
                 }
                 let mut staged = Vec::with_capacity(jobs.len());
+                let mut failure = None;
                 for j in jobs {
+                    if failure.is_some() {
+                        let _ = j.reply.send(Err(poisoned_error()));
+                        continue;
+                    }
                     match batch.stage(&j.op) {
                         Ok(()) => staged.push(j),
                         Err(e) => {
+                            // A refusal under the contract (invalid input) changes nothing; any
+                            // other failure (I/O, corruption) may have left part of the
+                            // operation staged, so nothing staged with it may commit.
+                            if e.kind() != StorageErrorKind::InvalidInput {
+                                failure = Some(e.clone());
+                            }
                             let _ = j.reply.send(Err(e));
                         }
                     }
+                }
+                if let Some(e) = failure {
+                    p.store(true, Ordering::Release);
+                    for j in staged {
+                        let _ = j.reply.send(Err(e.clone()));
+                    }
+                    continue;
                 }
                 if staged.is_empty() {
                     continue;

@@ -1,13 +1,19 @@
 //! The three adapter traits: where the log lives ([`LogStore`]), what the log drives
 //! ([`StateMachine`]), and how nodes talk ([`Network`]).
 
+use std::io::Read;
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use raftkit_core::{Entry, HardState, LogId, LogIndex, LogWrite, Membership, Message, NodeId};
+use raftkit_core::{
+    Entry, HardState, LogId, LogIndex, LogWrite, Membership, Message, NodeId, SnapshotMeta,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::error::{NetworkError, NetworkErrorKind, StorageError};
+use crate::snapshot_store::SnapshotStore;
 
 /// What a log store holds when a node starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +109,37 @@ pub trait LogStore: Send + Sync + 'static {
     /// # Errors
     /// `InvalidInput` if `up_to` is past the last entry or its term does not match the log.
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError>;
+
+    /// Replaces the log's prefix with an installed snapshot that ends at `snapshot`: if the log
+    /// holds that very entry, the entries after it stay (they follow from it) and the prefix is
+    /// purged; otherwise every entry is removed. Either way the purged id becomes `snapshot`.
+    ///
+    /// # Correctness
+    /// Afterwards `load` reports `purged == snapshot`.
+    ///
+    /// # Durability
+    /// Atomic; durable when it returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe (as `write`).
+    ///
+    /// # Errors
+    /// `Io`, after which the store is poisoned.
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError>;
+
+    /// Where the snapshots that compact this log are kept: in the same durability domain as
+    /// the log (a durable log needs durable snapshots, or a restart after a purge cannot
+    /// rebuild the state). [`FileSnapshotStore`](crate::FileSnapshotStore) suits file-based
+    /// stores; [`MemSnapshotStore`](crate::MemSnapshotStore) in-memory ones.
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore>;
+}
+
+/// A point-in-time copy of a state machine's state, detached from the machine, so that applying
+/// entries can go on while the copy is written out.
+pub trait SnapshotSource: Send + 'static {
+    /// Appends the next part of the snapshot (about `max` bytes) to `out`. Returns `Ok(false)`
+    /// once the whole snapshot has been produced.
+    fn next_chunk(&mut self, out: &mut Vec<u8>, max: usize) -> Result<bool, StorageError>;
 }
 
 /// One entry handed to the state machine.
@@ -171,6 +208,44 @@ pub trait StateMachine: Send + 'static {
         &mut self,
         entries: Vec<ApplyEntry<Self::Command>>,
     ) -> Result<Vec<Self::Output>, StorageError>;
+
+    /// Captures the state as of the last applied entry (what [`applied`](Self::applied) reports
+    /// now) in a [`SnapshotSource`] the engine writes out while applying continues.
+    ///
+    /// # Correctness
+    /// The source must describe exactly the state at the applied entry, however many entries
+    /// are applied while it is being read: copy, or share immutable structures.
+    ///
+    /// # Durability
+    /// Not applicable; the engine stores the snapshot.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe.
+    ///
+    /// # Errors
+    /// An error is fatal.
+    async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError>;
+
+    /// Replaces the whole state with a snapshot's, read from `data` (which fails with an error
+    /// if the snapshot is damaged). Afterwards `applied` reports `meta.last_log_id`.
+    ///
+    /// # Correctness
+    /// Atomic for a durable state machine: a crash midway leaves the old state (with its
+    /// applied id) or the new one, never a mix.
+    ///
+    /// # Durability
+    /// Durable (for durable state machines) when it returns.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe.
+    ///
+    /// # Errors
+    /// An error is fatal.
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Box<dyn Read + Send>,
+    ) -> Result<(), StorageError>;
 }
 
 /// A message received from a peer.

@@ -1,6 +1,6 @@
-//! The driver's helpers, one task each: the log writer (group commit), the apply worker, and
-//! one sender per peer. They keep slow IO off the driver: a slow disk delays acknowledgements,
-//! not message handling; a slow peer delays only itself.
+//! The driver's helpers, one task each: the log writer (group commit), the apply worker, one
+//! sender per peer, and the snapshot receiver. They keep slow IO off the driver: a slow disk
+//! delays acknowledgements, not message handling; a slow peer delays only itself.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,75 +8,231 @@ use std::time::Duration;
 
 use raftkit_core::codec;
 use raftkit_core::{
-    AppendEntries, ApplyRequest, Entry, EntryPayload, LogId, LogIndex, Message, MessageBody,
-    NodeId, PersistRequest, SendFromLog, WriteId,
+    AppendEntries, ApplyRequest, Entry, EntryPayload, InstallSnapshot, LogId, LogIndex, Membership,
+    Message, MessageBody, NodeId, PersistRequest, ReceiveSnapshot, SendFromLog, SendSnapshot,
+    SnapshotMeta, WriteId,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Fatal, StorageError, WriteError};
-use crate::traits::{ApplyEntry, ApplyPayload, LogStore, Network, StateMachine};
+use crate::error::{Fatal, StorageError, StorageErrorKind, WriteError};
+use crate::snapshot_store::{Expected, SnapshotStore, SnapshotWriter};
+use crate::traits::{ApplyEntry, ApplyPayload, LogStore, Network, SnapshotSource, StateMachine};
+
+/// What the helpers report to the driver, besides writes and applies.
+pub(crate) enum Event {
+    /// A local snapshot was built and stored.
+    SnapshotBuilt(SnapshotMeta),
+    /// Building a local snapshot failed.
+    SnapshotBuildFailed(StorageError),
+    /// A snapshot chunk from a leader was handled (see `RaftCore::handle_snapshot_received`).
+    SnapshotReceived { from: NodeId, meta: SnapshotMeta, next_offset: u64, installed: bool },
+    /// The snapshot being sent to a peer can no longer be read.
+    SnapshotSendFailed(NodeId),
+    /// A peer could not be reached.
+    Unreachable(NodeId),
+    /// Something failed for good.
+    Fatal(Fatal),
+}
 
 /// A client waiting for its command at `log_id` to be applied.
+/// The clients waiting for entries, by index.
+pub(crate) type Waiters<O> = BTreeMap<LogIndex, Waiter<O>>;
+
 pub(crate) struct Waiter<O> {
     pub(crate) log_id: LogId,
     pub(crate) tx: oneshot::Sender<Result<O, WriteError>>,
 }
 
-/// Entries to apply and the clients waiting on them.
-pub(crate) struct ApplyJob<O> {
-    pub(crate) req: ApplyRequest,
-    pub(crate) waiters: BTreeMap<LogIndex, Waiter<O>>,
+/// Work for the apply worker, which owns the state machine.
+pub(crate) enum ApplyJob<O> {
+    /// Entries to apply and the clients waiting on them.
+    Entries { req: ApplyRequest, waiters: Waiters<O> },
+    /// Take a snapshot of the state machine and store it.
+    BuildSnapshot { membership: Membership, chunk_bytes: usize },
+    /// Replace the state with a stored snapshot's.
+    Restore { meta: SnapshotMeta, reply: oneshot::Sender<Result<(), StorageError>> },
+}
+
+/// Work for the log writer, in log order.
+pub(crate) enum WriterOp {
+    /// A write from the core.
+    Persist(PersistRequest),
+    /// Purge a prefix covered by a snapshot.
+    Purge(LogId),
+    /// Replace the log's prefix with an installed snapshot.
+    Install(LogId, oneshot::Sender<Result<(), StorageError>>),
 }
 
 /// Writes log changes in order, merging every write queued behind the one in progress into
-/// the next single store call: many proposals, one fsync.
+/// the next single store call: many proposals, one fsync. Purges and installs keep their place
+/// in the order.
 pub(crate) async fn log_writer<L: LogStore>(
     log: Arc<L>,
-    mut rx: mpsc::UnboundedReceiver<PersistRequest>,
+    mut rx: mpsc::UnboundedReceiver<WriterOp>,
     done: mpsc::UnboundedSender<Result<(WriteId, usize), StorageError>>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let (mut id, mut write, mut merged) = (first.id, first.write, 1);
-        while let Ok(next) = rx.try_recv() {
-            write.merge(next.write);
-            id = next.id;
-            merged += 1;
-        }
-        let result = log.write(write).await;
-        let failed = result.is_err();
-        if done.send(result.map(|()| (id, merged))).is_err() || failed {
-            // The driver is gone, or the store failed: a failed store must not be written again.
+    let mut next: Option<WriterOp> = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        let result = match op {
+            WriterOp::Persist(first) => {
+                let (mut id, mut write, mut merged) = (first.id, first.write, 1);
+                loop {
+                    match rx.try_recv() {
+                        Ok(WriterOp::Persist(more)) => {
+                            write.merge(more.write);
+                            id = more.id;
+                            merged += 1;
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let r = log.write(write).await;
+                let failed = r.is_err();
+                if done.send(r.map(|()| (id, merged))).is_err() || failed {
+                    return;
+                }
+                continue;
+            }
+            WriterOp::Purge(up_to) => log.purge(up_to).await,
+            WriterOp::Install(s, reply) => {
+                let r = log.install_snapshot(s).await;
+                let failed = r.is_err();
+                let _ = reply.send(r);
+                if failed {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = result {
+            // A failed store must not be written again; the driver stops the node.
+            let _ = done.send(Err(e));
             return;
         }
     }
 }
 
-/// Applies committed entries to the state machine in order and answers the waiting clients.
+/// Applies committed entries to the state machine in order and answers the waiting clients;
+/// takes snapshots and restores them, in the same order.
 pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
     mut sm: S,
     log: Arc<L>,
     max_batch: usize,
     mut rx: mpsc::UnboundedReceiver<ApplyJob<S::Output>>,
     done: mpsc::UnboundedSender<Result<LogIndex, Fatal>>,
+    events: mpsc::UnboundedSender<Event>,
 ) {
-    while let Some(job) = rx.recv().await {
-        let mut jobs = vec![job];
-        let mut count = entry_count(&jobs[0].req);
-        while count < max_batch {
-            match rx.try_recv() {
-                Ok(j) => {
-                    count += entry_count(&j.req);
-                    jobs.push(j);
+    let snapshots = log.snapshot_store();
+    let mut next: Option<ApplyJob<S::Output>> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        match job {
+            ApplyJob::Entries { req, waiters } => {
+                let mut batch = vec![(req, waiters)];
+                let mut count = entry_count(&batch[0].0);
+                while count < max_batch {
+                    match rx.try_recv() {
+                        Ok(ApplyJob::Entries { req, waiters }) => {
+                            count += entry_count(&req);
+                            batch.push((req, waiters));
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                Err(_) => break,
+                let result = apply_jobs(&mut sm, &*log, batch).await;
+                let failed = result.is_err();
+                if done.send(result).is_err() || failed {
+                    return;
+                }
+            }
+            ApplyJob::BuildSnapshot { membership, chunk_bytes } => {
+                let taken = async {
+                    let applied = sm.applied().await?;
+                    let source = sm.snapshot().await?;
+                    Ok::<_, StorageError>((applied, source))
+                }
+                .await;
+                match taken {
+                    Ok((Some(applied), source)) => {
+                        // Written out in its own task: applying goes on meanwhile.
+                        let (store, events) = (snapshots.clone(), events.clone());
+                        tokio::spawn(async move {
+                            let r =
+                                write_snapshot(&*store, applied, membership, source, chunk_bytes)
+                                    .await;
+                            let _ = events.send(match r {
+                                Ok(meta) => Event::SnapshotBuilt(meta),
+                                Err(e) => Event::SnapshotBuildFailed(e),
+                            });
+                        });
+                    }
+                    Ok((None, _)) => {
+                        let e = StorageError::new(
+                            StorageErrorKind::InvalidInput,
+                            "nothing applied to snapshot",
+                        );
+                        let _ = events.send(Event::SnapshotBuildFailed(e));
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(Fatal::StateMachine(e.context("taking a snapshot"))));
+                        return;
+                    }
+                }
+            }
+            ApplyJob::Restore { meta, reply } => {
+                let r = async {
+                    let data = snapshots.open(&meta).await?;
+                    sm.restore(&meta, data).await
+                }
+                .await;
+                let _ = reply.send(r);
             }
         }
-        let result = apply_jobs(&mut sm, &*log, jobs).await;
-        let failed = result.is_err();
-        if done.send(result).is_err() || failed {
-            return;
-        }
     }
+}
+
+/// Streams a state machine snapshot into the snapshot store.
+async fn write_snapshot(
+    store: &dyn SnapshotStore,
+    last: LogId,
+    membership: Membership,
+    mut source: Box<dyn SnapshotSource>,
+    chunk_bytes: usize,
+) -> Result<SnapshotMeta, StorageError> {
+    let mut writer = store.begin(last, membership, None).await?;
+    let mut buf = Vec::with_capacity(chunk_bytes);
+    loop {
+        buf.clear();
+        let more = source.next_chunk(&mut buf, chunk_bytes)?;
+        writer.write(&buf).await?;
+        if !more {
+            break;
+        }
+        // Producing the snapshot is CPU work on the runtime: let other tasks run between parts.
+        tokio::task::yield_now().await;
+    }
+    writer.finish().await
 }
 
 fn entry_count(req: &ApplyRequest) -> usize {
@@ -86,12 +242,11 @@ fn entry_count(req: &ApplyRequest) -> usize {
 async fn apply_jobs<L: LogStore, S: StateMachine>(
     sm: &mut S,
     log: &L,
-    jobs: Vec<ApplyJob<S::Output>>,
+    jobs: Vec<(ApplyRequest, Waiters<S::Output>)>,
 ) -> Result<LogIndex, Fatal> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut waiters = BTreeMap::new();
-    for job in jobs {
-        let req = job.req;
+    for (req, job_waiters) in jobs {
         let batch = match req.entries {
             Some(e) => e,
             None => log
@@ -108,7 +263,7 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
             )));
         }
         entries.extend(batch);
-        waiters.extend(job.waiters);
+        waiters.extend(job_waiters);
     }
     let last = entries.last().map_or(LogIndex(0), Entry::index);
     let mut items = Vec::with_capacity(entries.len());
@@ -148,9 +303,16 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
             let _ = w.tx.send(reply);
         }
     }
-    // Waiters at indexes now holding a no-op or configuration entry were overwritten too.
-    for (_, w) in waiters {
-        let _ = w.tx.send(Err(WriteError::Overwritten { log_id: w.log_id }));
+    let first = entries.first().map_or(LogIndex(0), Entry::index);
+    for (index, w) in waiters {
+        let reply = if index < first {
+            // Below what is applied here: a snapshot from the leader covered it.
+            WriteError::OutcomeUnknown { log_id: w.log_id }
+        } else {
+            // The index now holds a no-op or configuration entry: overwritten.
+            WriteError::Overwritten { log_id: w.log_id }
+        };
+        let _ = w.tx.send(Err(reply));
     }
     Ok(last)
 }
@@ -159,22 +321,24 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
 pub(crate) enum PeerItem {
     Msg(Message),
     FromLog(SendFromLog),
+    Snapshot(SendSnapshot),
 }
 
 /// The most messages handed to the network in one `send` call.
 const PEER_BATCH: usize = 64;
 
-/// Sends one peer's messages in order, batching what is queued, reading old entries from the
-/// store when the core asked for it. A failure is reported to the driver as "unreachable"; the
-/// core then backs off until the peer answers a heartbeat.
+/// Sends one peer's messages in order, batching what is queued, reading old entries and
+/// snapshot chunks from storage when the core asked for it. A failure is reported to the driver
+/// as "unreachable"; the core then backs off until the peer answers a heartbeat.
 pub(crate) async fn peer_sender<N: Network, L: LogStore>(
     to: NodeId,
     network: Arc<N>,
     log: Arc<L>,
     send_timeout: Duration,
     mut rx: mpsc::Receiver<PeerItem>,
-    unreachable: mpsc::UnboundedSender<NodeId>,
+    events: mpsc::UnboundedSender<Event>,
 ) {
+    let snapshots = log.snapshot_store();
     let mut items = Vec::with_capacity(PEER_BATCH);
     while rx.recv_many(&mut items, PEER_BATCH).await > 0 {
         let mut batch = Vec::with_capacity(items.len());
@@ -186,6 +350,23 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
                         batch.push(m);
                     }
                 }
+                PeerItem::Snapshot(req) => {
+                    match snapshots.read(&req.meta, req.offset, req.len).await {
+                        Ok(data) => batch.push(Message {
+                            term: req.term,
+                            body: MessageBody::InstallSnapshot(InstallSnapshot {
+                                done: req.offset + req.len == req.meta.size,
+                                meta: req.meta,
+                                offset: req.offset,
+                                data,
+                            }),
+                        }),
+                        Err(e) => {
+                            tracing::debug!(peer = %to, error = %e, "cannot read the snapshot being sent");
+                            let _ = events.send(Event::SnapshotSendFailed(to));
+                        }
+                    }
+                }
             }
         }
         if batch.is_empty() {
@@ -195,36 +376,161 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(peer = %to, error = %e, "send failed");
-                let _ = unreachable.send(to);
+                let _ = events.send(Event::Unreachable(to));
             }
             Err(_) => {
                 tracing::debug!(peer = %to, "send timed out");
-                let _ = unreachable.send(to);
+                let _ = events.send(Event::Unreachable(to));
             }
         }
     }
 }
 
+/// Receives snapshot chunks from leaders, in order: writes each one that continues what was
+/// received (an interrupted transfer resumes from there), and on the last one verifies the
+/// snapshot and installs it — state machine first, then the log — before reporting.
+pub(crate) async fn snapshot_receiver<O: Send + 'static, L: LogStore>(
+    log: Arc<L>,
+    mut rx: mpsc::UnboundedReceiver<ReceiveSnapshot>,
+    apply: mpsc::UnboundedSender<ApplyJob<O>>,
+    writer: mpsc::UnboundedSender<WriterOp>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let store = log.snapshot_store();
+    let mut current: Option<(SnapshotMeta, Box<dyn SnapshotWriter>)> = None;
+    while let Some(r) = rx.recv().await {
+        match receive_chunk(&*store, &mut current, r, &apply, &writer).await {
+            Ok(ev) => {
+                let _ = events.send(ev);
+            }
+            Err(f) => {
+                let _ = events.send(Event::Fatal(f));
+                return;
+            }
+        }
+    }
+}
+
+async fn receive_chunk<O>(
+    store: &dyn SnapshotStore,
+    current: &mut Option<(SnapshotMeta, Box<dyn SnapshotWriter>)>,
+    r: ReceiveSnapshot,
+    apply: &mpsc::UnboundedSender<ApplyJob<O>>,
+    writer: &mpsc::UnboundedSender<WriterOp>,
+) -> Result<Event, Fatal> {
+    let (from, chunk) = (r.from, r.chunk);
+    let meta = chunk.meta.clone();
+    let fatal = |e: StorageError| Fatal::LogStore(e.context("receiving a snapshot"));
+    if current.as_ref().is_none_or(|(m, _)| *m != meta) {
+        let expected = Expected { size: meta.size, checksum: meta.checksum };
+        let w = store
+            .begin(meta.last_log_id, meta.membership.clone(), Some(expected))
+            .await
+            .map_err(fatal)?;
+        *current = Some((meta.clone(), w));
+    }
+    let (_, w) = current.as_mut().expect("set above");
+    if chunk.offset != w.written() {
+        // Not the continuation: tell the leader where to resume.
+        return Ok(Event::SnapshotReceived {
+            from,
+            meta,
+            next_offset: w.written(),
+            installed: false,
+        });
+    }
+    w.write(&chunk.data).await.map_err(fatal)?;
+    if !chunk.done {
+        return Ok(Event::SnapshotReceived {
+            from,
+            meta,
+            next_offset: w.written(),
+            installed: false,
+        });
+    }
+    let (_, w) = current.take().expect("set above");
+    let stored = match w.finish().await {
+        Ok(m) => m,
+        Err(e) if e.kind() == StorageErrorKind::Corruption => {
+            // Damaged in transit or on disk: start the transfer over.
+            tracing::warn!(%from, snapshot = %meta.last_log_id, error = %e, "received snapshot failed its check");
+            return Ok(Event::SnapshotReceived { from, meta, next_offset: 0, installed: false });
+        }
+        Err(e) => return Err(fatal(e)),
+    };
+    let (tx, rx) = oneshot::channel();
+    apply.send(ApplyJob::Restore { meta: stored.clone(), reply: tx }).map_err(|_| {
+        fatal(StorageError::new(StorageErrorKind::Closed, "the apply worker stopped"))
+    })?;
+    rx.await
+        .map_err(|_| {
+            fatal(StorageError::new(StorageErrorKind::Closed, "the apply worker stopped"))
+        })?
+        .map_err(|e| Fatal::StateMachine(e.context("restoring a snapshot")))?;
+    let (tx, rx) = oneshot::channel();
+    writer.send(WriterOp::Install(stored.last_log_id, tx)).map_err(|_| {
+        fatal(StorageError::new(StorageErrorKind::Closed, "the log writer stopped"))
+    })?;
+    rx.await
+        .map_err(|_| fatal(StorageError::new(StorageErrorKind::Closed, "the log writer stopped")))?
+        .map_err(fatal)?;
+    Ok(Event::SnapshotReceived { from, next_offset: stored.size, meta: stored, installed: true })
+}
+
 /// Builds an AppendEntries from the store. Returns `None` (drop the message; the core will
 /// retry) if the read fails or the log changed since the core asked.
 async fn read_append<L: LogStore>(log: &L, req: SendFromLog) -> Option<Message> {
-    let first = req.prev_log_id.index.next();
-    match log.read(first, req.last.index).await {
-        Ok(entries) if entries.last().map(|e| e.log_id) == Some(req.last) => Some(Message {
-            term: req.term,
-            body: MessageBody::AppendEntries(AppendEntries {
-                prev_log_id: req.prev_log_id,
-                entries,
-                leader_commit: req.leader_commit,
-            }),
+    // The core sized the range by its average entry, which can be far off for old entries
+    // (say, large ones behind a cache of small ones). Read a few entries first, then as many as
+    // the rest of `max_bytes` holds at their size, and stop at `max_bytes`: the message stays
+    // within what transports accept, and a bad estimate costs no huge read. A cut-short message
+    // is acknowledged up to where it ends and the leader sends on from there.
+    const FIRST_READ: u64 = 16;
+    let last = req.last.index;
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut bytes = 0usize;
+    let mut from = req.prev_log_id.index.next();
+    let mut step = FIRST_READ;
+    while from <= last {
+        let to = LogIndex(from.0.saturating_add(step - 1).min(last.0));
+        let piece = match log.read(from, to).await {
+            Ok(piece) => piece,
+            Err(e) => {
+                tracing::warn!(peer = %req.to, error = %e, "catch-up read failed; dropping");
+                return None;
+            }
+        };
+        if piece.len() as u64 != to.0 - from.0 + 1 || piece.first().map(Entry::index) != Some(from)
+        {
+            tracing::debug!(peer = %req.to, %from, %to, "log changed before a catch-up read; dropping");
+            return None;
+        }
+        for e in piece {
+            let size = e.size_hint();
+            if !entries.is_empty() && bytes + size > req.max_bytes {
+                return Some(append_message(&req, entries));
+            }
+            bytes += size;
+            entries.push(e);
+        }
+        from = to.next();
+        let average = (bytes / entries.len()).max(1);
+        step = (req.max_bytes.saturating_sub(bytes) / average).max(1) as u64;
+    }
+    if entries.last().map(|e| e.log_id) != Some(req.last) {
+        tracing::debug!(peer = %req.to, last = %req.last, "log changed before a catch-up read; dropping");
+        return None;
+    }
+    Some(append_message(&req, entries))
+}
+
+fn append_message(req: &SendFromLog, entries: Vec<Entry>) -> Message {
+    Message {
+        term: req.term,
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_id: req.prev_log_id,
+            entries,
+            leader_commit: req.leader_commit,
         }),
-        Ok(_) => {
-            tracing::debug!(peer = %req.to, last = %req.last, "log changed before a catch-up read; dropping");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(peer = %req.to, error = %e, "catch-up read failed; dropping");
-            None
-        }
     }
 }

@@ -81,9 +81,10 @@ async fn leader_crash_elects_a_new_leader_and_loses_nothing_acknowledged() {
             let c = c.clone();
             tokio::spawn(async move { write_concurrently(&c, 16, 2_000, "during").await })
         };
-        // Kill the leader while writes are in flight; the writers retry on the new leader.
+        // Crash the leader while writes are in flight (no draining, unsynced writes lost); the
+        // writers retry on the new leader.
         tokio::time::sleep(Duration::from_millis(30)).await;
-        c.kill(first).await;
+        c.crash(first).await;
         let second = c.leader().await;
         assert_ne!(second, first);
         let during = writers.await.unwrap();
@@ -201,5 +202,40 @@ async fn reads_and_compare_and_swap_go_through_the_log() {
     assert_eq!(cas, KvOutput::Cas { swapped: false, current: Some("2".into()) });
     assert_eq!(c.write(KvCommand::delete("x")).await, KvOutput::Prev(Some("2".into())));
     assert_eq!(c.write(KvCommand::get("x")).await, KvOutput::Value(None));
+    c.shutdown().await;
+}
+
+/// A follower that fell behind the entry cache is caught up from the log store, and the
+/// catch-up messages respect `max_bytes_per_message` even when the old entries are much larger
+/// than the recent ones the core estimates sizes from: otherwise the first catch-up message
+/// would be ~60 MiB, over the transport's frame limit, and be refused again and again.
+#[tokio::test(start_paused = true)]
+async fn catch_up_from_the_log_store_keeps_messages_within_the_byte_limit() {
+    let c = Arc::new(
+        Cluster::start_with(3, 31, |cfg| {
+            cfg.snapshot_every = 0;
+            cfg.snapshot_log_bytes = 0;
+            cfg.entry_cache_bytes = 64 << 10;
+            cfg.max_bytes_per_message = 64 << 10;
+        })
+        .await,
+    );
+    c.router.set_through_codec(true);
+    c.router.set_max_frame(1 << 20);
+    let leader = c.leader().await;
+    let behind = c.members.iter().copied().find(|n| *n != leader).unwrap();
+    c.router.isolate(behind);
+    let big = "B".repeat(32 << 10);
+    for i in 0..200 {
+        c.write(KvCommand::put(format!("big-{i}"), big.clone())).await;
+    }
+    // Recent small entries fill the cache, so the core's average entry size is small.
+    let small = write_concurrently(&c, 8, 2000, "small").await;
+    c.router.heal();
+    c.converge().await;
+    c.assert_all_present(&small);
+    assert!(c.kv(behind).data.contains_key("big-199"));
+    let (_, _, refused) = c.router.stats();
+    assert_eq!(refused, 0, "{refused} messages were over the frame limit");
     c.shutdown().await;
 }

@@ -71,6 +71,12 @@ impl LogStore for FlakyStore {
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
         self.inner.purge(up_to).await
     }
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError> {
+        self.inner.install_snapshot(snapshot).await
+    }
+    fn snapshot_store(&self) -> Arc<dyn raftkit::SnapshotStore> {
+        self.inner.snapshot_store()
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,11 +4,14 @@
 //! are recorded, not panicked on, so the run can finish and print a full report.
 //!
 //! Checked: election safety (one leader per term, elected by a quorum of votes granted in that
-//! term, as seen on the wire); one vote per node per term; term and commit
+//! term, as seen on the wire); leader append-only (within its term a leader never changes or
+//! removes an entry it has: as seen in every AppendEntries it sends, and in its last log index
+//! between driver turns); one vote per node per term; term and commit
 //! never go backwards; the durable term and vote never go backwards, across restarts; a leader
 //! advances its commit index only to entries of its own term (Raft §5.4.2); all nodes agree on
 //! what is committed; state-machine safety (the same entry at every index, applied in order
-//! without gaps); nothing that depends on durable state is sent before it is durable (when the
+//! without gaps, and the same whole state after the same entry, snapshots included); nothing
+//! that depends on durable state is sent before it is durable (when the
 //! store can tell); log matching; leader completeness; every committed entry durable on a
 //! quorum.
 
@@ -102,11 +105,53 @@ struct State {
     applied: BTreeMap<u64, (LogId, u64)>,
     nodes: BTreeMap<NodeId, Track>,
     durable: BTreeMap<NodeId, Arc<dyn DurableView>>,
+    chunks: Vec<ChunkSent>,
+    restores: BTreeMap<NodeId, Vec<LogId>>,
+    /// The state-machine digest first reported at each applied index, and by whom.
+    states: BTreeMap<u64, (LogId, u64, NodeId)>,
+    /// Every entry each leader sent in its term, by index: (entry id, payload digest). A leader
+    /// never changes what it holds at an index during its term.
+    leader_logs: BTreeMap<(NodeId, Term), BTreeMap<u64, (LogId, u64)>>,
+}
+
+/// A digest of an entry's payload, cheap for application data.
+fn payload_digest(e: &Entry) -> u64 {
+    let mut h = Fnv::default();
+    match &e.payload {
+        raftkit::EntryPayload::Normal(data) => {
+            1u8.hash(&mut h);
+            data.hash(&mut h);
+        }
+        other => format!("{other:?}").hash(&mut h),
+    }
+    h.finish()
+}
+
+/// A snapshot chunk a node sent (recorded before any network fault applies).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkSent {
+    /// Milliseconds since the run started.
+    pub at_ms: u128,
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The snapshot's last entry.
+    pub snapshot: LogId,
+    /// Where the chunk starts in the snapshot.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: usize,
+    /// Whether it is the last chunk.
+    pub done: bool,
+    /// The snapshot's size.
+    pub size: u64,
 }
 
 /// Collects observations and checks the invariants.
 pub struct Checker {
     state: Mutex<State>,
+    chunk_sent: tokio::sync::Notify,
     epoch: tokio::time::Instant,
     quorum: usize,
     max_violations: usize,
@@ -117,6 +162,7 @@ impl Checker {
     pub fn new(nodes: usize) -> Checker {
         Checker {
             state: Mutex::new(State::default()),
+            chunk_sent: tokio::sync::Notify::new(),
             epoch: tokio::time::Instant::now(),
             quorum: nodes / 2 + 1,
             max_violations: 50,
@@ -248,15 +294,45 @@ impl Checker {
                 return;
             }
             prev_durable = t.max_durable;
+            // purged <= snapshot <= applied <= commit <= last.
+            let snap = st.snapshot.map_or(LogIndex(0), |s| s.index);
+            let ordered = (st.snapshot.is_some() || st.purged.index.0 == 0)
+                && st.purged.index <= snap.max(st.purged.index)
+                && (st.snapshot.is_none() || st.purged.index <= snap)
+                && snap <= st.applied
+                && st.applied <= st.commit
+                && st.commit <= st.last_log.index;
+            if !ordered {
+                problems.push(format!(
+                    "{id}: purged {} <= snapshot {snap} <= applied {} <= commit {} <= last {} does not hold",
+                    st.purged, st.applied, st.commit, st.last_log
+                ));
+            }
             if let Some(last) = t.last {
                 if st.term < last.term {
                     problems
                         .push(format!("{id}: term went back from {} to {}", last.term, st.term));
                 }
+                if st.applied < last.applied {
+                    problems.push(format!(
+                        "{id}: applied went back from {} to {}",
+                        last.applied, st.applied
+                    ));
+                }
                 if st.commit < last.commit {
                     problems.push(format!(
                         "{id}: commit went back from {} to {}",
                         last.commit, st.commit
+                    ));
+                }
+                if last.role == Role::Leader
+                    && st.role == Role::Leader
+                    && last.term == st.term
+                    && st.last_log.index < last.last_log.index
+                {
+                    problems.push(format!(
+                        "leader append-only: {id}, leader of {}, shrank its log from {} to {}",
+                        st.term, last.last_log, st.last_log
                     ));
                 }
                 if (last.role, last.term, last.leader) != (st.role, st.term, st.leader) {
@@ -379,6 +455,61 @@ impl Checker {
         }
     }
 
+    /// Two nodes that applied up to the same entry hold the same state (a snapshot that lost or
+    /// garbled data shows up here, even though every entry was applied in the same order).
+    fn on_state(&self, id: NodeId, at: LogId, digest: u64) {
+        let problem = {
+            let mut s = self.lock();
+            match s.states.get(&at.index.0) {
+                Some((other_at, d, other)) if (*other_at, *d) != (at, digest) => Some(format!(
+                    "state machine safety: after {at} {id}'s state digest is {digest:016x}, \
+                     but {other}'s after {other_at} was {d:016x}"
+                )),
+                Some(_) => None,
+                None => {
+                    s.states.insert(at.index.0, (at, digest, id));
+                    None
+                }
+            }
+        };
+        if let Some(p) = problem {
+            self.violation(p);
+        }
+    }
+
+    fn on_restore(&self, id: NodeId, incarnation: u32, at: LogId) {
+        let mut problems = Vec::new();
+        {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            let t = s.nodes.entry(id).or_default();
+            if t.incarnation != incarnation {
+                return;
+            }
+            if let Some(next) = t.next_apply {
+                if at.index.0 + 1 < next {
+                    problems.push(format!(
+                        "{id} restored a snapshot at {at} after applying up to {}: its state went back",
+                        next - 1
+                    ));
+                }
+            }
+            t.next_apply = Some(at.index.0 + 1);
+            s.restores.entry(id).or_default().push(at);
+            if let Some((other, _)) = s.applied.get(&at.index.0) {
+                if *other != at {
+                    problems.push(format!(
+                        "{id} restored a snapshot at {at} but {other} was applied there"
+                    ));
+                }
+            }
+        }
+        for p in problems {
+            self.violation(p);
+        }
+        self.note(format!("{id}: restored a snapshot at {at}"));
+    }
+
     /// Sees a message as its sender emits it.
     pub fn on_send(&self, from: NodeId, to: NodeId, m: &Message) {
         let mut problems = Vec::new();
@@ -397,6 +528,40 @@ impl Checker {
                 }
             };
             match &m.body {
+                MessageBody::AppendEntries(ae) => {
+                    let log = s.leader_logs.entry((from, m.term)).or_default();
+                    let prev = ae.prev_log_id;
+                    if let Some((had, _)) = log.get(&prev.index.0) {
+                        if *had != prev {
+                            problems.push(format!(
+                                "leader append-only: {from}, leader of {}, sent prev {prev} where it \
+                                 had sent {had}",
+                                m.term
+                            ));
+                        }
+                    }
+                    for e in &ae.entries {
+                        let here = (e.log_id, payload_digest(e));
+                        match log.get(&e.index().0) {
+                            Some(had) if *had != here => {
+                                problems.push(format!(
+                                    "leader append-only: {from}, leader of {}, sent {} at {} \
+                                     where it had sent {}{}",
+                                    m.term,
+                                    e.log_id,
+                                    e.index(),
+                                    had.0,
+                                    if had.0 == e.log_id { " with other contents" } else { "" }
+                                ));
+                                break;
+                            }
+                            Some(_) => {}
+                            None => {
+                                log.insert(e.index().0, here);
+                            }
+                        }
+                    }
+                }
                 MessageBody::RequestVote(rv) if !rv.pre_vote => {
                     vote(from, m.term, from, &mut s);
                     if let Some(d) = &durable {
@@ -421,6 +586,19 @@ impl Checker {
                         }
                     }
                 }
+                MessageBody::InstallSnapshot(c) => {
+                    let at_ms = self.millis();
+                    s.chunks.push(ChunkSent {
+                        at_ms,
+                        from,
+                        to,
+                        snapshot: c.meta.last_log_id,
+                        offset: c.offset,
+                        len: c.data.len(),
+                        done: c.done,
+                        size: c.meta.size,
+                    });
+                }
                 MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
                     if let Some(d) = &durable {
                         let hs = d.hard_state();
@@ -440,9 +618,29 @@ impl Checker {
                 _ => {}
             }
         }
+        if matches!(m.body, MessageBody::InstallSnapshot(_)) {
+            self.chunk_sent.notify_waiters();
+        }
         for p in problems {
             self.violation(p);
         }
+    }
+
+    /// Wakes every waiter whenever a snapshot chunk is sent (for scenarios that act at that
+    /// moment).
+    pub fn chunk_sent(&self) -> &tokio::sync::Notify {
+        &self.chunk_sent
+    }
+
+    /// The snapshot chunks sent to `to` so far, in order.
+    pub fn chunks_sent_to(&self, to: NodeId) -> Vec<ChunkSent> {
+        self.lock().chunks.iter().filter(|c| c.to == to).cloned().collect()
+    }
+
+    /// The snapshots node `id` restored its state machine from (in every incarnation), in
+    /// order.
+    pub fn restores(&self, id: NodeId) -> Vec<LogId> {
+        self.lock().restores.get(&id).cloned().unwrap_or_default()
     }
 
     /// What is known committed right now. Take it *before* reading the stores for a
@@ -570,6 +768,14 @@ impl ApplyRecorder for NodeWatch {
     fn applied(&self, entry: LogId, digest: u64) {
         self.checker.on_apply(self.id, self.incarnation, entry, digest);
     }
+
+    fn restored(&self, at: LogId) {
+        self.checker.on_restore(self.id, self.incarnation, at);
+    }
+
+    fn state(&self, at: LogId, digest: u64) {
+        self.checker.on_state(self.id, at, digest);
+    }
 }
 
 #[cfg(test)]
@@ -591,6 +797,8 @@ mod tests {
             last_log: LogId::new(term, commit),
             stable: LogIndex(commit),
             durable: HardState { term: Term(term), vote: None, commit: LogIndex(0) },
+            purged: LogId::ZERO,
+            snapshot: None,
         }
     }
 
@@ -604,6 +812,62 @@ mod tests {
 
     fn start(c: &Checker, id: u64) -> u32 {
         c.start_incarnation(NodeId(id), HardState::default(), None)
+    }
+
+    /// An AppendEntries in `term` after `prev` carrying (term, index, data) entries.
+    fn append(term: u64, prev: LogId, entries: &[(u64, u64, &'static str)]) -> Message {
+        Message {
+            term: Term(term),
+            body: MessageBody::AppendEntries(raftkit::AppendEntries {
+                prev_log_id: prev,
+                entries: entries
+                    .iter()
+                    .map(|(t, i, data)| Entry::normal(LogId::new(*t, *i), *data))
+                    .collect(),
+                leader_commit: LogIndex(0),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_leader_that_rewrites_its_own_entries_is_caught() {
+        // Resending the same entries, or sending more after them, is fine.
+        let c = Checker::new(3);
+        c.on_send(NodeId(1), NodeId(2), &append(2, LogId::ZERO, &[(2, 1, "a"), (2, 2, "b")]));
+        c.on_send(NodeId(1), NodeId(3), &append(2, LogId::ZERO, &[(2, 1, "a")]));
+        c.on_send(NodeId(1), NodeId(2), &append(2, LogId::new(2, 2), &[(2, 3, "c")]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Other contents at an index it already sent, in the same term.
+        c.on_send(NodeId(1), NodeId(3), &append(2, LogId::new(2, 1), &[(2, 2, "X")]));
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains("leader append-only") && v.contains("other contents")),
+            "{v:?}"
+        );
+        // A prev id that contradicts what it sent.
+        let c = Checker::new(3);
+        c.on_send(NodeId(1), NodeId(2), &append(3, LogId::ZERO, &[(3, 1, "a")]));
+        c.on_send(NodeId(1), NodeId(2), &append(3, LogId::new(2, 1), &[]));
+        assert!(c.violations().iter().any(|v| v.contains("sent prev")), "{:?}", c.violations());
+        // A new term may overwrite what an earlier leader (or term) sent.
+        let c = Checker::new(3);
+        c.on_send(NodeId(1), NodeId(2), &append(2, LogId::ZERO, &[(2, 1, "a")]));
+        c.on_send(NodeId(1), NodeId(2), &append(4, LogId::ZERO, &[(4, 1, "b")]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+
+    #[test]
+    fn a_leader_whose_log_shrinks_within_its_term_is_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 2);
+        let mut st = status(1, Role::Leader, 2, 0, 0);
+        st.last_log = LogId::new(2, 5);
+        c.on_status(NodeId(1), i, &st);
+        st.last_log = LogId::new(2, 4);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("shrank its log")), "{v:?}");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! every message a node emits to the checker before any fault applies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raftkit::{Inbox, Message, Network, NetworkError, NodeId};
+use raftkit::{Inbox, Message, MessageBody, Network, NetworkError, NodeId};
 
 use super::checker::Checker;
 use crate::rng::Rng;
@@ -34,12 +36,23 @@ struct State {
     slow: BTreeMap<(NodeId, NodeId), Duration>,
     faults: MessageFaults,
     rng: Rng,
+    /// The next final snapshot chunk to this node is held back.
+    hold_final_chunk_to: Option<NodeId>,
 }
 
+/// A held-back message's delivery.
+type Delivery = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// The fault settings shared by every node's [`FaultyNetwork`]; the nemesis changes them.
-#[derive(Debug)]
 pub struct Faults {
     state: Mutex<State>,
+    held: Mutex<Option<Delivery>>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults").field("state", &*self.lock()).finish_non_exhaustive()
+    }
 }
 
 impl Faults {
@@ -51,8 +64,40 @@ impl Faults {
                 slow: BTreeMap::new(),
                 faults: MessageFaults::default(),
                 rng: Rng::new(seed),
+                hold_final_chunk_to: None,
             }),
+            held: Mutex::new(None),
         }
+    }
+
+    /// Holds back the next final snapshot chunk sent to `to` (other faults aside) until
+    /// [`deliver_held`](Self::deliver_held): a scenario can then act at the very moment it
+    /// arrives.
+    pub fn hold_final_chunk_to(&self, to: NodeId) {
+        self.lock().hold_final_chunk_to = Some(to);
+    }
+
+    /// Delivers the held-back message, if any; returns whether there was one.
+    pub async fn deliver_held(&self) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match held {
+            Some(deliver) => {
+                deliver().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `m` to `to` is the message to hold back (and stop holding).
+    fn hold(&self, to: NodeId, m: &Message) -> bool {
+        let mut s = self.lock();
+        let hold = s.hold_final_chunk_to == Some(to)
+            && matches!(&m.body, MessageBody::InstallSnapshot(c) if c.done);
+        if hold {
+            s.hold_final_chunk_to = None;
+        }
+        hold
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -139,6 +184,16 @@ impl<N: Network> Network for FaultyNetwork<N> {
         let mut now = Vec::with_capacity(messages.len());
         for m in messages {
             self.checker.on_send(self.id, to, &m);
+            if self.faults.hold(to, &m) {
+                let inner = self.inner.clone();
+                let deliver: Delivery = Box::new(move || {
+                    Box::pin(async move {
+                        let _ = inner.send(to, vec![m]).await;
+                    })
+                });
+                *self.faults.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(deliver);
+                continue;
+            }
             for delay in self.faults.fate(self.id, to) {
                 match delay {
                     None => now.push(m.clone()),

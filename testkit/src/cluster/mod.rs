@@ -4,21 +4,22 @@
 
 pub mod checker;
 pub mod faulty;
+mod run;
+pub mod scenarios;
 pub mod workload;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkit::{Config, LogStore, NodeId, Raft, RaftMetrics, Role};
+use raftkit::{Config, NodeId, Role};
 
-use self::checker::{Checker, NodeLog};
-use self::faulty::{Faults, FaultyNetwork, MessageFaults};
-use self::workload::{ClientSettings, Node, NodeTable, OpCounts, Workload};
+use self::faulty::MessageFaults;
+use self::run::Run;
+use self::workload::{ClientSettings, OpCounts, Workload};
 use crate::harness::{LogStoreHarness, NetworkHarness};
-use crate::kv::{KvCommand, KvOp, TestKv};
 use crate::linearizability::{self, Verdict};
 use crate::rng::Rng;
 
@@ -148,12 +149,6 @@ pub struct ClusterSuite<NH, LH> {
     opts: ClusterOptions,
 }
 
-struct Slot<S, G> {
-    store: Option<S>,
-    guard: G,
-    down_until: Option<tokio::time::Instant>,
-}
-
 impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     /// A suite with default options (3 nodes).
     pub fn new(net: NH, logs: LH) -> Self {
@@ -204,14 +199,18 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     /// Runs one seed on a fresh runtime: a paused clock for deterministic networks, real time
     /// otherwise.
     pub fn run(&self, seed: u64) -> RunReport {
+        self.runtime().block_on(self.run_async(seed))
+    }
+
+    /// A fresh runtime: a paused clock for deterministic harnesses, real time otherwise.
+    fn runtime(&self) -> tokio::runtime::Runtime {
         let mut b = tokio::runtime::Builder::new_current_thread();
         if self.deterministic() {
             b.enable_time().start_paused(true);
         } else {
             b.enable_all();
         }
-        let rt = b.build().expect("tokio runtime");
-        rt.block_on(self.run_async(seed))
+        b.build().expect("tokio runtime")
     }
 
     /// Runs `seeds` in order and panics with a full report at the first failure.
@@ -221,6 +220,9 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             #[allow(clippy::print_stderr)]
             {
                 eprintln!("{}", report.summary());
+                if std::env::var_os("RAFTKIT_TRACE").is_some() {
+                    eprintln!("{}", report.trace.join("\n"));
+                }
             }
             if !report.passed() {
                 panic!("{}", report.failure_report());
@@ -243,50 +245,50 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         c.entry_cache_bytes = *rng.pick(&[2_048, 64 << 20]);
         c.max_proposal_batch = *rng.pick(&[1, 64, 4096]);
         c.max_apply_batch = *rng.pick(&[1, 64, 4096]);
+        // Snapshots and purges happen during the faults too: often, with short kept tails and
+        // small chunks, so lagging nodes install snapshots and transfers get interrupted.
+        c.snapshot_every = *rng.pick(&[0, 40, 150, 600]);
+        c.snapshot_keep = *rng.pick(&[0, 5, 100]);
+        c.snapshot_chunk_bytes = *rng.pick(&[256, 4096, 1 << 20]);
         if let Some(f) = &self.opts.configure {
             f(&mut c);
         }
         c
     }
 
+    /// Each node's configuration for this seed.
+    fn configs(&self, ids: &[NodeId], rng: &mut Rng, seed: u64) -> BTreeMap<NodeId, Config> {
+        let template = self.config(ids[0], ids, rng, seed);
+        ids.iter()
+            .map(|id| {
+                let mut c = template.clone();
+                c.id = *id;
+                (*id, c)
+            })
+            .collect()
+    }
+
     async fn run_async(&self, seed: u64) -> RunReport {
         let n = self.opts.nodes;
         let ids: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
         let mut rng = Rng::new(seed);
-        let mut cfg_rng = rng.fork();
-        let configs: BTreeMap<NodeId, Config> = {
-            let template = self.config(ids[0], &ids, &mut cfg_rng, seed);
-            ids.iter()
-                .map(|id| {
-                    let mut c = template.clone();
-                    c.id = *id;
-                    (*id, c)
-                })
-                .collect()
-        };
-        let checker = Arc::new(Checker::new(n));
-        let faults = Arc::new(Faults::new(rng.next_u64()));
-        let cluster = self.net.cluster(&ids, seed).await;
-        let table: NodeTable<NH::Network, LH::Store> = Arc::new(Mutex::new(BTreeMap::new()));
-        let mut slots = BTreeMap::new();
+        let configs = self.configs(&ids, &mut rng.fork(), seed);
+        let t = configs[&ids[0]].clone();
+        let fault_seed = rng.next_u64();
+        let mut run =
+            Run::start(self.net.clone(), self.logs.clone(), configs, seed, fault_seed).await;
         let mut report = RunReport { seed, nodes: n, ..RunReport::default() };
-        let t = &configs[&ids[0]];
-        checker.note(format!(
-            "seed {seed}: {n} nodes, pre_vote={} check_quorum={} max_entries={} window={} cache={}",
+        run.checker.note(format!(
+            "seed {seed}: {n} nodes, pre_vote={} check_quorum={} max_entries={} window={} cache={} snapshot_every={} keep={} chunk={}",
             t.pre_vote,
             t.check_quorum,
             t.max_entries_per_message,
             t.max_inflight_messages,
-            t.entry_cache_bytes
+            t.entry_cache_bytes,
+            t.snapshot_every,
+            t.snapshot_keep,
+            t.snapshot_chunk_bytes
         ));
-        for id in &ids {
-            let (store, guard) = self.logs.build().await;
-            slots.insert(*id, Slot { store: Some(store), guard, down_until: None });
-        }
-        for id in &ids {
-            self.start_node(*id, &configs[id], &cluster, &slots[id], &checker, &faults, &table)
-                .await;
-        }
 
         // Clients.
         let workload = Arc::new(Workload::new());
@@ -300,7 +302,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             };
             clients.push(tokio::spawn(workload::client(
                 settings,
-                table.clone(),
+                run.table.clone(),
                 workload.clone(),
                 rng.fork(),
             )));
@@ -312,397 +314,172 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         while start.elapsed() < self.opts.fault_time {
             tokio::time::sleep(rng.duration(Duration::from_millis(50), Duration::from_millis(600)))
                 .await;
-            self.nemesis_step(
-                &ids,
-                &mut rng,
-                &configs,
-                &cluster,
-                &mut slots,
-                &checker,
-                &faults,
-                &table,
-                &mut report,
-            )
-            .await;
+            nemesis_step(&mut run, &mut rng, &mut report).await;
             if tokio::time::Instant::now() >= next_checkpoint {
-                self.checkpoint(&slots, &checker).await;
+                run.checkpoint().await;
                 next_checkpoint = tokio::time::Instant::now() + self.opts.checkpoint_every;
             }
         }
 
         // Liveness: faults stop, everyone comes back.
-        checker.note("nemesis stops: heal, restart every node");
-        faults.heal();
-        for id in &ids {
-            if slots[id].down_until.is_some() {
-                self.restart_node(*id, &configs, &cluster, &mut slots, &checker, &faults, &table)
-                    .await;
-            }
+        run.checker.note("nemesis stops: heal, restart every node");
+        run.faults.heal();
+        for id in run.down() {
+            run.restart_node(id).await;
         }
         let deadline = tokio::time::Instant::now() + self.opts.liveness_bound;
-        if self.elect_and_write(&ids, &table, &checker, seed, deadline).await {
+        if run.elect_and_write(seed, deadline).await {
             // Convergence is judged with the clients stopped: with writes in flight, some node
             // is always an entry behind.
             workload.stop.store(true, Ordering::Relaxed);
             for c in clients.drain(..) {
                 let _ = c.await;
             }
-            self.converge(&ids, &table, &checker, deadline).await;
+            run.converge(deadline).await;
         }
         workload.stop.store(true, Ordering::Relaxed);
         for c in clients {
             let _ = c.await;
         }
-        self.checkpoint(&slots, &checker).await;
+        run.checkpoint().await;
 
         // Linearizability of what the clients saw.
         let history =
             std::mem::take(&mut *workload.history.lock().unwrap_or_else(|p| p.into_inner()));
         match linearizability::check(&history) {
             Ok(Verdict::Linearizable) => {
-                checker.note(format!("history of {} operations is linearizable", history.len()))
+                run.checker.note(format!("history of {} operations is linearizable", history.len()))
             }
-            Ok(v) => checker.violation(format!("the client history is not linearizable:\n{v}")),
-            Err(e) => checker.violation(format!("the client history is malformed: {e:?}")),
+            // An undecided history fails the run too, but says so: a check that gave up must
+            // not pass silently, and must not be mistaken for a found violation either.
+            Ok(Verdict::Unknown { key }) => run.checker.violation(format!(
+                "linearizability of key {key:?} could not be decided within the checker's step \
+                 budget ({} operations in the history): inconclusive, not a proven violation",
+                history.len()
+            )),
+            Ok(v) => run.checker.violation(format!("the client history is not linearizable:\n{v}")),
+            Err(e) => run.checker.violation(format!("the client history is malformed: {e:?}")),
         }
 
-        // Report.
-        let nodes = live_nodes(&table);
-        let mut dump = String::new();
-        for (id, node) in &nodes {
-            let m = node.metrics().borrow().clone();
-            report.max_term = report.max_term.max(m.term.0);
-            let _ = writeln!(
-                dump,
-                "  {id}: {} {} leader={:?} commit={} applied={} last={}",
-                m.role, m.term, m.leader, m.commit, m.applied, m.last_log
-            );
-        }
-        for (id, slot) in &slots {
-            if let Some(store) = &slot.store {
-                if let Ok(log) = read_log(store).await {
-                    let _ = writeln!(dump, "  {id} log: {}", log.summary());
-                }
-            }
-        }
-        for (_, node) in nodes {
-            node.kill().await;
-        }
+        let (dump, max_term) = run.dump().await;
+        run.kill_all().await;
+        report.max_term = max_term;
         report.ops = *workload.counts.lock().unwrap_or_else(|p| p.into_inner());
-        report.applied = checker.applied_count();
-        report.violations = checker.violations();
-        report.trace = checker.trace();
+        report.applied = run.checker.applied_count();
+        report.violations = run.checker.violations();
+        report.trace = run.checker.trace();
         report.dump = dump;
         report
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn start_node(
-        &self,
-        id: NodeId,
-        cfg: &Config,
-        cluster: &NH::Cluster,
-        slot: &Slot<LH::Store, LH::Guard>,
-        checker: &Arc<Checker>,
-        faults: &Arc<Faults>,
-        table: &NodeTable<NH::Network, LH::Store>,
-    ) {
-        let store = slot.store.clone().expect("the store is open");
-        let loaded = match store.load().await {
-            Ok(st) => st.hard_state,
-            Err(e) => {
-                checker.violation(format!("{id}: cannot load its store: {e}"));
-                return;
-            }
-        };
-        let inc = checker.start_incarnation(id, loaded, self.logs.durable(&store));
-        let net = FaultyNetwork::new(
-            self.net.endpoint(cluster, id).await,
-            id,
-            faults.clone(),
-            checker.clone(),
-        );
-        let kv = TestKv::new(Some(checker.recorder(id, inc)));
-        match Raft::start_observed(cfg.clone(), net, store, kv, checker.observer(id, inc)).await {
-            Ok(node) => {
-                table.lock().unwrap_or_else(|p| p.into_inner()).insert(id, node);
-            }
-            Err(e) => checker.violation(format!("{id}: cannot start from its store: {e}")),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn restart_node(
-        &self,
-        id: NodeId,
-        configs: &BTreeMap<NodeId, Config>,
-        cluster: &NH::Cluster,
-        slots: &mut BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
-        checker: &Arc<Checker>,
-        faults: &Arc<Faults>,
-        table: &NodeTable<NH::Network, LH::Store>,
-    ) {
-        let slot = slots.get_mut(&id).expect("slot");
-        slot.down_until = None;
-        checker.note(format!("nemesis: restart {id}"));
-        self.start_node(id, &configs[&id], cluster, slot, checker, faults, table).await;
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn nemesis_step(
-        &self,
-        ids: &[NodeId],
-        rng: &mut Rng,
-        configs: &BTreeMap<NodeId, Config>,
-        cluster: &NH::Cluster,
-        slots: &mut BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
-        checker: &Arc<Checker>,
-        faults: &Arc<Faults>,
-        table: &NodeTable<NH::Network, LH::Store>,
-        report: &mut RunReport,
-    ) {
-        // Bring back nodes whose downtime is over.
-        let now = tokio::time::Instant::now();
-        let due: Vec<NodeId> = slots
-            .iter()
-            .filter(|(_, s)| s.down_until.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.restart_node(id, configs, cluster, slots, checker, faults, table).await;
-        }
-        let n = ids.len();
-        let mut count = |k: &'static str| *report.faults.entry(k).or_default() += 1;
-        match rng.below(13) {
-            0 | 1 if n > 1 => {
-                // Majority / minority partition.
-                let mut shuffled = ids.to_vec();
-                rng.shuffle(&mut shuffled);
-                let cut = 1 + rng.below(n as u64 - 1) as usize;
-                let (a, b) = shuffled.split_at(cut);
-                faults.set_blocked(cut_between(a, b));
-                checker.note(format!("nemesis: partition {a:?} | {b:?}"));
-                count("partition");
-            }
-            2 if n > 2 => {
-                // Bridge: one node sees both halves, which cannot see each other.
-                let mut shuffled = ids.to_vec();
-                rng.shuffle(&mut shuffled);
-                let bridge = shuffled[0];
-                let rest = &shuffled[1..];
-                let cut = 1 + rng.below(rest.len() as u64 - 1).min(rest.len() as u64 - 2) as usize;
-                let (a, b) = rest.split_at(cut.min(rest.len() - 1));
-                faults.set_blocked(cut_between(a, b));
-                checker.note(format!("nemesis: bridge {bridge} between {a:?} and {b:?}"));
-                count("bridge");
-            }
-            12 if n > 1 => {
-                let (a, b) = (*rng.pick(ids), *rng.pick(ids));
-                if a != b {
-                    let latency =
-                        rng.duration(Duration::from_millis(300), Duration::from_millis(1500));
-                    faults.slow_link(a, b, latency);
-                    checker
-                        .note(format!("nemesis: slow link {a} -> {b} ({}ms)", latency.as_millis()));
-                    count("slow-link");
-                }
-            }
-            3 if n > 1 => {
-                let (a, b) = (*rng.pick(ids), *rng.pick(ids));
-                if a != b {
-                    faults.block(a, b);
-                    checker.note(format!("nemesis: one-way block {a} -> {b}"));
-                    count("one-way");
-                }
-            }
-            4 | 5 => {
-                faults.heal();
-                checker.note("nemesis: heal the network");
-                count("heal");
-            }
-            6 | 7 => {
-                let (live, leader): (Vec<NodeId>, Option<NodeId>) = {
-                    let t = table.lock().unwrap_or_else(|p| p.into_inner());
-                    let leader = t
-                        .iter()
-                        .find(|(_, n)| n.metrics().borrow().role == Role::Leader)
-                        .map(|(id, _)| *id);
-                    (t.keys().copied().collect(), leader)
-                };
-                if !live.is_empty() {
-                    // Half the time the leader: elections are where most bugs hide.
-                    let victim = match leader {
-                        Some(l) if rng.chance(0.5) => l,
-                        _ => *rng.pick(&live),
-                    };
-                    let node = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&victim);
-                    if let Some(node) = node {
-                        node.kill().await;
-                    }
-                    let slot = slots.get_mut(&victim).expect("slot");
-                    let store = slot.store.take().expect("the store is open");
-                    slot.store = Some(self.logs.crash(store, &slot.guard).await);
-                    let down =
-                        rng.duration(Duration::from_millis(100), Duration::from_millis(2500));
-                    slot.down_until = Some(tokio::time::Instant::now() + down);
-                    checker.note(format!("nemesis: crash {victim} for {}ms", down.as_millis()));
-                    count("crash");
-                }
-            }
-            8 => {
-                let node = {
-                    let t = table.lock().unwrap_or_else(|p| p.into_inner());
-                    let live: Vec<NodeId> = t.keys().copied().collect();
-                    (!live.is_empty()).then(|| {
-                        let id = *rng.pick(&live);
-                        (id, t[&id].clone())
-                    })
-                };
-                if let Some((id, node)) = node {
-                    let d = rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
-                    node.pause(d).await;
-                    checker.note(format!("nemesis: pause {id} for {}ms", d.as_millis()));
-                    count("pause");
-                }
-            }
-            9 | 10 => {
-                let f = MessageFaults {
-                    drop: rng.below(20) as f64 / 100.0,
-                    duplicate: rng.below(10) as f64 / 100.0,
-                    delay: rng.chance(0.6).then(|| {
-                        (
-                            Duration::ZERO,
-                            rng.duration(Duration::from_millis(2), Duration::from_millis(40)),
-                        )
-                    }),
-                    stall: if rng.chance(0.4) { rng.below(30) as f64 / 100.0 } else { 0.0 },
-                };
-                faults.set_message_faults(f);
-                checker.note(format!("nemesis: message faults {f:?}"));
-                count("message-faults");
-            }
-            _ => {
-                faults.set_message_faults(MessageFaults::default());
-                checker.note("nemesis: message faults off");
-            }
-        }
-    }
-
-    async fn checkpoint(
-        &self,
-        slots: &BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
-        checker: &Checker,
-    ) {
-        let base = checker.begin_checkpoint();
-        let mut logs = BTreeMap::new();
-        for (id, slot) in slots {
-            let Some(store) = &slot.store else { continue };
-            match read_log(store).await {
-                Ok(log) => {
-                    logs.insert(*id, log);
-                }
-                Err(e) => checker.violation(format!("{id}: reading its log failed: {e}")),
-            }
-        }
-        checker.checkpoint(&base, &logs);
-    }
-
-    /// After faults stop: a leader within the bound that accepts a write. Returns whether it
-    /// happened (a violation is recorded otherwise).
-    async fn elect_and_write(
-        &self,
-        ids: &[NodeId],
-        table: &NodeTable<NH::Network, LH::Store>,
-        checker: &Checker,
-        seed: u64,
-        deadline: tokio::time::Instant,
-    ) -> bool {
-        let final_cmd = KvCommand { key: "final".into(), op: KvOp::Put(format!("seed-{seed}")) };
-        loop {
-            if tokio::time::Instant::now() > deadline {
-                checker.violation(format!(
-                    "liveness: no leader accepted a write within {:?} after faults stopped",
-                    self.opts.liveness_bound
-                ));
-                return false;
-            }
-            let ms = metrics(&live_nodes(table));
-            let leader = ms.iter().find(|(id, m)| {
-                m.role == Role::Leader
-                    && ms.iter().filter(|(_, o)| o.leader == Some(*id)).count() * 2 > ids.len()
-            });
-            if let Some((lid, _)) = leader {
-                let node = table.lock().unwrap_or_else(|p| p.into_inner()).get(lid).cloned();
-                if let Some(node) = node {
-                    let write = node.client_write(final_cmd.clone());
-                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), write).await {
-                        checker.note(format!("liveness: {lid} committed the final write"));
-                        return true;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// With the clients stopped: every node reaches the same last entry, commits and applies
-    /// it, within the bound.
-    async fn converge(
-        &self,
-        ids: &[NodeId],
-        table: &NodeTable<NH::Network, LH::Store>,
-        checker: &Checker,
-        deadline: tokio::time::Instant,
-    ) {
-        loop {
-            let ms = metrics(&live_nodes(table));
-            let last = ms.first().map(|(_, m)| m.last_log);
-            let done = ms.len() == ids.len()
-                && ms.iter().all(|(_, m)| {
-                    Some(m.last_log) == last
-                        && m.commit == m.last_log.index
-                        && m.applied == m.last_log.index
-                });
-            if done {
-                checker.note("liveness: all nodes converged");
-                return;
-            }
-            if tokio::time::Instant::now() > deadline {
-                let states: Vec<String> = ms
-                    .iter()
-                    .map(|(id, m)| {
-                        format!(
-                            "{id}: {} {} commit={} applied={} last={} stable={} matches={:?}",
-                            m.role,
-                            m.term,
-                            m.commit,
-                            m.applied,
-                            m.last_log,
-                            m.stable,
-                            m.replication
-                        )
-                    })
-                    .collect();
-                checker.violation(format!("liveness: nodes did not converge: {states:?}"));
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
-/// The nodes currently running.
-fn live_nodes<N: raftkit::Network, L: LogStore + Clone>(
-    table: &NodeTable<N, L>,
-) -> Vec<(NodeId, Node<N, L>)> {
-    table.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect()
-}
-
-/// Their metrics.
-fn metrics<N: raftkit::Network, L: LogStore + Clone>(
-    nodes: &[(NodeId, Node<N, L>)],
-) -> Vec<(NodeId, RaftMetrics)> {
-    nodes.iter().map(|(id, n)| (*id, n.metrics().borrow().clone())).collect()
+/// One random fault (or the end of one), after restarting nodes whose downtime is over.
+async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
+    run: &mut Run<NH, LH>,
+    rng: &mut Rng,
+    report: &mut RunReport,
+) {
+    for id in run.due_for_restart() {
+        run.restart_node(id).await;
+    }
+    let ids = run.ids.clone();
+    let (faults, checker) = (run.faults.clone(), run.checker.clone());
+    let n = ids.len();
+    let mut count = |k: &'static str| *report.faults.entry(k).or_default() += 1;
+    match rng.below(13) {
+        0 | 1 if n > 1 => {
+            // Majority / minority partition.
+            let mut shuffled = ids.clone();
+            rng.shuffle(&mut shuffled);
+            let cut = 1 + rng.below(n as u64 - 1) as usize;
+            let (a, b) = shuffled.split_at(cut);
+            faults.set_blocked(cut_between(a, b));
+            checker.note(format!("nemesis: partition {a:?} | {b:?}"));
+            count("partition");
+        }
+        2 if n > 2 => {
+            // Bridge: one node sees both halves, which cannot see each other.
+            let mut shuffled = ids.clone();
+            rng.shuffle(&mut shuffled);
+            let bridge = shuffled[0];
+            let rest = &shuffled[1..];
+            let cut = 1 + rng.below(rest.len() as u64 - 1).min(rest.len() as u64 - 2) as usize;
+            let (a, b) = rest.split_at(cut.min(rest.len() - 1));
+            faults.set_blocked(cut_between(a, b));
+            checker.note(format!("nemesis: bridge {bridge} between {a:?} and {b:?}"));
+            count("bridge");
+        }
+        12 if n > 1 => {
+            let (a, b) = (*rng.pick(&ids), *rng.pick(&ids));
+            if a != b {
+                let latency = rng.duration(Duration::from_millis(300), Duration::from_millis(1500));
+                faults.slow_link(a, b, latency);
+                checker.note(format!("nemesis: slow link {a} -> {b} ({}ms)", latency.as_millis()));
+                count("slow-link");
+            }
+        }
+        3 if n > 1 => {
+            let (a, b) = (*rng.pick(&ids), *rng.pick(&ids));
+            if a != b {
+                faults.block(a, b);
+                checker.note(format!("nemesis: one-way block {a} -> {b}"));
+                count("one-way");
+            }
+        }
+        4 | 5 => {
+            faults.heal();
+            checker.note("nemesis: heal the network");
+            count("heal");
+        }
+        6 | 7 => {
+            let live = run.live();
+            let leader = live
+                .iter()
+                .find(|(_, n)| n.metrics().borrow().role == Role::Leader)
+                .map(|(id, _)| *id);
+            if !live.is_empty() {
+                // Half the time the leader: elections are where most bugs hide.
+                let victim = match leader {
+                    Some(l) if rng.chance(0.5) => l,
+                    _ => rng.pick(&live).0,
+                };
+                let down = rng.duration(Duration::from_millis(100), Duration::from_millis(2500));
+                checker.note(format!("nemesis: crash {victim} for {}ms", down.as_millis()));
+                run.crash_node(victim, Some(down)).await;
+                count("crash");
+            }
+        }
+        8 => {
+            let live = run.live();
+            if !live.is_empty() {
+                let (id, node) = rng.pick(&live).clone();
+                let d = rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
+                node.pause(d).await;
+                checker.note(format!("nemesis: pause {id} for {}ms", d.as_millis()));
+                count("pause");
+            }
+        }
+        9 | 10 => {
+            let f = MessageFaults {
+                drop: rng.below(20) as f64 / 100.0,
+                duplicate: rng.below(10) as f64 / 100.0,
+                delay: rng.chance(0.6).then(|| {
+                    (
+                        Duration::ZERO,
+                        rng.duration(Duration::from_millis(2), Duration::from_millis(40)),
+                    )
+                }),
+                stall: if rng.chance(0.4) { rng.below(30) as f64 / 100.0 } else { 0.0 },
+            };
+            faults.set_message_faults(f);
+            checker.note(format!("nemesis: message faults {f:?}"));
+            count("message-faults");
+        }
+        _ => {
+            faults.set_message_faults(MessageFaults::default());
+            checker.note("nemesis: message faults off");
+        }
+    }
 }
 
 /// Every directed link between the two groups.
@@ -715,15 +492,6 @@ fn cut_between(a: &[NodeId], b: &[NodeId]) -> std::collections::BTreeSet<(NodeId
         }
     }
     links
-}
-
-async fn read_log<S: LogStore>(store: &S) -> Result<NodeLog, raftkit::StorageError> {
-    let st = store.load().await?;
-    if st.last.index <= st.purged.index {
-        return Ok(NodeLog { purged: st.purged, entries: Vec::new() });
-    }
-    let entries = store.read(st.purged.index.next(), st.last.index).await?;
-    Ok(NodeLog::from_entries(st.purged, &entries))
 }
 
 /// Expands to the cluster suite's tests for a network harness and a log-store harness: runs of
@@ -761,10 +529,28 @@ macro_rules! cluster_suite {
         $(
             #[test]
             fn cluster_replays_exactly_from_a_seed() {
-                let _ = stringify!($replay);
+                            let _ = stringify!($replay);
                 $crate::cluster::check_replay($crate::cluster::ClusterSuite::new($net, $logs).nodes(3));
             }
         )?
+
+        #[test]
+        fn cluster_snapshot_catch_up() {
+            $crate::cluster::ClusterSuite::new($net, $logs)
+                .check_scenario($crate::cluster::scenarios::Scenario::SnapshotCatchUp);
+        }
+
+        #[test]
+        fn cluster_interrupted_snapshot_transfer_resumes() {
+            $crate::cluster::ClusterSuite::new($net, $logs)
+                .check_scenario($crate::cluster::scenarios::Scenario::InterruptedTransfer);
+        }
+
+        #[test]
+        fn cluster_crash_during_snapshot_install() {
+            $crate::cluster::ClusterSuite::new($net, $logs)
+                .check_scenario($crate::cluster::scenarios::Scenario::CrashDuringInstall);
+        }
     };
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use raftkit_core::{
     Action, AppendEntries, Config, Entry, HardState, InitialState, Instant, LogId, LogIndex,
-    LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, Role, Term, WriteId,
+    LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, Role, SnapshotMeta, Term,
+    WriteId, codec,
 };
 
 /// SplitMix64, for the simulation's own choices (latencies, drops).
@@ -49,7 +50,8 @@ impl SimRng {
 #[derive(Clone, Debug, Default)]
 pub struct SimStore {
     pub hard_state: HardState,
-    /// `entries[i]` has index `i + 1`.
+    pub purged: LogId,
+    /// Entries after `purged`: `entries[i]` has index `purged.index + 1 + i`.
     pub entries: Vec<Entry>,
 }
 
@@ -67,41 +69,93 @@ impl SimStore {
             self.hard_state = hs;
         }
         if let Some(t) = w.truncate_from {
-            assert!(t.0 as usize <= self.entries.len() + 1, "truncate_from {t} beyond end");
-            self.entries.truncate(t.0 as usize - 1);
+            assert!(t > self.purged.index, "truncate_from {t} at or below the purged prefix");
+            assert!(t <= self.last().index.next(), "truncate_from {t} beyond end");
+            self.entries.truncate((t.0 - self.purged.index.0 - 1) as usize);
         }
         for e in &w.entries {
-            assert_eq!(e.index().0 as usize, self.entries.len() + 1, "gap in append");
+            assert_eq!(e.index(), self.last().index.next(), "gap in append");
             self.entries.push(e.clone());
         }
     }
 
     pub fn last(&self) -> LogId {
-        self.entries.last().map_or(LogId::ZERO, |e| e.log_id)
+        self.entries.last().map_or(self.purged, |e| e.log_id)
     }
 
-    pub fn initial_state(&self) -> InitialState {
+    fn get(&self, index: LogIndex) -> Option<&Entry> {
+        if index <= self.purged.index {
+            return None;
+        }
+        self.entries.get((index.0 - self.purged.index.0 - 1) as usize)
+    }
+
+    fn purge(&mut self, up_to: LogId) {
+        if up_to.index <= self.purged.index {
+            return;
+        }
+        assert_eq!(
+            self.get(up_to.index).map(|e| e.log_id),
+            Some(up_to),
+            "purge to an entry not in the log"
+        );
+        self.entries.drain(..(up_to.index.0 - self.purged.index.0) as usize);
+        self.purged = up_to;
+    }
+
+    /// Replaces the log's prefix with a snapshot ending at `s` (keeping a consistent suffix).
+    fn install(&mut self, s: LogId) {
+        if self.get(s.index).map(|e| e.log_id) == Some(s) {
+            self.purge(s);
+        } else {
+            self.entries.clear();
+            self.purged = s;
+        }
+    }
+
+    pub fn initial_state(&self, snapshot: Option<SnapshotMeta>) -> InitialState {
         let mut runs: Vec<LogId> = Vec::new();
         for e in &self.entries {
             if runs.last().is_none_or(|r| r.term != e.term()) {
                 runs.push(e.log_id);
             }
         }
+        let applied = snapshot.as_ref().map_or(LogIndex(0), |s| s.last_log_id.index);
         InitialState {
             hard_state: self.hard_state,
-            purged: LogId::ZERO,
+            purged: self.purged,
             term_runs: runs,
             last: self.last(),
-            applied: LogIndex(0),
+            applied,
+            snapshot,
         }
     }
 
     fn read(&self, first: LogIndex, last: LogIndex) -> Option<Vec<Entry>> {
-        if first.0 == 0 || last.0 as usize > self.entries.len() || first > last {
+        if first <= self.purged.index || last > self.last().index || first > last {
             return None;
         }
-        Some(self.entries[first.0 as usize - 1..last.0 as usize].to_vec())
+        let base = self.purged.index.0 + 1;
+        Some(self.entries[(first.0 - base) as usize..=(last.0 - base) as usize].to_vec())
     }
+}
+
+/// What the simulated storage does, in order, at its completion time.
+enum SimOp {
+    Write(WriteId, LogWrite),
+    Purge(LogId),
+    /// Install a received snapshot: replace the log's prefix and restore the state machine.
+    Install(NodeId, SnapshotMeta, Vec<u8>),
+}
+
+/// A simple checksum for simulated snapshots (FNV-1a folded to 32 bits).
+pub fn checksum(data: &[u8]) -> u32 {
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    (h ^ (h >> 32)) as u32
 }
 
 pub struct SimNode {
@@ -109,10 +163,15 @@ pub struct SimNode {
     pub cfg: Config,
     pub core: Option<RaftCore>,
     pub store: SimStore,
-    /// Writes handed to storage, completing in order at the given instants.
-    writes: VecDeque<(Instant, WriteId, LogWrite)>,
-    /// The in-memory state machine: entries applied, in order.
+    /// Storage operations, completing in order at the given instants.
+    writes: VecDeque<(Instant, SimOp)>,
+    /// The in-memory state machine: entries applied, in order (restored from a snapshot's
+    /// content after a restart or an install).
     pub applied: Vec<Entry>,
+    /// The latest snapshot: its meta and content (the encoded applied entries).
+    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A snapshot being received: its meta and the bytes so far.
+    pub incoming: Option<(SnapshotMeta, Vec<u8>)>,
     pub max_term_seen: Term,
     commit_seen: LogIndex,
     was_leader_in: Option<Term>,
@@ -161,6 +220,10 @@ pub struct Sim {
     applied_entries: BTreeMap<LogIndex, Entry>,
     pub events: u64,
     pub messages_delivered: u64,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+    /// (to, offset) of every snapshot chunk sent.
+    pub chunks_sent: Vec<(NodeId, u64)>,
 }
 
 impl Sim {
@@ -189,6 +252,8 @@ impl Sim {
                     core: Some(core),
                     store: SimStore::default(),
                     writes: VecDeque::new(),
+                    snapshot: None,
+                    incoming: None,
                     applied: Vec::new(),
                     max_term_seen: Term(0),
                     commit_seen: LogIndex(0),
@@ -218,6 +283,9 @@ impl Sim {
             applied_entries: BTreeMap::new(),
             events: 0,
             messages_delivered: 0,
+            snapshots_built: 0,
+            snapshots_installed: 0,
+            chunks_sent: Vec::new(),
         };
         let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
         for id in ids {
@@ -375,6 +443,7 @@ impl Sim {
         n.core = None;
         n.writes.clear();
         n.applied.clear();
+        n.incoming = None;
         n.commit_seen = LogIndex(0);
         n.was_leader_in = None;
     }
@@ -384,7 +453,12 @@ impl Sim {
         let now = self.now;
         let n = self.nodes.get_mut(&NodeId(id)).unwrap();
         assert!(n.core.is_none(), "restart of a live node");
-        let init = n.store.initial_state();
+        let init = n.store.initial_state(n.snapshot.as_ref().map(|s| s.0.clone()));
+        // The state machine is restored from the latest snapshot, then the log replays the rest.
+        n.applied = match &n.snapshot {
+            Some((_, data)) => codec::decode(data).expect("snapshot content"),
+            None => Vec::new(),
+        };
         // Volatile term changes may be lost; the durable term is the floor from here on.
         n.max_term_seen = init.hard_state.term;
         let core = RaftCore::new(n.cfg.clone(), init, now).expect("restart from durable state");
@@ -461,12 +535,45 @@ impl Sim {
     fn complete_write(&mut self, id: NodeId) {
         let now = self.now;
         let n = self.nodes.get_mut(&id).unwrap();
-        let (_, wid, write) = n.writes.pop_front().unwrap();
-        n.store.apply(&write);
-        if let Some(core) = n.core.as_mut() {
-            core.handle_persisted(now, wid);
+        let (_, op) = n.writes.pop_front().unwrap();
+        match op {
+            SimOp::Write(wid, write) => {
+                n.store.apply(&write);
+                if let Some(core) = n.core.as_mut() {
+                    core.handle_persisted(now, wid);
+                }
+            }
+            SimOp::Purge(up_to) => n.store.purge(up_to),
+            SimOp::Install(from, meta, data) => {
+                n.store.install(meta.last_log_id);
+                let restored: Vec<Entry> = codec::decode(&data).expect("snapshot content");
+                assert_eq!(
+                    restored.len() as u64,
+                    meta.last_log_id.index.0,
+                    "snapshot content length"
+                );
+                n.applied = restored.clone();
+                n.snapshot = Some((meta.clone(), data));
+                self.snapshots_installed += 1;
+                if let Some(core) = n.core.as_mut() {
+                    core.handle_snapshot_received(now, from, meta.clone(), meta.size, true);
+                }
+                // The snapshot's content must agree with everything applied anywhere.
+                for e in restored {
+                    self.check_applied(id, e);
+                }
+            }
         }
         self.drain(id);
+    }
+
+    /// Queues a storage operation after those already pending.
+    fn enqueue(&mut self, id: NodeId, op: SimOp) {
+        let now = self.now;
+        let lat = self.rng.duration(self.write_latency.0, self.write_latency.1);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let done = node.writes.back().map_or(now, |w| w.0).max(now + lat);
+        node.writes.push_back((done, op));
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
@@ -522,10 +629,72 @@ impl Sim {
                             req.write.truncate_from
                         );
                     }
-                    let lat = self.rng.duration(self.write_latency.0, self.write_latency.1);
-                    let node = self.nodes.get_mut(&id).unwrap();
-                    let done = node.writes.back().map_or(now, |w| w.0).max(now + lat);
-                    node.writes.push_back((done, req.id, req.write));
+                    self.enqueue(id, SimOp::Write(req.id, req.write));
+                }
+                Action::PurgeLog(up_to) => self.enqueue(id, SimOp::Purge(up_to)),
+                Action::BuildSnapshot => {
+                    let data = codec::encode(&node.applied).expect("encode");
+                    let last = node.applied.last().map_or(LogId::ZERO, |e| e.log_id);
+                    let meta = SnapshotMeta {
+                        last_log_id: last,
+                        membership: core.membership().clone(),
+                        size: data.len() as u64,
+                        checksum: checksum(&data),
+                    };
+                    node.snapshot = Some((meta.clone(), data));
+                    self.snapshots_built += 1;
+                    node.core.as_mut().unwrap().handle_snapshot_built(now, meta);
+                }
+                Action::SendSnapshot(req) => {
+                    let chunk = match &node.snapshot {
+                        Some((meta, data)) if *meta == req.meta => {
+                            let (a, b) = (req.offset as usize, (req.offset + req.len) as usize);
+                            Some(data[a..b].to_vec())
+                        }
+                        _ => None,
+                    };
+                    match chunk {
+                        Some(data) => {
+                            self.chunks_sent.push((req.to, req.offset));
+                            let done = req.offset + req.len == req.meta.size;
+                            let msg = Message {
+                                term: req.term,
+                                body: MessageBody::InstallSnapshot(raftkit_core::InstallSnapshot {
+                                    meta: req.meta,
+                                    offset: req.offset,
+                                    data: data.into(),
+                                    done,
+                                }),
+                            };
+                            self.send(id, req.to, msg);
+                        }
+                        None => node.core.as_mut().unwrap().handle_snapshot_send_failed(req.to),
+                    }
+                }
+                Action::ReceiveSnapshot(r) => {
+                    let c = r.chunk;
+                    // Continue the transfer of this snapshot, or start it over.
+                    let same = node.incoming.as_ref().is_some_and(|(m, _)| *m == c.meta);
+                    if !same {
+                        node.incoming = Some((c.meta.clone(), Vec::new()));
+                    }
+                    let (meta, buf) = node.incoming.as_mut().unwrap();
+                    let meta = meta.clone();
+                    if c.offset == buf.len() as u64 {
+                        buf.extend_from_slice(&c.data);
+                    }
+                    let received = buf.len() as u64;
+                    if c.done && received == meta.size {
+                        let data = std::mem::take(buf);
+                        node.incoming = None;
+                        assert_eq!(checksum(&data), meta.checksum, "snapshot checksum");
+                        self.enqueue(id, SimOp::Install(r.from, meta, data));
+                    } else {
+                        node.core
+                            .as_mut()
+                            .unwrap()
+                            .handle_snapshot_received(now, r.from, meta, received, false);
+                    }
                 }
                 Action::Send(out) => self.send(id, out.to, out.message),
                 Action::SendFromLog(req) => {
@@ -608,7 +777,9 @@ impl Sim {
         // Commit agreement: whatever any node considers committed is the same everywhere.
         let commit = core.commit_index();
         assert!(commit >= node.commit_seen, "{id} commit index went backwards");
-        let mut i = node.commit_seen.next();
+        // Below the purged prefix the entries live on in the snapshot; they were checked when
+        // they were applied.
+        let mut i = node.commit_seen.next().max(core.purged_log_id().index.next());
         while i <= commit {
             let log_id = core.log_id_at(i).expect("committed entry is in the log");
             match self.committed.get(&i) {
@@ -631,7 +802,7 @@ impl Sim {
                 assert_eq!(other, id, "two leaders in {term}: {other} and {id}");
             }
             // Leader completeness: a new leader has every committed entry.
-            for (index, log_id) in &self.committed {
+            for (index, log_id) in self.committed.range(core.purged_log_id().index..) {
                 assert_eq!(
                     core.log_id_at(*index),
                     Some(*log_id),
@@ -648,16 +819,21 @@ impl Sim {
             self.nodes.iter().map(|(k, n)| (k, &n.store)).collect();
         for (i, (a_id, a)) in stores.iter().enumerate() {
             for (b_id, b) in &stores[i + 1..] {
-                let common = a.entries.len().min(b.entries.len());
-                let matching =
-                    (0..common).rev().find(|&k| a.entries[k].log_id == b.entries[k].log_id);
-                if let Some(k) = matching {
+                // Compare over the indexes both still hold.
+                let lo = a.purged.index.max(b.purged.index).next();
+                let hi = a.last().index.min(b.last().index);
+                let mut k = hi;
+                while k >= lo && a.get(k).map(|e| e.log_id) != b.get(k).map(|e| e.log_id) {
+                    k = k.prev();
+                }
+                let mut j = lo;
+                while j <= k && k >= lo {
                     assert_eq!(
-                        a.entries[..=k],
-                        b.entries[..=k],
-                        "log matching violated between {a_id} and {b_id} up to index {}",
-                        k + 1
+                        a.get(j),
+                        b.get(j),
+                        "log matching violated between {a_id} and {b_id}: same entry at {k}, differ at {j}"
                     );
+                    j = j.next();
                 }
             }
         }

@@ -25,6 +25,7 @@ pub struct Cluster {
     pub members: Vec<NodeId>,
     nodes: Mutex<BTreeMap<NodeId, Member>>,
     pub seed: u64,
+    configure: fn(&mut Config),
 }
 
 pub fn config(id: NodeId, members: &[NodeId], seed: u64) -> Config {
@@ -38,10 +39,20 @@ pub fn config(id: NodeId, members: &[NodeId], seed: u64) -> Config {
 
 impl Cluster {
     pub async fn start(n: u64, seed: u64) -> Cluster {
+        Cluster::start_with(n, seed, |_| {}).await
+    }
+
+    /// Like `start`, with every node's configuration adjusted by `configure`.
+    pub async fn start_with(n: u64, seed: u64, configure: fn(&mut Config)) -> Cluster {
         let router = MemRouter::new(seed);
         let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        let c =
-            Cluster { router, members: members.clone(), nodes: Mutex::new(BTreeMap::new()), seed };
+        let c = Cluster {
+            router,
+            members: members.clone(),
+            nodes: Mutex::new(BTreeMap::new()),
+            seed,
+            configure,
+        };
         for id in members {
             let m = Member { raft: None, store: MemLogStore::new(), kv: MemKv::new() };
             c.nodes.lock().unwrap().insert(id, m);
@@ -51,7 +62,8 @@ impl Cluster {
     }
 
     async fn boot(&self, id: NodeId) {
-        let cfg = config(id, &self.members, self.seed);
+        let mut cfg = config(id, &self.members, self.seed);
+        (self.configure)(&mut cfg);
         let m = self.member(id);
         assert!(m.raft.is_none(), "{id} is already running");
         let raft = Raft::start(cfg, self.router.network(id), m.store.clone(), m.kv.clone())
@@ -128,6 +140,20 @@ impl Cluster {
         let raft = self.nodes.lock().unwrap().get_mut(&id).unwrap().raft.take();
         if let Some(r) = raft {
             r.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Kills a node as if its process died: nothing is drained or flushed, and its store loses
+    /// whatever was not yet durable.
+    pub async fn crash(&self, id: NodeId) {
+        let member = {
+            let mut g = self.nodes.lock().unwrap();
+            let m = g.get_mut(&id).unwrap();
+            (m.raft.take(), m.store.clone())
+        };
+        if let (Some(r), store) = member {
+            r.kill().await;
+            store.crash();
         }
     }
 

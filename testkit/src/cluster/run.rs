@@ -1,0 +1,336 @@
+//! [`Run`]: one cluster being exercised — its nodes, their stores, the checker and the faults —
+//! with the operations the randomized suite and the scenarios share: start, crash (losing what
+//! was not durable) and restart nodes, check the stores' logs, wait for a leader and for the
+//! nodes to converge.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftkit::{Config, LogStore, NodeId, Raft, RaftMetrics, Role};
+
+use super::checker::{Checker, NodeLog};
+use super::faulty::{Faults, FaultyNetwork};
+use super::workload::{Node, NodeTable};
+use crate::harness::{LogStoreHarness, NetworkHarness};
+use crate::kv::{KvCommand, KvOp, KvOutput, TestKv};
+
+/// A running node of a [`Run`].
+pub(crate) type RunNode<NH, LH> =
+    Node<<NH as NetworkHarness>::Network, <LH as LogStoreHarness>::Store>;
+
+/// A node's store, kept across its restarts.
+pub(crate) struct Slot<S, G> {
+    pub(crate) store: Option<S>,
+    pub(crate) guard: G,
+    pub(crate) down_until: Option<tokio::time::Instant>,
+}
+
+/// One cluster being exercised.
+pub(crate) struct Run<NH: NetworkHarness, LH: LogStoreHarness> {
+    pub(crate) net: Arc<NH>,
+    pub(crate) logs: Arc<LH>,
+    pub(crate) ids: Vec<NodeId>,
+    pub(crate) configs: BTreeMap<NodeId, Config>,
+    pub(crate) checker: Arc<Checker>,
+    pub(crate) faults: Arc<Faults>,
+    pub(crate) cluster: NH::Cluster,
+    pub(crate) table: NodeTable<NH::Network, LH::Store>,
+    pub(crate) slots: BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
+}
+
+impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
+    /// Builds a store per node and starts every node.
+    pub(crate) async fn start(
+        net: Arc<NH>,
+        logs: Arc<LH>,
+        configs: BTreeMap<NodeId, Config>,
+        seed: u64,
+        fault_seed: u64,
+    ) -> Self {
+        let ids: Vec<NodeId> = configs.keys().copied().collect();
+        let cluster = net.cluster(&ids, seed).await;
+        let mut slots = BTreeMap::new();
+        for id in &ids {
+            let (store, guard) = logs.build().await;
+            slots.insert(*id, Slot { store: Some(store), guard, down_until: None });
+        }
+        let run = Run {
+            net,
+            logs,
+            checker: Arc::new(Checker::new(ids.len())),
+            faults: Arc::new(Faults::new(fault_seed)),
+            cluster,
+            table: Arc::new(Mutex::new(BTreeMap::new())),
+            slots,
+            configs,
+            ids: ids.clone(),
+        };
+        for id in &ids {
+            run.start_node(*id).await;
+        }
+        run
+    }
+
+    /// Starts `id` on its store (a new incarnation).
+    pub(crate) async fn start_node(&self, id: NodeId) {
+        let checker = &self.checker;
+        let store = self.slots[&id].store.clone().expect("the store is open");
+        let loaded = match store.load().await {
+            Ok(st) => st.hard_state,
+            Err(e) => {
+                checker.violation(format!("{id}: cannot load its store: {e}"));
+                return;
+            }
+        };
+        let inc = checker.start_incarnation(id, loaded, self.logs.durable(&store));
+        let endpoint = self.net.endpoint(&self.cluster, id).await;
+        let net = FaultyNetwork::new(endpoint, id, self.faults.clone(), checker.clone());
+        let kv = TestKv::new(Some(checker.recorder(id, inc)));
+        let cfg = self.configs[&id].clone();
+        match Raft::start_observed(cfg, net, store, kv, checker.observer(id, inc)).await {
+            Ok(node) => {
+                self.table.lock().unwrap_or_else(|p| p.into_inner()).insert(id, node);
+            }
+            Err(e) => checker.violation(format!("{id}: cannot start from its store: {e}")),
+        }
+    }
+
+    /// Restarts a crashed node.
+    pub(crate) async fn restart_node(&mut self, id: NodeId) {
+        self.slots.get_mut(&id).expect("slot").down_until = None;
+        self.checker.note(format!("restart {id}"));
+        self.start_node(id).await;
+    }
+
+    /// Crashes `id` as power loss would: the process dies at once and its store keeps only
+    /// what was durable. It stays down until `down` has passed (the nemesis restarts it then)
+    /// or, with `None`, until restarted by hand.
+    pub(crate) async fn crash_node(&mut self, id: NodeId, down: Option<Duration>) {
+        let node = self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(node) = node {
+            node.kill().await;
+        }
+        let slot = self.slots.get_mut(&id).expect("slot");
+        let store = slot.store.take().expect("the store is open");
+        slot.store = Some(self.logs.crash(store, &slot.guard).await);
+        slot.down_until =
+            Some(tokio::time::Instant::now() + down.unwrap_or(Duration::from_secs(1 << 30)));
+        self.checker.note(format!("crash {id}"));
+    }
+
+    /// Nodes that are down, whose downtime is over.
+    pub(crate) fn due_for_restart(&self) -> Vec<NodeId> {
+        let now = tokio::time::Instant::now();
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.down_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Nodes that are down.
+    pub(crate) fn down(&self) -> Vec<NodeId> {
+        self.slots.iter().filter(|(_, s)| s.down_until.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    /// The running nodes.
+    pub(crate) fn live(&self) -> Vec<(NodeId, RunNode<NH, LH>)> {
+        live_nodes(&self.table)
+    }
+
+    /// The running node `id`.
+    pub(crate) fn node(&self, id: NodeId) -> Option<RunNode<NH, LH>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Reads every store's log and checks them.
+    pub(crate) async fn checkpoint(&self) {
+        let base = self.checker.begin_checkpoint();
+        let mut logs = BTreeMap::new();
+        for (id, slot) in &self.slots {
+            let Some(store) = &slot.store else { continue };
+            match read_log(store).await {
+                Ok(log) => {
+                    logs.insert(*id, log);
+                }
+                Err(e) => self.checker.violation(format!("{id}: reading its log failed: {e}")),
+            }
+        }
+        self.checker.checkpoint(&base, &logs);
+    }
+
+    /// A leader that a majority of the cluster follows, if any.
+    pub(crate) fn leader(&self) -> Option<(NodeId, RunNode<NH, LH>)> {
+        let ns = self.live();
+        let ms = metrics(&ns);
+        let lid = ms.iter().find(|(id, m)| {
+            m.role == Role::Leader
+                && ms.iter().filter(|(_, o)| o.leader == Some(*id)).count() * 2 > self.ids.len()
+        })?;
+        ns.into_iter().find(|(id, _)| *id == lid.0)
+    }
+
+    /// Writes `cmd` through a leader, retrying until `deadline`. Returns its output, or `None` if no
+    /// attempt succeeded in time.
+    pub(crate) async fn write(
+        &self,
+        cmd: &KvCommand,
+        deadline: tokio::time::Instant,
+    ) -> Option<KvOutput> {
+        while tokio::time::Instant::now() < deadline {
+            if let Some((_, node)) = self.leader() {
+                // Any failure (not the leader after all, a timeout): look again and retry.
+                let write = node.client_write(cmd.clone());
+                if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(2), write).await {
+                    return Some(out);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Writes `count` keys with values of `value_len` bytes through the leader, `parallel` at a
+    /// time. Returns how many were acknowledged.
+    pub(crate) async fn write_many(
+        &self,
+        prefix: &str,
+        count: usize,
+        value_len: usize,
+        parallel: usize,
+        deadline: tokio::time::Instant,
+    ) -> usize {
+        let mut acked = 0usize;
+        let mut next = 0;
+        while next < count && tokio::time::Instant::now() < deadline {
+            let Some((_, node)) = self.leader() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let batch: Vec<_> = (next..(next + parallel).min(count))
+                .map(|i| {
+                    let node = node.clone();
+                    let value = format!("{i:0width$}", width = value_len.max(1));
+                    let cmd = KvCommand { key: format!("{prefix}-{i}"), op: KvOp::Put(value) };
+                    tokio::spawn(async move { node.client_write(cmd).await.is_ok() })
+                })
+                .collect();
+            let len = batch.len();
+            let mut all_ok = true;
+            for t in batch {
+                all_ok &= t.await.unwrap_or(false);
+            }
+            if all_ok {
+                acked += len;
+                next += len;
+            } else {
+                // A leadership change: the batch is retried (a key written twice is harmless).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        acked
+    }
+
+    /// After faults stop: a leader within the bound that accepts a write. Returns whether it
+    /// happened (a violation is recorded otherwise).
+    pub(crate) async fn elect_and_write(&self, seed: u64, deadline: tokio::time::Instant) -> bool {
+        let cmd = KvCommand { key: "final".into(), op: KvOp::Put(format!("seed-{seed}")) };
+        match self.write(&cmd, deadline).await {
+            Some(_) => {
+                self.checker.note("liveness: a leader committed the final write");
+                true
+            }
+            None => {
+                self.checker.violation("liveness: no leader accepted a write after faults stopped");
+                false
+            }
+        }
+    }
+
+    /// Every node reaches the same last entry, commits and applies it, before `deadline`.
+    pub(crate) async fn converge(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let ms = metrics(&self.live());
+            let last = ms.first().map(|(_, m)| m.last_log);
+            let done = ms.len() == self.ids.len()
+                && ms.iter().all(|(_, m)| {
+                    Some(m.last_log) == last
+                        && m.commit == m.last_log.index
+                        && m.applied == m.last_log.index
+                });
+            if done {
+                self.checker.note("liveness: all nodes converged");
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let states: Vec<String> = ms
+                    .iter()
+                    .map(|(id, m)| {
+                        format!(
+                            "{id}: {} {} commit={} applied={} last={} stable={} purged={} snapshot={:?} matches={:?}",
+                            m.role, m.term, m.commit, m.applied, m.last_log, m.stable, m.purged, m.snapshot, m.replication
+                        )
+                    })
+                    .collect();
+                self.checker.violation(format!("liveness: nodes did not converge: {states:?}"));
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Each node's final state and log, for reports.
+    pub(crate) async fn dump(&self) -> (String, u64) {
+        let mut dump = String::new();
+        let mut max_term = 0;
+        for (id, m) in metrics(&self.live()) {
+            max_term = max_term.max(m.term.0);
+            let _ = writeln!(
+                dump,
+                "  {id}: {} {} leader={:?} commit={} applied={} last={} purged={} snapshot={:?}",
+                m.role, m.term, m.leader, m.commit, m.applied, m.last_log, m.purged, m.snapshot
+            );
+        }
+        for (id, slot) in &self.slots {
+            if let Some(store) = &slot.store {
+                if let Ok(log) = read_log(store).await {
+                    let _ = writeln!(dump, "  {id} log: {}", log.summary());
+                }
+            }
+        }
+        (dump, max_term)
+    }
+
+    /// Stops every node at once.
+    pub(crate) async fn kill_all(&self) {
+        for (_, node) in self.live() {
+            node.kill().await;
+        }
+    }
+}
+
+/// The nodes in a table.
+pub(crate) fn live_nodes<N: raftkit::Network, L: LogStore + Clone>(
+    table: &NodeTable<N, L>,
+) -> Vec<(NodeId, Node<N, L>)> {
+    table.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect()
+}
+
+/// Their metrics.
+pub(crate) fn metrics<N: raftkit::Network, L: LogStore + Clone>(
+    nodes: &[(NodeId, Node<N, L>)],
+) -> Vec<(NodeId, RaftMetrics)> {
+    nodes.iter().map(|(id, n)| (*id, n.metrics().borrow().clone())).collect()
+}
+
+/// A store's whole log, summarized for the checker.
+pub(crate) async fn read_log<S: LogStore>(store: &S) -> Result<NodeLog, raftkit::StorageError> {
+    let st = store.load().await?;
+    if st.last.index <= st.purged.index {
+        return Ok(NodeLog { purged: st.purged, entries: Vec::new() });
+    }
+    let entries = store.read(st.purged.index.next(), st.last.index).await?;
+    Ok(NodeLog::from_entries(st.purged, &entries))
+}
