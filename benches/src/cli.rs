@@ -1,0 +1,360 @@
+//! Command-line options, validated into a [`Plan`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use crate::combo::Combo;
+
+/// Benchmarks a 3-node raftkit cluster for every adapter combination and writes a report.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "raftkit-bench", version, about, long_about = None)]
+pub struct Args {
+    /// Smoke check for CI: few points, short runs, every compiled-in combination; finishes in
+    /// under two minutes. Results go to `<date>-quick.md`.
+    #[arg(long)]
+    pub quick: bool,
+    /// Measured seconds per point (after the warm-up). Default: 5, or 1 with --quick.
+    #[arg(long, value_name = "SECS")]
+    pub secs: Option<f64>,
+    /// Warm-up seconds per point, not measured. Default: 1, or 0.25 with --quick.
+    #[arg(long, value_name = "SECS")]
+    pub warmup: Option<f64>,
+    /// Where the report and plots are written.
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Where the nodes' data directories are created (a temporary directory inside it, removed
+    /// afterwards). Default: the OS temporary directory. Its file system is the one whose fsync
+    /// latency is measured.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Only these combinations, comma-separated: mem+mem, mem+redb, mem+rocksdb, quic+mem,
+    /// quic+redb, quic+rocksdb.
+    #[arg(long, value_name = "COMBO,...", value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
+    /// Concurrent clients per point, comma-separated. Default: 1,16,64,256 (quick: 1,256).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    pub clients: Option<Vec<String>>,
+    /// Payload sizes per point, comma-separated; suffixes B, KiB/K, MiB/M. Default: 16,256,4KiB
+    /// (quick: 256).
+    #[arg(long, value_name = "SIZE,...", value_delimiter = ',')]
+    pub payloads: Option<Vec<String>>,
+    /// Client counts of the openraft comparison (mem+mem, empty payload). Default: 1,256,4096
+    /// (quick: 1,256).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    pub compare_clients: Option<Vec<String>>,
+    /// Length of the memory check (a long mem+redb run). Default: 40 s (quick: 3 s).
+    #[arg(long, value_name = "SECS")]
+    pub memory_secs: Option<f64>,
+    /// Which parts to run, comma-separated: matrix, compare, core, memory. Default: all.
+    #[arg(long, value_name = "PART,...", value_delimiter = ',')]
+    pub parts: Option<Vec<String>>,
+    /// Tokio worker threads shared by the three nodes and the clients. Default: one per core.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Seed of the in-memory network and the nodes' election jitter.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// One part of the harness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// Every combination × clients × payloads.
+    Matrix,
+    /// The like-for-like openraft comparison.
+    Compare,
+    /// The core alone, without IO.
+    Core,
+    /// RSS as the log grows.
+    Memory,
+}
+
+impl Part {
+    const ALL: [Part; 4] = [Part::Matrix, Part::Compare, Part::Core, Part::Memory];
+
+    fn name(self) -> &'static str {
+        match self {
+            Part::Matrix => "matrix",
+            Part::Compare => "compare",
+            Part::Core => "core",
+            Part::Memory => "memory",
+        }
+    }
+}
+
+/// What one run does, every option checked and every default filled in.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Quick (smoke) mode.
+    pub quick: bool,
+    /// Measured time per point.
+    pub measure: Duration,
+    /// Unmeasured warm-up per point.
+    pub warmup: Duration,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Parent of the temporary data directory.
+    pub data_parent: PathBuf,
+    /// Combinations requested that this build can run, in report order.
+    pub combos: Vec<Combo>,
+    /// Combinations requested that this build cannot run.
+    pub skipped: Vec<Combo>,
+    /// Client counts of the matrix.
+    pub clients: Vec<usize>,
+    /// Payload sizes of the matrix, in bytes.
+    pub payloads: Vec<usize>,
+    /// Client counts of the openraft comparison.
+    pub compare_clients: Vec<usize>,
+    /// Length of the memory check.
+    pub memory: Duration,
+    /// How long the core alone runs per batch size.
+    pub core: Duration,
+    /// Samples of the fsync measure.
+    pub fsync_samples: usize,
+    /// Samples of the QUIC round-trip measure.
+    pub rtt_samples: usize,
+    /// Parts to run.
+    pub parts: Vec<Part>,
+    /// Tokio worker threads.
+    pub threads: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Plan {
+    /// Whether `part` runs.
+    pub fn runs(&self, part: Part) -> bool {
+        self.parts.contains(&part)
+    }
+}
+
+/// The most clients a point may have (each is a task with a pending write).
+pub const MAX_CLIENTS: usize = 100_000;
+/// The largest payload accepted (a command is one log entry).
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+fn seconds(what: &str, value: Option<f64>, default: f64) -> Result<Duration> {
+    let v = value.unwrap_or(default);
+    if !v.is_finite() || v <= 0.0 || v > 24.0 * 3600.0 {
+        bail!("--{what} must be a positive number of seconds (at most a day), got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Parses a client count.
+pub fn parse_count(what: &str, s: &str) -> Result<usize> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .with_context(|| format!("--{what}: `{s}` is not a whole number of clients"))?;
+    if n == 0 || n > MAX_CLIENTS {
+        bail!("--{what}: {n} clients is out of range (1 to {MAX_CLIENTS})");
+    }
+    Ok(n)
+}
+
+/// Parses a size such as `16`, `256B`, `4KiB`, `4k` or `1MiB`.
+pub fn parse_size(s: &str) -> Result<usize> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: usize = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        other => bail!("--payloads: unknown unit `{other}` in `{s}` (use B, KiB or MiB)"),
+    };
+    let n: usize =
+        num.parse().with_context(|| format!("--payloads: `{s}` is not a size such as 4KiB"))?;
+    let bytes = n.checked_mul(mult).filter(|b| *b <= MAX_PAYLOAD).with_context(|| {
+        format!("--payloads: `{s}` is larger than the {} MiB limit", MAX_PAYLOAD >> 20)
+    })?;
+    Ok(bytes)
+}
+
+fn list<T: Ord + Copy>(
+    values: Option<&[String]>,
+    default: &[T],
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut out = match values {
+        None => default.to_vec(),
+        Some(v) => {
+            v.iter().filter(|s| !s.trim().is_empty()).map(|s| parse(s)).collect::<Result<_>>()?
+        }
+    };
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+impl Args {
+    /// Checks every option and fills in the defaults of the chosen mode.
+    pub fn plan(&self) -> Result<Plan> {
+        let q = self.quick;
+        let measure = seconds("secs", self.secs, if q { 1.0 } else { 5.0 })?;
+        let warmup = seconds("warmup", self.warmup, if q { 0.25 } else { 1.0 })?;
+        let memory = seconds("memory-secs", self.memory_secs, if q { 3.0 } else { 40.0 })?;
+        let requested: Vec<Combo> = match &self.only {
+            None => Combo::ALL.to_vec(),
+            Some(names) => {
+                let mut v = names
+                    .iter()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.parse::<Combo>().map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()
+                    .context("--only")?;
+                if v.is_empty() {
+                    bail!("--only: name at least one combination");
+                }
+                v.sort_unstable();
+                v.dedup();
+                if let Some(c) = v.iter().find(|c| !c.compiled()) {
+                    bail!(
+                        "--only: {c} needs RocksDB, which this build leaves out; rebuild with \
+                         `--features rocksdb` (cargo run --release -p raftkit-bench --features \
+                         rocksdb -- ...)"
+                    );
+                }
+                v
+            }
+        };
+        let (combos, skipped) = requested.into_iter().partition(|c| c.compiled());
+        let clients = list(
+            self.clients.as_deref(),
+            if q { &[1, 256][..] } else { &[1, 16, 64, 256][..] },
+            |s| parse_count("clients", s),
+        )?;
+        let payloads = list(
+            self.payloads.as_deref(),
+            if q { &[256][..] } else { &[16, 256, 4096][..] },
+            parse_size,
+        )?;
+        let compare_clients = list(
+            self.compare_clients.as_deref(),
+            if q { &[1, 256][..] } else { &[1, 256, 4096][..] },
+            |s| parse_count("compare-clients", s),
+        )?;
+        let parts = match &self.parts {
+            None => Part::ALL.to_vec(),
+            Some(names) => {
+                let mut v = Vec::new();
+                for n in names.iter().filter(|s| !s.trim().is_empty()) {
+                    let n = n.trim().to_ascii_lowercase();
+                    let p = Part::ALL.into_iter().find(|p| p.name() == n).with_context(|| {
+                        format!(
+                            "--parts: unknown part `{n}`; expected matrix, compare, core or memory"
+                        )
+                    })?;
+                    v.push(p);
+                }
+                if v.is_empty() {
+                    bail!("--parts: name at least one part");
+                }
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        };
+        if clients.is_empty() || payloads.is_empty() || compare_clients.is_empty() {
+            bail!("--clients, --payloads and --compare-clients need at least one value each");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match self.threads {
+            None => cores,
+            Some(n) if (1..=1024).contains(&n) => n,
+            Some(n) => bail!("--threads: {n} is out of range (1 to 1024)"),
+        };
+        let data_parent = match &self.data_dir {
+            Some(d) => {
+                if !d.is_dir() {
+                    bail!("--data-dir {}: not an existing directory", d.display());
+                }
+                d.clone()
+            }
+            None => std::env::temp_dir(),
+        };
+        if self.out.exists() && !self.out.is_dir() {
+            bail!("--out {}: exists and is not a directory", self.out.display());
+        }
+        Ok(Plan {
+            quick: q,
+            measure,
+            warmup,
+            out: self.out.clone(),
+            data_parent,
+            combos,
+            skipped,
+            clients,
+            payloads,
+            compare_clients,
+            memory,
+            core: if q { Duration::from_millis(300) } else { Duration::from_secs(3) },
+            fsync_samples: if q { 50 } else { 200 },
+            rtt_samples: if q { 200 } else { 1000 },
+            parts,
+            threads,
+            seed: self.seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Plan> {
+        let mut argv = vec!["raftkit-bench"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).map_err(anyhow::Error::from)?.plan()
+    }
+
+    #[test]
+    fn defaults_and_quick() {
+        let full = args(&[]).unwrap();
+        assert_eq!(full.clients, vec![1, 16, 64, 256]);
+        assert_eq!(full.payloads, vec![16, 256, 4096]);
+        assert_eq!(full.combos.len() + full.skipped.len(), 6);
+        let quick = args(&["--quick"]).unwrap();
+        assert_eq!(quick.clients, vec![1, 256]);
+        assert!(quick.measure < full.measure);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16").unwrap(), 16);
+        assert_eq!(parse_size("4KiB").unwrap(), 4096);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert!(parse_size("4XB").is_err());
+        assert!(parse_size("99999999999MiB").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(args(&["--clients", "0"]).is_err());
+        assert!(args(&["--clients", "abc"]).is_err());
+        assert!(args(&["--secs", "-1"]).is_err());
+        assert!(args(&["--secs", "NaN"]).is_err());
+        assert!(args(&["--only", "mem+sqlite"]).is_err());
+        assert!(args(&["--only", ","]).is_err());
+        assert!(args(&["--parts", "everything"]).is_err());
+        let e = args(&["--data-dir", "/definitely/not/here"]).unwrap_err();
+        assert!(e.to_string().contains("not an existing directory"), "{e}");
+    }
+
+    #[test]
+    fn only_selects_and_dedups() {
+        let p = args(&["--only", "quic+redb,mem+mem,quic+redb"]).unwrap();
+        let names: Vec<&str> = p.combos.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["mem+mem", "quic+redb"]);
+        if !cfg!(feature = "rocksdb") {
+            let e = args(&["--only", "quic+rocksdb"]).unwrap_err();
+            assert!(format!("{e:#}").contains("--features rocksdb"), "{e:#}");
+        }
+    }
+}

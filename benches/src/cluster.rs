@@ -1,0 +1,199 @@
+//! Starting a 3-node cluster of any adapter combination, and reading its stores' counters.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use raftkit::{Config, LogStore, Network, NodeId, Raft, StateMachine};
+use raftkit_mem::{MemLogStore, MemNetwork, MemRouter};
+use raftkit_quic::{AddressBook, CertAuthority, QuicConfig, QuicNetwork};
+use raftkit_redb::RedbLogStore;
+
+/// The members of every benchmark cluster.
+pub const MEMBERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
+/// Durable-commit counters of a log store, summed over nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Durable commits: fsyncs for redb, WAL-synced batches for RocksDB, `write` calls for the
+    /// memory store (which does not fsync).
+    pub syncs: u64,
+    /// Entries appended, when the store counts them.
+    pub entries: Option<u64>,
+}
+
+impl std::ops::Add for StoreCounters {
+    type Output = StoreCounters;
+
+    fn add(self, o: StoreCounters) -> StoreCounters {
+        StoreCounters {
+            syncs: self.syncs + o.syncs,
+            entries: self.entries.zip(o.entries).map(|(a, b)| a + b),
+        }
+    }
+}
+
+/// A log store the harness can benchmark: cloneable (clones share the data, so the harness
+/// keeps one to read counters) and able to report its commits.
+pub trait BenchStore: LogStore + Clone {
+    /// What its `syncs` counter counts.
+    const SYNC_KIND: &'static str;
+
+    /// Opens a fresh store for node `id` under `dir`.
+    fn open(dir: &Path, id: NodeId) -> Result<Self>;
+
+    /// The counters so far.
+    fn counters(&self) -> StoreCounters;
+}
+
+impl BenchStore for MemLogStore {
+    const SYNC_KIND: &'static str = "write batches (no fsync)";
+
+    fn open(_dir: &Path, _id: NodeId) -> Result<Self> {
+        Ok(MemLogStore::new())
+    }
+
+    fn counters(&self) -> StoreCounters {
+        StoreCounters { syncs: self.write_count(), entries: None }
+    }
+}
+
+impl BenchStore for RedbLogStore {
+    const SYNC_KIND: &'static str = "redb commits (one fsync each)";
+
+    fn open(dir: &Path, id: NodeId) -> Result<Self> {
+        let path = dir.join(format!("node-{}.redb", id.0));
+        RedbLogStore::open(&path).with_context(|| format!("opening redb at {}", path.display()))
+    }
+
+    fn counters(&self) -> StoreCounters {
+        let s = self.stats();
+        StoreCounters { syncs: s.commits, entries: Some(s.entries) }
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+impl BenchStore for raftkit_rocksdb::RocksLogStore {
+    const SYNC_KIND: &'static str = "RocksDB WAL-synced batches";
+
+    fn open(dir: &Path, id: NodeId) -> Result<Self> {
+        let path = dir.join(format!("node-{}.rocksdb", id.0));
+        raftkit_rocksdb::RocksLogStore::open(&path)
+            .with_context(|| format!("opening RocksDB at {}", path.display()))
+    }
+
+    fn counters(&self) -> StoreCounters {
+        let s = self.stats();
+        StoreCounters { syncs: s.commits, entries: Some(s.entries) }
+    }
+}
+
+/// A running cluster and clones of its stores.
+pub struct Cluster<N: Network, L: BenchStore, S: StateMachine> {
+    /// The nodes, in id order (node `i` has id `i + 1`).
+    pub nodes: Vec<Raft<N, L, S>>,
+    stores: Vec<L>,
+}
+
+impl<N: Network, L: BenchStore, S: StateMachine> Cluster<N, L, S> {
+    /// Starts one node per network endpoint (ids 1, 2, 3), each with a fresh store under
+    /// `dir` and a state machine from `sm`, with `Config::new` defaults and `seed`.
+    pub async fn start(
+        nets: Vec<N>,
+        dir: &Path,
+        seed: u64,
+        sm: impl Fn() -> S,
+    ) -> Result<Cluster<N, L, S>> {
+        let mut nodes = Vec::new();
+        let mut stores = Vec::new();
+        for (net, id) in nets.into_iter().zip(MEMBERS) {
+            let store = L::open(dir, id)?;
+            let mut config = Config::new(id, MEMBERS);
+            config.seed = seed;
+            let node = Raft::start(config, net, store.clone(), sm())
+                .await
+                .with_context(|| format!("starting node {id}"))?;
+            nodes.push(node);
+            stores.push(store);
+        }
+        Ok(Cluster { nodes, stores })
+    }
+
+    /// Waits until every node follows the same leader and that leader has committed an entry
+    /// of its term; returns the leader's position in `nodes`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let metrics: Vec<_> = self.nodes.iter().map(|n| n.metrics().borrow().clone()).collect();
+            if let Some(l) = metrics[0].leader {
+                let agreed = metrics.iter().all(|m| m.leader == Some(l));
+                if let Some(pos) = MEMBERS.iter().position(|m| *m == l) {
+                    let lm = &metrics[pos];
+                    if agreed && lm.role == raftkit::Role::Leader && lm.applied.0 > 0 {
+                        return Ok(pos);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no stable leader within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The stores' counters summed over the nodes, with entries taken from the nodes' last log
+    /// index where the store does not count them.
+    pub fn counters(&self) -> StoreCounters {
+        let sum = self
+            .stores
+            .iter()
+            .map(BenchStore::counters)
+            .fold(StoreCounters { syncs: 0, entries: Some(0) }, |a, b| a + b);
+        match sum.entries {
+            Some(_) => sum,
+            None => StoreCounters {
+                syncs: sum.syncs,
+                entries: Some(
+                    self.nodes.iter().map(|n| n.metrics().borrow().last_log.index.0).sum(),
+                ),
+            },
+        }
+    }
+
+    /// The highest current term among the nodes (it rises with every election).
+    pub fn max_term(&self) -> u64 {
+        self.nodes.iter().map(|n| n.metrics().borrow().term.0).max().unwrap_or(0)
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) -> Result<()> {
+        for n in &self.nodes {
+            n.shutdown().await.with_context(|| format!("stopping node {}", n.id()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Three in-memory network endpoints on one router.
+pub fn mem_networks(seed: u64) -> Vec<MemNetwork> {
+    let router = MemRouter::new(seed);
+    MEMBERS.iter().map(|id| router.network(*id)).collect()
+}
+
+/// Three QUIC endpoints on 127.0.0.1 (ports picked by the OS), with a fresh CA and one shared
+/// address book. Must run inside the Tokio runtime.
+pub fn quic_networks() -> Result<Vec<QuicNetwork>> {
+    let ca = CertAuthority::generate().context("generating a CA")?;
+    let book = AddressBook::new();
+    let mut nets = Vec::new();
+    for id in MEMBERS {
+        let certs = ca.node_certs(id).with_context(|| format!("issuing a certificate for {id}"))?;
+        let listen = "127.0.0.1:0".parse().context("loopback address")?;
+        let net =
+            QuicNetwork::bind(QuicConfig::new(id, listen, certs).with_addresses(book.clone()))
+                .with_context(|| format!("binding the QUIC endpoint of {id}"))?;
+        book.insert(id, net.local_addr());
+        nets.push(net);
+    }
+    Ok(nets)
+}

@@ -1,0 +1,107 @@
+//! The adapter combinations the harness benchmarks: a network and a log store.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// How the three nodes talk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Net {
+    /// `raftkit_mem::MemNetwork`: in-process channels, messages passed by value.
+    Mem,
+    /// `raftkit_quic::QuicNetwork` over loopback UDP with mutual TLS.
+    Quic,
+}
+
+/// Where each node keeps its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Store {
+    /// `raftkit_mem::MemLogStore`: memory only, no fsync.
+    Mem,
+    /// `raftkit_redb::RedbLogStore`: one redb file, an fsync per commit.
+    Redb,
+    /// `raftkit_rocksdb::RocksLogStore`: RocksDB with a synced write-ahead log.
+    Rocksdb,
+}
+
+/// One network paired with one log store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Combo {
+    /// The network.
+    pub net: Net,
+    /// The log store.
+    pub store: Store,
+}
+
+impl Combo {
+    /// Every combination, in report order.
+    pub const ALL: [Combo; 6] = [
+        Combo { net: Net::Mem, store: Store::Mem },
+        Combo { net: Net::Mem, store: Store::Redb },
+        Combo { net: Net::Mem, store: Store::Rocksdb },
+        Combo { net: Net::Quic, store: Store::Mem },
+        Combo { net: Net::Quic, store: Store::Redb },
+        Combo { net: Net::Quic, store: Store::Rocksdb },
+    ];
+
+    /// The name used on the command line and in reports, such as `quic+redb`.
+    pub fn name(self) -> &'static str {
+        match (self.net, self.store) {
+            (Net::Mem, Store::Mem) => "mem+mem",
+            (Net::Mem, Store::Redb) => "mem+redb",
+            (Net::Mem, Store::Rocksdb) => "mem+rocksdb",
+            (Net::Quic, Store::Mem) => "quic+mem",
+            (Net::Quic, Store::Redb) => "quic+redb",
+            (Net::Quic, Store::Rocksdb) => "quic+rocksdb",
+        }
+    }
+
+    /// Whether this build can run it (RocksDB needs the `rocksdb` feature).
+    pub fn compiled(self) -> bool {
+        self.store != Store::Rocksdb || cfg!(feature = "rocksdb")
+    }
+
+    /// Whether the log store fsyncs (so the durable-latency target applies).
+    pub fn durable(self) -> bool {
+        self.store != Store::Mem
+    }
+}
+
+impl Default for Combo {
+    /// `mem+mem`.
+    fn default() -> Combo {
+        Combo::ALL[0]
+    }
+}
+
+impl fmt::Display for Combo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Combo {
+    type Err = String;
+
+    /// Parses `net+store` (or `net/store`), case-insensitive, such as `quic+redb`.
+    fn from_str(s: &str) -> Result<Combo, String> {
+        let norm = s.trim().to_ascii_lowercase().replace('/', "+");
+        Combo::ALL.into_iter().find(|c| c.name() == norm).ok_or_else(|| {
+            let names: Vec<&str> = Combo::ALL.iter().map(|c| c.name()).collect();
+            format!("unknown combination `{s}`; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for c in Combo::ALL {
+            assert_eq!(c.name().parse::<Combo>(), Ok(c));
+        }
+        assert_eq!("MEM/Redb".parse::<Combo>().map(Combo::name), Ok("mem+redb"));
+        assert!("mem+sqlite".parse::<Combo>().unwrap_err().contains("expected one of"));
+    }
+}

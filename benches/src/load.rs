@@ -1,0 +1,220 @@
+//! The load generator: closed-loop clients writing to the leader, one measurement point at a
+//! time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use raftkit::{Network, Raft, StateMachine, WriteError};
+
+use crate::cluster::{BenchStore, Cluster, MEMBERS, StoreCounters};
+use crate::process;
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+/// The result of one point: a number of clients writing payloads of one size for a while.
+#[derive(Clone, Debug, Default)]
+pub struct PointResult {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Payload bytes per command (0: an empty command).
+    pub payload: usize,
+    /// Writes acknowledged during the measured window.
+    pub commits: u64,
+    /// Length of the measured window.
+    pub elapsed: Duration,
+    /// Latency of each acknowledged write, in microseconds.
+    pub latency: LatencyUs,
+    /// Writes that failed (other than redirects to the leader).
+    pub errors: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// `NotLeader` answers followed.
+    pub redirects: u64,
+    /// How much the highest term among the nodes rose during the window (0: no election).
+    pub term_increase: u64,
+    /// Durable commits during the window, summed over the three nodes.
+    pub syncs: u64,
+    /// Entries appended during the window, summed over the three nodes.
+    pub entries: u64,
+    /// CPU time (user + system) of the whole process during the window.
+    pub cpu: Duration,
+    /// Peak RSS of the process during the window (see `peak_rss_scope`).
+    pub peak_rss: Option<u64>,
+    /// Whether `peak_rss` covers only this window (the peak could be reset) or the whole run.
+    pub peak_rss_scoped: bool,
+}
+
+impl PointResult {
+    /// Commits per second.
+    pub fn throughput(&self) -> f64 {
+        self.commits as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Durable commits per second, per node.
+    pub fn syncs_per_sec(&self) -> f64 {
+        self.syncs as f64 / 3.0 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Entries per durable commit (averaged over the nodes).
+    pub fn entries_per_sync(&self) -> f64 {
+        if self.syncs == 0 { 0.0 } else { self.entries as f64 / self.syncs as f64 }
+    }
+
+    /// CPU use as a share of one core (2.0 = two cores busy).
+    pub fn cpu_cores(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Latency percentiles, in microseconds (zero when nothing was measured).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencyUs {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Slowest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl LatencyUs {
+    fn of(h: &Histogram<u64>) -> LatencyUs {
+        if h.is_empty() {
+            return LatencyUs::default();
+        }
+        LatencyUs {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// Latencies from 1 µs to 100 s at 3 significant figures.
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).context("making a latency histogram")
+}
+
+struct ClientOutcome {
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    redirects: u64,
+    last_error: Option<String>,
+}
+
+/// One client: writes `command(id)` in a loop to whoever it believes leads, following
+/// `NotLeader` redirects, until told to stop. Latencies are recorded while measuring.
+async fn client<N: Network, L: BenchStore, S: StateMachine>(
+    id: usize,
+    nodes: Arc<Vec<Raft<N, L, S>>>,
+    mut leader: usize,
+    command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
+    phase: Arc<AtomicU8>,
+) -> Result<ClientOutcome> {
+    let mut out =
+        ClientOutcome { hist: histogram()?, ok: 0, errors: 0, redirects: 0, last_error: None };
+    loop {
+        if phase.load(Ordering::Relaxed) == STOP {
+            return Ok(out);
+        }
+        let cmd = command(id);
+        let t = Instant::now();
+        match nodes[leader].client_write(cmd).await {
+            Ok(_) => {
+                if phase.load(Ordering::Relaxed) == MEASURE {
+                    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                    out.hist.saturating_record(us);
+                    out.ok += 1;
+                }
+            }
+            Err(WriteError::NotLeader { leader: hint }) => {
+                out.redirects += 1;
+                match hint.and_then(|l| MEMBERS.iter().position(|m| *m == l)) {
+                    Some(pos) if pos != leader => leader = pos,
+                    _ => {
+                        // No leader known yet (an election): try the next node shortly.
+                        leader = (leader + 1) % nodes.len();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                out.errors += 1;
+                out.last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// Runs `clients` closed-loop clients against `cluster` for `warmup` (unmeasured) then
+/// `measure`, and reports throughput, latency, store commits, CPU time and peak memory of the
+/// measured window. `command(client)` makes each command; `payload` is only recorded.
+pub async fn run_point<N: Network, L: BenchStore, S: StateMachine>(
+    cluster: &Cluster<N, L, S>,
+    leader: usize,
+    clients: usize,
+    payload: usize,
+    command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<PointResult> {
+    let nodes = Arc::new(cluster.nodes.clone());
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let tasks: Vec<_> = (0..clients)
+        .map(|id| tokio::spawn(client(id, nodes.clone(), leader, command.clone(), phase.clone())))
+        .collect();
+    tokio::time::sleep(warmup).await;
+
+    let scoped = process::reset_peak_rss();
+    let term0 = cluster.max_term();
+    let before: StoreCounters = cluster.counters();
+    let cpu0 = process::cpu_time();
+    let t0 = Instant::now();
+    phase.store(MEASURE, Ordering::Relaxed);
+    tokio::time::sleep(measure).await;
+    phase.store(STOP, Ordering::Relaxed);
+    let elapsed = t0.elapsed();
+    let cpu = process::cpu_time().saturating_sub(cpu0);
+    let after = cluster.counters();
+    let term_increase = cluster.max_term().saturating_sub(term0);
+    let peak_rss = process::peak_rss();
+
+    let mut hist = histogram()?;
+    let mut r = PointResult {
+        clients,
+        payload,
+        elapsed,
+        cpu,
+        peak_rss,
+        peak_rss_scoped: scoped,
+        term_increase,
+        syncs: after.syncs.saturating_sub(before.syncs),
+        entries: after.entries.unwrap_or(0).saturating_sub(before.entries.unwrap_or(0)),
+        ..PointResult::default()
+    };
+    for t in tasks {
+        let o = t.await.context("a client task panicked")??;
+        hist.add(&o.hist).context("merging latency histograms")?;
+        r.commits += o.ok;
+        r.errors += o.errors;
+        r.redirects += o.redirects;
+        if o.last_error.is_some() {
+            r.last_error = o.last_error;
+        }
+    }
+    r.latency = LatencyUs::of(&hist);
+    Ok(r)
+}

@@ -1,0 +1,873 @@
+//! The results of a run, the targets judged against them, and the markdown report.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::combo::{Combo, Net};
+use crate::load::PointResult;
+use crate::machine::Machine;
+use crate::process::mib;
+
+/// openraft's in-process benchmark (3 nodes, memory store, function-call network, empty
+/// payload) on a 2-core machine: (clients, commits/s).
+pub const OPENRAFT_REFERENCE: [(usize, f64); 3] =
+    [(1, 16_000.0), (256, 640_000.0), (4096, 690_000.0)];
+/// Our targets for the same setup: (clients, commits/s).
+pub const COMPARE_TARGETS: [(usize, f64); 2] = [(1, 32_000.0), (256, 950_000.0)];
+/// The core alone must commit at least this many 256 B entries per second.
+pub const CORE_TARGET: f64 = 2_000_000.0;
+/// The batch size the core target is judged at (what 256 clients give one driver turn).
+pub const CORE_TARGET_BATCH: usize = 256;
+/// Durable over QUIC: single-client p50 at most this many × (fsync + QUIC round trip).
+pub const DURABLE_LATENCY_FACTOR: f64 = 3.0;
+/// Durable over QUIC: 256 clients must reach this many × the single-client throughput.
+pub const GROUP_COMMIT_FACTOR: f64 = 50.0;
+/// The memory check calls RSS flat when the last quartile's mean is within this factor of the
+/// first quartile's.
+pub const FLAT_FACTOR: f64 = 1.10;
+
+/// One combination's points.
+#[derive(Clone, Debug, Default)]
+pub struct ComboResult {
+    /// The combination.
+    pub combo: Combo,
+    /// What the store's commit counter counts.
+    pub sync_kind: &'static str,
+    /// Time from starting the nodes to a leader with a committed entry.
+    pub startup: Duration,
+    /// The points measured, in order.
+    pub points: Vec<PointResult>,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// The core alone at one batch size.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreResult {
+    /// Entries proposed per round.
+    pub batch: usize,
+    /// Entry payload size.
+    pub entry_bytes: usize,
+    /// Entries committed.
+    pub commits: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl CoreResult {
+    /// Commits per second.
+    pub fn throughput(&self) -> f64 {
+        self.commits as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One RSS sample of the memory check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemorySample {
+    /// Time since the run started.
+    pub at: Duration,
+    /// Resident set size of the process.
+    pub rss: u64,
+    /// The leader's last log index.
+    pub last_index: u64,
+    /// The leader's last purged index (log compaction).
+    pub purged_index: u64,
+}
+
+/// The memory check: RSS while the log grows.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryResult {
+    /// What the configuration lets the cluster hold in memory.
+    pub budget: MemoryBudget,
+    /// Clients.
+    pub clients: usize,
+    /// Payload bytes.
+    pub payload: usize,
+    /// `Config::snapshot_every` of the run.
+    pub snapshot_every: u64,
+    /// The run's figures.
+    pub point: PointResult,
+    /// RSS over time.
+    pub samples: Vec<MemorySample>,
+}
+
+/// The memory the configuration of the memory check bounds, per node, plus what the process
+/// held before the cluster started. Each field is a configured cap (or derived from one), not a
+/// measurement; together they are the most the cluster should ever hold.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryBudget {
+    /// Nodes in the process.
+    pub nodes: usize,
+    /// RSS before the cluster started (runtime, allocator, the harness itself).
+    pub baseline: u64,
+    /// `Config::entry_cache_bytes`.
+    pub entry_cache: u64,
+    /// The log store's own cache (redb's page cache).
+    pub store_cache: u64,
+    /// `Config::max_inflight_bytes` to each of the other nodes (a leader's replication window).
+    pub inflight: u64,
+    /// Entries gathered into one log write and handed out for applying: `max_proposal_batch`
+    /// plus four `max_apply_batch`es (the core's bound on what is handed out but not applied),
+    /// at the check's entry size.
+    pub batches: u64,
+    /// The state machine: one key per client.
+    pub state: u64,
+}
+
+impl MemoryBudget {
+    /// Per node.
+    pub fn per_node(&self) -> u64 {
+        self.entry_cache + self.store_cache + self.inflight + self.batches + self.state
+    }
+
+    /// The whole process.
+    pub fn total(&self) -> u64 {
+        self.baseline + self.nodes as u64 * self.per_node()
+    }
+}
+
+impl MemoryResult {
+    /// The highest RSS sampled.
+    pub fn peak(&self) -> u64 {
+        self.samples.iter().map(|s| s.rss).max().unwrap_or(0)
+    }
+
+    /// Mean RSS of the first and last quarter of all the samples.
+    pub fn quartiles(&self) -> Option<(f64, f64)> {
+        quartile_means(&self.samples)
+    }
+
+    /// The samples from the first log compaction on: by then the entry cache, the store's
+    /// cache and the log have filled up to their configured bounds, so this is the steady
+    /// state in which "flat as the log grows" is judged. Empty if the log was never compacted.
+    pub fn steady(&self) -> &[MemorySample] {
+        let from =
+            self.samples.iter().position(|s| s.purged_index > 0).unwrap_or(self.samples.len());
+        &self.samples[from..]
+    }
+
+    /// Mean RSS of the first and last quarter of the [`steady`](Self::steady) samples.
+    pub fn steady_quartiles(&self) -> Option<(f64, f64)> {
+        quartile_means(self.steady())
+    }
+}
+
+fn quartile_means(samples: &[MemorySample]) -> Option<(f64, f64)> {
+    let n = samples.len();
+    if n < 4 {
+        return None;
+    }
+    let q = n / 4;
+    let mean = |s: &[MemorySample]| s.iter().map(|x| x.rss as f64).sum::<f64>() / s.len() as f64;
+    Some((mean(&samples[..q]), mean(&samples[n - q..])))
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    /// When the run started.
+    pub started: Option<SystemTime>,
+    /// How the harness was invoked.
+    pub command_line: String,
+    /// Quick mode.
+    pub quick: bool,
+    /// Measured time per point.
+    pub measure: Duration,
+    /// Warm-up per point.
+    pub warmup: Duration,
+    /// The machine.
+    pub machine: Machine,
+    /// Combinations not compiled in.
+    pub skipped: Vec<Combo>,
+    /// The matrix.
+    pub combos: Vec<ComboResult>,
+    /// The openraft comparison.
+    pub compare: Vec<PointResult>,
+    /// Why the comparison failed, if it did.
+    pub compare_error: Option<String>,
+    /// The core alone.
+    pub core: Vec<CoreResult>,
+    /// Why the core measure failed, if it did.
+    pub core_error: Option<String>,
+    /// The memory check.
+    pub memory: Option<MemoryResult>,
+    /// Why the memory check failed, if it did.
+    pub memory_error: Option<String>,
+    /// Wall time of the whole run.
+    pub wall: Duration,
+}
+
+/// Whether a target was met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Met.
+    Met,
+    /// Not met.
+    NotMet,
+    /// Not measured in this run (part not run, point not in the plan, or it failed).
+    NotMeasured,
+    /// Needs a feature this build lacks.
+    Skipped,
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Verdict {
+        if ok { Verdict::Met } else { Verdict::NotMet }
+    }
+
+    /// The word shown in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Met => "**met**",
+            Verdict::NotMet => "**not met**",
+            Verdict::NotMeasured => "not measured",
+            Verdict::Skipped => "skipped (build with `--features rocksdb`)",
+        }
+    }
+}
+
+/// One target: what it asks, what was measured, and the verdict.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The target, in words.
+    pub what: String,
+    /// The measured figure, in words.
+    pub figure: String,
+    /// Met or not.
+    pub verdict: Verdict,
+}
+
+/// `1234567.8` → `1,234,568`.
+pub fn thousands(v: f64) -> String {
+    let n = v.round().max(0.0) as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Microseconds as `850 µs` or `1.25 ms`.
+pub fn micros(us: f64) -> String {
+    if us < 1000.0 { format!("{us:.0} µs") } else { format!("{:.2} ms", us / 1000.0) }
+}
+
+fn dur(d: Duration) -> String {
+    micros(d.as_secs_f64() * 1e6)
+}
+
+/// The UTC date (`YYYY-MM-DD`) of a time.
+pub fn date(t: SystemTime) -> String {
+    let days = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The UTC time of day (`HH:MM:SS`).
+fn time_of_day(t: SystemTime) -> String {
+    let s = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn point(points: &[PointResult], clients: usize, payload: usize) -> Option<&PointResult> {
+    points.iter().find(|p| p.clients == clients && p.payload == payload && p.commits > 0)
+}
+
+impl Results {
+    /// The payload the durable targets are judged at: 256 B if measured, else the smallest.
+    fn durable_payload(&self) -> Option<usize> {
+        let mut sizes: Vec<usize> =
+            self.combos.iter().flat_map(|c| c.points.iter().map(|p| p.payload)).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        if sizes.contains(&256) { Some(256) } else { sizes.first().copied() }
+    }
+
+    /// Every target with its verdict.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        for (clients, target) in COMPARE_TARGETS {
+            let reference = OPENRAFT_REFERENCE.iter().find(|r| r.0 == clients).map_or(0.0, |r| r.1);
+            let what = format!(
+                "mem+mem, empty payload, {clients} client{}: ≥ {} commits/s ({:.1}× openraft's {})",
+                if clients == 1 { "" } else { "s" },
+                thousands(target),
+                target / reference,
+                thousands(reference)
+            );
+            t.push(match point(&self.compare, clients, 0) {
+                Some(p) => Target {
+                    what,
+                    figure: format!(
+                        "{} commits/s ({:.2}× openraft)",
+                        thousands(p.throughput()),
+                        p.throughput() / reference
+                    ),
+                    verdict: Verdict::of(p.throughput() >= target),
+                },
+                None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+            });
+        }
+        let what = format!(
+            "core alone (3 simulated nodes, no IO, {} B entries, batches of {CORE_TARGET_BATCH}): ≥ {} commits/s",
+            crate::run::CORE_ENTRY_BYTES,
+            thousands(CORE_TARGET)
+        );
+        t.push(match self.core.iter().find(|c| c.batch == CORE_TARGET_BATCH) {
+            Some(c) => Target {
+                what,
+                figure: format!("{} commits/s", thousands(c.throughput())),
+                verdict: Verdict::of(c.throughput() >= CORE_TARGET),
+            },
+            None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+        });
+        let m = &self.machine;
+        let bound = |fsync: Duration| {
+            DURABLE_LATENCY_FACTOR * (fsync + m.quic_rtt.median).as_secs_f64() * 1e6
+        };
+        let payload = self.durable_payload();
+        for combo in Combo::ALL.into_iter().filter(|c| c.durable() && c.net == Net::Quic) {
+            let found = self.combos.iter().find(|c| c.combo == combo);
+            let skipped = self.skipped.contains(&combo);
+            let pl = payload.map_or_else(|| "256 B".to_string(), |p| format!("{p} B"));
+            let single = found.zip(payload).and_then(|(c, pl)| point(&c.points, 1, pl));
+            let fsyncs =
+                [("fsync", m.fsync.median), ("fsync with 3 writers", m.fsync_concurrent.median)];
+            for (name, fsync) in fsyncs {
+                let what = format!(
+                    "{combo}, 1 client, {pl}: p50 ≤ {DURABLE_LATENCY_FACTOR} × ({name} {} + QUIC RTT {}) = {}",
+                    dur(fsync),
+                    dur(m.quic_rtt.median),
+                    micros(bound(fsync))
+                );
+                t.push(match (single, skipped) {
+                    (_, true) => Target { what, figure: "—".into(), verdict: Verdict::Skipped },
+                    (Some(p), _) => Target {
+                        what,
+                        figure: format!("p50 {}", micros(p.latency.p50 as f64)),
+                        verdict: Verdict::of((p.latency.p50 as f64) <= bound(fsync)),
+                    },
+                    (None, _) => {
+                        Target { what, figure: "—".into(), verdict: Verdict::NotMeasured }
+                    }
+                });
+            }
+            let what = format!(
+                "{combo}, {pl}: throughput at 256 clients ≥ {GROUP_COMMIT_FACTOR} × 1 client (group commit)"
+            );
+            let many = found.zip(payload).and_then(|(c, pl)| point(&c.points, 256, pl));
+            t.push(match (single, many, skipped) {
+                (_, _, true) => Target { what, figure: "—".into(), verdict: Verdict::Skipped },
+                (Some(one), Some(many), _) => {
+                    let ratio = many.throughput() / one.throughput().max(1e-9);
+                    Target {
+                        what,
+                        figure: format!(
+                            "{ratio:.1}× ({} vs {} commits/s)",
+                            thousands(many.throughput()),
+                            thousands(one.throughput())
+                        ),
+                        verdict: Verdict::of(ratio >= GROUP_COMMIT_FACTOR),
+                    }
+                }
+                _ => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+            });
+        }
+        t.push(match &self.memory {
+            Some(m) if !m.samples.is_empty() => {
+                let b = &m.budget;
+                Target {
+                    what: "memory: peak RSS within what the configuration bounds (mem+redb; \
+                           baseline + nodes × (entry cache + store cache + in-flight window + \
+                           batches + state))"
+                        .into(),
+                    figure: format!(
+                        "peak {} ≤ {} = {} + {} × ({} + {} + {} + {} + {})",
+                        mib(m.peak()),
+                        mib(b.total()),
+                        mib(b.baseline),
+                        b.nodes,
+                        mib(b.entry_cache),
+                        mib(b.store_cache),
+                        mib(b.inflight),
+                        mib(b.batches),
+                        mib(b.state)
+                    ),
+                    verdict: Verdict::of(m.peak() <= b.total()),
+                }
+            }
+            _ => Target {
+                what: "memory: peak RSS within what the configuration bounds".into(),
+                figure: "—".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+        let what = format!(
+            "memory: RSS flat as the log grows (mem+redb; from the first log compaction on, \
+             last-quartile mean ≤ {FLAT_FACTOR} × first-quartile mean)"
+        );
+        t.push(match &self.memory {
+            Some(m) => {
+                let grown = |s: &[MemorySample]| {
+                    s.last().map_or(0, |x| x.last_index) - s.first().map_or(0, |x| x.last_index)
+                };
+                let whole = m.quartiles().map_or(String::new(), |(a, b)| {
+                    format!(
+                        "; whole run, start-up fill included: {} → {} ({:+.1} %)",
+                        mib(a as u64),
+                        mib(b as u64),
+                        (b / a - 1.0) * 100.0
+                    )
+                });
+                match m.steady_quartiles() {
+                    Some((first, last)) => Target {
+                        what,
+                        figure: format!(
+                            "{} → {} ({:+.1} %) while the log grew by {} entries{whole}",
+                            mib(first as u64),
+                            mib(last as u64),
+                            (last / first - 1.0) * 100.0,
+                            thousands(grown(m.steady()) as f64)
+                        ),
+                        verdict: Verdict::of(last <= first * FLAT_FACTOR),
+                    },
+                    // Before the first compaction the log and its caches are still filling up
+                    // to their configured bounds: growth then says nothing.
+                    None => Target {
+                        what,
+                        figure: format!(
+                            "too short to judge: fewer than 4 samples after the first log \
+                             compaction (give --memory-secs more time){whole}"
+                        ),
+                        verdict: Verdict::NotMeasured,
+                    },
+                }
+            }
+            None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+        });
+        t
+    }
+
+    /// The report file's name stem: `<date>` or `<date>-quick`.
+    pub fn stem(&self) -> String {
+        let d = date(self.started.unwrap_or(UNIX_EPOCH));
+        if self.quick { format!("{d}-quick") } else { d }
+    }
+
+    /// The markdown report.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let started = self.started.unwrap_or(UNIX_EPOCH);
+        let _ = writeln!(s, "# raftkit benchmark results, {}\n", date(started));
+        let _ = writeln!(
+            s,
+            "Run `{}` at {} UTC; {} mode, {} s measured per point after {} s of warm-up; \
+             `{}` build; the whole run took {:.0} s.\n",
+            self.command_line,
+            time_of_day(started),
+            if self.quick { "quick (smoke-check)" } else { "full" },
+            self.measure.as_secs_f64(),
+            self.warmup.as_secs_f64(),
+            self.machine.profile,
+            self.wall.as_secs_f64()
+        );
+        if self.quick || self.machine.profile == "debug" {
+            let _ = writeln!(
+                s,
+                "> These figures come from a quick and/or debug-profile run: they check that \
+                 every combination works, not how fast it is.\n"
+            );
+        }
+        self.machine_section(&mut s);
+        self.targets_section(&mut s);
+        self.compare_section(&mut s);
+        self.core_section(&mut s);
+        self.matrix_section(&mut s);
+        self.memory_section(&mut s);
+        self.notes_section(&mut s);
+        s
+    }
+
+    fn machine_section(&self, s: &mut String) {
+        let m = &self.machine;
+        let _ = writeln!(s, "## Machine\n\n| | |\n|---|---|");
+        let _ = writeln!(s, "| CPU | {} ({} cores available) |", m.cpu, m.cores);
+        let _ = writeln!(s, "| memory | {:.1} GiB |", m.memory as f64 / (1u64 << 30) as f64);
+        let _ = writeln!(s, "| kernel | {} |", m.kernel);
+        let _ = writeln!(s, "| data directory | `{}`: {} |", m.data_dir.display(), m.file_system);
+        let _ = writeln!(
+            s,
+            "| fsync (4 KiB append + fdatasync, one writer) | median {}, p99 {}, min {} ({} samples) |",
+            dur(m.fsync.median),
+            dur(m.fsync.p99),
+            dur(m.fsync.min),
+            m.fsync.samples
+        );
+        let _ = writeln!(
+            s,
+            "| fsync, three writers at once (one file each, as the three nodes) | median {}, p99 {}, min {} ({} samples) |",
+            dur(m.fsync_concurrent.median),
+            dur(m.fsync_concurrent.p99),
+            dur(m.fsync_concurrent.min),
+            m.fsync_concurrent.samples
+        );
+        let _ = writeln!(
+            s,
+            "| loopback QUIC round trip (raftkit-quic, heartbeat echoed) | median {}, p99 {}, min {} ({} samples) |",
+            dur(m.quic_rtt.median),
+            dur(m.quic_rtt.p99),
+            dur(m.quic_rtt.min),
+            m.quic_rtt.samples
+        );
+        let _ = writeln!(s, "| build profile | {} |\n", m.profile);
+    }
+
+    fn targets_section(&self, s: &mut String) {
+        let _ = writeln!(s, "## Targets\n\nReported, never asserted.\n");
+        let _ = writeln!(s, "| target | measured | verdict |\n|---|---|---|");
+        for t in self.targets() {
+            let _ = writeln!(s, "| {} | {} | {} |", t.what, t.figure, t.verdict.label());
+        }
+        let _ = writeln!(s);
+    }
+
+    fn compare_section(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "## Like-for-like with openraft\n\nSame setup as openraft's in-process benchmark: 3 \
+             nodes, memory log store, in-process network (`MemNetwork`, messages passed by \
+             value), empty commands (`NoopSm`, a command is the codec's single version byte), \
+             closed-loop clients writing to the leader. openraft's figures are its published \
+             reference on a 2-core machine, not re-measured here. *CPU*: cores busy (the \
+             whole process); *entries/write*: entries per log-store write, averaged over the \
+             nodes (how much the engine batches).\n"
+        );
+        if let Some(e) = &self.compare_error {
+            let _ = writeln!(s, "Failed: {e}\n");
+        }
+        if self.compare.is_empty() {
+            let _ = writeln!(s, "Not run.\n");
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "| clients | raftkit commits/s | p50 | p99 | CPU | entries/write | openraft commits/s | raftkit / openraft | our target |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for p in &self.compare {
+            let reference = OPENRAFT_REFERENCE.iter().find(|r| r.0 == p.clients).map(|r| r.1);
+            let target = COMPARE_TARGETS.iter().find(|r| r.0 == p.clients).map(|r| r.1);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |",
+                p.clients,
+                thousands(p.throughput()),
+                micros(p.latency.p50 as f64),
+                micros(p.latency.p99 as f64),
+                p.cpu_cores(),
+                p.entries_per_sync(),
+                reference.map_or("—".into(), thousands),
+                reference.map_or("—".into(), |r| format!("{:.2}×", p.throughput() / r)),
+                target.map_or("—".into(), |t| format!("≥ {}", thousands(t))),
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    fn core_section(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "## The core alone\n\nThree `RaftCore`s, no IO: messages delivered at once, writes \
+             acknowledged at once, entries applied at once. Each round proposes a batch of {} B \
+             entries on the leader and runs until all three nodes are idle.\n",
+            crate::run::CORE_ENTRY_BYTES
+        );
+        if let Some(e) = &self.core_error {
+            let _ = writeln!(s, "Failed: {e}\n");
+        }
+        if self.core.is_empty() {
+            let _ = writeln!(s, "Not run.\n");
+            return;
+        }
+        let _ = writeln!(s, "| batch | commits/s | ns per commit |\n|---:|---:|---:|");
+        for c in &self.core {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} |",
+                c.batch,
+                thousands(c.throughput()),
+                1e9 / c.throughput().max(1e-9)
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    fn matrix_section(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "## Adapter combinations\n\n3 nodes, `Config::new` defaults, `MemKv` state machine \
+             (each client puts its own key, so the state stays small), closed-loop clients \
+             writing to the leader. *commits/s*: acknowledged writes per second. *syncs/s*: \
+             durable commits per second per node (for the memory store: `write` calls, which \
+             do not fsync). *entries/sync*: entries appended per durable commit. *CPU*: user + \
+             system time of the whole process (all three nodes and the clients) per second of \
+             wall time (2.0 = both cores busy). *peak RSS*: of the whole process during the \
+             point. *errors*: writes that failed other than `NotLeader` redirects (after a \
+             leader change, for example); a note under the table gives the last error and the \
+             elections during the point.\n"
+        );
+        for c in &self.combos {
+            let _ = writeln!(s, "### {}\n", c.combo);
+            if !c.sync_kind.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "Store commits counted: {}. Cluster start to first commit: {:.2} s.\n",
+                    c.sync_kind,
+                    c.startup.as_secs_f64()
+                );
+            }
+            if let Some(e) = &c.error {
+                let _ = writeln!(s, "**Failed**: {e}\n");
+            }
+            if c.points.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| clients | payload | commits/s | p50 | p99 | p99.9 | syncs/s | entries/sync | CPU | peak RSS | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            for p in &c.points {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} B | {} | {} | {} | {} | {} | {:.1} | {:.2} | {}{} | {} |",
+                    p.clients,
+                    p.payload,
+                    thousands(p.throughput()),
+                    micros(p.latency.p50 as f64),
+                    micros(p.latency.p99 as f64),
+                    micros(p.latency.p999 as f64),
+                    thousands(p.syncs_per_sec()),
+                    p.entries_per_sync(),
+                    p.cpu_cores(),
+                    p.peak_rss.map_or("—".into(), mib),
+                    if p.peak_rss_scoped { "" } else { " (since start)" },
+                    p.errors,
+                );
+            }
+            let _ = writeln!(s);
+            for p in c.points.iter().filter(|p| p.errors > 0 || p.term_increase > 0) {
+                let _ = writeln!(
+                    s,
+                    "- {} clients, {} B: {} failed writes{}, {} `NotLeader` redirects, term rose \
+                     by {} (elections) during the window.",
+                    p.clients,
+                    p.payload,
+                    p.errors,
+                    p.last_error.as_ref().map_or(String::new(), |e| format!(" (last: {e})")),
+                    p.redirects,
+                    p.term_increase
+                );
+            }
+            if c.points.iter().any(|p| p.errors > 0 || p.term_increase > 0) {
+                let _ = writeln!(s);
+            }
+        }
+        for c in &self.skipped {
+            let _ = writeln!(s, "### {c}\n\nSkipped (build with `--features rocksdb`).\n");
+        }
+    }
+
+    fn memory_section(&self, s: &mut String) {
+        let _ = writeln!(s, "## Memory as the log grows\n");
+        if let Some(e) = &self.memory_error {
+            let _ = writeln!(s, "Failed: {e}\n");
+        }
+        let Some(m) = &self.memory else {
+            let _ = writeln!(s, "Not run.\n");
+            return;
+        };
+        let b = &m.budget;
+        let _ = writeln!(
+            s,
+            "mem+redb, {} clients, {} B payloads, {:.0} s: {} commits/s. Process RSS sampled {} \
+             times, peak {}. What the configuration (`Config::new` defaults) bounds, per node: \
+             the entry cache (`entry_cache_bytes`, {}), redb's page cache ({}), the replication \
+             window to the other nodes (`max_inflight_bytes` each, {} in all), proposal and \
+             apply batches ({}) and the state ({}); with {} nodes and {} before the cluster \
+             started, {} in all. The log itself is compacted every {} entries \
+             (`snapshot_every`).\n",
+            m.clients,
+            m.payload,
+            m.point.elapsed.as_secs_f64(),
+            thousands(m.point.throughput()),
+            m.samples.len(),
+            mib(m.peak()),
+            mib(b.entry_cache),
+            mib(b.store_cache),
+            mib(b.inflight),
+            mib(b.batches),
+            mib(b.state),
+            b.nodes,
+            mib(b.baseline),
+            mib(b.total()),
+            thousands(m.snapshot_every as f64),
+        );
+        let _ = writeln!(
+            s,
+            "| time | RSS | leader's last index | purged up to |\n|---:|---:|---:|---:|"
+        );
+        let n = m.samples.len();
+        let step = (n / 10).max(1);
+        for (i, x) in m.samples.iter().enumerate() {
+            if i % step == 0 || i + 1 == n {
+                let _ = writeln!(
+                    s,
+                    "| {:.1} s | {} | {} | {} |",
+                    x.at.as_secs_f64(),
+                    mib(x.rss),
+                    thousands(x.last_index as f64),
+                    thousands(x.purged_index as f64)
+                );
+            }
+        }
+        if let Some((first, last)) = m.quartiles() {
+            let _ = writeln!(
+                s,
+                "\nWhole run: first-quartile mean {}, last-quartile mean {} ({:+.1} %; the first \
+                 quarter includes the start-up fill).",
+                mib(first as u64),
+                mib(last as u64),
+                (last / first - 1.0) * 100.0
+            );
+        }
+        match m.steady_quartiles() {
+            Some((first, last)) => {
+                let _ = writeln!(
+                    s,
+                    "From the first log compaction on ({} samples): first-quartile mean {}, \
+                     last-quartile mean {} ({:+.1} %): {}.\n",
+                    m.steady().len(),
+                    mib(first as u64),
+                    mib(last as u64),
+                    (last / first - 1.0) * 100.0,
+                    if last <= first * FLAT_FACTOR { "flat" } else { "growing" }
+                );
+            }
+            None => {
+                let _ = writeln!(s, "Not judged: the run ended before the log was compacted.\n");
+            }
+        }
+    }
+
+    fn notes_section(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "## Notes\n\n- All three nodes and all clients share one process and its {} cores, \
+             so CPU and memory figures cover the whole cluster.\n- Latency is measured by each \
+             client from calling `client_write` to its answer (committed and applied on the \
+             leader); percentiles come from an HDR histogram (1 µs to 100 s, 3 significant \
+             digits).\n- Every combination runs all its points on one cluster, so durable logs \
+             grow from point to point; warm-up time before each point is not measured.\n- The \
+             allocator keeps memory freed by earlier points, so a point's peak RSS includes \
+             what earlier points used; the memory check runs first for that reason.\n- \
+             The files were produced by `raftkit-bench`; see `benches/README.md`.",
+            self.machine.cores
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(date(UNIX_EPOCH), "1970-01-01");
+        assert_eq!(date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29");
+        assert_eq!(date(UNIX_EPOCH + Duration::from_secs(1_700_000_000)), "2023-11-14");
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(micros(850.0), "850 µs");
+        assert_eq!(micros(1250.0), "1.25 ms");
+    }
+
+    #[test]
+    fn memory_is_judged_from_the_first_compaction() {
+        let sample = |i: u64, rss: u64, purged: u64| MemorySample {
+            at: Duration::from_secs(i),
+            rss: rss << 20,
+            last_index: i * 1000,
+            purged_index: purged,
+        };
+        // A fill from 10 to 100 MiB, then flat after the first compaction.
+        let mut samples: Vec<MemorySample> = (0..4).map(|i| sample(i, 10 + 30 * i, 0)).collect();
+        samples.extend((4..20).map(|i| sample(i, 100 + i % 2, 500)));
+        let m = MemoryResult { samples, ..MemoryResult::default() };
+        let (first, last) = m.quartiles().unwrap();
+        assert!(last > first * FLAT_FACTOR, "the whole run looks like growth");
+        assert_eq!(m.steady().len(), 16);
+        let (first, last) = m.steady_quartiles().unwrap();
+        assert!(last <= first * FLAT_FACTOR);
+        let r = Results { memory: Some(m), ..Results::default() };
+        let t = r.targets().into_iter().find(|t| t.what.starts_with("memory: RSS flat")).unwrap();
+        assert_eq!(t.verdict, Verdict::Met, "{}", t.figure);
+        assert!(t.figure.contains("whole run"), "{}", t.figure);
+    }
+
+    #[test]
+    fn peak_memory_is_judged_against_the_configured_bound() {
+        let sample = |rss_mib: u64| MemorySample {
+            at: Duration::ZERO,
+            rss: rss_mib << 20,
+            last_index: 0,
+            purged_index: 0,
+        };
+        let budget = MemoryBudget {
+            nodes: 3,
+            baseline: 10 << 20,
+            entry_cache: 64 << 20,
+            store_cache: 64 << 20,
+            inflight: 64 << 20,
+            batches: 6 << 20,
+            state: 1 << 20,
+        };
+        assert_eq!(budget.total(), (10 + 3 * 199) << 20);
+        let judge = |peak: u64| {
+            let m = MemoryResult {
+                budget,
+                samples: vec![sample(50), sample(peak)],
+                ..Default::default()
+            };
+            let r = Results { memory: Some(m), ..Results::default() };
+            r.targets().into_iter().find(|t| t.what.starts_with("memory: peak")).unwrap()
+        };
+        assert_eq!(judge(600).verdict, Verdict::Met, "{}", judge(600).figure);
+        assert_eq!(judge(700).verdict, Verdict::NotMet, "{}", judge(700).figure);
+        assert!(judge(600).figure.contains("peak 600.0 MiB"), "{}", judge(600).figure);
+    }
+
+    #[test]
+    fn empty_results_render_without_panicking() {
+        let r = Results::default();
+        let md = r.markdown();
+        assert!(md.contains("## Targets"));
+        assert!(r.targets().iter().all(|t| t.verdict == Verdict::NotMeasured));
+    }
+}

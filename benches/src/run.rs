@@ -1,0 +1,431 @@
+//! The whole harness, step by step: machine facts, the combination matrix, the openraft
+//! comparison, the core alone and the memory check. A failing combination is reported and the
+//! run goes on with the next.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use raftkit::Network;
+use raftkit_mem::{KvCommand, MemKv, MemLogStore, MemNetwork};
+use raftkit_quic::QuicNetwork;
+use raftkit_redb::RedbLogStore;
+
+use crate::cli::{Part, Plan};
+use crate::cluster::{self, BenchStore, Cluster};
+use crate::combo::{Combo, Net, Store};
+use crate::core_sim::CoreCluster;
+use crate::load::{self, PointResult};
+use crate::machine;
+use crate::noop::NoopSm;
+use crate::process;
+use crate::report::{ComboResult, CoreResult, MemoryResult, MemorySample, Results};
+
+/// How long a new cluster may take to elect a leader.
+const ELECTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// Batch sizes of the core-alone measure (the target is judged at 256).
+pub const CORE_BATCHES: [usize; 4] = [1, 64, 256, 4096];
+/// Entry size of the core-alone measure.
+pub const CORE_ENTRY_BYTES: usize = 256;
+/// Clients and payload of the memory check.
+pub const MEMORY_CLIENTS: usize = 64;
+/// Payload of the memory check.
+pub const MEMORY_PAYLOAD: usize = 256;
+
+/// Prints a line above the progress bar (or to stderr when the bar is hidden, as in CI).
+#[allow(clippy::print_stderr)]
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+fn point_line(name: &str, p: &PointResult) -> String {
+    let errors = if p.errors > 0 { format!(", {} errors", p.errors) } else { String::new() };
+    format!(
+        "  {name:<13} {:>5} clients {:>5} B: {:>10.0} commits/s  p50 {:>7} µs  p99 {:>7} µs{errors}",
+        p.clients,
+        p.payload,
+        p.throughput(),
+        p.latency.p50,
+        p.latency.p99
+    )
+}
+
+/// Runs every part of `plan`, showing progress, and returns the results (not yet written).
+pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let steps =
+        1 + if plan.runs(Part::Matrix) {
+            plan.combos.len() * plan.clients.len() * plan.payloads.len()
+        } else {
+            0
+        } + if plan.runs(Part::Compare) { plan.compare_clients.len() } else { 0 }
+            + if plan.runs(Part::Core) { CORE_BATCHES.len() } else { 0 }
+            + usize::from(plan.runs(Part::Memory));
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg}")
+            .context("progress bar template")?,
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    let data = tempfile::Builder::new()
+        .prefix("raftkit-bench-")
+        .tempdir_in(&plan.data_parent)
+        .with_context(|| format!("creating a data directory in {}", plan.data_parent.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.threads)
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+
+    bar.set_message("measuring the machine (fsync, QUIC round trip)");
+    let mut machine = machine::describe(&plan.data_parent);
+    machine.fsync = machine::measure_fsync(data.path(), plan.fsync_samples)
+        .context("measuring fsync latency")?;
+    machine.fsync_concurrent =
+        machine::measure_fsync_concurrent(data.path(), plan.fsync_samples, 3)
+            .context("measuring fsync latency with three writers")?;
+    machine.quic_rtt = rt
+        .block_on(machine::measure_quic_rtt(plan.rtt_samples))
+        .context("measuring the loopback QUIC round trip")?;
+    say(
+        &bar,
+        format!(
+            "machine: {} cores, fsync median {:?} (3 writers: {:?}), QUIC round trip median {:?}",
+            machine.cores,
+            machine.fsync.median,
+            machine.fsync_concurrent.median,
+            machine.quic_rtt.median
+        ),
+    );
+    bar.inc(1);
+
+    let mut results = Results {
+        started: Some(started),
+        command_line,
+        quick: plan.quick,
+        measure: plan.measure,
+        warmup: plan.warmup,
+        machine,
+        skipped: plan.skipped.clone(),
+        ..Results::default()
+    };
+
+    // The memory check runs first, while the heap holds nothing from earlier parts (the
+    // allocator keeps freed memory, so later RSS readings include what earlier parts used).
+    if plan.runs(Part::Memory) {
+        let dir = data.path().join("memory-check");
+        let r = std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .and_then(|()| rt.block_on(memory_check(plan, &dir, &bar)));
+        match r {
+            Ok(m) => results.memory = Some(m),
+            Err(e) => {
+                say(&bar, format!("  memory check FAILED: {e:#}"));
+                results.memory_error = Some(format!("{e:#}"));
+            }
+        }
+        bar.inc(1);
+    }
+
+    if plan.runs(Part::Matrix) {
+        for combo in &plan.combos {
+            let dir = data.path().join(combo.name());
+            let r = std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", dir.display()))
+                .map(|()| rt.block_on(bench_combo(*combo, plan, &dir, &bar)));
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => ComboResult {
+                    combo: *combo,
+                    error: Some(format!("{e:#}")),
+                    ..Default::default()
+                },
+            };
+            if let Some(e) = &r.error {
+                say(&bar, format!("  {combo}: FAILED: {e}"));
+                // Keep the bar's count right when a combination stops early.
+                let missing = plan.clients.len() * plan.payloads.len() - r.points.len();
+                bar.inc(missing as u64);
+            }
+            results.combos.push(r);
+            // Free the disk space as we go.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    if plan.runs(Part::Compare) {
+        let r = rt.block_on(compare(plan, &bar));
+        match r {
+            Ok(points) => results.compare = points,
+            Err(e) => {
+                say(&bar, format!("  openraft comparison FAILED: {e:#}"));
+                results.compare_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    if plan.runs(Part::Core) {
+        bar.set_message("core alone (3 simulated nodes, no IO)");
+        for batch in CORE_BATCHES {
+            let r = core_alone(batch, plan.core);
+            match r {
+                Ok(c) => {
+                    say(
+                        &bar,
+                        format!(
+                            "  core alone, batch {batch:>4}: {:>10.0} commits/s",
+                            c.throughput()
+                        ),
+                    );
+                    results.core.push(c);
+                }
+                Err(e) => results.core_error = Some(format!("{e:#}")),
+            }
+            bar.inc(1);
+        }
+    }
+
+    // Close QUIC sockets and node tasks before the data directory goes away.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    data.close().context("removing the data directory")?;
+    bar.finish_and_clear();
+    results.wall = clock.elapsed();
+    Ok(results)
+}
+
+/// Runs every point of one combination on one cluster.
+async fn bench_combo(combo: Combo, plan: &Plan, dir: &Path, bar: &ProgressBar) -> ComboResult {
+    let mut out = ComboResult { combo, ..Default::default() };
+    let r = match (combo.net, combo.store) {
+        (Net::Mem, Store::Mem) => {
+            matrix::<MemNetwork, MemLogStore>(
+                cluster::mem_networks(plan.seed),
+                combo,
+                plan,
+                dir,
+                bar,
+                &mut out,
+            )
+            .await
+        }
+        (Net::Mem, Store::Redb) => {
+            matrix::<MemNetwork, RedbLogStore>(
+                cluster::mem_networks(plan.seed),
+                combo,
+                plan,
+                dir,
+                bar,
+                &mut out,
+            )
+            .await
+        }
+        (Net::Quic, Store::Mem) => match cluster::quic_networks() {
+            Ok(nets) => {
+                matrix::<QuicNetwork, MemLogStore>(nets, combo, plan, dir, bar, &mut out).await
+            }
+            Err(e) => Err(e),
+        },
+        (Net::Quic, Store::Redb) => match cluster::quic_networks() {
+            Ok(nets) => {
+                matrix::<QuicNetwork, RedbLogStore>(nets, combo, plan, dir, bar, &mut out).await
+            }
+            Err(e) => Err(e),
+        },
+        #[cfg(feature = "rocksdb")]
+        (Net::Mem, Store::Rocksdb) => {
+            matrix::<MemNetwork, raftkit_rocksdb::RocksLogStore>(
+                cluster::mem_networks(plan.seed),
+                combo,
+                plan,
+                dir,
+                bar,
+                &mut out,
+            )
+            .await
+        }
+        #[cfg(feature = "rocksdb")]
+        (Net::Quic, Store::Rocksdb) => match cluster::quic_networks() {
+            Ok(nets) => {
+                matrix::<QuicNetwork, raftkit_rocksdb::RocksLogStore>(
+                    nets, combo, plan, dir, bar, &mut out,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        #[cfg(not(feature = "rocksdb"))]
+        (_, Store::Rocksdb) => {
+            Err(anyhow::anyhow!("RocksDB is not compiled in (build with --features rocksdb)"))
+        }
+    };
+    if let Err(e) = r {
+        out.error = Some(format!("{e:#}"));
+    }
+    out
+}
+
+/// The matrix of one combination: every payload × every client count, on one cluster.
+async fn matrix<N: Network, L: BenchStore>(
+    nets: Vec<N>,
+    combo: Combo,
+    plan: &Plan,
+    dir: &Path,
+    bar: &ProgressBar,
+    out: &mut ComboResult,
+) -> Result<()> {
+    out.sync_kind = L::SYNC_KIND;
+    bar.set_message(format!("{combo}: starting the cluster"));
+    let t = Instant::now();
+    let cluster = Cluster::<N, L, MemKv>::start(nets, dir, plan.seed, MemKv::new).await?;
+    let mut leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    out.startup = t.elapsed();
+    for &payload in &plan.payloads {
+        let value: Arc<str> = "x".repeat(payload).into();
+        for &clients in &plan.clients {
+            bar.set_message(format!("{combo}: {clients} clients, {payload} B"));
+            let value = value.clone();
+            // One key per client: the state machine stays small however long the run.
+            let command = Arc::new(move |c: usize| KvCommand::put(format!("client-{c}"), &*value));
+            let p = load::run_point(
+                &cluster,
+                leader,
+                clients,
+                payload,
+                command,
+                plan.warmup,
+                plan.measure,
+            )
+            .await
+            .with_context(|| format!("{clients} clients, {payload} B"))?;
+            say(bar, point_line(combo.name(), &p));
+            out.points.push(p);
+            bar.inc(1);
+            leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+        }
+    }
+    cluster.shutdown().await
+}
+
+/// The like-for-like openraft comparison: mem+mem, empty commands.
+async fn compare(plan: &Plan, bar: &ProgressBar) -> Result<Vec<PointResult>> {
+    bar.set_message("openraft comparison: starting mem+mem with empty commands");
+    let dir = std::env::temp_dir();
+    let cluster = Cluster::<MemNetwork, MemLogStore, NoopSm>::start(
+        cluster::mem_networks(plan.seed),
+        &dir,
+        plan.seed,
+        NoopSm::new,
+    )
+    .await?;
+    let mut leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    let mut points = Vec::new();
+    for &clients in &plan.compare_clients {
+        bar.set_message(format!("openraft comparison: {clients} clients, empty payload"));
+        let command = Arc::new(|_c: usize| ());
+        let p = load::run_point(&cluster, leader, clients, 0, command, plan.warmup, plan.measure)
+            .await
+            .with_context(|| format!("{clients} clients, empty payload"))?;
+        say(bar, point_line("compare", &p));
+        points.push(p);
+        bar.inc(1);
+        leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    }
+    cluster.shutdown().await?;
+    Ok(points)
+}
+
+/// The core alone at one batch size.
+fn core_alone(batch: usize, duration: Duration) -> Result<CoreResult> {
+    let mut c = CoreCluster::new(CORE_ENTRY_BYTES)?;
+    // A short unmeasured run fills the caches and settles the allocator.
+    c.run_for(batch, duration / 10)?;
+    let (commits, elapsed) = c.run_for(batch, duration)?;
+    Ok(CoreResult { batch, entry_bytes: CORE_ENTRY_BYTES, commits, elapsed })
+}
+
+/// A long mem+redb run with RSS sampled as the log grows.
+async fn memory_check(plan: &Plan, dir: &Path, bar: &ProgressBar) -> Result<MemoryResult> {
+    bar.set_message(format!(
+        "memory check: mem+redb, {MEMORY_CLIENTS} clients, {MEMORY_PAYLOAD} B for {:?}",
+        plan.memory
+    ));
+    let baseline = process::rss().unwrap_or(0);
+    let cluster = Cluster::<MemNetwork, RedbLogStore, MemKv>::start(
+        cluster::mem_networks(plan.seed),
+        dir,
+        plan.seed,
+        MemKv::new,
+    )
+    .await?;
+    let leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    let value: Arc<str> = "x".repeat(MEMORY_PAYLOAD).into();
+    let budget = memory_budget(baseline, cluster.nodes.len());
+    let command = Arc::new(move |c: usize| KvCommand::put(format!("client-{c}"), &*value));
+    let node = cluster.nodes[leader].clone();
+    let duration = plan.memory;
+    let sampler = async move {
+        let start = Instant::now();
+        let mut samples = Vec::new();
+        let every = (duration / 80).max(Duration::from_millis(50));
+        while start.elapsed() < duration {
+            let m = node.metrics().borrow().clone();
+            samples.push(MemorySample {
+                at: start.elapsed(),
+                rss: process::rss().unwrap_or(0),
+                last_index: m.last_log.index.0,
+                purged_index: m.purged.index.0,
+            });
+            tokio::time::sleep(every).await;
+        }
+        samples
+    };
+    let (point, samples) = tokio::join!(
+        load::run_point(
+            &cluster,
+            leader,
+            MEMORY_CLIENTS,
+            MEMORY_PAYLOAD,
+            command,
+            Duration::from_millis(1),
+            plan.memory,
+        ),
+        sampler
+    );
+    let point = point?;
+    say(bar, point_line("memory check", &point));
+    cluster.shutdown().await?;
+    Ok(MemoryResult {
+        budget,
+        clients: MEMORY_CLIENTS,
+        payload: MEMORY_PAYLOAD,
+        snapshot_every: raftkit::Config::new(raftkit::NodeId(1), [raftkit::NodeId(1)])
+            .snapshot_every,
+        point,
+        samples,
+    })
+}
+
+/// What the memory check's configuration (`Config::new` defaults, redb's default options)
+/// lets `nodes` nodes hold, on top of `baseline`.
+fn memory_budget(baseline: u64, nodes: usize) -> crate::report::MemoryBudget {
+    let cfg = raftkit::Config::new(raftkit::NodeId(1), [raftkit::NodeId(1)]);
+    // An entry in memory: payload, key, command framing and the entry's own fields.
+    let entry = (MEMORY_PAYLOAD + 64) as u64;
+    crate::report::MemoryBudget {
+        nodes,
+        baseline,
+        entry_cache: cfg.entry_cache_bytes as u64,
+        store_cache: raftkit_redb::RedbOptions::default().cache_size as u64,
+        inflight: cfg.max_inflight_bytes as u64 * (nodes as u64 - 1),
+        batches: (cfg.max_proposal_batch as u64 + 4 * cfg.max_apply_batch as u64) * entry,
+        state: MEMORY_CLIENTS as u64 * entry,
+    }
+}

@@ -1,0 +1,249 @@
+//! The `kv` service's HTTP server (the protocol is in [`crate::protocol`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use raftkit::{Role, WriteError};
+use raftkit_mem::{KvCommand, KvOutput};
+use tokio::net::TcpListener;
+
+use crate::node::KvNode;
+use crate::protocol::{
+    CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest, MAX_VALUE_BYTES, NodeStatus,
+    PrevReply, PutRequest, StatusReply, validate,
+};
+
+/// What an API server serves: one node, or a whole in-process cluster.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Runs `cmd` through Raft.
+    async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
+    /// The status of the nodes served.
+    fn status(&self) -> Vec<NodeStatus>;
+}
+
+/// Serves one node: a follower answers `not_leader` and the client goes to the leader.
+pub struct SingleNode(pub Arc<dyn KvNode>);
+
+#[async_trait]
+impl Service for SingleNode {
+    async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
+        self.0.write(cmd).await
+    }
+
+    fn status(&self) -> Vec<NodeStatus> {
+        vec![node_status(&*self.0)]
+    }
+}
+
+/// Serves every node of an in-process cluster (the in-memory network) behind one address:
+/// commands go to whichever node leads.
+pub struct LocalCluster(pub Vec<Arc<dyn KvNode>>);
+
+#[async_trait]
+impl Service for LocalCluster {
+    async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
+        let mut last = WriteError::NotLeader { leader: None };
+        // Elections take a few hundred milliseconds; wait up to five seconds for a leader.
+        for _ in 0..50 {
+            if let Some(node) = self.0.iter().find(|n| n.metrics().role == Role::Leader) {
+                match node.write(cmd.clone()).await {
+                    Err(e @ WriteError::NotLeader { .. }) => last = e,
+                    other => return other,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    fn status(&self) -> Vec<NodeStatus> {
+        self.0.iter().map(|n| node_status(&**n)).collect()
+    }
+}
+
+/// A node's status as the protocol reports it.
+pub fn node_status(node: &dyn KvNode) -> NodeStatus {
+    let m = node.metrics();
+    NodeStatus {
+        id: m.id.0,
+        role: match m.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            _ => "unknown",
+        }
+        .to_string(),
+        term: m.term.0,
+        leader: m.leader.map(|l| l.0),
+        commit: m.commit.0,
+        applied: m.applied.0,
+        last_log: m.last_log.index.0,
+        snapshot: m.snapshot.map(|s| s.index.0),
+        voters: m.voters.iter().map(|v| v.0).collect(),
+    }
+}
+
+/// An error reply.
+struct ApiError(StatusCode, ErrorReply);
+
+impl ApiError {
+    fn bad_request(error: impl Into<String>) -> ApiError {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorReply { kind: ErrorKind::BadRequest, error: error.into(), leader: None },
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        let error = e.to_string();
+        let (status, kind, leader) = match e {
+            WriteError::NotLeader { leader } => {
+                (StatusCode::MISDIRECTED_REQUEST, ErrorKind::NotLeader, leader.map(|l| l.0))
+            }
+            WriteError::Encode(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest, None),
+            WriteError::Shutdown | WriteError::Fatal(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable, None)
+            }
+            WriteError::Overwritten { .. } => (StatusCode::CONFLICT, ErrorKind::NotApplied, None),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::OutcomeUnknown, None),
+        };
+        ApiError(status, ErrorReply { kind, error, leader })
+    }
+}
+
+type Svc = State<Arc<dyn Service>>;
+
+async fn run(svc: &dyn Service, cmd: KvCommand) -> Result<KvOutput, ApiError> {
+    Ok(svc.execute(cmd).await?)
+}
+
+fn unexpected(out: KvOutput) -> ApiError {
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorReply {
+            kind: ErrorKind::OutcomeUnknown,
+            error: format!("the state machine answered {out:?}"),
+            leader: None,
+        },
+    )
+}
+
+async fn put(
+    State(svc): Svc,
+    req: Result<Json<PutRequest>, JsonRejection>,
+) -> Result<Json<PrevReply>, ApiError> {
+    let Json(req) = req?;
+    validate(&req.key, &[Some(&req.value)]).map_err(ApiError::bad_request)?;
+    match run(&*svc, KvCommand::put(req.key, req.value)).await? {
+        KvOutput::Prev(prev) => Ok(Json(PrevReply { prev })),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_key(
+    State(svc): Svc,
+    req: Result<Json<KeyRequest>, JsonRejection>,
+) -> Result<Json<GetReply>, ApiError> {
+    let Json(req) = req?;
+    validate(&req.key, &[]).map_err(ApiError::bad_request)?;
+    match run(&*svc, KvCommand::get(req.key)).await? {
+        KvOutput::Value(value) => Ok(Json(GetReply { value })),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn delete(
+    State(svc): Svc,
+    req: Result<Json<KeyRequest>, JsonRejection>,
+) -> Result<Json<PrevReply>, ApiError> {
+    let Json(req) = req?;
+    validate(&req.key, &[]).map_err(ApiError::bad_request)?;
+    match run(&*svc, KvCommand::delete(req.key)).await? {
+        KvOutput::Prev(prev) => Ok(Json(PrevReply { prev })),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn cas(
+    State(svc): Svc,
+    req: Result<Json<CasRequest>, JsonRejection>,
+) -> Result<Json<CasReply>, ApiError> {
+    let Json(req) = req?;
+    validate(&req.key, &[req.expected.as_deref(), req.new.as_deref()])
+        .map_err(ApiError::bad_request)?;
+    match run(&*svc, KvCommand::cas(req.key, req.expected, req.new)).await? {
+        KvOutput::Cas { swapped, current } => Ok(Json(CasReply { swapped, current })),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn status(State(svc): Svc) -> Json<StatusReply> {
+    Json(StatusReply { nodes: svc.status() })
+}
+
+/// The API's routes over `service`.
+pub fn router(service: Arc<dyn Service>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/put", post(put))
+        .route("/v1/get", post(get_key))
+        .route("/v1/delete", post(delete))
+        .route("/v1/cas", post(cas))
+        // A value at the limit, JSON-escaped, plus the key and the framing.
+        .layer(DefaultBodyLimit::max(2 * MAX_VALUE_BYTES + 64 * 1024))
+        .with_state(service)
+}
+
+/// A bound API server; [`ApiServer::run`] serves until `shutdown` resolves.
+pub struct ApiServer {
+    listener: TcpListener,
+    service: Arc<dyn Service>,
+}
+
+impl ApiServer {
+    /// Binds `addr` (port 0 picks a free port: see [`ApiServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr, service: Arc<dyn Service>) -> Result<ApiServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API address {addr}"))?;
+        Ok(ApiServer { listener, service })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves requests until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        axum::serve(self.listener, router(self.service))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the API")
+    }
+}

@@ -1,0 +1,256 @@
+//! `kv`: a replicated key-value service on raftkit, and its client.
+//!
+//! ```text
+//! kv certs --dir certs --nodes 1,2,3
+//! kv node --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
+//!         --api 127.0.0.1:8001 --data-dir data --certs-dir certs      # and nodes 2 and 3
+//! kv --nodes 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003 put greeting hello
+//! kv --nodes … get greeting
+//! ```
+//!
+//! See `examples/README.md` for every option and the HTTP protocol.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line program
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use raftkit::NodeId;
+use raftkit_examples::client::{ClientError, KvClient};
+use raftkit_examples::node::{LogKind, NetworkKind};
+use raftkit_examples::serve::{NodeOptions, RunningNode, TlsPaths, parse_peers};
+
+#[derive(Parser)]
+#[command(name = "kv", version, about = "A replicated key-value service on raftkit")]
+struct Cli {
+    /// The nodes' API addresses, for the client commands (given before the command).
+    #[arg(
+        long,
+        env = "KV_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
+    )]
+    nodes: Vec<SocketAddr>,
+    /// How long a client command may take, retries included (e.g. `10s`, `500ms`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a node (with `--network mem`: the whole cluster, in this process).
+    Node(NodeArgs),
+    /// Creates a cluster CA and a certificate per node in a directory.
+    Certs {
+        /// The directory to create them in (must not hold a CA already).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node ids, e.g. `1,2,3`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+    },
+    /// Sets a key; prints the previous value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Reads a key (linearizable: through the Raft log).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Removes a key; prints the previous value.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Compare-and-swap: sets KEY to --new (removes it without --new) if its value is
+    /// --expected (absent without --expected).
+    Cas {
+        /// The key.
+        key: String,
+        /// The value the key must have (omit: the key must be absent).
+        #[arg(long)]
+        expected: Option<String>,
+        /// The value to store (omit: remove the key).
+        #[arg(long)]
+        new: Option<String>,
+    },
+    /// Shows each node's role, term, leader and indexes.
+    Status,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's id.
+    #[arg(long)]
+    id: u64,
+    /// Every member's Raft (QUIC) address, this node's included: `1=host:port,2=host:port,…`.
+    #[arg(long, value_parser = parse_peers)]
+    peers: std::collections::BTreeMap<NodeId, SocketAddr>,
+    /// Where the QUIC endpoint listens (default: this node's address in --peers).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The HTTP API address (port 0: any free port; the address is printed).
+    #[arg(long)]
+    api: SocketAddr,
+    /// Where the log is kept (one file or directory per node).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The network: `quic` (between processes) or `mem` (every node in this process).
+    #[arg(long, default_value = "quic")]
+    network: NetworkKind,
+    /// The log store: `redb`, `rocksdb` (built with `--features rocksdb`) or `mem`.
+    #[arg(long, default_value = "redb")]
+    log: LogKind,
+    /// A directory made by `kv certs`.
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM), with --cert and --key instead of --certs-dir.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+/// Parses `250ms`, `10s` or `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 10s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long a duration")),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+fn show(value: &Option<String>) -> String {
+    match value {
+        Some(v) => v.clone(),
+        None => "(none)".to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_node(args: NodeArgs) -> Result<()> {
+    let opts = NodeOptions {
+        id: NodeId(args.id),
+        peers: args.peers,
+        listen: args.listen,
+        api: args.api,
+        data_dir: args.data_dir,
+        network: args.network,
+        log: args.log,
+        tls: TlsPaths { certs_dir: args.certs_dir, ca: args.ca, cert: args.cert, key: args.key },
+    };
+    let (network, log) = (opts.network, opts.log);
+    let node = RunningNode::start(opts).await?;
+    // Tests and scripts read this line to find the API.
+    println!(
+        "kv node {} ({network} network, {log} log) serving http://{}",
+        args.id,
+        node.api_addr()?
+    );
+    node.serve(shutdown_signal()).await
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut client = KvClient::new(cli.nodes, cli.timeout);
+    match cli.command {
+        Command::Node(args) => run_node(args).await?,
+        Command::Certs { dir, nodes } => {
+            let ids: Vec<NodeId> = nodes.iter().map(|n| NodeId(*n)).collect();
+            let files = raftkit_quic::generate_cluster(&dir, &ids)
+                .with_context(|| format!("creating certificates in {}", dir.display()))?;
+            println!("CA: {} (keep {} offline)", files.ca_cert.display(), files.ca_key.display());
+            for (id, cert, key) in files.nodes {
+                println!("node {}: {} {}", id.0, cert.display(), key.display());
+            }
+        }
+        Command::Put { key, value } => println!("{}", show(&client.put(&key, &value).await?)),
+        Command::Get { key } => println!("{}", show(&client.get(&key).await?)),
+        Command::Delete { key } => println!("{}", show(&client.delete(&key).await?)),
+        Command::Cas { key, expected, new } => {
+            let r = client.cas(&key, expected.as_deref(), new.as_deref()).await?;
+            let verdict = if r.swapped { "swapped" } else { "not swapped" };
+            println!("{verdict}; now {}", show(&r.current));
+        }
+        Command::Status => {
+            for (addr, status) in client.status().await {
+                match status {
+                    Ok(s) => {
+                        for n in s.nodes {
+                            println!(
+                                "{addr}  node {}  {:<13} term {:<4} leader {:<4} commit {:<8} applied {:<8} last log {:<8} snapshot {}",
+                                n.id,
+                                n.role,
+                                n.term,
+                                n.leader.map_or("-".into(), |l| l.to_string()),
+                                n.commit,
+                                n.applied,
+                                n.last_log,
+                                n.snapshot.map_or("-".into(), |s| s.to_string()),
+                            );
+                        }
+                    }
+                    Err(e) => println!("{addr}  unreachable: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    raftkit_examples::init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kv: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kv: {e:#}");
+            // 3: the write may have happened; 1: it did not, or the command failed otherwise.
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::OutcomeUnknown(_)) => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}

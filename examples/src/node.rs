@@ -1,0 +1,237 @@
+//! Picking adapters at run time: [`NetworkKind`] × [`LogKind`] → a running [`KvNode`].
+//!
+//! `Raft<N, L, S>` is generic, so a program that chooses its adapters from the command line
+//! needs one place that names every combination. [`start_node`] is that place; everything
+//! else talks to the node through the object-safe [`KvNode`] trait.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use raftkit::{Config, Fatal, LogStore, Network, NodeId, Raft, RaftMetrics, WriteError};
+use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemNetwork};
+use raftkit_quic::QuicNetwork;
+use raftkit_redb::RedbLogStore;
+
+/// Which network a node uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkKind {
+    /// QUIC with mutual TLS between processes (or within one).
+    Quic,
+    /// The in-memory network: every node of the cluster in one process.
+    Mem,
+}
+
+/// Which log store a node uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    /// redb: one file per node, pure Rust (the default).
+    Redb,
+    /// RocksDB (needs the `rocksdb` feature of this crate).
+    Rocksdb,
+    /// In memory: nothing survives the process.
+    Mem,
+}
+
+impl FromStr for NetworkKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NetworkKind, String> {
+        match s {
+            "quic" => Ok(NetworkKind::Quic),
+            "mem" => Ok(NetworkKind::Mem),
+            other => Err(format!("unknown network {other:?}: expected quic or mem")),
+        }
+    }
+}
+
+impl FromStr for LogKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogKind, String> {
+        match s {
+            "redb" => Ok(LogKind::Redb),
+            "rocksdb" => Ok(LogKind::Rocksdb),
+            "mem" => Ok(LogKind::Mem),
+            other => Err(format!("unknown log store {other:?}: expected redb, rocksdb or mem")),
+        }
+    }
+}
+
+impl fmt::Display for NetworkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetworkKind::Quic => "quic",
+            NetworkKind::Mem => "mem",
+        })
+    }
+}
+
+impl fmt::Display for LogKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogKind::Redb => "redb",
+            LogKind::Rocksdb => "rocksdb",
+            LogKind::Mem => "mem",
+        })
+    }
+}
+
+/// A network endpoint already created for a node.
+pub enum NodeNetwork {
+    /// A bound QUIC endpoint.
+    Quic(QuicNetwork),
+    /// An endpoint on a [`raftkit_mem::MemRouter`].
+    Mem(MemNetwork),
+}
+
+/// A log store opened for a node.
+#[derive(Clone)]
+pub enum NodeLog {
+    /// redb.
+    Redb(RedbLogStore),
+    /// RocksDB.
+    #[cfg(feature = "rocksdb")]
+    Rocksdb(raftkit_rocksdb::RocksLogStore),
+    /// In memory. Keep a clone to restart the node on the same log.
+    Mem(MemLogStore),
+}
+
+/// The file (or directory) under `data_dir` that holds node `id`'s log for `kind`.
+pub fn log_path(kind: LogKind, data_dir: &Path, id: NodeId) -> PathBuf {
+    match kind {
+        LogKind::Redb => data_dir.join(format!("node-{}.redb", id.0)),
+        LogKind::Rocksdb => data_dir.join(format!("node-{}.rocksdb", id.0)),
+        LogKind::Mem => data_dir.to_path_buf(),
+    }
+}
+
+impl NodeLog {
+    /// Opens (or creates) node `id`'s log of `kind` under `data_dir`.
+    ///
+    /// A store that is still held by a node stopping in this process is retried for up to
+    /// five seconds (redb and RocksDB lock their files).
+    pub async fn open(kind: LogKind, data_dir: &Path, id: NodeId) -> Result<NodeLog> {
+        if kind != LogKind::Mem {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        }
+        let path = log_path(kind, data_dir, id);
+        let mut attempts = 0;
+        loop {
+            let opened = match kind {
+                LogKind::Mem => return Ok(NodeLog::Mem(MemLogStore::new())),
+                LogKind::Redb => RedbLogStore::open(&path).map(NodeLog::Redb),
+                #[cfg(feature = "rocksdb")]
+                LogKind::Rocksdb => {
+                    raftkit_rocksdb::RocksLogStore::open(&path).map(NodeLog::Rocksdb)
+                }
+                #[cfg(not(feature = "rocksdb"))]
+                LogKind::Rocksdb => anyhow::bail!(
+                    "this program was built without RocksDB; rebuild with `--features rocksdb`"
+                ),
+            };
+            match opened {
+                Ok(log) => return Ok(log),
+                Err(e) if attempts < 50 && e.to_string().contains("lock") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening the log {}", path.display()));
+                }
+            }
+        }
+    }
+
+    /// Durable writes (fsyncs) so far, and entries appended, where the store counts them.
+    pub fn sync_stats(&self) -> Option<(u64, u64)> {
+        match self {
+            NodeLog::Redb(s) => Some((s.stats().commits, s.stats().entries)),
+            #[cfg(feature = "rocksdb")]
+            NodeLog::Rocksdb(s) => Some((s.stats().commits, s.stats().entries)),
+            NodeLog::Mem(_) => None,
+        }
+    }
+}
+
+/// A running key-value node, whatever its adapters.
+#[async_trait]
+pub trait KvNode: Send + Sync {
+    /// The node's id.
+    fn id(&self) -> NodeId;
+    /// Its current metrics.
+    fn metrics(&self) -> RaftMetrics;
+    /// Proposes `cmd` and waits for its output (see [`Raft::client_write`]).
+    async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
+    /// Stops gracefully (see [`Raft::shutdown`]).
+    async fn shutdown(&self) -> Result<(), Fatal>;
+    /// Stops at once, as if the process died (see [`Raft::kill`]).
+    async fn kill(&self);
+}
+
+#[async_trait]
+impl<N: Network, L: LogStore> KvNode for Raft<N, L, MemKv> {
+    fn id(&self) -> NodeId {
+        Raft::id(self)
+    }
+
+    fn metrics(&self) -> RaftMetrics {
+        Raft::metrics(self).borrow().clone()
+    }
+
+    async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
+        self.client_write(cmd).await
+    }
+
+    async fn shutdown(&self) -> Result<(), Fatal> {
+        Raft::shutdown(self).await
+    }
+
+    async fn kill(&self) {
+        Raft::kill(self).await
+    }
+}
+
+/// Starts a node on `network` and `log` with a fresh in-memory key-value state machine, which
+/// the engine rebuilds from the log's snapshot and entries.
+pub async fn start_node(
+    config: Config,
+    network: NodeNetwork,
+    log: NodeLog,
+    kv: MemKv,
+) -> Result<Arc<dyn KvNode>> {
+    match network {
+        NodeNetwork::Quic(net) => with_log(config, net, log, kv).await,
+        NodeNetwork::Mem(net) => with_log(config, net, log, kv).await,
+    }
+}
+
+async fn with_log<N: Network>(
+    config: Config,
+    net: N,
+    log: NodeLog,
+    kv: MemKv,
+) -> Result<Arc<dyn KvNode>> {
+    let id = config.id;
+    let node: Arc<dyn KvNode> = match log {
+        NodeLog::Redb(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+        #[cfg(feature = "rocksdb")]
+        NodeLog::Rocksdb(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+        NodeLog::Mem(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+    };
+    tracing::info!(node = %id, "started");
+    Ok(node)
+}
+
+/// The engine configuration the examples use: the defaults, plus a snapshot every 10,000
+/// applied entries so the log does not grow forever.
+pub fn example_config(id: NodeId, members: &[NodeId]) -> Config {
+    let mut config = Config::new(id, members.iter().copied());
+    config.snapshot_every = 10_000;
+    config
+}

@@ -1,0 +1,198 @@
+//! `kv node`: runs a key-value node (or, on the in-memory network, a whole cluster) behind the
+//! HTTP API.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use raftkit::NodeId;
+use raftkit_mem::{MemKv, MemRouter};
+use raftkit_quic::{AddressBook, NodeCerts, QuicConfig, QuicNetwork};
+
+use crate::api::{ApiServer, LocalCluster, Service, SingleNode};
+use crate::node::{KvNode, LogKind, NetworkKind, NodeLog, NodeNetwork, example_config, start_node};
+
+/// Parses a peer list `1=127.0.0.1:7001,2=127.0.0.1:7002,…` (ids are positive integers, each
+/// listed once).
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("peer {item:?} is not of the form <id>=<host:port>"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer {item:?}: the id {id:?} is not a positive integer"))?;
+        if id == 0 {
+            return Err(format!("peer {item:?}: node ids start at 1"));
+        }
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("peer {item:?}: the address {addr:?} is not valid: {e}"))?;
+        if peers.insert(NodeId(id), addr).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("the peer list is empty".into());
+    }
+    Ok(peers)
+}
+
+/// Parses a comma-separated list of socket addresses.
+pub fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs = s
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| a.parse().map_err(|e| format!("{a:?} is not a host:port address: {e}")))
+        .collect::<Result<Vec<SocketAddr>, String>>()?;
+    if addrs.is_empty() {
+        return Err("no addresses given".into());
+    }
+    Ok(addrs)
+}
+
+/// Where a node's TLS material comes from.
+#[derive(Clone, Debug, Default)]
+pub struct TlsPaths {
+    /// A directory made by `kv certs` (`ca.pem`, `node-<id>.pem`, `node-<id>.key`).
+    pub certs_dir: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    /// Loads node `id`'s certificates: from the three files if given, else from the directory.
+    pub fn load(&self, id: NodeId) -> Result<NodeCerts> {
+        match (&self.ca, &self.cert, &self.key, &self.certs_dir) {
+            (Some(ca), Some(cert), Some(key), _) => Ok(NodeCerts::load(ca, cert, key)?),
+            (None, None, None, Some(dir)) => Ok(NodeCerts::load_from_dir(dir, id)?),
+            (None, None, None, None) => {
+                bail!(
+                    "QUIC needs certificates: pass --certs-dir (made by `kv certs`) or --ca, --cert and --key"
+                )
+            }
+            _ => bail!("pass all three of --ca, --cert and --key, or only --certs-dir"),
+        }
+    }
+}
+
+/// Everything `kv node` needs.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id (on the in-memory network: the node whose data the API reports first).
+    pub id: NodeId,
+    /// Every member's Raft address, this node's included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where this node's QUIC endpoint listens (default: its address in `peers`).
+    pub listen: Option<SocketAddr>,
+    /// The HTTP API address (port 0: any free port, printed at start).
+    pub api: SocketAddr,
+    /// Where the log lives (not needed for the in-memory log).
+    pub data_dir: Option<PathBuf>,
+    /// The network adapter.
+    pub network: NetworkKind,
+    /// The log store adapter.
+    pub log: LogKind,
+    /// TLS material for QUIC.
+    pub tls: TlsPaths,
+}
+
+/// A started node (or in-process cluster) and its API server, ready to [`RunningNode::serve`].
+pub struct RunningNode {
+    nodes: Vec<Arc<dyn KvNode>>,
+    server: ApiServer,
+}
+
+impl RunningNode {
+    /// Validates `opts`, opens the log(s), binds the network and the API, and starts Raft.
+    pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
+        if !opts.peers.contains_key(&opts.id) {
+            bail!("--id {} is not in --peers", opts.id.0);
+        }
+        let data_dir = match (&opts.data_dir, opts.log) {
+            (Some(d), _) => d.clone(),
+            (None, LogKind::Mem) => PathBuf::new(),
+            (None, kind) => bail!("--log {kind} keeps data on disk: pass --data-dir"),
+        };
+        let members: Vec<NodeId> = opts.peers.keys().copied().collect();
+        let mut nodes = Vec::new();
+        let service: Arc<dyn Service> = match opts.network {
+            NetworkKind::Quic => {
+                let certs = opts.tls.load(opts.id).context("loading the TLS certificates")?;
+                let book: AddressBook = opts.peers.iter().map(|(i, a)| (*i, *a)).collect();
+                let listen = opts.listen.unwrap_or(opts.peers[&opts.id]);
+                let net =
+                    QuicNetwork::bind(QuicConfig::new(opts.id, listen, certs).with_addresses(book))
+                        .with_context(|| format!("binding the QUIC endpoint on {listen}"))?;
+                let log = NodeLog::open(opts.log, &data_dir, opts.id).await?;
+                let config = example_config(opts.id, &members);
+                let node = start_node(config, NodeNetwork::Quic(net), log, MemKv::new()).await?;
+                nodes.push(node.clone());
+                Arc::new(SingleNode(node))
+            }
+            NetworkKind::Mem => {
+                let router = MemRouter::new(opts.id.0);
+                for id in &members {
+                    let log = NodeLog::open(opts.log, &data_dir, *id).await?;
+                    let config = example_config(*id, &members);
+                    let net = NodeNetwork::Mem(router.network(*id));
+                    nodes.push(start_node(config, net, log, MemKv::new()).await?);
+                }
+                Arc::new(LocalCluster(nodes.clone()))
+            }
+        };
+        let server = ApiServer::bind(opts.api, service).await?;
+        Ok(RunningNode { nodes, server })
+    }
+
+    /// The API's address.
+    pub fn api_addr(&self) -> Result<SocketAddr> {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops the API and the node(s) gracefully.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let served = self.server.run(shutdown).await;
+        for node in &self.nodes {
+            if let Err(e) = node.shutdown().await {
+                tracing::error!(node = %node.id(), "stopped with an error: {e}");
+            }
+        }
+        served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_lists_are_validated() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[&NodeId(2)], "127.0.0.1:7002".parse().unwrap());
+        for (bad, says) in [
+            ("", "empty"),
+            ("1:127.0.0.1:7001", "<id>=<host:port>"),
+            ("x=127.0.0.1:7001", "positive integer"),
+            ("0=127.0.0.1:7001", "start at 1"),
+            ("1=localhost", "not valid"),
+            ("1=127.0.0.1:1,1=127.0.0.1:2", "twice"),
+        ] {
+            let err = parse_peers(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        assert!(parse_addrs("127.0.0.1:1,nope").is_err());
+        assert_eq!(parse_addrs("127.0.0.1:1").unwrap().len(), 1);
+    }
+}

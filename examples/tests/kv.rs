@@ -1,0 +1,275 @@
+//! The `kv` service end to end, as its users run it: node processes started from the command
+//! line on 127.0.0.1, and the `kv` client commands (or the library client) talking HTTP/JSON
+//! to them.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use raftkit_examples::client::KvClient;
+
+const KV: &str = env!("CARGO_BIN_EXE_kv");
+
+/// A `kv node` process; killed (SIGKILL) when dropped.
+struct NodeProcess {
+    child: Child,
+    api: SocketAddr,
+}
+
+impl NodeProcess {
+    /// Starts `kv node <args>` and waits for it to print its API address.
+    fn start(args: &[String]) -> NodeProcess {
+        let mut child = Command::new(KV)
+            .arg("node")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kv node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("serving http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("kv node {args:?} did not start"));
+        NodeProcess { child, api: addr.parse().expect("API address") }
+    }
+
+    /// Stops the process with SIGTERM (a graceful shutdown) and checks that it exits cleanly.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait for kv node");
+        assert!(exit.success(), "kv node exited with {exit} after SIGTERM");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a `kv` client command against `api`.
+fn kv(api: &[SocketAddr], args: &[&str]) -> Output {
+    let nodes: Vec<String> = api.iter().map(|a| a.to_string()).collect();
+    Command::new(KV)
+        .args(["--nodes", &nodes.join(","), "--timeout", "20s"])
+        .args(args)
+        .output()
+        .expect("run kv")
+}
+
+fn stdout_of(api: &[SocketAddr], args: &[&str]) -> String {
+    let out = kv(api, args);
+    assert!(out.status.success(), "kv {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn every_client_command_works_on_an_in_process_cluster() {
+    let node = NodeProcess::start(
+        &["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"]
+            .iter()
+            .chain(&["--api", "127.0.0.1:0", "--network", "mem", "--log", "mem"])
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    let api = [node.api];
+    assert_eq!(stdout_of(&api, &["put", "colour", "red"]), "(none)");
+    assert_eq!(stdout_of(&api, &["put", "colour", "green"]), "red");
+    assert_eq!(stdout_of(&api, &["get", "colour"]), "green");
+    assert_eq!(
+        stdout_of(&api, &["cas", "colour", "--expected", "green", "--new", "blue"]),
+        "swapped; now blue"
+    );
+    assert_eq!(
+        stdout_of(&api, &["cas", "colour", "--expected", "green", "--new", "pink"]),
+        "not swapped; now blue"
+    );
+    assert_eq!(stdout_of(&api, &["cas", "shape", "--new", "round"]), "swapped; now round");
+    assert_eq!(stdout_of(&api, &["delete", "colour"]), "blue");
+    assert_eq!(stdout_of(&api, &["get", "colour"]), "(none)");
+    let status = stdout_of(&api, &["status"]);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    let roles: Vec<&str> =
+        status.lines().map(|l| l.split_whitespace().nth(3).unwrap_or_default()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{status}");
+
+    // Bad input is refused with a clear message and a failing exit code.
+    let empty = kv(&api, &["put", "", "x"]);
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("the key is empty"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let unreachable = Command::new(KV)
+        .args(["--nodes", &closed.to_string(), "--timeout", "1s", "get", "k"])
+        .output()
+        .expect("run kv");
+    assert!(!unreachable.status.success());
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("no node could serve"));
+    node.terminate();
+}
+
+#[test]
+fn node_options_are_validated() {
+    for (args, says) in [
+        (
+            vec!["--id", "4", "--peers", "1=127.0.0.1:7001", "--api", "127.0.0.1:0"],
+            "not in --peers",
+        ),
+        (vec!["--id", "1", "--peers", "1=nowhere", "--api", "127.0.0.1:0"], "not valid"),
+        (
+            vec![
+                "--id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:7001",
+                "--api",
+                "127.0.0.1:0",
+                "--log",
+                "mem",
+            ],
+            "--certs-dir",
+        ),
+        (vec!["--id", "1", "--peers", "1=127.0.0.1:7001", "--api", "127.0.0.1:0"], "--data-dir"),
+        (
+            vec![
+                "--id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:7001",
+                "--api",
+                "127.0.0.1:0",
+                "--network",
+                "mem",
+            ],
+            "--data-dir",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:7001",
+                "--api",
+                "127.0.0.1:0",
+                "--log",
+                "tape",
+            ],
+            "unknown log store",
+        ),
+    ] {
+        let out = Command::new(KV).arg("node").args(&args).output().expect("run kv node");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// Reserves `n` distinct UDP ports on 127.0.0.1 by binding port 0, for the nodes' `--peers`
+/// list (which must name every address before any node starts).
+fn free_udp_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<_> =
+        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
+    sockets.iter().map(|s| s.local_addr().expect("addr").port()).collect()
+}
+
+fn node_args(id: u64, peers: &str, dir: &Path) -> Vec<String> {
+    let d = |p: &str| dir.join(p).display().to_string();
+    vec![
+        "--id".into(),
+        id.to_string(),
+        "--peers".into(),
+        peers.into(),
+        "--api".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        d("data"),
+        "--certs-dir".into(),
+        d("certs"),
+    ]
+}
+
+#[test]
+fn quic_and_redb_nodes_keep_every_acknowledged_write_when_the_leader_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs").display().to_string();
+    let made = Command::new(KV).args(["certs", "--dir", &certs, "--nodes", "1,2,3"]).output();
+    assert!(made.expect("kv certs").status.success());
+    let again = Command::new(KV).args(["certs", "--dir", &certs, "--nodes", "1,2,3"]).output();
+    let again = again.expect("kv certs");
+    assert!(!again.status.success(), "a second CA must not overwrite the first");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+
+    let ports = free_udp_ports(3);
+    let peers: Vec<String> =
+        ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+    let peers = peers.join(",");
+    let mut nodes: Vec<Option<NodeProcess>> =
+        (1..=3).map(|id| Some(NodeProcess::start(&node_args(id, &peers, dir.path())))).collect();
+    let apis = |nodes: &[Option<NodeProcess>]| -> Vec<SocketAddr> {
+        nodes.iter().flatten().map(|n| n.api).collect()
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut client = KvClient::new(apis(&nodes), Duration::from_secs(20));
+    rt.block_on(async {
+        for i in 0..20 {
+            client.put(&format!("k{i}"), &format!("v{i}")).await.expect("put before the kill");
+        }
+    });
+    // Find the leader's process and kill it with SIGKILL.
+    let leader = rt.block_on(client.status()).into_iter().find_map(|(addr, s)| {
+        let s = s.ok()?;
+        s.nodes.iter().any(|n| n.role == "leader").then_some(addr)
+    });
+    let leader = leader.expect("a leader");
+    let idx = nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.api == leader)).unwrap();
+    drop(nodes[idx].take());
+
+    let mut client = KvClient::new(apis(&nodes), Duration::from_secs(20));
+    rt.block_on(async {
+        for i in 20..40 {
+            client.put(&format!("k{i}"), &format!("v{i}")).await.expect("put after the kill");
+        }
+    });
+    // The killed node restarts from its redb file and catches up.
+    nodes[idx] = Some(NodeProcess::start(&node_args(idx as u64 + 1, &peers, dir.path())));
+    let restarted = nodes[idx].as_ref().unwrap().api;
+    let mut client = KvClient::new(apis(&nodes), Duration::from_secs(20));
+    rt.block_on(async {
+        for i in 0..40 {
+            let v = client.get(&format!("k{i}")).await.expect("get");
+            assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()), "k{i} lost");
+        }
+        // The restarted node applies everything the others did.
+        let mut caught_up = false;
+        for _ in 0..100 {
+            let statuses = client.status().await;
+            let applied: Vec<(SocketAddr, u64)> = statuses
+                .iter()
+                .filter_map(|(a, s)| s.as_ref().ok().map(|s| (*a, s.nodes[0].applied)))
+                .collect();
+            let max = applied.iter().map(|(_, a)| *a).max().unwrap_or(0);
+            if applied.len() == 3 && applied.iter().any(|(a, n)| *a == restarted && *n == max) {
+                caught_up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(caught_up, "the restarted node did not catch up");
+    });
+    for n in nodes.into_iter().flatten() {
+        n.terminate();
+    }
+}

@@ -1,0 +1,88 @@
+//! Runs the example programs end to end: the demo with its default adapters (loopback QUIC,
+//! redb) and in memory, and each small wiring program. A program that fails, hangs or does not
+//! print what it promises fails the test.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `exe` with `args`, killing it after `limit`; returns its exit success and output.
+fn run(exe: &str, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the program");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("poll the program").is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("collect the output");
+    // Both streams, so a failure message shows what the program said.
+    let output = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), output)
+}
+
+#[test]
+fn the_demo_survives_its_leader_dying_over_quic_and_redb() {
+    let (ok, out) = run(env!("CARGO_BIN_EXE_demo"), &["--secs", "1"], Duration::from_secs(120));
+    assert!(ok, "{out}");
+    assert!(out.contains("(quic network, redb log)"), "{out}");
+    assert!(out.contains("took over after"), "{out}");
+    assert!(out.contains("Summary:"), "{out}");
+    // Three nodes each report no wrong key.
+    assert_eq!(out.matches(" checked keys wrong").count(), 3, "{out}");
+    assert!(
+        !out.lines().any(|l| l.contains("checked keys wrong") && !l.contains("; 0 of ")),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_demo_runs_in_memory() {
+    let (ok, out) = run(
+        env!("CARGO_BIN_EXE_demo"),
+        &["--network", "mem", "--log", "mem", "--secs", "1", "--clients", "4"],
+        Duration::from_secs(120),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("(mem network, mem log)") && out.contains("Summary:"), "{out}");
+}
+
+#[test]
+fn the_demo_rejects_bad_options() {
+    for args in [&["--network", "carrier-pigeon"][..], &["--clients", "0"], &["--secs", "x"]] {
+        let (ok, _) = run(env!("CARGO_BIN_EXE_demo"), args, Duration::from_secs(30));
+        assert!(!ok, "{args:?} was accepted");
+    }
+}
+
+#[test]
+fn mem_cluster_writes_and_reads() {
+    let (ok, out) = run(env!("CARGO_BIN_EXE_mem_cluster"), &[], Duration::from_secs(60));
+    assert!(ok && out.contains("language = Value(Some(\"rust\"))"), "{out}");
+}
+
+#[test]
+fn quic_redb_writes_and_reads() {
+    let (ok, out) = run(env!("CARGO_BIN_EXE_quic_redb"), &[], Duration::from_secs(60));
+    assert!(ok && out.contains("durable = Value(Some(\"yes\"))"), "{out}");
+}
+
+#[cfg(feature = "rocksdb")]
+#[test]
+fn quic_rocksdb_writes_and_reads() {
+    let (ok, out) = run(env!("CARGO_BIN_EXE_quic_rocksdb"), &[], Duration::from_secs(60));
+    assert!(ok && out.contains("durable = Value(Some(\"yes\"))"), "{out}");
+}
