@@ -35,7 +35,10 @@ pub struct MemLogStore {
 #[derive(Debug, Default)]
 struct Inner {
     volatile: LogData,
-    durable: LogData,
+    /// What a crash keeps; `None` when syncs are instant, as every write is then durable the
+    /// moment it lands and the two copies would always be equal (one copy saves a clone of
+    /// every entry).
+    durable: Option<LogData>,
     sync_delay: Duration,
     /// Bumped by every crash, so a write that straddles one cannot make itself durable.
     epoch: u64,
@@ -70,11 +73,22 @@ impl LogData {
 
     /// Applies a validated write.
     fn apply(&mut self, write: &LogWrite) {
+        self.apply_shape(write);
+        self.entries.extend(write.entries.iter().cloned());
+    }
+
+    /// Applies a validated write, taking its entries.
+    fn apply_owned(&mut self, mut write: LogWrite) {
+        self.apply_shape(&write);
+        self.entries.extend(write.entries.drain(..));
+    }
+
+    /// Everything of a write but adding its entries.
+    fn apply_shape(&mut self, write: &LogWrite) {
         if let Some(t) = write.truncate_from {
             let keep = self.offset(t);
             self.entries.truncate(keep);
         }
-        self.entries.extend(write.entries.iter().cloned());
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }
@@ -128,7 +142,12 @@ impl MemLogStore {
     /// crash can catch a write half-way and lose it.
     pub fn with_sync_delay(delay: Duration) -> MemLogStore {
         let s = MemLogStore::default();
-        s.lock().sync_delay = delay;
+        let mut g = s.lock();
+        g.sync_delay = delay;
+        if !delay.is_zero() {
+            g.durable = Some(LogData::default());
+        }
+        drop(g);
         s
     }
 
@@ -141,23 +160,23 @@ impl MemLogStore {
     /// Simulates power loss: everything not yet durable is gone.
     pub fn crash(&self) {
         let mut g = self.lock();
-        g.volatile = g.durable.clone();
+        if let Some(durable) = g.durable.clone() {
+            g.volatile = durable;
+        }
         g.epoch += 1;
     }
 
     /// What would survive a crash right now.
     pub fn durable(&self) -> DurableSummary {
         let g = self.lock();
-        DurableSummary {
-            hard_state: g.durable.hard_state,
-            purged: g.durable.shape.purged(),
-            last: g.durable.last(),
-        }
+        let d = g.durable.as_ref().unwrap_or(&g.volatile);
+        DurableSummary { hard_state: d.hard_state, purged: d.shape.purged(), last: d.last() }
     }
 
     /// The term of the durable entry at `index`, if there is one.
     pub fn durable_term_at(&self, index: LogIndex) -> Option<Term> {
-        self.lock().durable.term_at(index)
+        let g = self.lock();
+        g.durable.as_ref().unwrap_or(&g.volatile).term_at(index)
     }
 
     /// How many `write` calls have completed (each one an "fsync" of a real store).
@@ -183,12 +202,13 @@ impl LogStore for MemLogStore {
         let (delay, epoch) = {
             let mut g = self.lock();
             g.volatile.validate(&write)?;
-            g.volatile.apply(&write);
-            if g.sync_delay.is_zero() {
-                g.durable.apply(&write);
+            if g.durable.is_none() {
+                // Instant sync: the one copy is the durable one.
+                g.volatile.apply_owned(write);
                 g.writes += 1;
                 return Ok(());
             }
+            g.volatile.apply(&write);
             (g.sync_delay, g.epoch)
         };
         // The "fsync". If this future is dropped here, the write never becomes durable.
@@ -200,7 +220,9 @@ impl LogStore for MemLogStore {
                 "the store crashed during the write",
             ));
         }
-        g.durable.apply(&write);
+        if let Some(d) = g.durable.as_mut() {
+            d.apply(&write);
+        }
         g.writes += 1;
         Ok(())
     }
@@ -213,8 +235,7 @@ impl LogStore for MemLogStore {
         let (delay, epoch) = {
             let mut g = self.lock();
             g.volatile.install(snapshot);
-            if g.sync_delay.is_zero() {
-                g.durable.install(snapshot);
+            if g.durable.is_none() {
                 return Ok(());
             }
             (g.sync_delay, g.epoch)
@@ -227,7 +248,9 @@ impl LogStore for MemLogStore {
                 "the store crashed during the install",
             ));
         }
-        g.durable.install(snapshot);
+        if let Some(d) = g.durable.as_mut() {
+            d.install(snapshot);
+        }
         Ok(())
     }
 
@@ -240,9 +263,11 @@ impl LogStore for MemLogStore {
         g.volatile.purge(up_to)?;
         // Purging durable data is safe at any time (purged entries are covered by a snapshot),
         // and the durable copy may lag, so purge what it has.
-        let durable_up_to = up_to.index.min(g.durable.last().index);
-        if let Some(term) = g.durable.term_at(durable_up_to) {
-            let _ = g.durable.purge(LogId { term, index: durable_up_to });
+        if let Some(d) = g.durable.as_mut() {
+            let durable_up_to = up_to.index.min(d.last().index);
+            if let Some(term) = d.term_at(durable_up_to) {
+                let _ = d.purge(LogId { term, index: durable_up_to });
+            }
         }
         Ok(())
     }

@@ -101,6 +101,31 @@ fn s5_2_votes_at_most_once_per_term_even_across_restart() {
     sim.crash(3);
     sim.restart(3);
     assert_eq!(sim.core(3).vote(), Some(NodeId(1)), "vote must survive a restart");
+    // A second candidate asks node 3 directly for a vote in the same term 1, with a log as good
+    // as anyone's: the restarted node must refuse it.
+    let ask = raftkit_core::Message {
+        term: Term(1),
+        body: raftkit_core::MessageBody::RequestVote(raftkit_core::RequestVote {
+            pre_vote: false,
+            last_log_id: sim.core(1).last_log_id(),
+        }),
+    };
+    let now = sim.now;
+    let core = sim.core_mut(3);
+    core.handle_message(now, NodeId(2), ask);
+    let mut granted_to_2 = false;
+    while let Some(a) = core.poll_action() {
+        match a {
+            raftkit_core::Action::Persist(p) => core.handle_persisted(now, p.id),
+            raftkit_core::Action::Send(o) if o.to == NodeId(2) => {
+                granted_to_2 |= matches!(o.message.body,
+                    raftkit_core::MessageBody::VoteResponse(ref v) if v.granted);
+            }
+            _ => {}
+        }
+    }
+    assert!(!granted_to_2, "node 3 voted twice in term 1");
+    assert_eq!(sim.core(3).vote(), Some(NodeId(1)));
     // Node 2 campaigns in the same term 1 by force: make it a term-0 node asking for term 1.
     // It is already at term 1 (it voted for 1 or heard the request), so campaign raises its term;
     // what matters is that node 3 never grants two candidates in one term, which the simulator

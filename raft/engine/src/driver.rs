@@ -128,7 +128,10 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Some(r) = self.apply_done.recv() => self.on_apply_done(r),
                 Some(m) = self.inbox.recv() => self.on_inbound(m),
                 p = self.proposals.recv() => match p {
-                    Some(p) => self.on_proposal(p),
+                    Some(p) => {
+                        let now = self.now();
+                        self.on_proposal(now, p);
+                    }
                     // Every handle is gone: nobody can use this node any more.
                     None => return Exit::Shutdown(None),
                 },
@@ -157,9 +160,11 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Err(_) => break,
             }
         }
+        // One clock reading for the whole batch of proposals.
+        let now = self.now();
         for _ in 0..self.core.config().max_proposal_batch {
             match self.proposals.try_recv() {
-                Ok(p) => self.on_proposal(p),
+                Ok(p) => self.on_proposal(now, p),
                 Err(_) => break,
             }
         }
@@ -190,8 +195,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         self.core.handle_message(now, m.from, m.message);
     }
 
-    fn on_proposal(&mut self, p: Proposal<S::Output>) {
-        let now = self.now();
+    fn on_proposal(&mut self, now: Instant, p: Proposal<S::Output>) {
         match self.core.propose(now, p.data) {
             Ok(log_id) => {
                 let waiter = Waiter { log_id, tx: p.tx };
