@@ -181,6 +181,13 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     /// leader's id when known. Concurrent calls are batched into one log write (group commit).
     /// [`WriteError::Shutdown`] and [`WriteError::Fatal`] mean the outcome is unknown: the
     /// command may still be committed by the rest of the cluster.
+    ///
+    /// If this node loses its leadership after appending the command, the call waits for the
+    /// command's real fate, which the node learns from the next leader: applied (the output),
+    /// replaced ([`WriteError::Overwritten`], never applied) or covered by a snapshot
+    /// ([`WriteError::OutcomeUnknown`]). A node cut off from the cluster for good never learns
+    /// it, so callers that must not wait forever wrap the call in a timeout (dropping the
+    /// future is safe; the command may still be applied).
     pub async fn client_write(&self, command: S::Command) -> Result<S::Output, WriteError> {
         let data = codec::encode(&command).map_err(WriteError::Encode)?;
         let (tx, rx) = oneshot::channel();
