@@ -380,6 +380,35 @@ impl RaftCore {
         self.tick(now);
     }
 
+    /// Proposes several commands at once (a batch gathered from many clients), as if
+    /// [`propose`](Self::propose) were called for each in order, but with one allocation for
+    /// the batch. Returns the log id of the first; the `i`-th command gets
+    /// `LogId { term: first.term, index: first.index + i }`. An empty batch appends nothing
+    /// and returns the id the next entry would get.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] if this node is not the leader (nothing is appended).
+    pub fn propose_batch(
+        &mut self,
+        _now: Instant,
+        commands: impl ExactSizeIterator<Item = Bytes>,
+    ) -> Result<LogId, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        let first = LogId { term: self.term, index: self.log.last().index.next() };
+        if commands.len() == 0 {
+            return Ok(first);
+        }
+        let mut entries = Vec::with_capacity(commands.len());
+        for (i, data) in commands.enumerate() {
+            let log_id = LogId { term: first.term, index: first.index.plus(i as u64) };
+            entries.push(Entry { log_id, payload: EntryPayload::Normal(data) });
+        }
+        self.append_local(entries);
+        Ok(first)
+    }
+
     pub(crate) fn propose_payload(&mut self, payload: EntryPayload) -> Result<LogId, ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
@@ -487,7 +516,13 @@ impl RaftCore {
 
     /// A leader's match index for each other node (empty unless leader).
     pub fn match_indexes(&self) -> BTreeMap<NodeId, LogIndex> {
-        self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect()
+        self.match_index_iter().collect()
+    }
+
+    /// The same as [`match_indexes`](Self::match_indexes), in node order, without
+    /// allocating.
+    pub fn match_index_iter(&self) -> impl Iterator<Item = (NodeId, LogIndex)> + '_ {
+        self.progress.iter().map(|(id, p)| (*id, p.match_index))
     }
 
     // ----- shared machinery -------------------------------------------------------------------

@@ -10,7 +10,7 @@ mod sim;
 
 use std::time::Duration;
 
-use raftkit_core::{LogIndex, MessageBody, NodeId, Role, Term};
+use raftkit_core::{EntryPayload, LogId, LogIndex, MessageBody, NodeId, ProposeError, Role, Term};
 use sim::Sim;
 
 fn seeds(n: u64) -> impl Iterator<Item = u64> {
@@ -471,4 +471,58 @@ fn same_seed_same_run() {
     };
     assert_eq!(run(99), run(99));
     assert_ne!(run(99), run(100));
+}
+
+/// Commands proposed in one batch get consecutive ids in the leader's term, interleave with
+/// single proposals in call order, and are applied in that order on every node; a follower
+/// refuses a batch without appending any of it, and an empty batch appends nothing.
+#[test]
+fn batched_proposals_keep_call_order_and_apply_everywhere() {
+    for seed in seeds(5) {
+        eprintln!("seed {seed} (replay with RAFTKIT_SEED={seed})");
+        let mut sim = Sim::new(3, seed);
+        let leader = sim.wait_leader();
+        let follower = sim.ids().into_iter().find(|id| *id != leader).expect("three nodes");
+        let before = sim.core(follower.0).last_log_id();
+        let refused = sim.propose_batch(follower.0, &[b"x", b"y"]);
+        assert!(matches!(refused, Err(ProposeError::NotLeader { .. })), "{refused:?}");
+        assert_eq!(sim.core(follower.0).last_log_id(), before, "a refused batch appended");
+
+        let last_before = sim.core(leader.0).last_log_id();
+        let empty = sim.propose_batch(leader.0, &[]).expect("leader accepts");
+        assert_eq!(empty.index, last_before.index.next());
+        assert_eq!(sim.core(leader.0).last_log_id(), last_before, "an empty batch appended");
+
+        let mut expected: Vec<(LogId, Vec<u8>)> = Vec::new();
+        for round in 0..20u64 {
+            let cmds: Vec<Vec<u8>> =
+                (0..round % 7 + 1).map(|k| format!("b{round}-{k}").into_bytes()).collect();
+            let refs: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
+            let first = sim.propose_batch(leader.0, &refs).expect("leader accepts");
+            assert_eq!(first.term, sim.core(leader.0).term());
+            for (i, c) in cmds.iter().enumerate() {
+                let id = LogId { term: first.term, index: first.index.plus(i as u64) };
+                expected.push((id, c.clone()));
+            }
+            let single = format!("s{round}").into_bytes();
+            let id = sim.propose(leader.0, &single).expect("leader accepts");
+            assert_eq!(id.index, first.index.plus(cmds.len() as u64), "single after batch");
+            expected.push((id, single));
+            sim.run_for(Duration::from_millis(3));
+        }
+        let last = expected.last().expect("proposed").0.index;
+        assert!(sim.wait_applied(last, Duration::from_secs(10)), "not applied everywhere");
+        for id in sim.ids() {
+            let applied: Vec<(LogId, Vec<u8>)> = sim
+                .node(id.0)
+                .applied
+                .iter()
+                .filter_map(|e| match &e.payload {
+                    EntryPayload::Normal(d) => Some((e.log_id, d.to_vec())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(applied, expected, "node {id:?} applied something else");
+        }
+    }
 }

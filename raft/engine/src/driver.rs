@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, Instant, LogIndex, NodeId, ProposeError, RaftCore, ReceiveSnapshot, WriteId,
+    Action, Instant, LogId, LogIndex, NodeId, ProposeError, RaftCore, ReceiveSnapshot, WriteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -71,6 +71,8 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) snapshot_tx: Option<mpsc::UnboundedSender<ReceiveSnapshot>>,
     pub(crate) peers: BTreeMap<NodeId, (mpsc::Sender<PeerItem>, JoinHandle<()>)>,
     pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
+    /// Proposals gathered in one loop turn, proposed together.
+    pub(crate) batch: Vec<Proposal<S::Output>>,
     pub(crate) failure: Option<Fatal>,
     pub(crate) observer: Option<Arc<dyn Observer>>,
     pub(crate) last_status: Option<NodeStatus>,
@@ -128,10 +130,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Some(r) = self.apply_done.recv() => self.on_apply_done(r),
                 Some(m) = self.inbox.recv() => self.on_inbound(m),
                 p = self.proposals.recv() => match p {
-                    Some(p) => {
-                        let now = self.now();
-                        self.on_proposal(now, p);
-                    }
+                    // Proposed with whatever else is waiting, in `drain_ready`.
+                    Some(p) => self.batch.push(p),
                     // Every handle is gone: nobody can use this node any more.
                     None => return Exit::Shutdown(None),
                 },
@@ -160,13 +160,15 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Err(_) => break,
             }
         }
-        // One clock reading for the whole batch of proposals.
-        let now = self.now();
-        for _ in 0..self.core.config().max_proposal_batch {
+        let max = self.core.config().max_proposal_batch;
+        while self.batch.len() < max {
             match self.proposals.try_recv() {
-                Ok(p) => self.on_proposal(now, p),
+                Ok(p) => self.batch.push(p),
                 Err(_) => break,
             }
+        }
+        if !self.batch.is_empty() {
+            self.propose_batch();
         }
         while let Ok(ev) = self.events.try_recv() {
             self.on_event(ev);
@@ -195,24 +197,39 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         self.core.handle_message(now, m.from, m.message);
     }
 
-    fn on_proposal(&mut self, now: Instant, p: Proposal<S::Output>) {
-        match self.core.propose(now, p.data) {
-            Ok(log_id) => {
-                let waiter = Waiter { log_id, tx: p.tx };
-                if let Some(old) = self.waiters.insert(log_id.index, waiter) {
-                    // The new entry replaced an older one at this index (a leadership change
-                    // in between): the old command can never be applied.
-                    let _ = old.tx.send(Err(WriteError::Overwritten { log_id: old.log_id }));
+    /// Proposes the gathered batch as one run of entries (one clock reading, one allocation)
+    /// and registers a waiter for each.
+    fn propose_batch(&mut self) {
+        let now = self.now();
+        let mut batch = std::mem::take(&mut self.batch);
+        let data = batch.iter_mut().map(|p| std::mem::take(&mut p.data));
+        match self.core.propose_batch(now, data) {
+            Ok(first) => {
+                for (i, p) in batch.drain(..).enumerate() {
+                    let log_id = LogId { term: first.term, index: first.index.plus(i as u64) };
+                    let waiter = Waiter { log_id, tx: p.tx };
+                    if let Some(old) = self.waiters.insert(log_id.index, waiter) {
+                        // The new entry replaced an older one at this index (a leadership
+                        // change in between): the old command can never be applied.
+                        let _ = old.tx.send(Err(WriteError::Overwritten { log_id: old.log_id }));
+                    }
                 }
             }
-            Err(ProposeError::NotLeader { leader }) => {
-                let _ = p.tx.send(Err(WriteError::NotLeader { leader }));
-            }
             Err(e) => {
-                tracing::error!(error = %e, "unexpected proposal error");
-                let _ = p.tx.send(Err(WriteError::NotLeader { leader: None }));
+                let leader = match e {
+                    ProposeError::NotLeader { leader } => leader,
+                    other => {
+                        tracing::error!(error = %other, "unexpected proposal error");
+                        None
+                    }
+                };
+                for p in batch.drain(..) {
+                    let _ = p.tx.send(Err(WriteError::NotLeader { leader }));
+                }
             }
         }
+        // Keep the allocation for the next batch.
+        self.batch = batch;
     }
 
     fn fail(&mut self, f: Fatal) {
@@ -345,7 +362,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 || m.stable != core.stable_index()
                 || m.purged != core.purged_log_id()
                 || m.snapshot != core.snapshot().map(|s| s.last_log_id)
-                || m.replication != core.match_indexes();
+                || !core.match_index_iter().eq(m.replication.iter().map(|(k, v)| (*k, *v)));
             if changed {
                 *m = RaftMetrics::from_core(core, state.clone());
             }
@@ -364,6 +381,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         tracing::info!(node = %self.core.id(), ?state, "stopping");
         // Refuse new proposals, and answer those already queued.
         self.proposals.close();
+        for p in std::mem::take(&mut self.batch) {
+            let _ = p.tx.send(Err(reason.clone()));
+        }
         while let Ok(p) = self.proposals.try_recv() {
             let _ = p.tx.send(Err(reason.clone()));
         }

@@ -145,6 +145,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             snapshot_tx: Some(snapshot_tx),
             peers: Default::default(),
             waiters: Default::default(),
+            batch: Vec::new(),
             failure: None,
             observer,
             last_status: None,

@@ -416,6 +416,15 @@ impl Sim {
         r
     }
 
+    /// Proposes several commands in one call ([`RaftCore::propose_batch`]).
+    pub fn propose_batch(&mut self, node: u64, data: &[&[u8]]) -> Result<LogId, ProposeError> {
+        let now = self.now;
+        let commands = data.iter().map(|d| bytes::Bytes::copy_from_slice(d));
+        let r = self.core_mut(node).propose_batch(now, commands.collect::<Vec<_>>().into_iter());
+        self.drain(NodeId(node));
+        r
+    }
+
     /// Proposes on the current leader, returning the entry id.
     pub fn propose_on_leader(&mut self, data: &[u8]) -> LogId {
         let l = self.wait_leader();
