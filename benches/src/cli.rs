@@ -57,7 +57,15 @@ pub struct Args {
     /// Seed of the in-memory network and the nodes' election jitter.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Measure every matrix and comparison point this many times and report the run with the
+    /// median throughput, with the range of all runs (shared machines vary from minute to
+    /// minute). Default: 1.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub repeat: usize,
 }
+
+/// The most runs per point `--repeat` takes.
+pub const MAX_REPEAT: usize = 25;
 
 /// One part of the harness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,6 +130,8 @@ pub struct Plan {
     pub threads: usize,
     /// Seed.
     pub seed: u64,
+    /// Runs per matrix and comparison point (the median is reported).
+    pub repeat: usize,
 }
 
 impl Plan {
@@ -298,6 +308,10 @@ impl Args {
             parts,
             threads,
             seed: self.seed,
+            repeat: match self.repeat {
+                n @ 1..=MAX_REPEAT => n,
+                n => bail!("--repeat: {n} is out of range (1 to {MAX_REPEAT})"),
+            },
         })
     }
 }
@@ -336,6 +350,10 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
+        assert!(args(&["--repeat", "0"]).is_err());
+        assert!(args(&["--repeat", "26"]).is_err());
+        assert_eq!(args(&["--repeat", "3"]).unwrap().repeat, 3);
+        assert_eq!(args(&[]).unwrap().repeat, 1);
         assert!(args(&["--clients", "0"]).is_err());
         assert!(args(&["--clients", "abc"]).is_err());
         assert!(args(&["--secs", "-1"]).is_err());

@@ -47,6 +47,9 @@ pub struct PointResult {
     pub peak_rss: Option<u64>,
     /// Whether `peak_rss` covers only this window (the peak could be reset) or the whole run.
     pub peak_rss_scoped: bool,
+    /// With `--repeat`: the throughput of every run of this point, lowest first (this result
+    /// is the median one). Empty for a single run.
+    pub runs: Vec<f64>,
 }
 
 impl PointResult {
@@ -69,6 +72,19 @@ impl PointResult {
     pub fn cpu_cores(&self) -> f64 {
         self.cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
+
+/// Of several runs of one point, the one with the median throughput (the upper median of an
+/// even count), carrying every run's throughput in `runs`. `None` for no runs.
+pub fn median_run(mut runs: Vec<PointResult>) -> Option<PointResult> {
+    if runs.len() <= 1 {
+        return runs.pop();
+    }
+    runs.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+    let all: Vec<f64> = runs.iter().map(PointResult::throughput).collect();
+    let mut median = runs.swap_remove(all.len() / 2);
+    median.runs = all;
+    Some(median)
 }
 
 /// Latency percentiles, in microseconds (zero when nothing was measured).

@@ -175,6 +175,8 @@ pub struct Results {
     pub measure: Duration,
     /// Warm-up per point.
     pub warmup: Duration,
+    /// Runs per matrix and comparison point (the median is reported); 0 is read as 1.
+    pub repeat: usize,
     /// The machine.
     pub machine: Machine,
     /// Combinations not compiled in.
@@ -235,6 +237,16 @@ pub struct Target {
     pub figure: String,
     /// Met or not.
     pub verdict: Verdict,
+}
+
+/// A point's throughput, with the range of its runs when it was measured more than once.
+pub fn commits_cell(p: &PointResult) -> String {
+    match (p.runs.first(), p.runs.last()) {
+        (Some(lo), Some(hi)) if p.runs.len() > 1 => {
+            format!("{} ({}–{})", thousands(p.throughput()), thousands(*lo), thousands(*hi))
+        }
+        _ => thousands(p.throughput()),
+    }
 }
 
 /// `1234567.8` → `1,234,568`.
@@ -484,6 +496,15 @@ impl Results {
             self.machine.profile,
             self.wall.as_secs_f64()
         );
+        if self.repeat > 1 {
+            let _ = writeln!(
+                s,
+                "Every point of the comparison and the matrix was measured {} times on the same \
+                 cluster; each row is the run with the median throughput, and *commits/s* gives \
+                 the lowest and highest run in brackets. Targets are judged on the median run.\n",
+                self.repeat
+            );
+        }
         if self.quick || self.machine.profile == "debug" {
             let _ = writeln!(
                 s,
@@ -573,7 +594,7 @@ impl Results {
                 s,
                 "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |",
                 p.clients,
-                thousands(p.throughput()),
+                commits_cell(p),
                 micros(p.latency.p50 as f64),
                 micros(p.latency.p99 as f64),
                 p.cpu_cores(),
@@ -654,7 +675,7 @@ impl Results {
                     "| {} | {} B | {} | {} | {} | {} | {} | {:.1} | {:.2} | {}{} | {} |",
                     p.clients,
                     p.payload,
-                    thousands(p.throughput()),
+                    commits_cell(p),
                     micros(p.latency.p50 as f64),
                     micros(p.latency.p99 as f64),
                     micros(p.latency.p999 as f64),
@@ -797,6 +818,25 @@ mod tests {
         assert_eq!(date(UNIX_EPOCH), "1970-01-01");
         assert_eq!(date(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29");
         assert_eq!(date(UNIX_EPOCH + Duration::from_secs(1_700_000_000)), "2023-11-14");
+    }
+
+    #[test]
+    fn repeated_points_report_the_median_run_and_the_range() {
+        let run = |commits: u64, p50: u64| PointResult {
+            commits,
+            elapsed: Duration::from_secs(1),
+            latency: crate::load::LatencyUs { p50, ..Default::default() },
+            ..PointResult::default()
+        };
+        let m = crate::load::median_run(vec![run(300, 3), run(100, 1), run(200, 2)]).unwrap();
+        // The median run is reported whole (its latency too), with every run's throughput.
+        assert_eq!((m.commits, m.latency.p50), (200, 2));
+        assert_eq!(m.runs, vec![100.0, 200.0, 300.0]);
+        assert_eq!(commits_cell(&m), "200 (100–300)");
+        let single = crate::load::median_run(vec![run(1234, 1)]).unwrap();
+        assert!(single.runs.is_empty());
+        assert_eq!(commits_cell(&single), "1,234");
+        assert!(crate::load::median_run(Vec::new()).is_none());
     }
 
     #[test]

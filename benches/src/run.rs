@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use raftkit::Network;
+use raftkit::{Network, StateMachine};
 use raftkit_mem::{KvCommand, MemKv, MemLogStore, MemNetwork};
 use raftkit_quic::QuicNetwork;
 use raftkit_redb::RedbLogStore;
@@ -113,6 +113,7 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
         quick: plan.quick,
         measure: plan.measure,
         warmup: plan.warmup,
+        repeat: plan.repeat,
         machine,
         skipped: plan.skipped.clone(),
         ..Results::default()
@@ -294,17 +295,9 @@ async fn matrix<N: Network, L: BenchStore>(
             let value = value.clone();
             // One key per client: the state machine stays small however long the run.
             let command = Arc::new(move |c: usize| KvCommand::put(format!("client-{c}"), &*value));
-            let p = load::run_point(
-                &cluster,
-                leader,
-                clients,
-                payload,
-                command,
-                plan.warmup,
-                plan.measure,
-            )
-            .await
-            .with_context(|| format!("{clients} clients, {payload} B"))?;
+            let p = repeated(plan, &cluster, &mut leader, clients, payload, command)
+                .await
+                .with_context(|| format!("{clients} clients, {payload} B"))?;
             say(bar, point_line(combo.name(), &p));
             out.points.push(p);
             bar.inc(1);
@@ -312,6 +305,34 @@ async fn matrix<N: Network, L: BenchStore>(
         }
     }
     cluster.shutdown().await
+}
+
+/// Measures one point `plan.repeat` times and returns the median run (see
+/// [`load::median_run`]), following the leader between runs.
+async fn repeated<N: Network, L: BenchStore, S: StateMachine>(
+    plan: &Plan,
+    cluster: &Cluster<N, L, S>,
+    leader: &mut usize,
+    clients: usize,
+    payload: usize,
+    command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
+) -> Result<PointResult> {
+    let mut runs = Vec::with_capacity(plan.repeat);
+    for _ in 0..plan.repeat {
+        let p = load::run_point(
+            cluster,
+            *leader,
+            clients,
+            payload,
+            command.clone(),
+            plan.warmup,
+            plan.measure,
+        )
+        .await?;
+        runs.push(p);
+        *leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    }
+    load::median_run(runs).context("no run of the point")
 }
 
 /// The like-for-like openraft comparison: mem+mem, empty commands.
@@ -330,7 +351,7 @@ async fn compare(plan: &Plan, bar: &ProgressBar) -> Result<Vec<PointResult>> {
     for &clients in &plan.compare_clients {
         bar.set_message(format!("openraft comparison: {clients} clients, empty payload"));
         let command = Arc::new(|_c: usize| ());
-        let p = load::run_point(&cluster, leader, clients, 0, command, plan.warmup, plan.measure)
+        let p = repeated(plan, &cluster, &mut leader, clients, 0, command)
             .await
             .with_context(|| format!("{clients} clients, empty payload"))?;
         say(bar, point_line("compare", &p));

@@ -12,7 +12,8 @@ use crate::certs::NodeCerts;
 
 /// Node id → socket address of every peer, shared and updatable at runtime: clones share one
 /// table, and every dial reads the current entry (a connection to an address that is no longer
-/// the peer's is replaced on the next send).
+/// the peer's is replaced on the next send; a peer removed from the book is cut off, its open
+/// connection closed on the next send to it or message from it).
 #[derive(Clone, Debug, Default)]
 pub struct AddressBook {
     inner: Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>,

@@ -96,7 +96,7 @@
 //! stream for what follows.
 //!
 //! Connection close codes: 0 shutdown, 1 duplicate connection, 2 identity refused,
-//! 3 protocol violation, 4 peer moved (new address in the book).
+//! 3 protocol violation, 4 peer moved (new address in the book), 5 peer removed from the book.
 //!
 //! # Connections
 //!
@@ -109,7 +109,10 @@
 //! from its upper half; during it, sends fail at once with `Unreachable` (unless the peer's
 //! address changed, which allows an immediate attempt). A peer that shuts down says so (close
 //! code 0), which starts a short backoff too. A connection we dialed to an address that is no
-//! longer the peer's in the [`AddressBook`] is replaced on the next send.
+//! longer the peer's in the [`AddressBook`] is replaced on the next send. Removing a peer from
+//! the book cuts it off: the next send to it fails and closes its connection (close code 5),
+//! and a message arriving from it closes the connection instead of reaching the engine; it
+//! cannot connect again while it is not in the book.
 //!
 //! The stateless-reset key is derived from the node's private key, so a node restarted on the
 //! same address resets its peers' stale connections as soon as they send to it.

@@ -79,7 +79,7 @@ pub(crate) struct Inner {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     local_addr: SocketAddr,
-    addresses: AddressBook,
+    pub(crate) addresses: AddressBook,
     pub(crate) max_frame: usize,
     large_message: usize,
     pub(crate) connect_timeout: Duration,
@@ -332,10 +332,13 @@ impl Inner {
             let mut st = link.lock();
             if let Some(c) = st.active.clone() {
                 let moved = c.info.dialed_by_us && addr.is_some_and(|a| a != c.info.remote);
-                if c.info.alive() && !moved {
+                if c.info.alive() && !moved && addr.is_some() {
                     return Ok(c);
                 }
-                if moved {
+                if addr.is_none() {
+                    tracing::info!(peer = %to, "peer removed from the address book; closing its connection");
+                    c.info.conn.close(close::REMOVED, b"removed from the address book");
+                } else if moved {
                     tracing::info!(peer = %to, old = %c.info.remote, new = ?addr, "peer moved; reconnecting");
                     c.info.conn.close(close::MOVED, b"address changed");
                 }
@@ -652,6 +655,13 @@ impl Inner {
                 // as for a failed dial, or every send would dial it again.
                 bump(&self.stats.handshake_rejections);
                 tracing::warn!(peer = %info.peer, reason = %c, "the peer refused this node");
+                st.failures = st.failures.saturating_add(1);
+                st.retry_at = Some(Instant::now() + self.backoff(st.failures));
+                st.failed_addr = self.addresses.get(info.peer);
+            }
+            quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::REMOVED => {
+                // The peer no longer counts this node as a member: back off, as for a refusal.
+                tracing::info!(peer = %info.peer, "the peer removed this node from its address book");
                 st.failures = st.failures.saturating_add(1);
                 st.retry_at = Some(Instant::now() + self.backoff(st.failures));
                 st.failed_addr = self.addresses.get(info.peer);

@@ -238,6 +238,13 @@ pub(crate) async fn read_stream(
             Ok(Some(body)) => match wire::decode_frame(&body) {
                 Ok(msg) => {
                     let Some(inner) = weak.upgrade() else { return };
+                    if !inner.addresses.contains(info.peer) {
+                        // Removed from the book after it connected: it is no longer a member
+                        // this node talks to, so nothing more it sends reaches the engine.
+                        tracing::info!(peer = %info.peer, "message from a peer no longer in the address book; closing its connection");
+                        info.conn.close(close::REMOVED, b"removed from the address book");
+                        return;
+                    }
                     if !inner.deliver(info.peer, msg) {
                         return;
                     }

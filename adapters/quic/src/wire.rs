@@ -31,6 +31,8 @@ pub(crate) mod close {
     pub(crate) const PROTOCOL: VarInt = VarInt::from_u32(3);
     /// The peer's address changed in the address book; the old connection is dropped.
     pub(crate) const MOVED: VarInt = VarInt::from_u32(4);
+    /// The peer was removed from the address book; its connection is dropped.
+    pub(crate) const REMOVED: VarInt = VarInt::from_u32(5);
 }
 
 /// Application error codes that stop a stream.

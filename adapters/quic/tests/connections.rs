@@ -1,6 +1,7 @@
 //! Guards connection management: one connection per pair of nodes even when they dial each
 //! other at once; fail-fast sends and backoff for a dead peer; following a peer that moved or
-//! restarted; and refused frames (oversized, malformed) counted without harming the connection.
+//! restarted; cutting off a peer removed from the address book; and refused frames (oversized,
+//! malformed) counted without harming the connection.
 
 mod common;
 
@@ -291,4 +292,45 @@ fn bind_errors_name_the_problem() {
         assert!(matches!(err, raftkit_quic::QuicError::Bind { .. }), "{err}");
         assert!(err.to_string().contains(&first.local_addr().to_string()), "{err}");
     });
+}
+
+/// A peer removed from a node's address book is cut off at once, even over a connection that
+/// was already open: sends to it fail, and what it sends no longer reaches the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_removed_from_the_address_book_is_cut_off() {
+    let ca = CertAuthority::generate().unwrap();
+    let (book_a, book_b) = (AddressBook::new(), AddressBook::new());
+    let mut a = node(&ca, NodeId(1), &book_a).await;
+    let mut b = node(&ca, NodeId(2), &book_b).await;
+    book_a.insert(NodeId(2), b.net.local_addr());
+    book_b.insert(NodeId(1), a.net.local_addr());
+    until_delivered(&a.net, NodeId(2), &mut b.rx).await;
+    until_delivered(&b.net, NodeId(1), &mut a.rx).await;
+
+    book_a.remove(NodeId(2));
+    let err = a.net.send(NodeId(2), vec![numbered(7)]).await.unwrap_err();
+    assert_eq!(err.kind(), NetworkErrorKind::Unreachable);
+    // Node 2 keeps trying (it still has node 1 in its book); none of it gets through.
+    for i in 0..20 {
+        let _ = b.net.send(NodeId(1), vec![numbered(500 + i)]).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    while let Some(m) = recv(&mut a.rx, Duration::from_millis(300)).await {
+        assert_ne!(m.from, NodeId(2), "a removed peer's message reached the node: {m:?}");
+    }
+    // Put back, it is heard again.
+    book_a.insert(NodeId(2), b.net.local_addr());
+    let m = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let _ = b.net.send(NodeId(1), vec![numbered(900)]).await;
+            if let Some(m) = recv(&mut a.rx, Duration::from_millis(200)).await {
+                if m.from == NodeId(2) {
+                    return m;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the re-added peer is heard again");
+    assert_eq!(m.from, NodeId(2));
 }

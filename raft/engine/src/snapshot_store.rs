@@ -412,6 +412,11 @@ impl SnapshotWriter for MemWriter {
 /// both into place (metadata last: it is what makes a snapshot visible) and fsyncs the
 /// directory, so a crash leaves either the old latest snapshot or the new one. Reading a
 /// snapshot checks its checksum; a damaged one is reported as corruption.
+///
+/// The file work of the async methods (writes, fsyncs, renames, reads) runs on Tokio's
+/// blocking pool, so publishing a large snapshot never stalls the runtime's workers. The
+/// reader returned by [`open`](SnapshotStore::open) is a plain blocking reader, read by the
+/// state machine's `restore`.
 #[derive(Clone, Debug)]
 pub struct FileSnapshotStore {
     dir: PathBuf,
@@ -419,6 +424,16 @@ pub struct FileSnapshotStore {
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StorageError {
     move |e| StorageError::io(what, e)
+}
+
+/// Runs file work (reads, writes, fsyncs, renames) on Tokio's blocking pool, so a large
+/// snapshot's fsync never holds up the runtime's workers (and the driver's heartbeats).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StorageError::new(StorageErrorKind::Other, format!("a snapshot file task failed: {e}"))
+    })?
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -528,7 +543,8 @@ impl FileSnapshotStore {
 #[async_trait]
 impl SnapshotStore for FileSnapshotStore {
     async fn latest(&self) -> Result<Option<SnapshotMeta>, StorageError> {
-        Ok(self.complete()?.pop())
+        let store = self.clone();
+        blocking(move || Ok(store.complete()?.pop())).await
     }
 
     async fn read(
@@ -537,18 +553,23 @@ impl SnapshotStore for FileSnapshotStore {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StorageError> {
-        let mut f = self.snap_file(meta)?;
         if offset.checked_add(len).is_none_or(|e| e > meta.size) {
             return Err(StorageError::new(
                 StorageErrorKind::OutOfRange,
                 format!("{offset}+{len} is past the end of {}", meta.name()),
             ));
         }
-        use std::io::Seek;
-        f.seek(std::io::SeekFrom::Start(offset)).map_err(io(format!("seek {}", meta.name())))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf).map_err(io(format!("read {}", meta.name())))?;
-        Ok(buf.into())
+        let (store, meta) = (self.clone(), meta.clone());
+        blocking(move || {
+            let mut f = store.snap_file(&meta)?;
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .map_err(io(format!("seek {}", meta.name())))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf).map_err(io(format!("read {}", meta.name())))?;
+            Ok(buf.into())
+        })
+        .await
     }
 
     async fn open(&self, meta: &SnapshotMeta) -> Result<Box<dyn Read + Send>, StorageError> {
@@ -569,6 +590,19 @@ impl SnapshotStore for FileSnapshotStore {
         membership: Membership,
         expected: Option<Expected>,
     ) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        let store = self.clone();
+        let writer = blocking(move || store.begin_blocking(last_log_id, membership, expected));
+        Ok(Box::new(writer.await?))
+    }
+}
+
+impl FileSnapshotStore {
+    fn begin_blocking(
+        &self,
+        last_log_id: LogId,
+        membership: Membership,
+        expected: Option<Expected>,
+    ) -> Result<FileWriter, StorageError> {
         // A local snapshot gets a unique temporary name; a received one a name derived from
         // what it will be, so an interrupted transfer finds its partial file again.
         let name = partial_name(last_log_id, expected).unwrap_or_else(|| {
@@ -612,23 +646,24 @@ impl SnapshotStore for FileSnapshotStore {
             .append(true)
             .open(&path)
             .map_err(io(format!("open {}", path.display())))?;
-        Ok(Box::new(FileWriter {
+        Ok(FileWriter {
             store: self.clone(),
             path,
-            file,
+            file: Arc::new(file),
             hasher,
             written,
             last_log_id,
             membership,
             expected,
-        }))
+        })
     }
 }
 
 struct FileWriter {
     store: FileSnapshotStore,
     path: PathBuf,
-    file: fs::File,
+    /// Shared with the blocking task doing each write (`&File` is `Write`).
+    file: Arc<fs::File>,
     hasher: crc32fast::Hasher,
     written: u64,
     last_log_id: LogId,
@@ -644,15 +679,26 @@ impl SnapshotWriter for FileWriter {
 
     async fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
         check_room(self.expected, self.written, data)?;
-        self.file.write_all(data).map_err(io(format!("write {}", self.path.display())))?;
+        let (file, path, owned) = (self.file.clone(), self.path.clone(), data.to_vec());
+        blocking(move || {
+            (&*file).write_all(&owned).map_err(io(format!("write {}", path.display())))
+        })
+        .await?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
     }
 
     async fn finish(self: Box<Self>) -> Result<SnapshotMeta, StorageError> {
+        let writer = *self;
+        blocking(move || writer.finish_blocking()).await
+    }
+}
+
+impl FileWriter {
+    fn finish_blocking(self) -> Result<SnapshotMeta, StorageError> {
         let FileWriter { store, path, file, hasher, written, last_log_id, membership, expected } =
-            *self;
+            self;
         let meta =
             SnapshotMeta { last_log_id, membership, size: written, checksum: hasher.finalize() };
         if let Err(e) = check_expected(&meta, expected) {

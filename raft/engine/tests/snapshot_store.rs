@@ -221,3 +221,42 @@ async fn file_store_refuses_metadata_without_its_data() {
     assert_eq!(err.kind(), StorageErrorKind::Corruption, "{err}");
     assert!(err.to_string().contains("no data file"), "{err}");
 }
+
+/// File work (writes, the fsyncs and renames of `finish`, reads) runs off the runtime's
+/// threads: on a single-threaded runtime, another task keeps running while a snapshot is
+/// written and published. Done inline, each call would complete within one poll and the
+/// other task would get no turn until it had finished.
+#[tokio::test(flavor = "current_thread")]
+async fn file_store_does_not_hold_the_runtime_during_file_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileSnapshotStore::open(dir.path()).unwrap());
+    let bytes = data(8 << 20, 3);
+    let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = {
+        let turns = turns.clone();
+        tokio::spawn(async move {
+            loop {
+                turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let taken =
+        |turns: &std::sync::atomic::AtomicU64| turns.swap(0, std::sync::atomic::Ordering::Relaxed);
+    tokio::task::yield_now().await;
+    taken(&turns);
+
+    let mut w = store.begin(LogId::new(1, 10), members(), None).await.unwrap();
+    w.write(&bytes).await.unwrap();
+    let during_write = taken(&turns);
+    let meta = w.finish().await.unwrap();
+    let during_finish = taken(&turns);
+    let read = store.read(&meta, 0, bytes.len() as u64).await.unwrap();
+    let during_read = taken(&turns);
+    counter.abort();
+
+    assert_eq!(&read[..], &bytes[..]);
+    assert!(during_write >= 1, "the runtime was held during a write");
+    assert!(during_finish >= 1, "the runtime was held during finish (fsyncs and renames)");
+    assert!(during_read >= 1, "the runtime was held during a read");
+}
