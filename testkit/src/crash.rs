@@ -314,17 +314,14 @@ pub fn parent<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(child_test: 
         );
     }
     drop(guard);
-    #[allow(clippy::print_stderr)]
-    {
-        eprintln!(
-            "{kills} kills ({} before the store opened): {} acknowledged operations survived, \
-             {} in-flight operations found complete; final log {}",
-            stats.2,
-            stats.0,
-            stats.1,
-            describe(&model)
-        );
-    }
+    tracing::info!(
+        "{kills} kills ({} before the store opened): {} acknowledged operations survived, \
+         {} in-flight operations found complete; final log {}",
+        stats.2,
+        stats.0,
+        stats.1,
+        describe(&model)
+    );
     assert!(stats.0 > 0, "the children acknowledged nothing: the test exercised nothing");
 }
 

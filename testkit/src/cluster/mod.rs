@@ -217,12 +217,10 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     pub fn check_seeds(&self, seeds: &[u64]) {
         for &seed in seeds {
             let report = self.run(seed);
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("{}", report.summary());
-                if std::env::var_os("RAFTKIT_TRACE").is_some() {
-                    eprintln!("{}", report.trace.join("\n"));
-                }
+            // A failure panics below with the seed and the report; passing runs are logged.
+            tracing::info!(seed, "{}", report.summary());
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(seed, "event trace:\n{}", report.trace.join("\n"));
             }
             if !report.passed() {
                 panic!("{}", report.failure_report());

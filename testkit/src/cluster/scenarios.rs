@@ -58,12 +58,10 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         };
         for seed in super::seeds_from_env(default) {
             let report = self.run_scenario(scenario, seed);
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("{}: {}", scenario.name(), report.summary());
-                if std::env::var_os("RAFTKIT_TRACE").is_some() {
-                    eprintln!("{}", report.trace.join("\n"));
-                }
+            // A failure panics below with the seed and the report; passing runs are logged.
+            tracing::info!(seed, "{}: {}", scenario.name(), report.summary());
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(seed, "event trace:\n{}", report.trace.join("\n"));
             }
             if !report.passed() {
                 panic!("{}: {}", scenario.name(), report.failure_report());
