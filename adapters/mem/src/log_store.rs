@@ -254,6 +254,11 @@ impl LogStore for MemLogStore {
         Ok(())
     }
 
+    /// A write is a few vector operations under a lock (or starts a simulated sync).
+    fn inline_write(&self) -> bool {
+        true
+    }
+
     fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
         Arc::new(self.snapshots.clone())
     }

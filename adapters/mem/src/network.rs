@@ -274,6 +274,11 @@ impl Network for MemNetwork {
         Ok(())
     }
 
+    /// A send is a channel push under a lock (or starts a delay timer).
+    fn inline_send(&self) -> bool {
+        true
+    }
+
     async fn shutdown(&self) {
         self.router.lock().inboxes.remove(&self.id);
     }

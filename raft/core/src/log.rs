@@ -95,6 +95,11 @@ impl RaftLog {
         self.stable
     }
 
+    /// How many entries are cached.
+    pub(crate) fn cached_len(&self) -> usize {
+        self.cache.len()
+    }
+
     /// The first index still in the cache (`last + 1` when the cache is empty).
     pub(crate) fn cache_first(&self) -> LogIndex {
         self.cache.front().map_or(self.last.index.next(), Entry::index)
@@ -232,6 +237,18 @@ impl RaftLog {
         self.evict();
     }
 
+    /// Drops the cached entries up to `up_to` that are durable (the store can serve them).
+    pub(crate) fn release(&mut self, up_to: LogIndex) {
+        let up_to = up_to.min(self.stable);
+        while let Some(e) = self.cache.front() {
+            if e.index() > up_to {
+                break;
+            }
+            self.cache_bytes -= e.size_hint();
+            self.cache.pop_front();
+        }
+    }
+
     /// Drops cached entries from the front while over the limit; never drops entries that are
     /// not yet durable (the store could not serve them).
     fn evict(&mut self) {
@@ -258,10 +275,11 @@ impl RaftLog {
         if from < first {
             return None;
         }
-        let skip = usize::try_from(from.0 - first.0).ok()?;
-        let mut out = Vec::new();
+        let skip = usize::try_from(from.0 - first.0).ok()?.min(self.cache.len());
+        let end = skip + (self.cache.len() - skip).min(max_count);
+        let mut out = Vec::with_capacity(end - skip);
         let mut bytes = 0;
-        for e in self.cache.iter().skip(skip).take(max_count) {
+        for e in self.cache.range(skip..end) {
             let size = e.size_hint();
             if !out.is_empty() && bytes + size > max_bytes {
                 break;

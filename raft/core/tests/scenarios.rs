@@ -389,6 +389,37 @@ fn lagging_follower_catches_up_thousands_of_entries() {
     assert_eq!(sim.node(lagger).applied.len(), 5001);
 }
 
+/// The entry cache keeps what a follower cut off for a while still needs (it catches up
+/// without reading the store) and lets go of what every node has and has applied.
+#[test]
+fn cache_keeps_what_a_lagging_follower_needs_and_releases_the_rest() {
+    for seed in seeds(3) {
+        eprintln!("seed {seed} (replay with RAFTKIT_SEED={seed})");
+        let mut sim = Sim::new(3, seed);
+        let leader = sim.wait_leader().0;
+        let lagger = (1..=3).find(|n| *n != leader).unwrap();
+        sim.block(leader, lagger);
+        let mut last = LogIndex(0);
+        for i in 0..500 {
+            last = sim.propose(leader, format!("entry-{i}").as_bytes()).unwrap().index;
+            if i % 50 == 0 {
+                sim.run_for(Duration::from_millis(5));
+            }
+        }
+        sim.run_for(Duration::from_millis(100));
+        assert_eq!(sim.leader().map(|l| l.0), Some(leader), "the leader should stay");
+        assert!(sim.core(leader).cached_entries() >= 500, "the lagger's entries were dropped");
+        sim.unblock(leader, lagger);
+        assert!(sim.wait_applied(last, Duration::from_secs(10)), "not applied everywhere");
+        assert_eq!(sim.from_log_sends, 0, "catch-up should have been served from the cache");
+        sim.run_for(Duration::from_millis(200));
+        for id in sim.ids() {
+            let cached = sim.core(id.0).cached_entries();
+            assert!(cached <= 1, "node {id:?} still caches {cached} entries everyone has");
+        }
+    }
+}
+
 /// Fast backtracking: a follower with a long conflicting suffix from an old term is repaired in
 /// a few round trips (one per term), not one per entry.
 #[test]

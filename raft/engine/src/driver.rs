@@ -3,12 +3,15 @@
 //! runs are reproducible), feed it in, and repeat.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, Instant, LogId, LogIndex, NodeId, ProposeError, RaftCore, ReceiveSnapshot, WriteId,
+    Action, Instant, LogId, LogIndex, Message, NodeId, PersistRequest, ProposeError, RaftCore,
+    ReceiveSnapshot, WriteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -16,7 +19,9 @@ use tokio::task::JoinHandle;
 use crate::error::{Fatal, StorageError, WriteError};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
-use crate::workers::{self, ApplyJob, Event, PeerItem, Waiter, WriterOp};
+use crate::workers::{
+    self, ApplyJob, Event, PeerItem, Queued, SendFuture, StoreFuture, Waiter, WriterOp,
+};
 
 /// A client command on its way to the driver.
 pub(crate) struct Proposal<O> {
@@ -50,6 +55,25 @@ impl Shared {
 /// The most inbound messages handled per loop turn before other inputs get a look in.
 const INBOX_BATCH: usize = 1024;
 
+/// Polls `f` once, without a waker (nothing will wake the caller): `Some(output)` if it
+/// finished at once. A future that is not finished can be moved to a task that polls it again
+/// with a real waker, as every future registers the waker of its latest poll.
+fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    match std::pin::Pin::new(f).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
+/// The driver's side of one peer: the queue of its sender task, and the messages of this loop
+/// turn not yet handed over.
+pub(crate) struct PeerLink {
+    tx: mpsc::Sender<PeerItem>,
+    task: JoinHandle<()>,
+    queued: Queued,
+    outbox: Vec<Message>,
+}
+
 pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) core: RaftCore,
     pub(crate) epoch: tokio::time::Instant,
@@ -61,6 +85,10 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) metrics: watch::Sender<RaftMetrics>,
     pub(crate) write_tx: Option<mpsc::UnboundedSender<WriterOp>>,
+    /// What the log writer has been handed and not finished.
+    pub(crate) write_queued: Queued,
+    /// The latest write the driver finished itself this turn (see `LogStore::inline_write`).
+    pub(crate) persisted_now: Option<WriteId>,
     pub(crate) write_done: mpsc::UnboundedReceiver<Result<(WriteId, usize), StorageError>>,
     pub(crate) writer: Option<JoinHandle<()>>,
     pub(crate) apply_tx: Option<mpsc::UnboundedSender<ApplyJob<S::Output>>>,
@@ -69,7 +97,7 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) events_tx: mpsc::UnboundedSender<Event>,
     pub(crate) events: mpsc::UnboundedReceiver<Event>,
     pub(crate) snapshot_tx: Option<mpsc::UnboundedSender<ReceiveSnapshot>>,
-    pub(crate) peers: BTreeMap<NodeId, (mpsc::Sender<PeerItem>, JoinHandle<()>)>,
+    pub(crate) peers: BTreeMap<NodeId, PeerLink>,
     pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
     /// Proposals gathered in one loop turn, proposed together.
     pub(crate) batch: Vec<Proposal<S::Output>>,
@@ -264,11 +292,15 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 }
             }
             Event::SnapshotSendFailed(peer) => self.core.handle_snapshot_send_failed(peer),
+            Event::InstallLog(snapshot, reply) => {
+                self.send_to_writer(WriterOp::Install(snapshot, reply));
+            }
             Event::Fatal(f) => self.fail(f),
         }
     }
 
     fn send_to_writer(&mut self, op: WriterOp) {
+        self.write_queued.add();
         if self.write_tx.as_ref().is_none_or(|tx| tx.send(op).is_err()) {
             self.fail(Fatal::LogStore(StorageError::new(
                 crate::StorageErrorKind::Closed,
@@ -286,10 +318,42 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
     }
 
+    /// Makes a write durable: through the log writer, or (for a store that writes at once, when
+    /// the writer is idle) right here.
+    fn persist(&mut self, req: PersistRequest) {
+        if !self.log.inline_write() || !self.write_queued.is_idle() {
+            self.send_to_writer(WriterOp::Persist(req));
+            return;
+        }
+        let (id, write, log) = (req.id, req.write, self.log.clone());
+        let mut fut: StoreFuture = Box::pin(async move { log.write(write).await });
+        match poll_once(&mut fut) {
+            Some(Ok(())) => self.persisted_now = Some(id),
+            Some(Err(e)) => self.fail(Fatal::LogStore(e)),
+            None => self.send_to_writer(WriterOp::Started(id, fut)),
+        }
+    }
+
     fn carry_out_actions(&mut self) {
+        loop {
+            self.carry_out_core_actions();
+            self.flush_outboxes();
+            // Writes finished here are reported at once, which may release more actions (the
+            // acknowledgements that had to wait for them).
+            match self.persisted_now.take() {
+                Some(id) => {
+                    let now = self.now();
+                    self.core.handle_persisted(now, id);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn carry_out_core_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Persist(req) => self.send_to_writer(WriterOp::Persist(req)),
+                Action::Persist(req) => self.persist(req),
                 Action::PurgeLog(up_to) => self.send_to_writer(WriterOp::Purge(up_to)),
                 Action::BuildSnapshot => {
                     let membership = self.core.membership().clone();
@@ -317,25 +381,74 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
     }
 
-    fn send_to_peer(&mut self, to: NodeId, item: PeerItem) {
-        let (tx, _) = self.peers.entry(to).or_insert_with(|| {
+    fn link(&mut self, to: NodeId) -> &mut PeerLink {
+        self.peers.entry(to).or_insert_with(|| {
             let cfg = self.core.config();
             let (tx, rx) = mpsc::channel(cfg.peer_queue_capacity);
+            let queued = Queued::default();
             let task = tokio::spawn(workers::peer_sender(
                 to,
                 self.network.clone(),
                 self.log.clone(),
                 cfg.election_timeout_max,
                 rx,
+                queued.clone(),
                 self.events_tx.clone(),
             ));
             self.shared.register(&task);
-            (tx, task)
-        });
-        if tx.try_send(item).is_err() {
-            // The peer is not keeping up. Dropping is safe (Raft tolerates loss) and keeps the
-            // driver and every other peer moving; the core's stall detection re-probes.
-            tracing::debug!(peer = %to, "peer queue full; dropping a message");
+            PeerLink { tx, task, queued, outbox: Vec::new() }
+        })
+    }
+
+    /// Queues `item` for `to`. Plain messages to a network that sends at once wait in the
+    /// peer's outbox until the end of the loop turn (`flush_outboxes`); anything else goes to
+    /// the peer's sender task, after whatever is in the outbox.
+    fn send_to_peer(&mut self, to: NodeId, item: PeerItem) {
+        let inline = self.network.inline_send();
+        match item {
+            PeerItem::Msg(m) if inline => self.link(to).outbox.push(m),
+            item => {
+                if inline {
+                    self.flush_outbox(to);
+                }
+                enqueue(to, self.link(to), item);
+            }
+        }
+    }
+
+    fn flush_outboxes(&mut self) {
+        if !self.network.inline_send() {
+            return;
+        }
+        let waiting: Vec<NodeId> =
+            self.peers.iter().filter(|(_, l)| !l.outbox.is_empty()).map(|(id, _)| *id).collect();
+        for to in waiting {
+            self.flush_outbox(to);
+        }
+    }
+
+    /// Sends the outbox of `to`: right here if its sender task is idle, else through it.
+    fn flush_outbox(&mut self, to: NodeId) {
+        let network = self.network.clone();
+        let Some(link) = self.peers.get_mut(&to) else { return };
+        if link.outbox.is_empty() {
+            return;
+        }
+        let messages = std::mem::take(&mut link.outbox);
+        if !link.queued.is_idle() {
+            for m in messages {
+                enqueue(to, link, PeerItem::Msg(m));
+            }
+            return;
+        }
+        let mut send: SendFuture = Box::pin(async move { network.send(to, messages).await });
+        match poll_once(&mut send) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(peer = %to, error = %e, "send failed");
+                let _ = self.events_tx.send(Event::Unreachable(to));
+            }
+            None => enqueue(to, link, PeerItem::Started(send)),
         }
     }
 
@@ -390,9 +503,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         for (_, w) in std::mem::take(&mut self.waiters) {
             let _ = w.tx.send(Err(reason.clone()));
         }
-        for (_, (tx, task)) in std::mem::take(&mut self.peers) {
-            drop(tx);
-            task.abort();
+        for (_, link) in std::mem::take(&mut self.peers) {
+            drop(link.tx);
+            link.task.abort();
         }
         // Let the writer finish the write it is in (all or nothing either way) so that nothing
         // touches the store after shutdown returns; then the apply worker.
@@ -413,5 +526,16 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         if let Some(ack) = ack {
             let _ = ack.send(());
         }
+    }
+}
+
+/// Hands `item` to the sender task of `to`.
+fn enqueue(to: NodeId, link: &mut PeerLink, item: PeerItem) {
+    link.queued.add();
+    if link.tx.try_send(item).is_err() {
+        link.queued.done(1);
+        // The peer is not keeping up. Dropping is safe (Raft tolerates loss) and keeps the
+        // driver and every other peer moving; the core's stall detection re-probes.
+        tracing::debug!(peer = %to, "peer queue full; dropping a message");
     }
 }

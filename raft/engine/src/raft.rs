@@ -100,7 +100,13 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             watch::channel(RaftMetrics::from_core(&core, NodeState::Running));
         let (write_tx, write_rx) = mpsc::unbounded_channel();
         let (write_done_tx, write_done_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(workers::log_writer(log.clone(), write_rx, write_done_tx));
+        let write_queued = workers::Queued::default();
+        let writer = tokio::spawn(workers::log_writer(
+            log.clone(),
+            write_rx,
+            write_queued.clone(),
+            write_done_tx,
+        ));
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (apply_done_tx, apply_done_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -117,7 +123,6 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             log.clone(),
             snapshot_rx,
             apply_tx.clone(),
-            write_tx.clone(),
             events_tx.clone(),
         ));
         let shared = Arc::new(Shared::default());
@@ -135,6 +140,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             control: control_rx,
             metrics: metrics_tx,
             write_tx: Some(write_tx),
+            write_queued,
+            persisted_now: None,
             write_done: write_done_rx,
             writer: Some(writer),
             apply_tx: Some(apply_tx),

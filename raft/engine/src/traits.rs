@@ -127,6 +127,18 @@ pub trait LogStore: Send + Sync + 'static {
     /// `Io`, after which the store is poisoned.
     async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError>;
 
+    /// Whether `write` usually finishes on its first poll, with little work (an in-memory
+    /// store). The engine then calls `write` from its driver task and hands it to its writer
+    /// task only if it did not finish at once, which saves two task switches per write on the
+    /// way to every acknowledgement. A store that waits for a disk says `false` (the default):
+    /// its writes go through the writer task, which merges those queued behind a slow one.
+    ///
+    /// Either way the engine keeps its contract: one write (or purge or install) at a time, in
+    /// order.
+    fn inline_write(&self) -> bool {
+        false
+    }
+
     /// Where the snapshots that compact this log are kept: in the same durability domain as
     /// the log (a durable log needs durable snapshots, or a restart after a purge cannot
     /// rebuild the state). [`FileSnapshotStore`](crate::FileSnapshotStore) suits file-based
@@ -341,6 +353,17 @@ pub trait Network: Send + Sync + 'static {
     /// peer (the core probes it again after a heartbeat answer). Must fail within a bounded
     /// time rather than block.
     async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), NetworkError>;
+
+    /// Whether `send` usually finishes on its first poll, with little work (an in-process
+    /// channel). The engine then calls `send` from its driver task, handing the call to the
+    /// peer's sender task only if it did not finish at once: a message reaches the peer without
+    /// a task switch on the way. A transport that encodes, encrypts or waits for flow control
+    /// says `false` (the default), and that work stays off the driver.
+    ///
+    /// Either way the engine keeps its contract: one `send` per peer at a time, in order.
+    fn inline_send(&self) -> bool {
+        false
+    }
 
     /// Stops the network: closes connections and stops delivering to the inbox.
     ///

@@ -3,7 +3,10 @@
 //! delays acknowledgements, not message handling; a slow peer delays only itself.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftkit_core::codec;
@@ -14,7 +17,7 @@ use raftkit_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Fatal, StorageError, StorageErrorKind, WriteError};
+use crate::error::{Fatal, NetworkError, StorageError, StorageErrorKind, WriteError};
 use crate::snapshot_store::{Expected, SnapshotStore, SnapshotWriter};
 use crate::traits::{ApplyEntry, ApplyPayload, LogStore, Network, SnapshotSource, StateMachine};
 
@@ -30,6 +33,9 @@ pub(crate) enum Event {
     SnapshotSendFailed(NodeId),
     /// A peer could not be reached.
     Unreachable(NodeId),
+    /// The snapshot receiver asks for the log's prefix to be replaced by an installed snapshot
+    /// (the driver queues it for the log writer, in order with its own writes).
+    InstallLog(LogId, oneshot::Sender<Result<(), StorageError>>),
     /// Something failed for good.
     Fatal(Fatal),
 }
@@ -53,10 +59,41 @@ pub(crate) enum ApplyJob<O> {
     Restore { meta: SnapshotMeta, reply: oneshot::Sender<Result<(), StorageError>> },
 }
 
+/// A log store call the driver started itself and that did not finish on its first poll.
+pub(crate) type StoreFuture = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
+
+/// A `send` the driver started itself and that did not finish on its first poll.
+pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Result<(), NetworkError>> + Send>>;
+
+/// Counts the items a helper task has been handed and not finished yet. The driver is the only
+/// one to hand them over, so when it reads zero the helper is idle and the driver may call the
+/// store or the network itself without breaking their one-call-at-a-time order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Queued(Arc<AtomicUsize>);
+
+impl Queued {
+    /// The driver hands over one item.
+    pub(crate) fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The helper finished `n` items (every store or network call for them has returned).
+    pub(crate) fn done(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::Release);
+    }
+
+    /// Whether every item handed over is finished.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+}
+
 /// Work for the log writer, in log order.
 pub(crate) enum WriterOp {
     /// A write from the core.
     Persist(PersistRequest),
+    /// A write the driver started while the writer was idle; finish it and report `id`.
+    Started(WriteId, StoreFuture),
     /// Purge a prefix covered by a snapshot.
     Purge(LogId),
     /// Replace the log's prefix with an installed snapshot.
@@ -69,6 +106,7 @@ pub(crate) enum WriterOp {
 pub(crate) async fn log_writer<L: LogStore>(
     log: Arc<L>,
     mut rx: mpsc::UnboundedReceiver<WriterOp>,
+    queued: Queued,
     done: mpsc::UnboundedSender<Result<(WriteId, usize), StorageError>>,
 ) {
     let mut next: Option<WriterOp> = None;
@@ -82,14 +120,10 @@ pub(crate) async fn log_writer<L: LogStore>(
         };
         let result = match op {
             WriterOp::Persist(first) => {
-                let (mut id, mut write, mut merged) = (first.id, first.write, 1);
+                let mut writes = vec![first];
                 loop {
                     match rx.try_recv() {
-                        Ok(WriterOp::Persist(more)) => {
-                            write.merge(more.write);
-                            id = more.id;
-                            merged += 1;
-                        }
+                        Ok(WriterOp::Persist(more)) => writes.push(more),
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -97,16 +131,32 @@ pub(crate) async fn log_writer<L: LogStore>(
                         Err(_) => break,
                     }
                 }
-                let r = log.write(write).await;
+                let (merged, id) = (writes.len(), writes[writes.len() - 1].id);
+                let r = log.write(merge_writes(writes)).await;
+                queued.done(merged);
                 let failed = r.is_err();
                 if done.send(r.map(|()| (id, merged))).is_err() || failed {
                     return;
                 }
                 continue;
             }
-            WriterOp::Purge(up_to) => log.purge(up_to).await,
+            WriterOp::Started(id, write) => {
+                let r = write.await;
+                queued.done(1);
+                let failed = r.is_err();
+                if done.send(r.map(|()| (id, 1))).is_err() || failed {
+                    return;
+                }
+                continue;
+            }
+            WriterOp::Purge(up_to) => {
+                let r = log.purge(up_to).await;
+                queued.done(1);
+                r
+            }
             WriterOp::Install(s, reply) => {
                 let r = log.install_snapshot(s).await;
+                queued.done(1);
                 let failed = r.is_err();
                 let _ = reply.send(r);
                 if failed {
@@ -121,6 +171,20 @@ pub(crate) async fn log_writer<L: LogStore>(
             return;
         }
     }
+}
+
+/// Merges queued writes into one, with room reserved for all their entries up front.
+fn merge_writes(writes: Vec<PersistRequest>) -> raftkit_core::LogWrite {
+    let total: usize = writes.iter().map(|w| w.write.entries.len()).sum();
+    let mut writes = writes.into_iter();
+    let mut write = writes.next().expect("at least one write").write;
+    if !write.entries.is_empty() {
+        write.entries.reserve(total - write.entries.len());
+    }
+    for more in writes {
+        write.merge(more.write);
+    }
+    write
 }
 
 /// Applies committed entries to the state machine in order and answers the waiting clients;
@@ -245,7 +309,9 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
     jobs: Vec<(ApplyRequest, Waiters<S::Output>)>,
 ) -> Result<LogIndex, Fatal> {
     let mut entries: Vec<Entry> = Vec::new();
-    let mut waiters = BTreeMap::new();
+    // Each job's waiters lie within its own range (the driver splits them off at the job's
+    // end), and the jobs come in log order: chained, they are in index order.
+    let mut all_waiters = Vec::with_capacity(jobs.len());
     for (req, job_waiters) in jobs {
         let batch = match req.entries {
             Some(e) => e,
@@ -262,9 +328,14 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
                 format!("committed entries {}..={} read back differently", req.first, req.last),
             )));
         }
-        entries.extend(batch);
-        waiters.extend(job_waiters);
+        if entries.is_empty() {
+            entries = batch;
+        } else {
+            entries.extend(batch);
+        }
+        all_waiters.push(job_waiters);
     }
+    let mut waiters = all_waiters.into_iter().flatten().peekable();
     let last = entries.last().map_or(LogIndex(0), Entry::index);
     let mut items = Vec::with_capacity(entries.len());
     let mut commands = 0;
@@ -288,31 +359,30 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
         return Err(Fatal::OutputCount { expected: commands, got: outputs.len() });
     }
     let mut outputs = outputs.into_iter();
+    // Walk the entries and the waiters (both in index order) side by side.
     for e in &entries {
-        if !matches!(e.payload, EntryPayload::Normal(_)) {
-            continue;
-        }
-        let out = outputs.next().expect("counted above");
-        if let Some(w) = waiters.remove(&e.index()) {
-            let reply = if w.log_id == e.log_id {
-                Ok(out)
-            } else {
+        let mut out = match e.payload {
+            EntryPayload::Normal(_) => Some(outputs.next().expect("counted above")),
+            _ => None,
+        };
+        while let Some((index, w)) = waiters.next_if(|(index, _)| *index <= e.index()) {
+            let reply = if index < e.index() {
+                // Below what is applied here (entries are contiguous, so below the first): a
+                // snapshot from the leader covered it.
+                Err(WriteError::OutcomeUnknown { log_id: w.log_id })
+            } else if w.log_id != e.log_id {
                 Err(WriteError::Overwritten { log_id: w.log_id })
+            } else {
+                // No output: the index holds a no-op or configuration entry, so overwritten.
+                out.take().ok_or(WriteError::Overwritten { log_id: w.log_id })
             };
             // The client may have given up waiting; that is fine.
             let _ = w.tx.send(reply);
         }
     }
-    let first = entries.first().map_or(LogIndex(0), Entry::index);
-    for (index, w) in waiters {
-        let reply = if index < first {
-            // Below what is applied here: a snapshot from the leader covered it.
-            WriteError::OutcomeUnknown { log_id: w.log_id }
-        } else {
-            // The index now holds a no-op or configuration entry: overwritten.
-            WriteError::Overwritten { log_id: w.log_id }
-        };
-        let _ = w.tx.send(Err(reply));
+    // None are left past the last entry (the driver splits waiters off at a job's end).
+    for (_, w) in waiters {
+        let _ = w.tx.send(Err(WriteError::Overwritten { log_id: w.log_id }));
     }
     Ok(last)
 }
@@ -320,6 +390,8 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
 /// What the driver queues for one peer.
 pub(crate) enum PeerItem {
     Msg(Message),
+    /// A send the driver started while the sender was idle; finish it.
+    Started(SendFuture),
     FromLog(SendFromLog),
     Snapshot(SendSnapshot),
 }
@@ -336,15 +408,26 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
     log: Arc<L>,
     send_timeout: Duration,
     mut rx: mpsc::Receiver<PeerItem>,
+    queued: Queued,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let snapshots = log.snapshot_store();
     let mut items = Vec::with_capacity(PEER_BATCH);
     while rx.recv_many(&mut items, PEER_BATCH).await > 0 {
+        let count = items.len();
         let mut batch = Vec::with_capacity(items.len());
         for item in items.drain(..) {
             match item {
                 PeerItem::Msg(m) => batch.push(m),
+                PeerItem::Started(send) => {
+                    // Only ever first in line (the driver starts a send only when this task is
+                    // idle), but keep the order should anything be ahead of it.
+                    if !batch.is_empty() {
+                        let earlier = network.send(to, std::mem::take(&mut batch));
+                        finish_send(to, send_timeout, earlier, &events).await;
+                    }
+                    finish_send(to, send_timeout, send, &events).await;
+                }
                 PeerItem::FromLog(req) => {
                     if let Some(m) = read_append(&*log, req).await {
                         batch.push(m);
@@ -369,19 +452,29 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            finish_send(to, send_timeout, network.send(to, batch), &events).await;
         }
-        match tokio::time::timeout(send_timeout, network.send(to, batch)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %to, error = %e, "send failed");
-                let _ = events.send(Event::Unreachable(to));
-            }
-            Err(_) => {
-                tracing::debug!(peer = %to, "send timed out");
-                let _ = events.send(Event::Unreachable(to));
-            }
+        queued.done(count);
+    }
+}
+
+/// Waits for a send to `to`, reporting a failure or a timeout as "unreachable".
+async fn finish_send(
+    to: NodeId,
+    timeout: Duration,
+    send: impl Future<Output = Result<(), NetworkError>>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %to, error = %e, "send failed");
+            let _ = events.send(Event::Unreachable(to));
+        }
+        Err(_) => {
+            tracing::debug!(peer = %to, "send timed out");
+            let _ = events.send(Event::Unreachable(to));
         }
     }
 }
@@ -393,13 +486,12 @@ pub(crate) async fn snapshot_receiver<O: Send + 'static, L: LogStore>(
     log: Arc<L>,
     mut rx: mpsc::UnboundedReceiver<ReceiveSnapshot>,
     apply: mpsc::UnboundedSender<ApplyJob<O>>,
-    writer: mpsc::UnboundedSender<WriterOp>,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let store = log.snapshot_store();
     let mut current: Option<(SnapshotMeta, Box<dyn SnapshotWriter>)> = None;
     while let Some(r) = rx.recv().await {
-        match receive_chunk(&*store, &mut current, r, &apply, &writer).await {
+        match receive_chunk(&*store, &mut current, r, &apply, &events).await {
             Ok(ev) => {
                 let _ = events.send(ev);
             }
@@ -416,7 +508,7 @@ async fn receive_chunk<O>(
     current: &mut Option<(SnapshotMeta, Box<dyn SnapshotWriter>)>,
     r: ReceiveSnapshot,
     apply: &mpsc::UnboundedSender<ApplyJob<O>>,
-    writer: &mpsc::UnboundedSender<WriterOp>,
+    events: &mpsc::UnboundedSender<Event>,
 ) -> Result<Event, Fatal> {
     let (from, chunk) = (r.from, r.chunk);
     let meta = chunk.meta.clone();
@@ -468,9 +560,9 @@ async fn receive_chunk<O>(
         })?
         .map_err(|e| Fatal::StateMachine(e.context("restoring a snapshot")))?;
     let (tx, rx) = oneshot::channel();
-    writer.send(WriterOp::Install(stored.last_log_id, tx)).map_err(|_| {
-        fatal(StorageError::new(StorageErrorKind::Closed, "the log writer stopped"))
-    })?;
+    events
+        .send(Event::InstallLog(stored.last_log_id, tx))
+        .map_err(|_| fatal(StorageError::new(StorageErrorKind::Closed, "the driver stopped")))?;
     rx.await
         .map_err(|_| fatal(StorageError::new(StorageErrorKind::Closed, "the log writer stopped")))?
         .map_err(fatal)?;
