@@ -222,6 +222,23 @@ impl MemNetwork {
     }
 }
 
+impl MemNetwork {
+    /// Delivers one copy, at once or after the configured delay.
+    fn deliver_one(&self, g: &mut Router, inbox: &Inbox, msg: Message) {
+        g.delivered += 1;
+        match g.delay() {
+            None => MemRouter::deliver(inbox, self.id, msg),
+            Some(d) => {
+                let (inbox, from) = (inbox.clone(), self.id);
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    MemRouter::deliver(&inbox, from, msg);
+                });
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Network for MemNetwork {
     async fn start(&self, inbox: Inbox) -> Result<(), NetworkError> {
@@ -256,20 +273,10 @@ impl Network for MemNetwork {
                 msg
             };
             let dup_rate = g.faults.duplicate_rate;
-            let copies = if g.chance(dup_rate) { 2 } else { 1 };
-            for _ in 0..copies {
-                g.delivered += 1;
-                match g.delay() {
-                    None => MemRouter::deliver(&inbox, self.id, msg.clone()),
-                    Some(d) => {
-                        let (inbox, from, msg) = (inbox.clone(), self.id, msg.clone());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(d).await;
-                            MemRouter::deliver(&inbox, from, msg);
-                        });
-                    }
-                }
+            if g.chance(dup_rate) {
+                self.deliver_one(&mut g, &inbox, msg.clone());
             }
+            self.deliver_one(&mut g, &inbox, msg);
         }
         Ok(())
     }

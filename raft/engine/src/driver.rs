@@ -104,6 +104,8 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) failure: Option<Fatal>,
     pub(crate) observer: Option<Arc<dyn Observer>>,
     pub(crate) last_status: Option<NodeStatus>,
+    /// The membership the metrics last showed.
+    pub(crate) membership_seen: Option<raftkit_core::Membership>,
 }
 
 enum Exit {
@@ -168,6 +170,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                     let now = self.now();
                     self.core.handle_timeout(now);
                 }
+            }
+            if !self.batch.is_empty() {
+                // A proposal woke this task, likely the first of a burst (a batch of answers
+                // just woke many clients). Let the tasks already waiting to run go first, so
+                // their proposals join this batch instead of each costing a loop turn.
+                tokio::task::yield_now().await;
             }
             self.drain_ready();
         }
@@ -463,24 +471,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     }
 
     fn publish_metrics(&mut self, state: NodeState) {
+        let voters_changed = self.membership_seen.as_ref() != Some(self.core.membership());
+        if voters_changed {
+            self.membership_seen = Some(self.core.membership().clone());
+        }
         let core = &self.core;
-        self.metrics.send_if_modified(|m| {
-            let changed = m.state != state
-                || m.role != core.role()
-                || m.term != core.term()
-                || m.leader != core.leader()
-                || m.commit != core.commit_index()
-                || m.applied != core.applied_index()
-                || m.last_log != core.last_log_id()
-                || m.stable != core.stable_index()
-                || m.purged != core.purged_log_id()
-                || m.snapshot != core.snapshot().map(|s| s.last_log_id)
-                || !core.match_index_iter().eq(m.replication.iter().map(|(k, v)| (*k, *v)));
-            if changed {
-                *m = RaftMetrics::from_core(core, state.clone());
-            }
-            changed
-        });
+        self.metrics.send_if_modified(|m| m.refresh(core, &state, voters_changed));
     }
 
     async fn finish(mut self, exit: Exit) {

@@ -107,6 +107,60 @@ pub trait Observer: Send + Sync + 'static {
 }
 
 impl RaftMetrics {
+    /// Brings these metrics up to date with `core` in place (no allocation unless the peers or
+    /// the voters changed); returns whether anything changed. `voters_changed` says whether
+    /// the membership changed since the last call.
+    pub(crate) fn refresh(
+        &mut self,
+        core: &RaftCore,
+        state: &NodeState,
+        voters_changed: bool,
+    ) -> bool {
+        let mut changed = false;
+        macro_rules! set {
+            ($field:ident, $value:expr) => {{
+                let v = $value;
+                if self.$field != v {
+                    self.$field = v;
+                    changed = true;
+                }
+            }};
+        }
+        if self.state != *state {
+            self.state = state.clone();
+            changed = true;
+        }
+        set!(role, core.role());
+        set!(term, core.term());
+        set!(leader, core.leader());
+        set!(commit, core.commit_index());
+        set!(applied, core.applied_index());
+        set!(last_log, core.last_log_id());
+        set!(stable, core.stable_index());
+        set!(purged, core.purged_log_id());
+        set!(snapshot, core.snapshot().map(|s| s.last_log_id));
+        if !core.match_index_iter().eq(self.replication.iter().map(|(k, v)| (*k, *v))) {
+            let same_peers = self.replication.len() == core.match_index_iter().count()
+                && core.match_index_iter().zip(self.replication.keys()).all(|((a, _), b)| a == *b);
+            if same_peers {
+                for (v, (_, m)) in self.replication.values_mut().zip(core.match_index_iter()) {
+                    *v = m;
+                }
+            } else {
+                self.replication = core.match_indexes();
+            }
+            changed = true;
+        }
+        if voters_changed {
+            let voters: Vec<NodeId> = core.membership().voters().into_iter().collect();
+            if voters != self.voters {
+                self.voters = voters;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     pub(crate) fn from_core(core: &RaftCore, state: NodeState) -> RaftMetrics {
         RaftMetrics {
             id: core.id(),

@@ -156,6 +156,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             failure: None,
             observer,
             last_status: None,
+            membership_seen: None,
         };
         let task = tokio::spawn(driver.run());
         Ok(Raft {
