@@ -133,8 +133,20 @@ pub trait LogStore: Send + Sync + 'static {
     /// way to every acknowledgement. A store that waits for a disk says `false` (the default):
     /// its writes go through the writer task, which merges those queued behind a slow one.
     ///
+    /// # Correctness
     /// Either way the engine keeps its contract: one write (or purge or install) at a time, in
-    /// order.
+    /// order. A `write` that does not finish on its first poll must carry on correctly when
+    /// polled again from another task (as every well-behaved future does), and its first poll
+    /// must never block the thread: it runs on the driver.
+    ///
+    /// # Durability
+    /// Not applicable: `write` keeps its durability contract whoever calls it.
+    ///
+    /// # Cancel safety
+    /// Not applicable (not async).
+    ///
+    /// # Errors
+    /// None.
     fn inline_write(&self) -> bool {
         false
     }
@@ -360,7 +372,20 @@ pub trait Network: Send + Sync + 'static {
     /// a task switch on the way. A transport that encodes, encrypts or waits for flow control
     /// says `false` (the default), and that work stays off the driver.
     ///
-    /// Either way the engine keeps its contract: one `send` per peer at a time, in order.
+    /// # Correctness
+    /// Either way the engine keeps its contract: one `send` per peer at a time, in order. A
+    /// `send` that does not finish on its first poll must carry on correctly when polled again
+    /// from another task (as every well-behaved future does), and must never block the thread:
+    /// it runs on the driver.
+    ///
+    /// # Durability
+    /// Not applicable.
+    ///
+    /// # Cancel safety
+    /// Not applicable (not async).
+    ///
+    /// # Errors
+    /// None.
     fn inline_send(&self) -> bool {
         false
     }
