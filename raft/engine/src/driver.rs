@@ -428,35 +428,14 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         if !self.network.inline_send() {
             return;
         }
-        let waiting: Vec<NodeId> =
-            self.peers.iter().filter(|(_, l)| !l.outbox.is_empty()).map(|(id, _)| *id).collect();
-        for to in waiting {
-            self.flush_outbox(to);
+        for (to, link) in &mut self.peers {
+            flush_outbox(&self.network, &self.events_tx, *to, link);
         }
     }
 
-    /// Sends the outbox of `to`: right here if its sender task is idle, else through it.
     fn flush_outbox(&mut self, to: NodeId) {
-        let network = self.network.clone();
-        let Some(link) = self.peers.get_mut(&to) else { return };
-        if link.outbox.is_empty() {
-            return;
-        }
-        let messages = std::mem::take(&mut link.outbox);
-        if !link.queued.is_idle() {
-            for m in messages {
-                enqueue(to, link, PeerItem::Msg(m));
-            }
-            return;
-        }
-        let mut send: SendFuture = Box::pin(async move { network.send(to, messages).await });
-        match poll_once(&mut send) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                tracing::debug!(peer = %to, error = %e, "send failed");
-                let _ = self.events_tx.send(Event::Unreachable(to));
-            }
-            None => enqueue(to, link, PeerItem::Started(send)),
+        if let Some(link) = self.peers.get_mut(&to) {
+            flush_outbox(&self.network, &self.events_tx, to, link);
         }
     }
 
@@ -522,6 +501,35 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         if let Some(ack) = ack {
             let _ = ack.send(());
         }
+    }
+}
+
+/// Sends the outbox of `to`: right here if its sender task is idle, else through it.
+fn flush_outbox<N: Network>(
+    network: &Arc<N>,
+    events: &mpsc::UnboundedSender<Event>,
+    to: NodeId,
+    link: &mut PeerLink,
+) {
+    if link.outbox.is_empty() {
+        return;
+    }
+    let messages = std::mem::take(&mut link.outbox);
+    if !link.queued.is_idle() {
+        for m in messages {
+            enqueue(to, link, PeerItem::Msg(m));
+        }
+        return;
+    }
+    let network = network.clone();
+    let mut send: SendFuture = Box::pin(async move { network.send(to, messages).await });
+    match poll_once(&mut send) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            tracing::debug!(peer = %to, error = %e, "send failed");
+            let _ = events.send(Event::Unreachable(to));
+        }
+        None => enqueue(to, link, PeerItem::Started(send)),
     }
 }
 

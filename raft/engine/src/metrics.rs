@@ -140,9 +140,7 @@ impl RaftMetrics {
         set!(purged, core.purged_log_id());
         set!(snapshot, core.snapshot().map(|s| s.last_log_id));
         if !core.match_index_iter().eq(self.replication.iter().map(|(k, v)| (*k, *v))) {
-            let same_peers = self.replication.len() == core.match_index_iter().count()
-                && core.match_index_iter().zip(self.replication.keys()).all(|((a, _), b)| a == *b);
-            if same_peers {
+            if core.match_index_iter().map(|(id, _)| id).eq(self.replication.keys().copied()) {
                 for (v, (_, m)) in self.replication.values_mut().zip(core.match_index_iter()) {
                     *v = m;
                 }
