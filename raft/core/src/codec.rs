@@ -5,7 +5,16 @@
 //! bytes; stores keep them as records. Swapping the format means changing this module only.
 //!
 //! Decoding is for untrusted input: a wrong version, truncated or trailing bytes, an invalid
-//! enum tag, or a length beyond [`MAX_DECODE_BYTES`] is an error, never a panic.
+//! enum tag, or an input longer than [`MAX_DECODE_BYTES`] is an error, never a panic.
+//!
+//! # Memory
+//!
+//! Decoding never reserves memory for lengths the input cannot back. bincode reserves a byte
+//! buffer or string of the claimed length before reading it, checked only against its configured
+//! limit; so [`decode`] sets that limit from the input's own size: at most
+//! [`CLAIM_RATIO`] × 4 × the input's length (at least 4 KiB). A 14-byte frame claiming a
+//! 1 GiB payload is a [`CodecError::Malformed`] error before anything is reserved. (Sequences are
+//! preallocated by serde at most 1 MiB ahead of what was actually read, whatever they claim.)
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,17 +24,43 @@ use crate::message::Message;
 /// The format version written as the first byte of every encoded value.
 pub const VERSION: u8 = 1;
 
-/// The largest value [`decode`] accepts, in bytes. Transports should cap frames lower.
+/// The largest input [`decode`] accepts, in bytes. Transports should cap frames lower.
 pub const MAX_DECODE_BYTES: usize = 1 << 30;
 
-type Cfg = bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<MAX_DECODE_BYTES>,
->;
+/// How many bytes bincode may account for per input byte. bincode counts a decoded integer as
+/// its in-memory width (8 for a `u64`, 16 for a `u128`) even when its varint takes one byte, so
+/// a valid encoding accounts for at most 16 bytes per input byte; containers account for their
+/// claimed length. The decode limit is at least this multiple of the input's length.
+pub const CLAIM_RATIO: usize = 16;
 
-fn config() -> Cfg {
-    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
+/// The smallest decode limit: tiny inputs get this much room (a few KiB is nothing to reserve).
+const MIN_LIMIT_LOG2: u32 = 12;
+
+fn encode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Decodes `body` with a bincode limit chosen from the input's own length: the smallest power
+/// of four at or above `CLAIM_RATIO × body.len()` (and 4 KiB). bincode's limit is a const
+/// generic, so the ladder is spelled out; each rung is one instantiation.
+fn decode_bounded<T: DeserializeOwned>(body: &[u8]) -> Result<(T, usize), CodecError> {
+    let need = body.len().saturating_mul(CLAIM_RATIO).max(1 << MIN_LIMIT_LOG2);
+    macro_rules! ladder {
+        ($($log2:literal),*) => {
+            $(
+                if need <= 1usize << $log2 {
+                    let cfg = bincode::config::standard().with_limit::<{ 1usize << $log2 }>();
+                    return bincode::serde::decode_from_slice::<T, _>(body, cfg)
+                        .map_err(|e| CodecError::Malformed(e.to_string()));
+                }
+            )*
+        };
+    }
+    // 4 KiB .. 16 GiB: `MAX_DECODE_BYTES` × `CLAIM_RATIO` is the top rung.
+    ladder!(12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    #[cfg(target_pointer_width = "64")]
+    ladder!(32, 34);
+    Err(CodecError::TooLarge { len: body.len(), max: MAX_DECODE_BYTES })
 }
 
 /// Why bytes could not be decoded (or a value encoded).
@@ -52,6 +87,14 @@ pub enum CodecError {
     /// The value could not be encoded.
     #[error("cannot encode: {0}")]
     Encode(String),
+    /// The input is longer than [`MAX_DECODE_BYTES`].
+    #[error("input of {len} bytes is over the {max} byte decode limit")]
+    TooLarge {
+        /// The input's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Encodes a value, version byte first.
@@ -64,7 +107,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Appends the encoding of a value, version byte first, to `out`.
 pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
     out.push(VERSION);
-    bincode::serde::encode_into_std_write(value, out, config())
+    bincode::serde::encode_into_std_write(value, out, encode_config())
         .map(|_| ())
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
@@ -75,8 +118,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != VERSION {
         return Err(CodecError::Version { found: version, expected: VERSION });
     }
-    let (value, read) = bincode::serde::decode_from_slice::<T, _>(body, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_DECODE_BYTES {
+        return Err(CodecError::TooLarge { len: bytes.len(), max: MAX_DECODE_BYTES });
+    }
+    let (value, read) = decode_bounded::<T>(body)?;
     if read != body.len() {
         return Err(CodecError::Trailing(body.len() - read));
     }
