@@ -33,10 +33,14 @@ pub struct Config {
     /// follower that heard from a live leader within that time ignores vote requests ("leader
     /// stickiness").
     pub check_quorum: bool,
-    /// The most entries one AppendEntries message carries.
+    /// The most entries one AppendEntries message carries, at most
+    /// [`MAX_ENTRIES_PER_MESSAGE`](crate::MAX_ENTRIES_PER_MESSAGE). Also enforced on receipt: a
+    /// follower refuses (logs and drops) an AppendEntries with more, so every node of a cluster
+    /// should use the same value (a receiver's may be larger, never smaller).
     pub max_entries_per_message: usize,
     /// The most payload bytes one AppendEntries message carries (at least one entry is always
-    /// sent, however large).
+    /// sent, however large). Also enforced on receipt, like `max_entries_per_message`: a
+    /// message of more than one entry whose entries exceed it is refused.
     pub max_bytes_per_message: usize,
     /// The most AppendEntries messages in flight to one follower.
     pub max_inflight_messages: usize,
@@ -105,6 +109,16 @@ pub enum ConfigError {
     /// `members` is empty.
     #[error("config field `members` is empty")]
     NoMembers,
+    /// A field is above the most the protocol allows.
+    #[error("config field `{field}` ({value}) must be at most {max}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The most it may be.
+        max: u64,
+    },
     /// `members` names a node twice.
     #[error("config field `members` lists node {0} more than once")]
     DuplicateMember(NodeId),
@@ -171,6 +185,13 @@ impl Config {
                     ConfigError::Zero(field)
                 });
             }
+        }
+        if self.max_entries_per_message > crate::MAX_ENTRIES_PER_MESSAGE {
+            return Err(ConfigError::TooLarge {
+                field: "max_entries_per_message",
+                value: self.max_entries_per_message as u64,
+                max: crate::MAX_ENTRIES_PER_MESSAGE as u64,
+            });
         }
         if self.election_timeout_min <= self.heartbeat_interval {
             return Err(ConfigError::ElectionNotAboveHeartbeat {

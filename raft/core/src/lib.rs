@@ -90,8 +90,9 @@ pub use config::{Config, ConfigError};
 pub use log::LogStateError;
 pub use membership::{Membership, MembershipError};
 pub use message::{
-    AppendEntries, AppendResponse, Heartbeat, InstallSnapshot, InvalidMessage, MAX_INDEX, MAX_TERM,
-    Message, MessageBody, RequestVote, SnapshotResponse, VoteResponse,
+    AppendEntries, AppendResponse, Heartbeat, InstallSnapshot, InvalidMessage,
+    MAX_ENTRIES_PER_MESSAGE, MAX_INDEX, MAX_TERM, Message, MessageBody, RequestVote,
+    SnapshotResponse, VoteResponse,
 };
 #[cfg(feature = "mutants")]
 pub use mutants::Mutant;

@@ -88,10 +88,48 @@ pub struct VoteResponse {
 pub struct AppendEntries {
     /// The id of the entry just before `entries`; the follower accepts only if it has it.
     pub prev_log_id: LogId,
-    /// The entries, contiguous from `prev_log_id.index + 1`.
+    /// The entries, contiguous from `prev_log_id.index + 1`. At most
+    /// [`MAX_ENTRIES_PER_MESSAGE`]: decoding refuses more.
+    #[serde(deserialize_with = "bounded_entries")]
     pub entries: Vec<Entry>,
     /// The leader's commit index.
     pub leader_commit: LogIndex,
+}
+
+/// The most entries one AppendEntries may carry on the wire. Decoding a message that claims
+/// more is an error before any entry is read, so a frame full of empty entries cannot make a
+/// receiver build millions of them; [`Config::max_entries_per_message`](crate::Config) may not
+/// exceed it.
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 1 << 16;
+
+/// Deserializes `AppendEntries::entries`, refusing more than [`MAX_ENTRIES_PER_MESSAGE`] and
+/// reserving room only for what has been read (plus a little), whatever length is claimed.
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<Entry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_ENTRIES_PER_MESSAGE} log entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let claimed = seq.size_hint().unwrap_or(0);
+            if claimed > MAX_ENTRIES_PER_MESSAGE {
+                return Err(serde::de::Error::invalid_length(claimed, &self));
+            }
+            let mut out = Vec::with_capacity(claimed.min(256));
+            while let Some(e) = seq.next_element()? {
+                if out.len() == MAX_ENTRIES_PER_MESSAGE {
+                    return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 /// An answer to an [`AppendEntries`].

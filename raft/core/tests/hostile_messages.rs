@@ -273,3 +273,87 @@ fn the_range_limits_are_exact() {
     };
     assert!(pre_vote.validate().is_ok());
 }
+
+/// An AppendEntries of `count` blank entries from a leader of term 1.
+fn append_of(count: u64) -> Message {
+    Message {
+        term: Term(1),
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_id: LogId::ZERO,
+            entries: (1..=count).map(|i| Entry::blank(LogId::new(1, i))).collect(),
+            leader_commit: LogIndex(0),
+        }),
+    }
+}
+
+/// What a sender with the same `Config` would never send is refused on receipt: more entries
+/// than `max_entries_per_message`, or more entry bytes than `max_bytes_per_message` in a message
+/// of several entries (a single entry may be larger). Nothing of it is written.
+#[test]
+fn appends_over_the_configured_bounds_are_refused_on_receipt() {
+    let mut cfg = Config::new(NodeId(2), [NodeId(1), NodeId(2), NodeId(3)]);
+    cfg.max_entries_per_message = 100;
+    cfg.max_bytes_per_message = 4096;
+    let mut c = RaftCore::new(cfg, InitialState::default(), Instant::ZERO).unwrap();
+    settle(&mut c, Instant::ZERO);
+
+    c.handle_message(Instant::ZERO, NodeId(1), append_of(101));
+    settle(&mut c, Instant::ZERO);
+    assert_eq!(c.last_log_id(), LogId::ZERO, "101 entries over a bound of 100 were appended");
+
+    let big = |i: u64| Entry::normal(LogId::new(1, i), vec![7u8; 3000]);
+    let over_bytes = Message {
+        term: Term(1),
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_id: LogId::ZERO,
+            entries: vec![big(1), big(2)],
+            leader_commit: LogIndex(0),
+        }),
+    };
+    c.handle_message(Instant::ZERO, NodeId(1), over_bytes);
+    settle(&mut c, Instant::ZERO);
+    assert_eq!(c.last_log_id(), LogId::ZERO, "6,000 entry bytes over a bound of 4,096 appended");
+
+    // Within the bounds (and one entry over the byte bound on its own) is accepted.
+    let single = Message {
+        term: Term(1),
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_id: LogId::ZERO,
+            entries: vec![Entry::normal(LogId::new(1, 1), vec![7u8; 10_000])],
+            leader_commit: LogIndex(0),
+        }),
+    };
+    c.handle_message(Instant::ZERO, NodeId(1), single);
+    settle(&mut c, Instant::ZERO);
+    assert_eq!(c.last_log_id(), LogId::new(1, 1));
+    let mut within = append_of(101);
+    if let MessageBody::AppendEntries(a) = &mut within.body {
+        a.entries.truncate(100);
+        a.entries.remove(0);
+        a.prev_log_id = LogId::new(1, 1);
+    }
+    c.handle_message(Instant::ZERO, NodeId(1), within);
+    settle(&mut c, Instant::ZERO);
+    assert_eq!(c.last_log_id(), LogId::new(1, 100));
+}
+
+/// A frame of empty entries just under a transport's size limit used to decode to millions of
+/// entries (about 30 times the frame in memory) before anything looked at it. The decoder now
+/// refuses a claimed count above `MAX_ENTRIES_PER_MESSAGE` before reading any entry.
+#[test]
+fn a_frame_claiming_more_entries_than_the_protocol_allows_does_not_decode() {
+    use raftkit_core::{MAX_ENTRIES_PER_MESSAGE, codec};
+    let at_limit = append_of(MAX_ENTRIES_PER_MESSAGE as u64);
+    let bytes = codec::encode_message(&at_limit).unwrap();
+    assert_eq!(codec::decode_message(&bytes).unwrap(), at_limit);
+
+    let over = append_of(MAX_ENTRIES_PER_MESSAGE as u64 + 1);
+    let bytes = codec::encode_message(&over).unwrap();
+    let err = codec::decode_message(&bytes).expect_err("over the protocol's entry count");
+    assert!(err.to_string().contains("entries"), "{err}");
+
+    // Config cannot ask for more than the decoder accepts.
+    let mut cfg = Config::new(NodeId(1), [NodeId(1)]);
+    cfg.max_entries_per_message = MAX_ENTRIES_PER_MESSAGE + 1;
+    assert!(cfg.validate().is_err());
+}
