@@ -215,10 +215,11 @@ impl RaftLog {
     /// Replaces the log's prefix with a snapshot ending at `snapshot`: entries after it are kept
     /// if the log holds `snapshot` itself (they follow from it), otherwise the log is emptied.
     /// Mirrors what the store's install did durably.
-    pub(crate) fn install(&mut self, snapshot: LogId) {
+    /// Returns whether the entries after the snapshot were kept.
+    pub(crate) fn install(&mut self, snapshot: LogId) -> bool {
         if self.has(snapshot) && snapshot.index <= self.stable {
             self.purge(snapshot);
-            return;
+            return true;
         }
         self.runs.clear();
         self.cache.clear();
@@ -226,14 +227,14 @@ impl RaftLog {
         self.purged = snapshot;
         self.last = snapshot;
         self.stable = snapshot.index;
+        false
     }
 
-    /// Records that a write ending at `written` is durable. If the log has since diverged from
-    /// what that write contained (a later truncation), `truncate` already lowered `stable`.
-    pub(crate) fn mark_stable(&mut self, written: LogId) {
-        if self.has(written) {
-            self.stable = self.stable.max(written.index);
-        }
+    /// Records that every entry up to `up_to` is durable as this log holds it. The caller
+    /// (the write tracking in `RaftCore`) has already lowered `up_to` below every truncation
+    /// issued after the write that finished.
+    pub(crate) fn mark_stable(&mut self, up_to: LogIndex) {
+        self.stable = self.stable.max(up_to.min(self.last.index));
         self.evict();
     }
 
@@ -328,15 +329,15 @@ mod tests {
     #[test]
     fn truncate_drops_runs_and_lowers_stable() {
         let mut log = log_with(&[1, 1, 2, 2, 3]);
-        log.mark_stable(LogId::new(3, 5));
+        log.mark_stable(LogIndex(5));
         assert_eq!(log.stable(), LogIndex(5));
         log.truncate(LogIndex(3));
         assert_eq!(log.last(), LogId::new(1, 2));
         assert_eq!(log.runs, vec![LogId::new(1, 1)]);
         assert_eq!(log.stable(), LogIndex(2));
         assert_eq!(log.cache_first(), LogIndex(1));
-        // A write that completes for the old suffix does not raise `stable` again.
-        log.mark_stable(LogId::new(3, 5));
+        // A write that completes for the old suffix cannot raise `stable` past the log's end.
+        log.mark_stable(LogIndex(5));
         assert_eq!(log.stable(), LogIndex(2));
     }
 
@@ -359,7 +360,7 @@ mod tests {
         log.append(&[Entry::blank(LogId::new(1, 1)), Entry::blank(LogId::new(1, 2))]);
         log.evict();
         assert_eq!(log.cache_first(), LogIndex(1));
-        log.mark_stable(LogId::new(1, 1));
+        log.mark_stable(LogIndex(1));
         assert_eq!(log.cache_first(), LogIndex(2));
         assert!(log.cached(LogIndex(1), 10, 10).is_none());
         assert_eq!(log.cached(LogIndex(2), 10, 10).unwrap().0.len(), 1);

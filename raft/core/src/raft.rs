@@ -151,6 +151,19 @@ pub(crate) enum Ungated {
 /// action, then `poll_timeout` and call `handle_timeout` once that instant has passed. Several
 /// inputs may be given before polling (that is how proposals are batched into one write).
 ///
+/// A write handed to the driver and not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct InflightWrite {
+    id: WriteId,
+    /// The highest index whose entry this write's completion proves durable *as the in-memory
+    /// log has it now*: the log's last index when the write was issued, lowered by every later
+    /// truncation or install that replaced entries it wrote. Durability is tracked per write, not
+    /// by matching (term, index): a suffix truncated and appended again with the same ids while
+    /// the first write is in flight must not count as durable until the rewrite is.
+    vouches_to: LogIndex,
+    hard_state: Option<HardState>,
+}
+
 /// Actions come out in the order the core decided them: a `Persist` is emitted before anything
 /// that depends on it, and messages that depend on durable state (vote grants, the candidate's
 /// own vote requests, append acknowledgements) are emitted only after `handle_persisted`
@@ -200,8 +213,8 @@ pub struct RaftCore {
     // The write pipeline.
     pending: LogWrite,
     next_write: WriteId,
-    /// Writes handed to the driver and not yet durable: (id, last log id after it, hard state).
-    inflight: VecDeque<(WriteId, LogId, Option<HardState>)>,
+    /// Writes handed to the driver and not yet durable, in id order.
+    inflight: VecDeque<InflightWrite>,
     persisted: WriteId,
     /// The hard state as of the last write handed out.
     submitted_hs: HardState,
@@ -290,6 +303,12 @@ impl RaftCore {
             tracing::warn!(node = %self.id, %from, kind = msg.kind(), error = %e, "dropping invalid message");
             return;
         }
+        if let MessageBody::AppendEntries(a) = &msg.body {
+            if let Err(why) = self.check_append_bounds(a) {
+                tracing::warn!(node = %self.id, %from, entries = a.entries.len(), "dropping an AppendEntries over this node's bounds: {why}");
+                return;
+            }
+        }
         if from == self.id || !self.membership.contains(from) {
             tracing::warn!(node = %self.id, %from, kind = msg.kind(), "dropping message from a non-member");
             return;
@@ -318,13 +337,16 @@ impl RaftCore {
         }
         self.dirty = true;
         self.clock = self.clock.max(now);
-        while let Some(&(wid, last, hs)) = self.inflight.front() {
-            if wid > id {
+        // A truncation not yet handed out also changes entries a finished write put there.
+        let pending_cut = self.pending.truncate_from.map(LogIndex::prev);
+        while let Some(&w) = self.inflight.front() {
+            if w.id > id {
                 break;
             }
             self.inflight.pop_front();
-            self.log.mark_stable(last);
-            if let Some(hs) = hs {
+            let vouches = pending_cut.map_or(w.vouches_to, |c| c.min(w.vouches_to));
+            self.log.mark_stable(vouches);
+            if let Some(hs) = w.hard_state {
                 self.durable_hs = hs;
             }
         }
@@ -594,7 +616,7 @@ impl RaftCore {
         let after = if !self.pending.is_empty() || hs_changed {
             self.next_write
         } else {
-            self.inflight.back().map_or(self.persisted, |w| w.0)
+            self.inflight.back().map_or(self.persisted, |w| w.id)
         };
         if after <= self.persisted {
             self.actions.push_back(Action::Send(out));
@@ -618,15 +640,44 @@ impl RaftCore {
             // safe bound: everything submitted is durable once it is.)
             self.inflight
                 .iter()
-                .find(|(_, _, hs)| hs.is_some_and(|h| (h.term, h.vote) == current))
+                .find(|w| w.hard_state.is_some_and(|h| (h.term, h.vote) == current))
                 .or(self.inflight.back())
-                .map(|w| w.0)
+                .map(|w| w.id)
         } else {
             None
         };
         match after {
             Some(after) if after > self.persisted => self.gated.push_back(Gated { after, out }),
             _ => self.actions.push_back(Action::Send(out)),
+        }
+    }
+
+    /// Whether an AppendEntries stays within the bounds a sender with this node's `Config`
+    /// keeps to: at most `max_entries_per_message` entries, and at most `max_bytes_per_message`
+    /// entry bytes unless it carries a single entry.
+    fn check_append_bounds(&self, a: &crate::message::AppendEntries) -> Result<(), String> {
+        let max_count = self.cfg.max_entries_per_message;
+        if a.entries.len() > max_count {
+            return Err(format!(
+                "{} entries, max_entries_per_message is {max_count}",
+                a.entries.len()
+            ));
+        }
+        let max_bytes = self.cfg.max_bytes_per_message;
+        if a.entries.len() > 1 {
+            let bytes: usize = a.entries.iter().map(Entry::size_hint).sum();
+            if bytes > max_bytes {
+                return Err(format!("{bytes} entry bytes, max_bytes_per_message is {max_bytes}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowers what every write in flight vouches for to at most `up_to`: a later change (a
+    /// truncation, a snapshot install) replaces what they wrote after it.
+    pub(crate) fn cap_inflight(&mut self, up_to: LogIndex) {
+        for w in &mut self.inflight {
+            w.vouches_to = w.vouches_to.min(up_to);
         }
     }
 
@@ -648,7 +699,17 @@ impl RaftCore {
             }
             let id = self.next_write;
             self.next_write = WriteId(id.0 + 1);
-            self.inflight.push_back((id, self.log.last(), write.hard_state));
+            if let Some(from) = write.truncate_from {
+                // Earlier writes still in flight put entries there that this one removes: their
+                // completion no longer vouches for anything from `from` on, even if the same
+                // (term, index) is appended again (it is durable only once this write is).
+                self.cap_inflight(from.prev());
+            }
+            self.inflight.push_back(InflightWrite {
+                id,
+                vouches_to: self.log.last().index,
+                hard_state: write.hard_state,
+            });
             self.actions.push_back(Action::Persist(PersistRequest { id, write }));
         }
         if self.role == Role::Leader {

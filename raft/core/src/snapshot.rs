@@ -173,7 +173,7 @@ impl RaftCore {
         resp: SnapshotResponse,
     ) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_heard = now;
         pr.last_answer = now;
         let current = pr.snapshot.as_ref().filter(|(m, _)| m.last_log_id == resp.snapshot).cloned();
         let Some((meta, _)) = current else {
@@ -263,8 +263,10 @@ impl RaftCore {
             // if the commit index passed the snapshot meanwhile (a heartbeat may raise it while
             // the install runs; nothing was applied past the snapshot, as applying waits).
             tracing::info!(node = %self.id, snapshot = %s, "installed a snapshot");
-            if s.index > self.log.purged().index {
-                self.log.install(s);
+            if s.index > self.log.purged().index && !self.log.install(s) {
+                // The store replaced the whole log: writes still in flight wrote entries after
+                // the snapshot that are gone, whatever is appended there next.
+                self.cap_inflight(s.index);
             }
             self.commit = self.commit.max(s.index);
             self.applied = s.index;

@@ -214,3 +214,67 @@ fn heartbeat_responses_wait_for_the_term_not_for_entries() {
     let acked = sends(&actions).iter().any(|m| matches!(m.body, MessageBody::AppendResponse(_)));
     assert!(!acked, "acknowledged before durable: {actions:?}");
 }
+
+/// An AppendEntries from `leader` at `term`.
+fn append(term: u64, prev: LogId, entries: &[(u64, u64)], commit: u64) -> Message {
+    Message {
+        term: Term(term),
+        body: MessageBody::AppendEntries(AppendEntries {
+            prev_log_id: prev,
+            entries: entries.iter().map(|&(t, i)| Entry::blank(LogId::new(t, i))).collect(),
+            leader_commit: LogIndex(commit),
+        }),
+    }
+}
+
+fn applies(actions: &[Action]) -> Vec<LogId> {
+    actions
+        .iter()
+        .filter_map(|a| if let Action::Apply(r) = a { Some(r.last) } else { None })
+        .collect()
+}
+
+/// Durability is tracked per write, not by matching (term, index): a follower that sees leaders
+/// of terms 2, 3 and 4 in quick succession writes (2,1),(2,2), then truncates them for (3,1),
+/// then truncates that and writes (2,1),(2,2) again. When the *first* write finishes, the log
+/// holds the same ids again, but the second write will still remove them from the store: they
+/// are durable only once the third write is. Treating them as durable earlier hands them to the
+/// state machine (and drops them from the cache) while a pending write deletes them, so the
+/// apply worker reads the wrong entry, and a crash leaves a committed entry missing.
+#[test]
+fn a_suffix_rewritten_with_the_same_ids_is_durable_only_when_the_rewrite_is() {
+    let mut c = core(2, &[1, 2, 3]);
+    drain(&mut c);
+    let t = Instant::ZERO;
+
+    c.handle_message(t, NodeId(1), append(2, LogId::ZERO, &[(2, 1), (2, 2)], 0));
+    let w1 = persists(&drain(&mut c));
+    c.handle_message(t, NodeId(3), append(3, LogId::ZERO, &[(3, 1)], 0));
+    let w2 = persists(&drain(&mut c));
+    c.handle_message(t, NodeId(1), append(4, LogId::ZERO, &[(2, 1), (2, 2)], 2));
+    let w3 = persists(&drain(&mut c));
+    assert_eq!((w1.len(), w2.len(), w3.len()), (1, 1, 1), "one write per message");
+    assert_eq!(c.last_log_id(), LogId::new(2, 2));
+
+    c.handle_persisted(t, w1[0]);
+    let after_w1 = drain(&mut c);
+    assert!(
+        applies(&after_w1).is_empty(),
+        "entries handed to apply while a pending write removes them: {after_w1:?}"
+    );
+    c.handle_persisted(t, w2[0]);
+    let after_w2 = drain(&mut c);
+    assert!(applies(&after_w2).is_empty(), "applied before the rewrite is durable: {after_w2:?}");
+    assert!(
+        !sends(&after_w2).iter().any(|m| matches!(
+            &m.body,
+            MessageBody::AppendResponse(AppendResponse::Success { match_index })
+                if m.term == Term(4) && *match_index >= LogIndex(1)
+        )),
+        "the term-4 leader's entries acknowledged before they are durable: {after_w2:?}"
+    );
+
+    c.handle_persisted(t, w3[0]);
+    let after_w3 = drain(&mut c);
+    assert_eq!(applies(&after_w3), vec![LogId::new(2, 2)], "{after_w3:?}");
+}
