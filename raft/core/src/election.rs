@@ -85,7 +85,7 @@ impl RaftCore {
             }
             MessageBody::HeartbeatResponse => {
                 if self.role == Role::Leader {
-                    self.handle_heartbeat_response(from);
+                    self.handle_heartbeat_response(now, from);
                 }
             }
             MessageBody::InstallSnapshot(chunk) => {
@@ -137,7 +137,6 @@ impl RaftCore {
                     self.broadcast_heartbeat(now);
                 }
                 if self.cfg.check_quorum && now >= self.quorum_deadline {
-                    self.quorum_deadline = now + self.cfg.election_timeout_min;
                     self.check_quorum(now);
                 }
             }
@@ -154,20 +153,28 @@ impl RaftCore {
         }
     }
 
-    /// CheckQuorum: step down unless a quorum was heard from since the last check.
+    /// CheckQuorum: step down once a quorum has not been heard from for `election_timeout_min`
+    /// (each follower counts as reachable for that long after its last answer). The next check
+    /// is due when the first follower heard from so far would lapse, so a leader steps down
+    /// within `election_timeout_min` of last hearing from a quorum, not a whole check period
+    /// later.
     fn check_quorum(&mut self, now: Instant) {
-        let id = self.id;
+        let (id, window) = (self.id, self.cfg.election_timeout_min);
         let progress = &self.progress;
-        let active = self
-            .membership
-            .has_quorum(|n| n == id || progress.get(&n).is_some_and(|p| p.recent_active));
-        for p in self.progress.values_mut() {
-            p.recent_active = false;
-        }
-        if !active {
+        let fresh =
+            |n: NodeId| n == id || progress.get(&n).is_some_and(|p| now < p.last_heard + window);
+        if !self.membership.has_quorum(fresh) {
             tracing::info!(node = %self.id, term = %self.term, "lost contact with a quorum; stepping down");
             self.become_follower(now, self.term, None);
+            return;
         }
+        self.quorum_deadline = self
+            .progress
+            .values()
+            .map(|p| p.last_heard + window)
+            .filter(|lapse| *lapse > now)
+            .min()
+            .unwrap_or(now + window);
     }
 
     /// Becomes a follower in `term`. A higher term clears the vote; the same term keeps it

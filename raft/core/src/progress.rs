@@ -76,8 +76,9 @@ pub(crate) struct Progress {
     /// In `Probe`, a message is outstanding: wait for its answer (or a heartbeat answer).
     pub(crate) probe_sent: bool,
     pub(crate) inflights: Inflights,
-    /// The follower was heard from since the last CheckQuorum round.
-    pub(crate) recent_active: bool,
+    /// When the follower was last heard from (any answer); CheckQuorum counts it as reachable
+    /// for `election_timeout_min` after that.
+    pub(crate) last_heard: Instant,
     /// When the follower last answered an AppendEntries; with messages in flight and no answer
     /// for an election timeout, the leader assumes they were lost and probes again.
     pub(crate) last_answer: Instant,
@@ -105,7 +106,7 @@ impl Progress {
             inflights: Inflights::new(max_count, max_bytes),
             // A new leader gives every follower one election timeout before CheckQuorum counts
             // it as silent.
-            recent_active: true,
+            last_heard: now,
             last_answer: now,
             snapshot: None,
             chunk_in_flight: false,

@@ -120,7 +120,7 @@ impl RaftCore {
         resp: AppendResponse,
     ) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_heard = now;
         pr.last_answer = now;
         match resp {
             AppendResponse::Success { match_index } => {
@@ -154,10 +154,10 @@ impl RaftCore {
         }
     }
 
-    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId) {
+    pub(crate) fn handle_heartbeat_response(&mut self, now: Instant, from: NodeId) {
         let last = self.log.last().index;
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        pr.recent_active = true;
+        pr.last_heard = now;
         pr.probe_sent = false;
         if pr.match_index < last {
             // The follower lags. If everything was already sent, an empty append at `next`
