@@ -104,6 +104,26 @@ pub trait SnapshotStore: Send + Sync + 'static {
         membership: Membership,
         expected: Option<Expected>,
     ) -> Result<Box<dyn SnapshotWriter>, StorageError>;
+
+    /// Removes the complete snapshot `meta`, so that [`latest`](Self::latest) is the one before
+    /// it again. The engine calls it on a snapshot received from a leader that the state machine
+    /// refused to restore (its checksum was right, its contents were not usable): the node keeps
+    /// its previous state and snapshot instead of a snapshot it can never start from.
+    ///
+    /// # Correctness
+    /// Afterwards `latest` never returns `meta`; the snapshot before it (a store keeps at least
+    /// the previous complete snapshot until a newer one is published) is untouched. Removing a
+    /// snapshot that is not stored is not an error.
+    ///
+    /// # Durability
+    /// Durable when it returns: a crash afterwards does not bring `meta` back.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (the removal is all or nothing).
+    ///
+    /// # Errors
+    /// `Io`.
+    async fn discard(&self, meta: &SnapshotMeta) -> Result<(), StorageError>;
 }
 
 /// Writes one snapshot.
@@ -297,6 +317,14 @@ impl SnapshotStore for MemSnapshotStore {
     async fn open(&self, meta: &SnapshotMeta) -> Result<Box<dyn Read + Send>, StorageError> {
         let d = self.data(meta)?;
         Ok(Box::new(std::io::Cursor::new(d)))
+    }
+
+    async fn discard(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let mut g = self.lock();
+        if g.complete.get(&meta.last_log_id).is_some_and(|(m, _)| m == meta) {
+            g.complete.remove(&meta.last_log_id);
+        }
+        Ok(())
     }
 
     async fn begin(
@@ -593,6 +621,25 @@ impl SnapshotStore for FileSnapshotStore {
         let store = self.clone();
         let writer = blocking(move || store.begin_blocking(last_log_id, membership, expected));
         Ok(Box::new(writer.await?))
+    }
+
+    async fn discard(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let (store, name) = (self.clone(), meta.name());
+        blocking(move || {
+            // The metadata first: once it is gone (durably), the snapshot is not listed, and a
+            // leftover data file is removed as garbage when the store is next opened.
+            for ext in ["meta", "snap"] {
+                let p = store.path(&name, ext);
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io(format!("remove {}", p.display()), e)),
+                }
+                fsync_dir(&store.dir)?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

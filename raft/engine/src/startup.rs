@@ -74,21 +74,43 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
     sm: &mut S,
 ) -> Result<InitialState, StartError> {
     let snapshots = log.snapshot_store();
-    let snapshot =
-        snapshots.latest().await.map_err(|e| start_err(e, "reading the latest snapshot"))?;
     let mut applied = sm
         .applied()
         .await
         .map_err(|e| start_err(e, "reading the state machine's applied index"))?;
+    let snapshot = loop {
+        let snapshot =
+            snapshots.latest().await.map_err(|e| start_err(e, "reading the latest snapshot"))?;
+        let Some(snap) = &snapshot else { break snapshot };
+        let s = snap.last_log_id;
+        if applied.is_some_and(|a| a.index >= s.index) {
+            break snapshot;
+        }
+        tracing::info!(snapshot = %s, "restoring the state machine from the snapshot");
+        let data = snapshots.open(snap).await.map_err(|e| start_err(e, "opening the snapshot"))?;
+        match sm.restore(snap, data).await {
+            Ok(()) => {
+                applied = Some(s);
+                break snapshot;
+            }
+            Err(e) => {
+                // A received snapshot the state machine refuses, published just before a crash
+                // cut short its rollback: if the log never relied on it (its install did not
+                // reach the log), fall back to the snapshot before it.
+                let state = log.load().await.map_err(|e| start_err(e, "loading the log store"))?;
+                if state.purged.index >= s.index {
+                    return Err(start_err(e, "restoring the snapshot"));
+                }
+                tracing::error!(snapshot = %s, error = %e, "the state machine refuses the latest snapshot, which the log does not rely on; removing it");
+                snapshots
+                    .discard(snap)
+                    .await
+                    .map_err(|e| start_err(e, "removing an unusable snapshot"))?;
+            }
+        }
+    };
     if let Some(snap) = &snapshot {
         let s = snap.last_log_id;
-        if applied.is_none_or(|a| a.index < s.index) {
-            tracing::info!(snapshot = %s, "restoring the state machine from the snapshot");
-            let data =
-                snapshots.open(snap).await.map_err(|e| start_err(e, "opening the snapshot"))?;
-            sm.restore(snap, data).await.map_err(|e| start_err(e, "restoring the snapshot"))?;
-            applied = Some(s);
-        }
         let state = log.load().await.map_err(|e| start_err(e, "loading the log store"))?;
         let holds = state.purged == s
             || (state.purged.index < s.index

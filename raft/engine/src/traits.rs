@@ -264,7 +264,12 @@ pub trait StateMachine: Send + 'static {
     /// Not cancel safe.
     ///
     /// # Errors
-    /// An error is fatal.
+    /// On an error the state must be left as it was (decode fully, then swap). For a snapshot
+    /// received from a leader, the engine then removes the snapshot again
+    /// ([`SnapshotStore::discard`](crate::SnapshotStore::discard)) and the node goes on with its
+    /// previous state, logging why; at startup, a latest snapshot that fails to restore and
+    /// whose install never reached the log is removed the same way and the previous one used.
+    /// Otherwise (the log already relies on the snapshot) an error is fatal.
     async fn restore(
         &mut self,
         meta: &SnapshotMeta,

@@ -479,6 +479,10 @@ async fn finish_send(
     }
 }
 
+/// How long the snapshot receiver waits before asking again for a snapshot its state machine
+/// refused.
+const REFUSED_SNAPSHOT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Receives snapshot chunks from leaders, in order: writes each one that continues what was
 /// received (an interrupted transfer resumes from there), and on the last one verifies the
 /// snapshot and installs it — state machine first, then the log — before reporting.
@@ -554,11 +558,26 @@ async fn receive_chunk<O>(
     apply.send(ApplyJob::Restore { meta: stored.clone(), reply: tx }).map_err(|_| {
         fatal(StorageError::new(StorageErrorKind::Closed, "the apply worker stopped"))
     })?;
-    rx.await
-        .map_err(|_| {
-            fatal(StorageError::new(StorageErrorKind::Closed, "the apply worker stopped"))
-        })?
-        .map_err(|e| Fatal::StateMachine(e.context("restoring a snapshot")))?;
+    let restored = rx.await.map_err(|_| {
+        fatal(StorageError::new(StorageErrorKind::Closed, "the apply worker stopped"))
+    })?;
+    if let Err(e) = restored {
+        // The bytes arrived intact (the checksum matched) but the state machine cannot use
+        // them. Nothing else changed yet (the log is replaced only after a restore, and a
+        // failed restore leaves the state machine as it was): roll the snapshot back so the
+        // node keeps its previous state, and can restart from it, instead of holding a
+        // snapshot it can never start from. The leader will offer a snapshot again.
+        tracing::error!(%from, snapshot = %stored.last_log_id, error = %e, "the state machine refused a received snapshot; keeping the previous state");
+        store.discard(&stored).await.map_err(|d| {
+            Fatal::StateMachine(
+                e.context(format!("restoring a snapshot (and removing it again failed: {d})")),
+            )
+        })?;
+        // The leader starts the transfer over when told; pause first, so that a state machine
+        // that keeps refusing costs a transfer a second, not a busy loop.
+        tokio::time::sleep(REFUSED_SNAPSHOT_BACKOFF).await;
+        return Ok(Event::SnapshotReceived { from, meta, next_offset: 0, installed: false });
+    }
     let (tx, rx) = oneshot::channel();
     events
         .send(Event::InstallLog(stored.last_log_id, tx))
