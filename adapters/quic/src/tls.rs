@@ -2,6 +2,7 @@
 //! taken from [`QuicConfig`].
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use raftkit::NodeId;
@@ -37,6 +38,12 @@ pub(crate) fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, Cer
         .with_single_cert(certs.chain(), certs.key())
         .map_err(|e| tls_error("the node certificate", e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption and no 0-RTT: a resumed session would skip the client certificate
+    // check (an expired or replaced certificate would still get in), and cluster links connect
+    // too rarely to gain from it.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.max_early_data_size = 0;
     let quic =
         QuicServerConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -56,6 +63,9 @@ pub(crate) fn client_config(cfg: &QuicConfig) -> Result<quinn::ClientConfig, Cer
         .with_client_auth_cert(certs.chain(), certs.key())
         .map_err(|e| tls_error("the node certificate", e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Every connection gets a full handshake (see `server_config`).
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.enable_early_data = false;
     let quic =
         QuicClientConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
@@ -115,4 +125,15 @@ pub(crate) fn peer_node(conn: &quinn::Connection) -> Result<NodeId, String> {
         .map_err(|_| "unexpected peer identity type".to_string())?;
     let leaf = chain.first().ok_or("the peer presented an empty certificate chain")?;
     certs::identity_of(leaf).map_err(|e| e.to_string())
+}
+
+/// When the certificate the peer presented on `conn` expires, if it can be read.
+pub(crate) fn peer_not_after(conn: &quinn::Connection) -> Option<SystemTime> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    let secs = u64::try_from(secs).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
