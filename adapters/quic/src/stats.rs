@@ -10,7 +10,8 @@ pub struct QuicStats {
     pub frames_sent: u64,
     /// Bytes of those frames (length prefixes included).
     pub bytes_sent: u64,
-    /// Frames received, decoded and handed to the node.
+    /// Frames received, decoded and queued for the node (in their peer's share of the inbound
+    /// queue; see the crate docs).
     pub frames_received: u64,
     /// Bytes of those frames (length prefixes included).
     pub bytes_received: u64,
