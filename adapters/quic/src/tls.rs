@@ -28,6 +28,15 @@ fn tls_error(what: &str, e: impl std::fmt::Display) -> CertError {
 
 /// The server side: present our certificate, require one from the client that chains to the CA.
 pub(crate) fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, CertError> {
+    let tls = server_tls(cfg)?;
+    let quic =
+        QuicServerConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport(cfg));
+    Ok(server)
+}
+
+fn server_tls(cfg: &QuicConfig) -> Result<rustls::ServerConfig, CertError> {
     let certs = &cfg.certs;
     let roots = certs::root_store(certs.ca()).map_err(|e| tls_error("the CA certificate", e))?;
     let verifier = certs::client_verifier(roots).map_err(|e| tls_error("the CA certificate", e))?;
@@ -44,16 +53,21 @@ pub(crate) fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, Cer
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.max_early_data_size = 0;
-    let quic =
-        QuicServerConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(transport(cfg));
-    Ok(server)
+    Ok(tls)
 }
 
 /// The client side: present our certificate, and accept the server only if its certificate
 /// chains to the CA and names the node we dialed (checked through the TLS server name).
 pub(crate) fn client_config(cfg: &QuicConfig) -> Result<quinn::ClientConfig, CertError> {
+    let tls = client_tls(cfg)?;
+    let quic =
+        QuicClientConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport(cfg));
+    Ok(client)
+}
+
+fn client_tls(cfg: &QuicConfig) -> Result<rustls::ClientConfig, CertError> {
     let certs = &cfg.certs;
     let roots = certs::root_store(certs.ca()).map_err(|e| tls_error("the CA certificate", e))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -66,11 +80,7 @@ pub(crate) fn client_config(cfg: &QuicConfig) -> Result<quinn::ClientConfig, Cer
     // Every connection gets a full handshake (see `server_config`).
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_early_data = false;
-    let quic =
-        QuicClientConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    client.transport_config(transport(cfg));
-    Ok(client)
+    Ok(tls)
 }
 
 /// Transport settings shared by both sides. Anything not set here keeps quinn's default (notably
@@ -136,4 +146,31 @@ pub(crate) fn peer_not_after(conn: &quinn::Connection) -> Option<SystemTime> {
     let secs = cert.validity().not_after.timestamp();
     let secs = u64::try_from(secs).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::CertAuthority;
+
+    fn config() -> QuicConfig {
+        let ca = CertAuthority::generate().unwrap();
+        let certs = ca.node_certs(NodeId(1)).unwrap();
+        QuicConfig::new(NodeId(1), "127.0.0.1:0".parse().unwrap(), certs)
+    }
+
+    /// A resumed TLS session skips the certificate check, so neither side may offer one.
+    #[test]
+    fn neither_side_resumes_sessions_or_sends_early_data() {
+        let cfg = config();
+        let server = server_tls(&cfg).unwrap();
+        assert_eq!(server.send_tls13_tickets, 0);
+        assert!(!server.session_storage.can_cache());
+        assert!(!server.ticketer.enabled());
+        assert_eq!(server.max_early_data_size, 0);
+        let client = client_tls(&cfg).unwrap();
+        assert!(!client.enable_early_data);
+        let resumption = format!("{:?}", client.resumption);
+        assert!(resumption.contains("NoClientSessionStorage"), "{resumption}");
+    }
 }
