@@ -54,6 +54,7 @@ async fn an_expired_certificate_is_refused_on_reconnect() {
 
     sleep_past(expiry).await;
     // The certificate has expired: a new connection must fail its check, resumed or not.
+    let before = a.net.stats().handshake_rejections;
     let attempt = async {
         let conn = client.connect(addr, &identity_name(NodeId(1))).unwrap().await?;
         if let Ok(mut s) = conn.open_uni().await {
@@ -67,6 +68,7 @@ async fn an_expired_certificate_is_refused_on_reconnect() {
     if let Some(m) = recv(&mut a.rx, Duration::from_millis(500)).await {
         panic!("a peer with an expired certificate was heard: {m:?}");
     }
+    assert!(a.net.stats().handshake_rejections > before, "the refusal was not counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
