@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raftkit::NodeId;
 
@@ -68,6 +68,14 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 << 20;
 /// engine's default `max_bytes_per_message` (1 MiB of entries) produces, so ordinary
 /// AppendEntries stay on the ordered replication stream.
 pub const DEFAULT_LARGE_MESSAGE_BYTES: usize = 4 << 20;
+/// The default budget of frame bytes being read per connection: 128 MiB, two frames of the
+/// default largest size.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 128 << 20;
+/// The default share of each peer in the node's inbound queue, per class of message: 1024
+/// messages.
+pub const DEFAULT_PEER_QUEUE_MESSAGES: usize = 1024;
+/// The default share of each peer in the node's inbound queue, per class of message: 64 MiB.
+pub const DEFAULT_PEER_QUEUE_BYTES: usize = 64 << 20;
 
 /// Settings of a [`QuicNetwork`](crate::QuicNetwork). Build with [`QuicConfig::new`], adjust the
 /// public fields, and [`QuicNetwork::bind`](crate::QuicNetwork::bind) validates them.
@@ -106,6 +114,25 @@ pub struct QuicConfig {
     pub backoff_min: Duration,
     /// The longest wait between connection attempts to a peer.
     pub backoff_max: Duration,
+    /// How long the body of a frame may take to arrive once its length prefix has been read.
+    /// A slower frame stops its stream (code 4), so a peer cannot keep partial frames buffered
+    /// forever. Keep it above `max_frame_bytes` divided by the slowest link's bandwidth.
+    pub frame_read_timeout: Duration,
+    /// The most frame bytes a connection may have buffered at once (frames being read and not
+    /// yet handed to the node's queue). A frame reserves its whole length, from its prefix,
+    /// before its body is read; a frame that does not fit stops its stream (code 5). At least
+    /// `max_frame_bytes`; keep room for the large messages a peer sends at once.
+    pub max_buffered_bytes: usize,
+    /// Each peer's share of the node's inbound queue, in messages, per class (votes, heartbeats
+    /// and responses; everything else). A peer whose share is full is not read until the node
+    /// has taken some of its messages (QUIC flow control then holds that peer back).
+    pub peer_queue_messages: usize,
+    /// Each peer's share of the node's inbound queue, in bytes of frames, per class. A single
+    /// larger message is admitted alone.
+    pub peer_queue_bytes: usize,
+    /// The most incoming connection attempts handled at once (handshake, authentication and
+    /// the first stream header); attempts beyond it are refused at once.
+    pub max_concurrent_handshakes: usize,
 }
 
 /// A [`QuicConfig`] value that cannot work, naming the field.
@@ -127,8 +154,9 @@ pub enum ConfigError {
 
 impl QuicConfig {
     /// A configuration with defaults: 64 MiB frames, a separate stream above 4 MiB, 2 s connect
-    /// timeout, 10 s idle timeout, 1 s keep-alive, backoff from 50 ms to 2 s. The address book
-    /// starts empty.
+    /// timeout, 10 s idle timeout, 1 s keep-alive, backoff from 50 ms to 2 s, 30 s to read a
+    /// frame body, 128 MiB buffered per connection, a share of 1024 messages and 64 MiB per
+    /// peer and class, 64 concurrent incoming handshakes. The address book starts empty.
     pub fn new(node_id: NodeId, listen: SocketAddr, certs: NodeCerts) -> QuicConfig {
         QuicConfig {
             node_id,
@@ -142,6 +170,11 @@ impl QuicConfig {
             keep_alive: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            frame_read_timeout: Duration::from_secs(30),
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            peer_queue_messages: DEFAULT_PEER_QUEUE_MESSAGES,
+            peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
+            max_concurrent_handshakes: 64,
         }
     }
 
@@ -161,6 +194,11 @@ impl QuicConfig {
             ("keep_alive", !self.keep_alive.is_zero()),
             ("backoff_min", !self.backoff_min.is_zero()),
             ("backoff_max", !self.backoff_max.is_zero()),
+            ("frame_read_timeout", !self.frame_read_timeout.is_zero()),
+            ("max_buffered_bytes", self.max_buffered_bytes > 0),
+            ("peer_queue_messages", self.peer_queue_messages > 0),
+            ("peer_queue_bytes", self.peer_queue_bytes > 0),
+            ("max_concurrent_handshakes", self.max_concurrent_handshakes > 0),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(ConfigError::Zero(field));
@@ -180,6 +218,33 @@ impl QuicConfig {
                     "{} exceeds max_frame_bytes ({})",
                     self.large_message_bytes, self.max_frame_bytes
                 ),
+            );
+        }
+        if self.max_buffered_bytes < self.max_frame_bytes {
+            return invalid(
+                "max_buffered_bytes",
+                format!(
+                    "{} is below max_frame_bytes ({})",
+                    self.max_buffered_bytes, self.max_frame_bytes
+                ),
+            );
+        }
+        // Budgets are semaphores; keep them within what one can count.
+        let permit_cap = tokio::sync::Semaphore::MAX_PERMITS;
+        for (field, v) in [
+            ("max_buffered_bytes", self.max_buffered_bytes),
+            ("peer_queue_messages", self.peer_queue_messages),
+            ("peer_queue_bytes", self.peer_queue_bytes),
+            ("max_concurrent_handshakes", self.max_concurrent_handshakes),
+        ] {
+            if v > permit_cap {
+                return invalid(field, format!("{v} exceeds {permit_cap}"));
+            }
+        }
+        if Instant::now().checked_add(self.frame_read_timeout).is_none() {
+            return invalid(
+                "frame_read_timeout",
+                format!("{:?} is too long", self.frame_read_timeout),
             );
         }
         if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
@@ -251,6 +316,15 @@ mod tests {
             ("backoff_min", Box::new(|c| c.backoff_min = Duration::ZERO)),
             ("backoff_max", Box::new(|c| c.backoff_max = c.backoff_min / 2)),
             ("certs", Box::new(|c| c.node_id = NodeId(2))),
+            ("frame_read_timeout", Box::new(|c| c.frame_read_timeout = Duration::ZERO)),
+            ("frame_read_timeout", Box::new(|c| c.frame_read_timeout = Duration::MAX)),
+            ("max_buffered_bytes", Box::new(|c| c.max_buffered_bytes = 0)),
+            ("max_buffered_bytes", Box::new(|c| c.max_buffered_bytes = c.max_frame_bytes - 1)),
+            ("max_buffered_bytes", Box::new(|c| c.max_buffered_bytes = usize::MAX)),
+            ("peer_queue_messages", Box::new(|c| c.peer_queue_messages = 0)),
+            ("peer_queue_bytes", Box::new(|c| c.peer_queue_bytes = 0)),
+            ("peer_queue_bytes", Box::new(|c| c.peer_queue_bytes = usize::MAX)),
+            ("max_concurrent_handshakes", Box::new(|c| c.max_concurrent_handshakes = 0)),
         ];
         for (field, change) in cases {
             let mut c = config();

@@ -52,6 +52,23 @@
 //! `raftkit/1` are accepted. The CA key is needed only to issue certificates: keep it offline.
 //! Revocation is by replacing the CA (there is no CRL support yet).
 //!
+//! Every connection is a full handshake that checks both certificates, validity dates
+//! included: TLS session resumption (tickets, session storage) and 0-RTT are disabled on both
+//! sides, since a resumed session would skip the check. A connection does not outlive the
+//! certificate it was authenticated with: each side closes it (close code 6, counted in
+//! [`QuicStats::certificates_expired`]) when the peer's certificate expires.
+//! [`QuicNetwork::reload_certs`] swaps this node's certificates without a restart, for every
+//! connection made from then on.
+//!
+//! Before any handshake work, a client must prove it receives packets at its source address
+//! (QUIC Retry, counted in [`QuicStats::address_validations`]), so spoofed packets cannot make
+//! a node work or send for them. At most [`QuicConfig::max_concurrent_handshakes`] incoming
+//! attempts are handled at once (handshake, authentication and the first stream header, which
+//! must come within `connect_timeout`); attempts beyond it are refused at once
+//! ([`QuicStats::handshakes_refused`]). Established connections are unaffected by a flood;
+//! an attacker holding a valid member certificate can still occupy every slot for
+//! `connect_timeout` at a time, delaying new connections (not existing ones).
+//!
 //! Certificates are checked when loaded ([`NodeCerts`]): a missing file, an unparsable one, a
 //! CA that is not a CA, a certificate outside its validity period, one not issued by the CA or
 //! not for the configured node, or a key that does not match it is a [`CertError`] that says
@@ -95,8 +112,16 @@
 //! connection, its other streams and other peers are unaffected, and the sender opens a new
 //! stream for what follows.
 //!
+//! A frame's body must arrive within [`QuicConfig::frame_read_timeout`] of its length prefix
+//! (stop code 4, [`QuicStats::frames_too_slow`]). Before its body is read, a frame reserves its
+//! whole length in its connection's budget, [`QuicConfig::max_buffered_bytes`], and keeps it
+//! until the message is in the peer's inbound share (below); a frame that does not fit is
+//! refused at once (stop code 5, [`QuicStats::frames_over_budget`]). So a peer sending slowly,
+//! on however many streams, holds at most that budget in memory, for a bounded time.
+//!
 //! Connection close codes: 0 shutdown, 1 duplicate connection, 2 identity refused,
-//! 3 protocol violation, 4 peer moved (new address in the book), 5 peer removed from the book.
+//! 3 protocol violation, 4 peer moved (new address in the book), 5 peer removed from the book,
+//! 6 the peer's certificate expired.
 //!
 //! # Connections
 //!
@@ -117,10 +142,25 @@
 //! The stateless-reset key is derived from the node's private key, so a node restarted on the
 //! same address resets its peers' stale connections as soon as they send to it.
 //!
-//! Received messages go to the engine's inbox without waiting: if the node is overloaded they
-//! are dropped (Raft tolerates loss), so no peer can hold up another, or shutdown. A peer that
-//! does not keep up (1024 batches queued on a stream, or 8 large messages in flight) makes
-//! sends to it fail with `Unreachable`, and the engine backs off.
+//! # Inbound queue
+//!
+//! Every peer has its own share of the node's inbound queue, bounded in messages
+//! ([`QuicConfig::peer_queue_messages`]) and bytes ([`QuicConfig::peer_queue_bytes`]), for
+//! each of two classes: *priority* (votes, heartbeats and every response) and *bulk*
+//! (AppendEntries, snapshot chunks, anything else). One task hands the queued messages to the
+//! engine's inbox, waiting for room in it: one message per peer in turn (round robin), and
+//! within a peer's turn its priority class first, so a peer's votes and heartbeats never wait
+//! behind its own bulk traffic and no peer's traffic waits behind more than one message of
+//! each other peer's. A peer whose share is full is not read further until the engine has
+//! taken some of its messages: QUIC flow control then holds that peer back, and only it.
+//! Nothing is dropped for lack of room. A member that floods the node therefore delays only
+//! itself; the engine's own inbox (first in, first out) still holds up to its capacity of
+//! messages already handed over. Messages that arrive before [`start`](raftkit::Network::start)
+//! wait in the queue; `shutdown` drops what is queued.
+//!
+//! A peer that does not keep up with this node's sends (1024 batches queued on a stream, or
+//! 8 large messages in flight) makes sends to it fail with `Unreachable`, and the engine
+//! backs off.
 //!
 //! `shutdown` closes the endpoint and every connection with close code 0, stops delivering at
 //! once, and gives the close frames 100 ms to leave.
@@ -135,6 +175,10 @@
 //! | `idle_timeout` | 10 s | a silent connection is closed (the smaller of both peers' values applies) |
 //! | `keep_alive` | 1 s | pings on a silent connection: it stays open, and a dead peer is noticed within `idle_timeout` |
 //! | `backoff_min` / `backoff_max` | 50 ms / 2 s | reconnection backoff, jittered |
+//! | `frame_read_timeout` | 30 s | a frame's body must arrive within this of its length prefix |
+//! | `max_buffered_bytes` | 128 MiB | frame bytes being read (or waiting for room) per connection; at least `max_frame_bytes` |
+//! | `peer_queue_messages` / `peer_queue_bytes` | 1024 / 64 MiB | each peer's share of the inbound queue, per class |
+//! | `max_concurrent_handshakes` | 64 | incoming connection attempts handled at once |
 //!
 //! Everything else is quinn's default: Cubic congestion control, its flow-control windows
 //! (about 1.25 MB per stream, 10 MB of unacknowledged data per connection), path MTU
@@ -144,8 +188,10 @@
 //! # Metrics
 //!
 //! [`QuicNetwork::stats`] returns [`QuicStats`]: frames and bytes sent and received, refused
-//! frames by reason, connections dialed, accepted and reconnected, dial failures, handshake
-//! rejections, duplicate connections closed, sends refused, and open connections.
+//! frames by reason (too large, malformed, too slow, over budget), bytes being read,
+//! connections dialed, accepted and reconnected, dial failures, handshake rejections,
+//! duplicate connections closed, sends refused, open connections, handshakes in progress and
+//! refused, address validations, and connections closed for an expired certificate.
 //!
 //! # Layout
 //!
@@ -155,11 +201,13 @@
 //! - `wire`: stream header, frames, error codes.
 //! - `link`: the one-connection-per-pair rules and the backoff, as pure functions.
 //! - `network`: [`QuicNetwork`]: the endpoint, dialing and accepting, the per-peer links.
+//! - `inbound`: the per-peer shares of the inbound queue and the task that empties them fairly.
 //! - `streams`: the tasks of a connection: lane writers, large-message writers, stream readers.
 //! - `stats`: counters.
 
 pub mod certs;
 mod config;
+mod inbound;
 mod link;
 mod network;
 mod stats;
@@ -169,7 +217,8 @@ mod wire;
 
 pub use certs::{CertAuthority, CertError, NodeCerts, generate_cluster};
 pub use config::{
-    AddressBook, ConfigError, DEFAULT_LARGE_MESSAGE_BYTES, DEFAULT_MAX_FRAME_BYTES, QuicConfig,
+    AddressBook, ConfigError, DEFAULT_LARGE_MESSAGE_BYTES, DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_PEER_QUEUE_BYTES, DEFAULT_PEER_QUEUE_MESSAGES, QuicConfig,
 };
 pub use network::{QuicError, QuicNetwork};
 pub use stats::QuicStats;

@@ -11,19 +11,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use raftkit::{Inbox, Message, MessageBody, Network, NetworkError, NetworkErrorKind, NodeId};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::certs::{self, CertError};
+use crate::certs::{self, CertError, NodeCerts};
 use crate::config::{AddressBook, ConfigError, QuicConfig};
+use crate::inbound::{self, Delivery};
 use crate::link::{self, Existing, Jitter, Verdict};
 use crate::stats::{Counters, QuicStats, bump};
 use crate::streams::{
-    ConnInfo, LARGE_PRIORITY, Lane, accept_streams, open_stream, read_stream, write_lane,
-    write_large,
+    ConnInfo, LARGE_PRIORITY, Lane, accept_streams, close_at_expiry, open_stream, read_stream,
+    write_lane, write_large,
 };
 use crate::tls;
-use crate::wire::{self, FrameError, Header, close};
+use crate::wire::{self, Budget, FrameError, Header, close};
 
 /// Batches queued per lane of a connection before sends to that peer are refused.
 const LANE_QUEUE: usize = 1024;
@@ -77,7 +79,10 @@ pub(crate) struct Inner {
     /// Drawn at bind; peers see a new value after a restart.
     incarnation: u64,
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// The TLS side of dials; replaced by `reload_certs`.
+    client: RwLock<quinn::ClientConfig>,
+    /// What the TLS configurations are built from (the certificates change on reload).
+    tls_base: Mutex<QuicConfig>,
     local_addr: SocketAddr,
     pub(crate) addresses: AddressBook,
     pub(crate) max_frame: usize,
@@ -85,9 +90,16 @@ pub(crate) struct Inner {
     pub(crate) connect_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    pub(crate) frame_read_timeout: Duration,
+    max_buffered: usize,
     links: Mutex<HashMap<NodeId, Arc<Link>>>,
-    /// `None` before `start` and after `shutdown`: frames read then are dropped.
-    inbox: RwLock<Option<Inbox>>,
+    /// Every peer's share of the inbound queue; emptied by the pump from `start` on.
+    pub(crate) delivery: Arc<Delivery>,
+    /// The task handing queued messages to the engine, once started.
+    pump: Mutex<Option<JoinHandle<()>>>,
+    /// One permit per incoming connection attempt being handled.
+    handshakes: Arc<Semaphore>,
+    max_handshakes: usize,
     started: AtomicBool,
     closed: AtomicBool,
     jitter: Mutex<Jitter>,
@@ -98,6 +110,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Every handle is gone: close the endpoint so its tasks and socket go away too.
         self.endpoint.close(close::SHUTDOWN, b"dropped");
+        self.stop_delivery();
     }
 }
 
@@ -178,16 +191,25 @@ impl QuicNetwork {
                 id: config.node_id,
                 incarnation,
                 endpoint,
-                client,
+                client: RwLock::new(client),
                 local_addr,
-                addresses: config.addresses,
+                addresses: config.addresses.clone(),
                 max_frame: config.max_frame_bytes,
                 large_message: config.large_message_bytes,
                 connect_timeout: config.connect_timeout,
                 backoff_min: config.backoff_min,
                 backoff_max: config.backoff_max,
+                frame_read_timeout: config.frame_read_timeout,
+                max_buffered: config.max_buffered_bytes,
                 links: Mutex::new(HashMap::new()),
-                inbox: RwLock::new(None),
+                delivery: Arc::new(Delivery::new(
+                    config.peer_queue_messages,
+                    config.peer_queue_bytes,
+                )),
+                pump: Mutex::new(None),
+                handshakes: Arc::new(Semaphore::new(config.max_concurrent_handshakes)),
+                max_handshakes: config.max_concurrent_handshakes,
+                tls_base: Mutex::new(config),
                 started: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 jitter: Mutex::new(Jitter::new(random_u64())),
@@ -213,9 +235,44 @@ impl QuicNetwork {
 
     /// The counters so far.
     pub fn stats(&self) -> QuicStats {
-        let mut s = self.inner.stats.snapshot();
-        s.connections_open = self.inner.endpoint.open_connections() as u64;
+        let inner = &self.inner;
+        let mut s = inner.stats.snapshot();
+        s.connections_open = inner.endpoint.open_connections() as u64;
+        s.handshakes_in_progress =
+            inner.max_handshakes.saturating_sub(inner.handshakes.available_permits()) as u64;
         s
+    }
+
+    /// Replaces this node's certificates (CA, certificate and key) without a restart: every
+    /// connection made from now on, dialed or accepted, uses them; open connections keep the
+    /// certificates they were made with (a peer closes one when its certificate expires, and
+    /// the next send reconnects). The stateless-reset key stays the one derived at bind.
+    ///
+    /// # Errors
+    /// [`QuicError::Config`] if `certs` are for another node; [`QuicError::Certs`] if they
+    /// cannot be used for TLS. On error nothing changes.
+    pub fn reload_certs(&self, certs: NodeCerts) -> Result<(), QuicError> {
+        let inner = &self.inner;
+        if certs.node_id() != inner.id {
+            return Err(QuicError::Config(ConfigError::Invalid {
+                field: "certs",
+                reason: format!(
+                    "the certificate is for node {}, but this node is {}",
+                    certs.node_id(),
+                    inner.id
+                ),
+            }));
+        }
+        let mut base = inner.tls_base.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = base.clone();
+        next.certs = certs;
+        let server = tls::server_config(&next)?;
+        let client = tls::client_config(&next)?;
+        inner.endpoint.set_server_config(Some(server));
+        *inner.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        tracing::info!(node = %inner.id, not_after = ?next.certs.not_after(), "certificates reloaded");
+        *base = next;
+        Ok(())
     }
 
     /// Whether a live connection to `peer` exists right now.
@@ -306,14 +363,12 @@ impl Inner {
         unreachable(msg)
     }
 
-    /// Hands a message to the node. Returns whether the node still takes messages.
-    pub(crate) fn deliver(&self, from: NodeId, msg: Message) -> bool {
-        let g = self.inbox.read().unwrap_or_else(|p| p.into_inner());
-        match g.as_ref() {
-            // Never waits: when the node is overloaded the message is dropped (Raft tolerates
-            // loss), so no peer's traffic can hold up another's, or shutdown.
-            Some(inbox) => inbox.deliver(from, msg).is_ok(),
-            None => !self.closed.load(Ordering::Acquire),
+    /// Stops handing messages to the node: queued ones are dropped, readers waiting for room
+    /// give up.
+    fn stop_delivery(&self) {
+        self.delivery.close();
+        if let Some(pump) = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pump.abort();
         }
     }
 
@@ -444,14 +499,14 @@ impl Inner {
         addr: SocketAddr,
     ) -> Result<quinn::Connection, NetworkError> {
         let name = certs::identity_name(to);
-        let connecting =
-            self.endpoint.connect_with(self.client.clone(), addr, &name).map_err(|e| {
-                NetworkError::with_source(
-                    NetworkErrorKind::Unreachable,
-                    format!("cannot dial {to} at {addr}"),
-                    e,
-                )
-            })?;
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let connecting = self.endpoint.connect_with(client, addr, &name).map_err(|e| {
+            NetworkError::with_source(
+                NetworkErrorKind::Unreachable,
+                format!("cannot dial {to} at {addr}"),
+                e,
+            )
+        })?;
         let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) if is_auth_failure(&e) => {
@@ -511,6 +566,7 @@ impl Inner {
             remote,
             peer_incarnation: Mutex::new(None),
             large: Arc::new(Semaphore::new(LARGE_IN_FLIGHT)),
+            budget: Budget::new(self.max_buffered, self.stats.clone()),
         })
     }
 
@@ -540,12 +596,26 @@ impl Inner {
         if let Some(stream) = first {
             tokio::spawn(read_stream(weak.clone(), info.clone(), stream, true));
         }
+        // The handshake checked the peer's certificate; it must not outlive it either.
+        match tls::peer_not_after(&info.conn) {
+            Some(not_after) => {
+                tokio::spawn(close_at_expiry(info.clone(), not_after, self.stats.clone()));
+            }
+            None => {
+                tracing::warn!(peer = %info.peer, "cannot read the peer certificate's expiry; closing");
+                info.conn.close(close::CERT_EXPIRED, b"certificate expiry unknown");
+            }
+        }
         tokio::spawn(accept_streams(weak, info));
     }
 
     /// A connection from a peer: authenticate, read its first stream header, then keep it or
-    /// refuse it as a duplicate.
-    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+    /// refuse it as a duplicate. `_slot` is held until then, bounding attempts in progress.
+    async fn handle_incoming(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        _slot: OwnedSemaphorePermit,
+    ) {
         let remote = incoming.remote_address();
         let conn = match tokio::time::timeout(self.connect_timeout, incoming).await {
             Ok(Ok(conn)) => conn,
@@ -753,7 +823,7 @@ impl Inner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        *self.inbox.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.stop_delivery();
         tracing::info!(node = %self.id, "QUIC network shutting down");
         self.endpoint.close(close::SHUTDOWN, b"shutdown");
         let links: Vec<Arc<Link>> = self.links().drain().map(|(_, l)| l).collect();
@@ -796,15 +866,33 @@ fn existing(st: &LinkState) -> Existing {
     }
 }
 
-/// Accepts connections until the endpoint closes.
+/// Accepts connections until the endpoint closes. A client must first prove it receives at its
+/// address (QUIC Retry), so a spoofed source cannot make this node work or send; at most
+/// `max_concurrent_handshakes` attempts are handled at once, and any beyond are refused.
 async fn accept_loop(weak: Weak<Inner>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(mut incoming) = endpoint.accept().await {
         let Some(inner) = weak.upgrade() else { break };
         if inner.closed.load(Ordering::Acquire) {
             incoming.refuse();
             continue;
         }
-        tokio::spawn(inner.handle_incoming(incoming));
+        if !incoming.remote_address_validated() {
+            match incoming.retry() {
+                Ok(()) => {
+                    bump(&inner.stats.address_validations);
+                    continue;
+                }
+                // Already retried once (quinn checked its token): go on.
+                Err(e) => incoming = e.into_incoming(),
+            }
+        }
+        let Ok(slot) = inner.handshakes.clone().try_acquire_owned() else {
+            bump(&inner.stats.handshakes_refused);
+            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes in progress; refusing");
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(inner.handle_incoming(incoming, slot));
     }
 }
 
@@ -818,7 +906,8 @@ impl Network for QuicNetwork {
         if inner.started.swap(true, Ordering::AcqRel) {
             return Err(NetworkError::new(NetworkErrorKind::Other, "already started"));
         }
-        *inner.inbox.write().unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+        let pump = tokio::spawn(inbound::pump(inner.delivery.clone(), inbox));
+        *inner.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
         tokio::spawn(accept_loop(Arc::downgrade(inner), inner.endpoint.clone()));
         Ok(())
     }

@@ -10,7 +10,8 @@ pub struct QuicStats {
     pub frames_sent: u64,
     /// Bytes of those frames (length prefixes included).
     pub bytes_sent: u64,
-    /// Frames received, decoded and handed to the node.
+    /// Frames received, decoded and queued for the node (in their peer's share of the inbound
+    /// queue; see the crate docs).
     pub frames_received: u64,
     /// Bytes of those frames (length prefixes included).
     pub bytes_received: u64,
@@ -39,6 +40,23 @@ pub struct QuicStats {
     pub sends_refused: u64,
     /// QUIC connections open right now (a gauge; closing ones count until they have drained).
     pub connections_open: u64,
+    /// Received frames refused because their body did not arrive within
+    /// [`QuicConfig::frame_read_timeout`](crate::QuicConfig::frame_read_timeout).
+    pub frames_too_slow: u64,
+    /// Received frames refused because their connection already had
+    /// [`QuicConfig::max_buffered_bytes`](crate::QuicConfig::max_buffered_bytes) buffered.
+    pub frames_over_budget: u64,
+    /// Bytes reserved right now by frames being read, over all connections (a gauge).
+    pub bytes_buffered: u64,
+    /// Incoming connection attempts being handled right now (a gauge, at most
+    /// [`QuicConfig::max_concurrent_handshakes`](crate::QuicConfig::max_concurrent_handshakes)).
+    pub handshakes_in_progress: u64,
+    /// Incoming connection attempts refused because too many were already being handled.
+    pub handshakes_refused: u64,
+    /// Incoming connection attempts asked to prove their address (QUIC Retry) first.
+    pub address_validations: u64,
+    /// Connections closed because the peer's certificate expired while they were open.
+    pub certificates_expired: u64,
 }
 
 #[derive(Debug, Default)]
@@ -57,11 +75,22 @@ pub(crate) struct Counters {
     pub(crate) handshake_rejections: AtomicU64,
     pub(crate) duplicate_connections: AtomicU64,
     pub(crate) sends_refused: AtomicU64,
+    pub(crate) frames_too_slow: AtomicU64,
+    pub(crate) frames_over_budget: AtomicU64,
+    pub(crate) bytes_buffered: AtomicU64,
+    pub(crate) handshakes_refused: AtomicU64,
+    pub(crate) address_validations: AtomicU64,
+    pub(crate) certificates_expired: AtomicU64,
 }
 
 /// Adds `n` to a counter.
 pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Subtracts `n` from a gauge.
+pub(crate) fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Ordering::Relaxed);
 }
 
 /// Adds one to a counter.
@@ -88,6 +117,13 @@ impl Counters {
             duplicate_connections: g(&self.duplicate_connections),
             sends_refused: g(&self.sends_refused),
             connections_open: 0,
+            frames_too_slow: g(&self.frames_too_slow),
+            frames_over_budget: g(&self.frames_over_budget),
+            bytes_buffered: g(&self.bytes_buffered),
+            handshakes_in_progress: 0,
+            handshakes_refused: g(&self.handshakes_refused),
+            address_validations: g(&self.address_validations),
+            certificates_expired: g(&self.certificates_expired),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use raftkit::{MessageBody, NodeId};
@@ -10,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::network::Inner;
 use crate::stats::{Counters, add, bump};
-use crate::wire::{self, FrameError, close};
+use crate::wire::{self, Budget, FrameError, close};
 
 /// What the connection's tasks share (not the queues, so that dropping the [`Conn`] ends the
 /// writers).
@@ -24,6 +25,8 @@ pub(crate) struct ConnInfo {
     pub(crate) peer_incarnation: Mutex<Option<u64>>,
     /// Permits for large messages in flight.
     pub(crate) large: Arc<Semaphore>,
+    /// Bytes of the peer's frames being read (and waiting for room in its inbound share).
+    pub(crate) budget: Budget,
 }
 
 impl ConnInfo {
@@ -188,14 +191,24 @@ pub(crate) async fn read_stream(
     mut recv: quinn::RecvStream,
     header_read: bool,
 ) {
-    let Some((max_frame, header_timeout, stats)) =
-        weak.upgrade().map(|i| (i.max_frame, i.connect_timeout, i.stats.clone()))
+    let Some((max_frame, header_timeout, read_timeout, delivery, stats)) =
+        weak.upgrade().map(|i| {
+            (
+                i.max_frame,
+                i.connect_timeout,
+                i.frame_read_timeout,
+                i.delivery.clone(),
+                i.stats.clone(),
+            )
+        })
     else {
         return;
     };
     let refuse = |recv: &mut quinn::RecvStream, e: &FrameError| {
         match e {
             FrameError::TooLarge { .. } => bump(&stats.frames_oversized),
+            FrameError::TooSlow { .. } => bump(&stats.frames_too_slow),
+            FrameError::OverBudget { .. } => bump(&stats.frames_over_budget),
             _ => bump(&stats.frames_malformed),
         }
         tracing::warn!(peer = %info.peer, error = %e, "refusing a frame; stopping its stream");
@@ -233,9 +246,9 @@ pub(crate) async fn read_stream(
         }
     }
     loop {
-        match wire::read_frame(&mut recv, max_frame).await {
+        match wire::read_frame(&mut recv, max_frame, &info.budget, read_timeout).await {
             Ok(None) => return,
-            Ok(Some(body)) => match wire::decode_frame(&body) {
+            Ok(Some((body, reserved))) => match wire::decode_frame(&body) {
                 Ok(msg) => {
                     let Some(inner) = weak.upgrade() else { return };
                     if !inner.addresses.contains(info.peer) {
@@ -245,11 +258,17 @@ pub(crate) async fn read_stream(
                         info.conn.close(close::REMOVED, b"removed from the address book");
                         return;
                     }
-                    if !inner.deliver(info.peer, msg) {
+                    drop(inner);
+                    let size = body.len();
+                    drop(body);
+                    // Waits while this peer's share is full; the reservation is kept until
+                    // then, so frames waiting here count against the connection's budget.
+                    if delivery.push(info.peer, msg, size).await.is_err() {
                         return;
                     }
+                    drop(reserved);
                     bump(&stats.frames_received);
-                    add(&stats.bytes_received, (body.len() + wire::PREFIX_LEN) as u64);
+                    add(&stats.bytes_received, (size + wire::PREFIX_LEN) as u64);
                 }
                 Err(e) => return refuse(&mut recv, &e),
             },
@@ -258,6 +277,32 @@ pub(crate) async fn read_stream(
                 return;
             }
             Err(e) => return refuse(&mut recv, &e),
+        }
+    }
+}
+
+/// Closes the connection (code 6) once the peer's certificate has expired, unless it ends
+/// first. The TLS handshake checked the certificate only when the connection was made.
+pub(crate) async fn close_at_expiry(
+    info: Arc<ConnInfo>,
+    not_after: SystemTime,
+    stats: Arc<Counters>,
+) {
+    // X.509 validity includes its last second; the certificate is expired once it has passed.
+    let expired_at = not_after + Duration::from_secs(1);
+    let expired = async {
+        // Timers follow a monotonic clock and the expiry is wall-clock time: sleep in steps of
+        // at most an hour and look at the wall clock again after each.
+        while let Ok(left) = expired_at.duration_since(SystemTime::now()) {
+            tokio::time::sleep(left.min(Duration::from_secs(3600))).await;
+        }
+    };
+    tokio::select! {
+        _ = info.conn.closed() => {}
+        () = expired => {
+            bump(&stats.certificates_expired);
+            tracing::warn!(peer = %info.peer, ?not_after, "the peer's certificate expired; closing its connection");
+            info.conn.close(close::CERT_EXPIRED, b"certificate expired");
         }
     }
 }

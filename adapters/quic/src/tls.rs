@@ -2,6 +2,7 @@
 //! taken from [`QuicConfig`].
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use raftkit::NodeId;
@@ -27,6 +28,15 @@ fn tls_error(what: &str, e: impl std::fmt::Display) -> CertError {
 
 /// The server side: present our certificate, require one from the client that chains to the CA.
 pub(crate) fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, CertError> {
+    let tls = server_tls(cfg)?;
+    let quic =
+        QuicServerConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport(cfg));
+    Ok(server)
+}
+
+fn server_tls(cfg: &QuicConfig) -> Result<rustls::ServerConfig, CertError> {
     let certs = &cfg.certs;
     let roots = certs::root_store(certs.ca()).map_err(|e| tls_error("the CA certificate", e))?;
     let verifier = certs::client_verifier(roots).map_err(|e| tls_error("the CA certificate", e))?;
@@ -37,16 +47,27 @@ pub(crate) fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, Cer
         .with_single_cert(certs.chain(), certs.key())
         .map_err(|e| tls_error("the node certificate", e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic =
-        QuicServerConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(transport(cfg));
-    Ok(server)
+    // No session resumption and no 0-RTT: a resumed session would skip the client certificate
+    // check (an expired or replaced certificate would still get in), and cluster links connect
+    // too rarely to gain from it.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.max_early_data_size = 0;
+    Ok(tls)
 }
 
 /// The client side: present our certificate, and accept the server only if its certificate
 /// chains to the CA and names the node we dialed (checked through the TLS server name).
 pub(crate) fn client_config(cfg: &QuicConfig) -> Result<quinn::ClientConfig, CertError> {
+    let tls = client_tls(cfg)?;
+    let quic =
+        QuicClientConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport(cfg));
+    Ok(client)
+}
+
+fn client_tls(cfg: &QuicConfig) -> Result<rustls::ClientConfig, CertError> {
     let certs = &cfg.certs;
     let roots = certs::root_store(certs.ca()).map_err(|e| tls_error("the CA certificate", e))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -56,11 +77,10 @@ pub(crate) fn client_config(cfg: &QuicConfig) -> Result<quinn::ClientConfig, Cer
         .with_client_auth_cert(certs.chain(), certs.key())
         .map_err(|e| tls_error("the node certificate", e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic =
-        QuicClientConfig::try_from(tls).map_err(|e| tls_error("the TLS configuration", e))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    client.transport_config(transport(cfg));
-    Ok(client)
+    // Every connection gets a full handshake (see `server_config`).
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.enable_early_data = false;
+    Ok(tls)
 }
 
 /// Transport settings shared by both sides. Anything not set here keeps quinn's default (notably
@@ -115,4 +135,42 @@ pub(crate) fn peer_node(conn: &quinn::Connection) -> Result<NodeId, String> {
         .map_err(|_| "unexpected peer identity type".to_string())?;
     let leaf = chain.first().ok_or("the peer presented an empty certificate chain")?;
     certs::identity_of(leaf).map_err(|e| e.to_string())
+}
+
+/// When the certificate the peer presented on `conn` expires, if it can be read.
+pub(crate) fn peer_not_after(conn: &quinn::Connection) -> Option<SystemTime> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    let secs = u64::try_from(secs).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::CertAuthority;
+
+    fn config() -> QuicConfig {
+        let ca = CertAuthority::generate().unwrap();
+        let certs = ca.node_certs(NodeId(1)).unwrap();
+        QuicConfig::new(NodeId(1), "127.0.0.1:0".parse().unwrap(), certs)
+    }
+
+    /// A resumed TLS session skips the certificate check, so neither side may offer one.
+    #[test]
+    fn neither_side_resumes_sessions_or_sends_early_data() {
+        let cfg = config();
+        let server = server_tls(&cfg).unwrap();
+        assert_eq!(server.send_tls13_tickets, 0);
+        assert!(!server.session_storage.can_cache());
+        assert!(!server.ticketer.enabled());
+        assert_eq!(server.max_early_data_size, 0);
+        let client = client_tls(&cfg).unwrap();
+        assert!(!client.enable_early_data);
+        let resumption = format!("{:?}", client.resumption);
+        assert!(resumption.contains("NoClientSessionStorage"), "{resumption}");
+    }
 }

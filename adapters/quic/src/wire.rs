@@ -1,9 +1,15 @@
 //! The wire format: stream headers, length-prefixed frames, and the application error codes
 //! that close streams and connections. The crate docs describe it for readers of the protocol.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use quinn::{RecvStream, VarInt};
 use raftkit::{Message, NodeId, codec};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::stats::{Counters, add, sub};
 
 /// The first bytes of every stream: "RKQ" and the wire-format version.
 pub(crate) const MAGIC: [u8; 4] = *b"RKQ\x01";
@@ -33,6 +39,8 @@ pub(crate) mod close {
     pub(crate) const MOVED: VarInt = VarInt::from_u32(4);
     /// The peer was removed from the address book; its connection is dropped.
     pub(crate) const REMOVED: VarInt = VarInt::from_u32(5);
+    /// The peer's certificate expired while the connection was open.
+    pub(crate) const CERT_EXPIRED: VarInt = VarInt::from_u32(6);
 }
 
 /// Application error codes that stop a stream.
@@ -45,6 +53,10 @@ pub(crate) mod stop {
     pub(crate) const MALFORMED_FRAME: VarInt = VarInt::from_u32(2);
     /// A stream that does not start with a valid header.
     pub(crate) const BAD_HEADER: VarInt = VarInt::from_u32(3);
+    /// A frame whose body did not arrive within the read timeout.
+    pub(crate) const TOO_SLOW: VarInt = VarInt::from_u32(4);
+    /// A frame that did not fit in the connection's buffer budget.
+    pub(crate) const OVER_BUDGET: VarInt = VarInt::from_u32(5);
 }
 
 /// What starts every stream.
@@ -99,6 +111,12 @@ pub(crate) enum FrameError {
     /// The frame does not decode as a message.
     #[error("malformed frame: {0}")]
     Malformed(codec::CodecError),
+    /// The frame's body did not arrive in time.
+    #[error("frame of {len} bytes not received within {timeout:?}")]
+    TooSlow { len: usize, timeout: Duration },
+    /// The connection already buffers as much as it may.
+    #[error("frame of {len} bytes exceeds what is left of the connection's {budget} byte budget")]
+    OverBudget { len: usize, budget: usize },
     /// The stream or connection failed.
     #[error(transparent)]
     Read(quinn::ReadError),
@@ -113,6 +131,8 @@ impl FrameError {
             FrameError::Empty | FrameError::Truncated(_) | FrameError::Malformed(_) => {
                 Some(stop::MALFORMED_FRAME)
             }
+            FrameError::TooSlow { .. } => Some(stop::TOO_SLOW),
+            FrameError::OverBudget { .. } => Some(stop::OVER_BUDGET),
             FrameError::Read(_) => None,
         }
     }
@@ -162,12 +182,56 @@ pub(crate) async fn read_header(recv: &mut RecvStream) -> Result<Header, FrameEr
     }
 }
 
-/// Reads the next frame's bytes (the codec part), or `None` at a clean end of stream. Never
-/// reads past the limit: an oversized frame is refused on its length prefix.
+/// The bytes a connection may have buffered in frames being read. Every frame reserves its
+/// whole length before its body is read, so a peer that announces frames and sends them slowly
+/// (on up to [`MAX_STREAMS`] streams) holds at most this much.
+pub(crate) struct Budget {
+    permits: Arc<Semaphore>,
+    total: usize,
+    stats: Arc<Counters>,
+}
+
+/// Bytes reserved in a [`Budget`] until dropped.
+pub(crate) struct Reserved {
+    _permit: OwnedSemaphorePermit,
+    len: u64,
+    stats: Arc<Counters>,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        sub(&self.stats.bytes_buffered, self.len);
+    }
+}
+
+impl Budget {
+    /// `total` must be at most [`Semaphore::MAX_PERMITS`] (checked by `QuicConfig::validate`).
+    pub(crate) fn new(total: usize, stats: Arc<Counters>) -> Budget {
+        Budget { permits: Arc::new(Semaphore::new(total)), total, stats }
+    }
+
+    /// Reserves `len` bytes now, or refuses: waiting would let a slow frame hold up the
+    /// connection's other streams.
+    fn reserve(&self, len: usize) -> Result<Reserved, FrameError> {
+        let over = || FrameError::OverBudget { len, budget: self.total };
+        let n = u32::try_from(len).map_err(|_| over())?;
+        let permit = self.permits.clone().try_acquire_many_owned(n).map_err(|_| over())?;
+        add(&self.stats.bytes_buffered, len as u64);
+        Ok(Reserved { _permit: permit, len: len as u64, stats: self.stats.clone() })
+    }
+}
+
+/// Reads the next frame's bytes (the codec part) and their reservation in `budget`, or `None`
+/// at a clean end of stream. Never reads past the limit: an oversized frame is refused on its
+/// length prefix, and so is one that does not fit in the budget. The body must arrive within
+/// `timeout` of its prefix (waiting for a prefix has no deadline: ordered streams are idle
+/// between messages).
 pub(crate) async fn read_frame(
     recv: &mut RecvStream,
     limit: usize,
-) -> Result<Option<Vec<u8>>, FrameError> {
+    budget: &Budget,
+    timeout: Duration,
+) -> Result<Option<(Vec<u8>, Reserved)>, FrameError> {
     let mut prefix = [0u8; PREFIX_LEN];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -178,15 +242,22 @@ pub(crate) async fn read_frame(
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Read(e)),
     }
     let len = check_len(prefix, limit)?;
-    let mut body = Vec::with_capacity(len.min(MAX_PREALLOC));
-    while body.len() < len {
-        match recv.read_chunk(len - body.len(), true).await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err(FrameError::Truncated("frame body")),
-            Err(e) => return Err(FrameError::Read(e)),
+    let reserved = budget.reserve(len)?;
+    let read_body = async {
+        let mut body = Vec::with_capacity(len.min(MAX_PREALLOC));
+        while body.len() < len {
+            match recv.read_chunk(len - body.len(), true).await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(FrameError::Truncated("frame body")),
+                Err(e) => return Err(FrameError::Read(e)),
+            }
         }
+        Ok(body)
+    };
+    match tokio::time::timeout(timeout, read_body).await {
+        Ok(body) => Ok(Some((body?, reserved))),
+        Err(_) => Err(FrameError::TooSlow { len, timeout }),
     }
-    Ok(Some(body))
 }
 
 /// Decodes a frame's bytes.
@@ -234,9 +305,29 @@ mod tests {
         ));
         assert!(matches!(check_len(u32::MAX.to_be_bytes(), 10), Err(FrameError::TooLarge { .. })));
         assert!(matches!(check_len([0; 4], 10), Err(FrameError::Empty)));
-        for e in [FrameError::Empty, FrameError::TooLarge { len: 2, limit: 1 }] {
+        for e in [
+            FrameError::Empty,
+            FrameError::TooLarge { len: 2, limit: 1 },
+            FrameError::TooSlow { len: 2, timeout: Duration::from_secs(1) },
+            FrameError::OverBudget { len: 2, budget: 1 },
+        ] {
             assert!(e.stop_code().is_some());
         }
+    }
+
+    #[test]
+    fn a_budget_refuses_what_does_not_fit_and_frees_on_drop() {
+        let stats = Arc::new(Counters::default());
+        let budget = Budget::new(10, stats.clone());
+        let a = budget.reserve(6).unwrap();
+        assert_eq!(stats.snapshot().bytes_buffered, 6);
+        assert!(matches!(budget.reserve(5), Err(FrameError::OverBudget { len: 5, budget: 10 })));
+        let b = budget.reserve(4).unwrap();
+        drop(a);
+        assert_eq!(stats.snapshot().bytes_buffered, 4);
+        budget.reserve(6).unwrap();
+        drop(b);
+        assert_eq!(stats.snapshot().bytes_buffered, 0);
     }
 
     #[test]
