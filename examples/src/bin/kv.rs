@@ -46,7 +46,8 @@ struct Cli {
 enum Command {
     /// Runs a node (with `--network mem`: the whole cluster, in this process).
     Node(NodeArgs),
-    /// Creates a cluster CA and a certificate per node in a directory.
+    /// Creates a cluster CA (DIR/ca), a directory per node (DIR/node-<id>, without the CA key)
+    /// and an API client certificate (DIR/client).
     Certs {
         /// The directory to create them in (must not hold a CA already).
         #[arg(long)]
@@ -193,10 +194,18 @@ async fn run(cli: Cli) -> Result<()> {
             let ids: Vec<NodeId> = nodes.iter().map(|n| NodeId(*n)).collect();
             let files = raftkit_quic::generate_cluster(&dir, &ids)
                 .with_context(|| format!("creating certificates in {}", dir.display()))?;
-            println!("CA: {} (keep {} offline)", files.ca_cert.display(), files.ca_key.display());
-            for (id, cert, key) in files.nodes {
-                println!("node {}: {} {}", id.0, cert.display(), key.display());
+            let client =
+                raftkit_quic::certs::issue_client_files(&dir, "client").with_context(|| {
+                    format!("creating the API client certificate in {}", dir.display())
+                })?;
+            println!(
+                "CA: {} (keep it offline: it holds the CA key, which no node needs)",
+                files.ca_dir.display()
+            );
+            for n in files.nodes {
+                println!("node {}: {} (for node {} only)", n.node.0, n.dir.display(), n.node.0);
             }
+            println!("API client: {} (for `kv --client-certs`)", client.dir.display());
         }
         Command::Put { key, value } => println!("{}", show(&client.put(&key, &value).await?)),
         Command::Get { key } => println!("{}", show(&client.get(&key).await?)),
