@@ -236,23 +236,35 @@ mod tests {
     use super::super::CertAuthority;
     use super::*;
 
+    /// Which side of a handshake failed.
+    #[derive(Debug)]
+    enum Side {
+        Client(#[allow(dead_code)] rustls::Error),
+        Server(#[allow(dead_code)] rustls::Error),
+    }
+
     /// Runs a TLS handshake in memory; the first side to fail ends it.
-    fn handshake(
+    fn handshake(client: rustls::ClientConfig, server: rustls::ServerConfig) -> Result<(), Side> {
+        handshake_named(client, server, "kv.example")
+    }
+
+    fn handshake_named(
         client: rustls::ClientConfig,
         server: rustls::ServerConfig,
-    ) -> Result<(), rustls::Error> {
-        let name = ServerName::try_from("kv.example").unwrap();
-        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
-        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        name: &'static str,
+    ) -> Result<(), Side> {
+        let name = ServerName::try_from(name).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
         for _ in 0..10 {
             let mut buf = Vec::new();
             c.write_tls(&mut buf).unwrap();
             s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets()?;
+            s.process_new_packets().map_err(Side::Server)?;
             buf.clear();
             s.write_tls(&mut buf).unwrap();
             c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets()?;
+            c.process_new_packets().map_err(Side::Client)?;
             if !c.is_handshaking() && !s.is_handshaking() {
                 return Ok(());
             }
@@ -278,10 +290,24 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        assert!(handshake(anonymous, node.https_server_config().unwrap()).is_err());
+        let server = node.https_server_config().unwrap();
+        let err = handshake_named(anonymous, server, "node-1.raftkit").unwrap_err();
+        assert!(matches!(err, Side::Server(_)), "{err:?}");
+        // Trusts this cluster's CA, but its certificate is another CA's: the server refuses.
         let other = CertAuthority::generate().unwrap();
-        let stranger = other.client_certs("ops").unwrap().https_client_config().unwrap();
-        assert!(handshake(stranger, node.https_server_config().unwrap()).is_err());
+        let issued = other.issue_client("ops").unwrap();
+        let stranger = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(root_store(node.ca()).unwrap())
+            .with_client_auth_cert(
+                pem_certs(issued.cert_pem.as_bytes(), "cert").unwrap(),
+                pem_key(issued.key_pem.as_bytes(), "key").unwrap(),
+            )
+            .unwrap();
+        let server = node.https_server_config().unwrap();
+        let err = handshake_named(stranger, server, "node-1.raftkit").unwrap_err();
+        assert!(matches!(err, Side::Server(_)), "{err:?}");
     }
 
     #[test]
@@ -290,7 +316,8 @@ mod tests {
         let client = ca.client_certs("ops").unwrap();
         // A node of another cluster.
         let foreign = other.node_certs(NodeId(1)).unwrap().https_server_config().unwrap();
-        assert!(handshake(client.https_client_config().unwrap(), foreign).is_err());
+        let err = handshake(client.https_client_config().unwrap(), foreign).unwrap_err();
+        assert!(matches!(err, Side::Client(_)), "{err:?}");
         // A client certificate of this cluster presented as a server's: no node identity, and
         // not for server authentication.
         let issued = ca.issue_client("mallory").unwrap();
@@ -302,7 +329,8 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .unwrap();
-        assert!(handshake(client.https_client_config().unwrap(), fake).is_err());
+        let err = handshake(client.https_client_config().unwrap(), fake).unwrap_err();
+        assert!(matches!(err, Side::Client(_)), "{err:?}");
     }
 
     #[test]
