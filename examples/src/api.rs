@@ -1,4 +1,5 @@
-//! The `kv` service's HTTP server (the protocol is in [`crate::protocol`]).
+//! The `kv` service's HTTP server (the protocol is in [`crate::protocol`]), over plain HTTP or
+//! HTTPS with client certificates ([`ApiServer::bind_tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +15,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use raftkit::{Role, WriteError};
 use raftkit_mem::{KvCommand, KvOutput};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
 
 use crate::node::KvNode;
 use crate::protocol::{
@@ -221,29 +226,132 @@ pub fn router(service: Arc<dyn Service>) -> Router {
 
 /// A bound API server; [`ApiServer::run`] serves until `shutdown` resolves.
 pub struct ApiServer {
-    listener: TcpListener,
+    listener: ApiListener,
     service: Arc<dyn Service>,
 }
 
+enum ApiListener {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
 impl ApiServer {
-    /// Binds `addr` (port 0 picks a free port: see [`ApiServer::local_addr`]).
+    /// Binds `addr` for plain HTTP (port 0 picks a free port: see [`ApiServer::local_addr`]).
+    /// Anyone who can reach the address can use the API: [`crate::serve`] allows this on
+    /// loopback only, unless told otherwise.
     pub async fn bind(addr: SocketAddr, service: Arc<dyn Service>) -> Result<ApiServer> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the API address {addr}"))?;
-        Ok(ApiServer { listener, service })
+        let listener = bind(addr).await?;
+        Ok(ApiServer { listener: ApiListener::Plain(listener), service })
+    }
+
+    /// Binds `addr` for HTTPS with `tls` (from
+    /// [`NodeCerts::https_server_config`](raftkit_quic::NodeCerts::https_server_config): the
+    /// node's certificate, and a client certificate from the cluster CA required of every
+    /// client). A connection whose handshake fails never reaches the API.
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        service: Arc<dyn Service>,
+        tls: Arc<ServerConfig>,
+    ) -> Result<ApiServer> {
+        let listener = bind(addr).await?;
+        let listener = TlsListener::start(listener, TlsAcceptor::from(tls))?;
+        Ok(ApiServer { listener: ApiListener::Tls(listener), service })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
+        Ok(match &self.listener {
+            ApiListener::Plain(l) => l.local_addr()?,
+            ApiListener::Tls(l) => l.local,
+        })
+    }
+
+    /// Whether the server speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.listener, ApiListener::Tls(_))
     }
 
     /// Serves requests until `shutdown` resolves, then finishes the requests in flight.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        axum::serve(self.listener, router(self.service))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving the API")
+        let app = router(self.service);
+        match self.listener {
+            ApiListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            ApiListener::Tls(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+        }
+        .context("serving the API")
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the API address {addr}"))
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; connections beyond are closed at once.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Accepts TCP connections and runs their TLS handshakes in their own tasks, so that a slow or
+/// failing client delays no one; axum gets only the connections whose handshake succeeded.
+struct TlsListener {
+    local: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    fn start(listener: TcpListener, acceptor: TlsAcceptor) -> Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        // Ends when the listener is dropped (the server stopped): `tx.closed()` resolves.
+        tokio::spawn(async move {
+            let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, as axum does.
+                            tracing::warn!("accepting an API connection: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many TLS handshakes in progress; closing");
+                    continue;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::warn!(%peer, "API client refused: {e}"),
+                        Err(_) => tracing::warn!(%peer, "API client refused: handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { local, ready })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The acceptor task is gone (only if the runtime is stopping): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }

@@ -1,15 +1,22 @@
 //! A client of the `kv` service: finds the leader among the nodes it is given, follows
-//! `not_leader` replies, and retries only what is safe to retry.
+//! `not_leader` replies, and retries only what is safe to retry. Over plain HTTP, or HTTPS with a
+//! client certificate ([`KvClient::with_client_certs`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftkit_quic::CertError;
+use raftkit_quic::certs::ClientCerts;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::protocol::{
     CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest, PrevReply, PutRequest,
@@ -31,6 +38,9 @@ pub enum ClientError {
     Unavailable(String),
     /// A reply could not be understood.
     Protocol(String),
+    /// The node refused this client's credentials (no client certificate, or one the cluster
+    /// CA did not issue), or speaks HTTPS to a plain-HTTP client. Nothing was executed.
+    Refused(String),
 }
 
 impl fmt::Display for ClientError {
@@ -40,6 +50,7 @@ impl fmt::Display for ClientError {
             ClientError::OutcomeUnknown(e) => write!(f, "outcome unknown: {e}"),
             ClientError::Unavailable(e) => write!(f, "no node could serve the request: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ClientError::Refused(e) => write!(f, "refused: {e}"),
         }
     }
 }
@@ -53,21 +64,56 @@ enum HttpError {
     Connect(String),
     /// The request may have reached the server.
     AfterSend(String),
+    /// The server refused the connection's credentials before reading the request.
+    Refused(String),
 }
 
-/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), returning the status and
-/// the body.
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), over TLS with `tls`,
+/// returning the status and the body.
 async fn http(
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), HttpError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| HttpError::Connect(format!("connecting to {addr} timed out")))?
+        .map_err(|e| HttpError::Connect(format!("connecting to {addr}: {e}")))?;
+    let Some(connector) = tls else {
+        return exchange(tcp, addr, method, path, body, timeout).await;
+    };
+    // The name is not what is checked: the verifier accepts any node of the cluster, by the
+    // identity in its certificate (the client knows addresses, not node ids).
+    let name = ServerName::IpAddress(addr.ip().into());
+    let stream = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| HttpError::Connect(format!("the TLS handshake with {addr} timed out")))?
+        .map_err(|e| {
+            HttpError::Connect(format!("TLS with {addr}: {e} (is the node serving HTTPS?)"))
+        })?;
+    exchange(stream, addr, method, path, body, timeout).await
+}
+
+/// Whether `e` is a TLS alert from the server. In TLS 1.3 the server checks the client's
+/// certificate after the client has finished its side of the handshake, so a refusal arrives
+/// as an alert when the client reads; the request was never handed to the API.
+fn refused_by_server(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), HttpError> {
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| HttpError::Connect(format!("connecting to {addr} timed out")))?
-        .map_err(|e| HttpError::Connect(format!("connecting to {addr}: {e}")))?;
     let exchange = async {
         let body = body.unwrap_or_default();
         let head = format!(
@@ -84,7 +130,19 @@ async fn http(
     let reply = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| HttpError::AfterSend(format!("{addr} did not answer within {timeout:?}")))?
-        .map_err(|e| HttpError::AfterSend(format!("talking to {addr}: {e}")))?;
+        .map_err(|e| match refused_by_server(&e) {
+            true => HttpError::Refused(format!(
+                "{addr} refused this client's certificate ({e}): pass --client-certs with a \
+                 client certificate of the cluster (made by `kv certs`)"
+            )),
+            false => HttpError::AfterSend(format!("talking to {addr}: {e}")),
+        })?;
+    // A TLS alert record (content type 21, version 3.x): an HTTPS server refusing plain text.
+    if reply.starts_with(&[0x15, 0x03]) {
+        return Err(HttpError::Refused(format!(
+            "{addr} speaks HTTPS: pass --client-certs (a client certificate made by `kv certs`)"
+        )));
+    }
     parse_response(&reply).map_err(|e| HttpError::AfterSend(format!("reply from {addr}: {e}")))
 }
 
@@ -167,6 +225,8 @@ pub struct KvClient {
     deadline: Duration,
     /// How long one exchange may take.
     exchange_timeout: Duration,
+    /// HTTPS with a client certificate, if set.
+    tls: Option<TlsConnector>,
 }
 
 impl KvClient {
@@ -179,7 +239,19 @@ impl KvClient {
             preferred: None,
             deadline,
             exchange_timeout: Duration::from_secs(5).min(deadline),
+            tls: None,
         }
+    }
+
+    /// Talks HTTPS, authenticating with `certs` (a client certificate issued by the cluster
+    /// CA), to nodes serving the API with `--api-tls`; a node is accepted if its certificate
+    /// chains to the same CA.
+    ///
+    /// # Errors
+    /// The TLS library refuses the certificates.
+    pub fn with_client_certs(mut self, certs: &ClientCerts) -> Result<KvClient, CertError> {
+        self.tls = Some(TlsConnector::from(Arc::new(certs.https_client_config()?)));
+        Ok(self)
     }
 
     /// `put`: sets `key`, returning the previous value.
@@ -222,12 +294,16 @@ impl KvClient {
     pub async fn status(&mut self) -> Vec<(SocketAddr, Result<StatusReply, String>)> {
         let mut out = Vec::new();
         for addr in self.nodes.clone() {
-            let reply = match http(addr, "GET", "/v1/status", None, self.exchange_timeout).await {
-                Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
-                    .map_err(|e| format!("bad status reply: {e}")),
-                Ok((code, _)) => Err(format!("HTTP {code}")),
-                Err(HttpError::Connect(e) | HttpError::AfterSend(e)) => Err(e),
-            };
+            let tls = self.tls.as_ref();
+            let reply =
+                match http(addr, tls, "GET", "/v1/status", None, self.exchange_timeout).await {
+                    Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
+                        .map_err(|e| format!("bad status reply: {e}")),
+                    Ok((code, _)) => Err(format!("HTTP {code}")),
+                    Err(
+                        HttpError::Connect(e) | HttpError::AfterSend(e) | HttpError::Refused(e),
+                    ) => Err(e),
+                };
             if let Ok(s) = &reply {
                 for n in &s.nodes {
                     self.ids.insert(n.id, addr);
@@ -263,7 +339,9 @@ impl KvClient {
             let addr = self.next_target(attempt);
             attempt += 1;
             let backoff = Duration::from_millis(50 * (attempt as u64).min(4));
-            match http(addr, "POST", path, Some(&body), self.exchange_timeout).await {
+            match http(addr, self.tls.as_ref(), "POST", path, Some(&body), self.exchange_timeout)
+                .await
+            {
                 Ok((200, reply)) => {
                     self.preferred = Some(addr);
                     return serde_json::from_slice(&reply).map_err(|e| {
@@ -308,6 +386,7 @@ impl KvClient {
                         }
                     }
                 }
+                Err(HttpError::Refused(e)) => return Err(ClientError::Refused(e)),
                 Err(HttpError::Connect(e)) => {
                     last_error = e;
                     self.preferred = None;

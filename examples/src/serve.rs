@@ -60,7 +60,8 @@ pub fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
 /// Where a node's TLS material comes from.
 #[derive(Clone, Debug, Default)]
 pub struct TlsPaths {
-    /// A directory made by `kv certs` (`ca.pem`, `node-<id>.pem`, `node-<id>.key`).
+    /// This node's directory made by `kv certs` (`<out>/node-<id>`: `ca.crt`, `node.crt`,
+    /// `node.key`; refused if it holds the CA key).
     pub certs_dir: Option<PathBuf>,
     /// The cluster CA's certificate (PEM).
     pub ca: Option<PathBuf>,
@@ -78,7 +79,7 @@ impl TlsPaths {
             (None, None, None, Some(dir)) => Ok(NodeCerts::load_from_dir(dir, id)?),
             (None, None, None, None) => {
                 bail!(
-                    "QUIC needs certificates: pass --certs-dir (made by `kv certs`) or --ca, --cert and --key"
+                    "QUIC and --api-tls need certificates: pass --certs-dir (this node's directory made by `kv certs`) or --ca, --cert and --key"
                 )
             }
             _ => bail!("pass all three of --ca, --cert and --key, or only --certs-dir"),
@@ -103,8 +104,31 @@ pub struct NodeOptions {
     pub network: NetworkKind,
     /// The log store adapter.
     pub log: LogKind,
-    /// TLS material for QUIC.
+    /// TLS material for QUIC, and for the API with `api_tls`.
     pub tls: TlsPaths,
+    /// Serve the API over HTTPS with this node's certificate, requiring client certificates
+    /// issued by the cluster CA.
+    pub api_tls: bool,
+    /// Allow plain, unauthenticated HTTP on an API address that is not loopback.
+    pub insecure_api: bool,
+}
+
+/// Refuses an API that anyone beyond this machine could use without credentials: plain HTTP is
+/// allowed on a loopback address, or elsewhere only with `insecure` (the operator's explicit
+/// choice, say behind an authenticating proxy).
+///
+/// # Errors
+/// A non-loopback `api` (`0.0.0.0` included) without `tls` or `insecure`.
+pub fn check_api_exposure(api: SocketAddr, tls: bool, insecure: bool) -> Result<()> {
+    if tls || insecure || api.ip().is_loopback() {
+        return Ok(());
+    }
+    bail!(
+        "refusing to serve the API unauthenticated on {api}, which is not a loopback address: \
+         anyone who can reach it could read and write every key. Pass --api-tls (HTTPS; clients \
+         need a certificate from the cluster CA, made by `kv certs`), bind a loopback address, \
+         or pass --insecure-api to accept the risk"
+    )
 }
 
 /// A started node (or in-process cluster) and its API server, ready to [`RunningNode::serve`].
@@ -116,6 +140,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Validates `opts`, opens the log(s), binds the network and the API, and starts Raft.
     pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
+        check_api_exposure(opts.api, opts.api_tls, opts.insecure_api)?;
         if !opts.peers.contains_key(&opts.id) {
             bail!("--id {} is not in --peers", opts.id.0);
         }
@@ -124,11 +149,25 @@ impl RunningNode {
             (None, LogKind::Mem) => PathBuf::new(),
             (None, kind) => bail!("--log {kind} keeps data on disk: pass --data-dir"),
         };
+        // Loaded before anything starts: a bad certificate (or one next to the CA key) stops
+        // the node here.
+        let certs = match (opts.network, opts.api_tls) {
+            (NetworkKind::Quic, _) | (_, true) => {
+                Some(opts.tls.load(opts.id).context("loading the TLS certificates")?)
+            }
+            (NetworkKind::Mem, false) => None,
+        };
+        let api_tls = match (&certs, opts.api_tls) {
+            (Some(certs), true) => {
+                Some(Arc::new(certs.https_server_config().context("setting up HTTPS for the API")?))
+            }
+            _ => None,
+        };
         let members: Vec<NodeId> = opts.peers.keys().copied().collect();
         let mut nodes = Vec::new();
         let service: Arc<dyn Service> = match opts.network {
             NetworkKind::Quic => {
-                let certs = opts.tls.load(opts.id).context("loading the TLS certificates")?;
+                let certs = certs.context("QUIC needs certificates")?;
                 let book: AddressBook = opts.peers.iter().map(|(i, a)| (*i, *a)).collect();
                 let listen = opts.listen.unwrap_or(opts.peers[&opts.id]);
                 let net =
@@ -151,13 +190,22 @@ impl RunningNode {
                 Arc::new(LocalCluster(nodes.clone()))
             }
         };
-        let server = ApiServer::bind(opts.api, service).await?;
+        let server = match api_tls {
+            Some(tls) => ApiServer::bind_tls(opts.api, service, tls).await?,
+            None => ApiServer::bind(opts.api, service).await?,
+        };
         Ok(RunningNode { nodes, server })
     }
 
     /// The API's address.
     pub fn api_addr(&self) -> Result<SocketAddr> {
         self.server.local_addr()
+    }
+
+    /// The API's URL: `http://…` or `https://…`.
+    pub fn api_url(&self) -> Result<String> {
+        let scheme = if self.server.is_tls() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.api_addr()?))
     }
 
     /// Serves until `shutdown` resolves, then stops the API and the node(s) gracefully.
@@ -194,5 +242,20 @@ mod tests {
         }
         assert!(parse_addrs("127.0.0.1:1,nope").is_err());
         assert_eq!(parse_addrs("127.0.0.1:1").unwrap().len(), 1);
+    }
+
+    /// Security: plain HTTP beyond loopback only when asked for explicitly.
+    #[test]
+    fn an_unauthenticated_api_is_allowed_on_loopback_only() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for loopback in ["127.0.0.1:8001", "127.0.0.2:0", "[::1]:8001"] {
+            check_api_exposure(addr(loopback), false, false).unwrap();
+        }
+        for exposed in ["0.0.0.0:8001", "[::]:8001", "10.0.0.1:8001", "[::ffff:127.0.0.1]:1"] {
+            let err = check_api_exposure(addr(exposed), false, false).unwrap_err().to_string();
+            assert!(err.contains("--api-tls") && err.contains("--insecure-api"), "{err}");
+            check_api_exposure(addr(exposed), true, false).unwrap();
+            check_api_exposure(addr(exposed), false, true).unwrap();
+        }
     }
 }

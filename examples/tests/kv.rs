@@ -33,7 +33,8 @@ impl NodeProcess {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("serving http://").nth(1) {
+                let url = line.split("serving ").nth(1).unwrap_or_default();
+                if let Some(addr) = url.strip_prefix("http://").or(url.strip_prefix("https://")) {
                     let _ = tx.send(addr.trim().to_string());
                 }
             }
@@ -196,7 +197,7 @@ fn node_args(id: u64, peers: &str, dir: &Path) -> Vec<String> {
         "--data-dir".into(),
         d("data"),
         "--certs-dir".into(),
-        d("certs"),
+        d(&format!("certs/node-{id}")),
     ]
 }
 
@@ -271,5 +272,192 @@ fn quic_and_redb_nodes_keep_every_acknowledged_write_when_the_leader_is_killed()
     });
     for n in nodes.into_iter().flatten() {
         n.terminate();
+    }
+}
+
+/// Runs `kv <args>` expecting it to exit by itself within 30 seconds (a node that starts
+/// instead is killed and reported).
+fn kv_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(KV)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kv");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("kv output");
+            panic!("kv {args:?} kept running: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("kv output")
+}
+
+fn make_certs(dir: &Path, nodes: &str) {
+    let made = Command::new(KV)
+        .args(["certs", "--dir", &dir.display().to_string(), "--nodes", nodes])
+        .output()
+        .expect("kv certs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Security: `kv certs` gives each node its own directory, which holds no CA key; the CA (and
+/// its key) sits apart, to be kept offline.
+#[test]
+fn kv_certs_gives_each_node_a_directory_without_the_ca_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certs(dir.path(), "1,2,3");
+    assert_eq!(names_in(dir.path()), ["ca", "client", "node-1", "node-2", "node-3"]);
+    assert_eq!(names_in(&dir.path().join("ca")), ["ca.crt", "ca.key"]);
+    for id in 1..=3 {
+        let node = dir.path().join(format!("node-{id}"));
+        assert_eq!(names_in(&node), ["ca.crt", "node.crt", "node.key"], "{}", node.display());
+    }
+    assert_eq!(names_in(&dir.path().join("client")), ["ca.crt", "client.crt", "client.key"]);
+}
+
+/// Security: a node refuses to start from a certificates directory where it can read the CA
+/// key, and names the file.
+#[test]
+fn a_node_refuses_a_certificates_directory_holding_the_ca_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certs(dir.path(), "1");
+    let node_dir = dir.path().join("node-1");
+    std::fs::copy(dir.path().join("ca/ca.key"), node_dir.join("ca.key")).expect("copy");
+    let (node_dir_arg, data) = (node_dir.display().to_string(), dir.path().join("data"));
+    let out = kv_exits(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data.display().to_string(),
+        "--certs-dir",
+        &node_dir_arg,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let named = node_dir.join("ca.key").display().to_string();
+    assert!(stderr.contains(&named) && stderr.contains("CA's private key"), "{stderr}");
+}
+
+/// Security: an API that anyone beyond this machine could use without credentials is refused
+/// at startup. (192.0.2.1 is a documentation address: never bound, no traffic sent.)
+#[test]
+fn a_non_loopback_api_without_tls_is_refused_at_startup() {
+    let out = kv_exits(&[
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        "--api",
+        "192.0.2.1:0",
+        "--network",
+        "mem",
+        "--log",
+        "mem",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not a loopback address") && stderr.contains("--api-tls"), "{stderr}");
+}
+
+/// Security: with `--api-tls`, the API answers only clients holding a certificate from the
+/// cluster CA.
+#[test]
+fn the_tls_api_serves_authenticated_clients_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certs(&dir.path().join("certs"), "1");
+    make_certs(&dir.path().join("other"), "1");
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let node = NodeProcess::start(
+        &["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"]
+            .iter()
+            .chain(&["--api", "127.0.0.1:0", "--network", "mem", "--log", "mem", "--api-tls"])
+            .map(|s| s.to_string())
+            .chain(["--certs-dir".to_string(), d("certs/node-1")])
+            .collect::<Vec<_>>(),
+    );
+    let api = [node.api];
+    let with = |certs: &str, args: &[&str]| {
+        let mut all = vec!["--client-certs", certs];
+        all.extend_from_slice(args);
+        kv(&api, &all)
+    };
+
+    // Authenticated: works.
+    let put = with(&d("certs/client"), &["put", "k", "v"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let got = with(&d("certs/client"), &["get", "k"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");
+
+    // No credentials (plain HTTP): refused, and says why.
+    let plain = kv(&api, &["put", "k", "plain"]);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success() && stderr.contains("refused"), "{stderr}");
+    // A client of another cluster: the two do not trust each other.
+    let other = Command::new(KV)
+        .args(["--nodes", &node.api.to_string(), "--timeout", "2s"])
+        .args(["--client-certs", &d("other/client"), "put", "k", "other"])
+        .output()
+        .expect("run kv");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && stderr.contains("certificate"), "{stderr}");
+    // TLS without a client certificate: the handshake fails, no HTTP reply.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let reply =
+        rt.block_on(anonymous_tls_request(node.api, &dir.path().join("certs/client/ca.crt")));
+    assert!(!reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let got = with(&d("certs/client"), &["get", "k"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");
+    node.terminate();
+}
+
+/// A TLS client that trusts the cluster CA but presents no certificate: what it reads back.
+async fn anonymous_tls_request(api: SocketAddr, ca: &Path) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca).expect("CA")).expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(api).await.expect("connect");
+    let name = "node-1.raftkit".try_into().expect("name");
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => return format!("handshake failed: {e}"),
+    };
+    let request = "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if let Err(e) = tls.write_all(request.as_bytes()).await {
+        return format!("write failed: {e}");
+    }
+    let mut reply = Vec::new();
+    match tls.read_to_end(&mut reply).await {
+        Ok(_) => String::from_utf8_lossy(&reply).into_owned(),
+        Err(e) => format!("read failed: {e}"),
     }
 }

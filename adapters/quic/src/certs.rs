@@ -1,21 +1,26 @@
 //! Certificates: a cluster CA and one certificate per node, generated here (rcgen) or loaded from
-//! PEM files, and checked when loaded.
+//! PEM files, and checked when loaded; and API client certificates for an application's HTTPS
+//! API served with the node's certificate ([`NodeCerts::https_server_config`], [`ClientCerts`]).
 //!
 //! A node's identity is a DNS subject alternative name `node-<id>.raftkit` (see
 //! [`identity_name`]); a certificate must carry exactly one. The names are identities, never
 //! resolved: addresses come from the [`AddressBook`](crate::AddressBook).
 //!
-//! Files written by [`generate_cluster`] and read by [`NodeCerts::load_from_dir`]:
+//! Files written by [`generate_cluster`] (one directory per holder: each machine gets only its
+//! own) and read by [`NodeCerts::load_from_dir`]:
 //!
 //! | file | what |
 //! |---|---|
-//! | `ca.pem` | the cluster CA certificate: every node needs it |
-//! | `ca.key` | the CA's private key: keep it offline; it issues certificates for new nodes ([`issue_node_files`]) |
-//! | `node-<id>.pem` | node `<id>`'s certificate, signed by the CA |
-//! | `node-<id>.key` | node `<id>`'s private key (PKCS #8), readable by its owner only |
+//! | `ca/ca.crt` | the cluster CA certificate |
+//! | `ca/ca.key` | the CA's private key: keep it offline; it issues certificates for new nodes ([`issue_node_files`]) and API clients ([`issue_client_files`]) |
+//! | `node-<id>/ca.crt` | a copy of the CA certificate, which node `<id>` trusts |
+//! | `node-<id>/node.crt` | node `<id>`'s certificate, signed by the CA |
+//! | `node-<id>/node.key` | node `<id>`'s private key (PKCS #8), readable by its owner only |
+//!
+//! A node never needs the CA key, and loading refuses certificates from a directory that holds
+//! it ([`CertError::CaKeyPresent`]).
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,6 +36,16 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use x509_parser::extensions::GeneralName;
+
+mod files;
+mod https;
+
+pub use files::{
+    CA_CERT_FILE, CA_DIR, CA_KEY_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE, ClientFiles,
+    ClusterFiles, NODE_CERT_FILE, NODE_KEY_FILE, NodeFiles, generate_cluster, issue_client_files,
+    issue_node_files, node_dir,
+};
+pub use https::{ClientCerts, HTTPS_ALPN};
 
 /// The suffix of every node identity name.
 const IDENTITY_SUFFIX: &str = ".raftkit";
@@ -57,8 +72,28 @@ pub enum CertError {
     /// A file that [`generate_cluster`] would write already exists.
     #[error("{} already exists; refusing to overwrite (use issue_node_files to add a node)", path.display())]
     Exists {
-        /// The file.
+        /// The file or directory.
         path: PathBuf,
+    },
+    /// A certificate directory holds the cluster CA's private key, which no node (or client)
+    /// may have: whoever compromises it could issue any node identity.
+    #[error(
+        "{} is the cluster CA's private key; refusing to use certificates next to it: a node must \
+         not hold the CA key (anyone who compromises the node could issue any node identity). \
+         Move it off this machine",
+        path.display()
+    )]
+    CaKeyPresent {
+        /// The file holding the CA key.
+        path: PathBuf,
+    },
+    /// A client name unusable as a certificate name and directory name.
+    #[error("invalid client name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A PEM input holds no item of the expected kind, or does not parse.
     #[error("{what}: {reason}")]
@@ -257,6 +292,49 @@ fn pem_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, CertError> 
     })
 }
 
+/// Checks that `cas` is exactly one CA certificate, valid at `now`, and returns it.
+fn check_ca(
+    cas: &mut Vec<CertificateDer<'static>>,
+    ca_what: &str,
+    now: SystemTime,
+) -> Result<CertificateDer<'static>, CertError> {
+    if cas.len() != 1 {
+        return Err(CertError::Pem {
+            what: ca_what.into(),
+            reason: format!("expected one CA certificate, found {}", cas.len()),
+        });
+    }
+    let ca = cas.remove(0);
+    let parsed_ca = parse(&ca, ca_what)?;
+    if !parsed_ca.is_ca() {
+        return Err(CertError::NotACa { what: ca_what.into() });
+    }
+    check_dates(&parsed_ca, ca_what, now)?;
+    drop(parsed_ca);
+    Ok(ca)
+}
+
+fn not_after_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(cert.validity().not_after.timestamp().max(0) as u64)
+}
+
+/// Checks that `key` is usable and belongs to `chain`'s leaf.
+fn check_key(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    cert_what: &str,
+) -> Result<(), CertError> {
+    let provider = crate::tls::provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| CertError::KeyMismatch { what: cert_what.into(), reason: e.to_string() })?;
+    rustls::sign::CertifiedKey::new(chain.to_vec(), signing_key)
+        .keys_match()
+        .map_err(|e| CertError::KeyMismatch { what: cert_what.into(), reason: e.to_string() })
+}
+
 /// What a node needs for mutual TLS: the cluster CA, its own certificate (chain) and private
 /// key, checked together. Cheap to clone.
 #[derive(Clone)]
@@ -305,36 +383,40 @@ impl NodeCerts {
     ///
     /// # Errors
     /// As [`from_pem`](Self::from_pem), plus [`Io`](CertError::Io) for a missing or unreadable
-    /// file. Every message names the file at fault.
+    /// file, and [`CaKeyPresent`](CertError::CaKeyPresent) if a directory of the three files holds
+    /// `ca.key`, or any file holding the CA's private key. Every message names the file at fault.
     pub fn load(
         ca: impl AsRef<Path>,
         cert: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<NodeCerts, CertError> {
         let (ca, cert, key) = (ca.as_ref(), cert.as_ref(), key.as_ref());
+        let dirs = [ca, cert, key].map(|p| p.parent().unwrap_or(Path::new("")));
+        files::refuse_ca_key(&dirs, None)?;
         let (ca_what, cert_what) =
             (format!("CA certificate {}", ca.display()), format!("certificate {}", cert.display()));
-        Self::check(
+        let certs = Self::check(
             pem_certs(&read(ca)?, &ca_what)?,
             pem_certs(&read(cert)?, &cert_what)?,
             pem_key(&read(key)?, &format!("key {}", key.display()))?,
             (&ca_what, &cert_what),
             SystemTime::now(),
-        )
+        )?;
+        files::refuse_ca_key(&dirs, Some(certs.ca()))?;
+        Ok(certs)
     }
 
-    /// Loads `ca.pem`, `node-<id>.pem` and `node-<id>.key` from `dir` (the layout
-    /// [`generate_cluster`] writes) and checks that the certificate is `node`'s.
+    /// Loads `ca.crt`, `node.crt` and `node.key` from `dir`, node `node`'s own directory (the
+    /// `<out>/node-<id>` that [`generate_cluster`] writes), and checks that the certificate is
+    /// `node`'s.
     ///
     /// # Errors
-    /// As [`load`](Self::load), plus [`WrongNode`](CertError::WrongNode).
+    /// As [`load`](Self::load) (so a directory holding the CA key is refused), plus
+    /// [`WrongNode`](CertError::WrongNode).
     pub fn load_from_dir(dir: impl AsRef<Path>, node: NodeId) -> Result<NodeCerts, CertError> {
         let dir = dir.as_ref();
-        let certs = Self::load(
-            dir.join(CA_CERT_FILE),
-            dir.join(node_cert_file(node)),
-            dir.join(node_key_file(node)),
-        )?;
+        let certs =
+            Self::load(dir.join(CA_CERT_FILE), dir.join(NODE_CERT_FILE), dir.join(NODE_KEY_FILE))?;
         if certs.node_id() != node {
             return Err(CertError::WrongNode { expected: node, found: certs.node_id() });
         }
@@ -348,24 +430,12 @@ impl NodeCerts {
         (ca_what, cert_what): (&str, &str),
         now: SystemTime,
     ) -> Result<NodeCerts, CertError> {
-        if cas.len() != 1 {
-            return Err(CertError::Pem {
-                what: ca_what.into(),
-                reason: format!("expected one CA certificate, found {}", cas.len()),
-            });
-        }
-        let ca = cas.remove(0);
-        let parsed_ca = parse(&ca, ca_what)?;
-        if !parsed_ca.is_ca() {
-            return Err(CertError::NotACa { what: ca_what.into() });
-        }
-        check_dates(&parsed_ca, ca_what, now)?;
+        let ca = check_ca(&mut cas, ca_what, now)?;
         let leaf = parse(&chain[0], cert_what)?;
         check_dates(&leaf, cert_what, now)?;
         let node = identity_in(&leaf, cert_what)?;
-        let not_after = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
-        drop((leaf, parsed_ca));
+        let not_after = not_after_of(&leaf);
+        drop(leaf);
 
         // The same verifiers the handshakes use: the certificate must pass as a client and as a
         // server, under its own identity.
@@ -389,13 +459,7 @@ impl NodeCerts {
             .verify_server_cert(&chain[0], &chain[1..], &name, &[], unix_now)
             .map_err(not_accepted)?;
 
-        let provider = crate::tls::provider();
-        let signing_key = provider.key_provider.load_private_key(key.clone_key()).map_err(|e| {
-            CertError::KeyMismatch { what: cert_what.into(), reason: e.to_string() }
-        })?;
-        rustls::sign::CertifiedKey::new(chain.clone(), signing_key).keys_match().map_err(|e| {
-            CertError::KeyMismatch { what: cert_what.into(), reason: e.to_string() }
-        })?;
+        check_key(&chain, &key, cert_what)?;
 
         Ok(NodeCerts { inner: Arc::new(NodeCertsInner { ca, chain, key, node, not_after }) })
     }
@@ -445,21 +509,6 @@ pub(crate) fn server_verifier(
             .build()
             .map_err(|e| e.to_string())?;
     Ok(v)
-}
-
-/// The CA certificate's file name in a certificate directory.
-pub const CA_CERT_FILE: &str = "ca.pem";
-/// The CA key's file name in a certificate directory.
-pub const CA_KEY_FILE: &str = "ca.key";
-
-/// The file name of `node`'s certificate in a certificate directory.
-pub fn node_cert_file(node: NodeId) -> String {
-    format!("node-{}.pem", node.0)
-}
-
-/// The file name of `node`'s private key in a certificate directory.
-pub fn node_key_file(node: NodeId) -> String {
-    format!("node-{}.key", node.0)
 }
 
 /// When a generated certificate is valid.
@@ -571,7 +620,7 @@ impl CertAuthority {
         Ok(CertAuthority { cert_pem: cert_pem.to_string(), issuer })
     }
 
-    /// Loads `ca.pem` and `ca.key` from `dir`.
+    /// Loads `ca.crt` and `ca.key` from `dir`, the CA's directory (`<out>/ca`).
     pub fn load_from_dir(dir: impl AsRef<Path>) -> Result<CertAuthority, CertError> {
         let dir = dir.as_ref();
         let text = |p: PathBuf| -> Result<String, CertError> {
@@ -623,105 +672,60 @@ impl CertAuthority {
         let issued = self.issue(node)?;
         NodeCerts::from_pem(&self.cert_pem, &issued.cert_pem, &issued.key_pem)
     }
+
+    /// Issues an API client certificate named `name` (its common name, `raftkit client <name>`)
+    /// with a fresh key, valid for [`DEFAULT_NODE_VALIDITY`]. It is for TLS client
+    /// authentication only and carries no node identity, so it can neither join the cluster
+    /// nor serve as a node.
+    ///
+    /// # Errors
+    /// [`BadName`](CertError::BadName) (see [`issue_client_files`]), or a generation failure.
+    pub fn issue_client(&self, name: &str) -> Result<IssuedClientCert, CertError> {
+        files::check_client_name(name)?;
+        let validity = Validity::starting_now(DEFAULT_NODE_VALIDITY);
+        let what = format!("the certificate of client {name}");
+        let key = KeyPair::generate().map_err(generate_err(&what))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("raftkit client {name}"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = validity.not_before.into();
+        params.not_after = validity.not_after.into();
+        params.serial_number = Some(random_serial()?);
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate_err(&what))?;
+        Ok(IssuedClientCert {
+            name: name.to_string(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues an API client certificate and returns it checked (for tests and in-process use).
+    pub fn client_certs(&self, name: &str) -> Result<ClientCerts, CertError> {
+        let issued = self.issue_client(name)?;
+        ClientCerts::from_pem(&self.cert_pem, &issued.cert_pem, &issued.key_pem)
+    }
 }
 
-/// What [`generate_cluster`] wrote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterFiles {
-    /// The CA certificate.
-    pub ca_cert: PathBuf,
-    /// The CA key.
-    pub ca_key: PathBuf,
-    /// Each node's certificate and key files.
-    pub nodes: Vec<(NodeId, PathBuf, PathBuf)>,
+/// An API client certificate and key, PEM encoded, as [`CertAuthority::issue_client`] returns
+/// them.
+#[derive(Clone)]
+pub struct IssuedClientCert {
+    /// The client's name.
+    pub name: String,
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// The private key (PKCS #8 PEM). Secret.
+    pub key_pem: String,
 }
 
-/// Creates a cluster CA and a certificate for each of `nodes` in `dir` (created if missing):
-/// `ca.pem`, `ca.key`, and `node-<id>.pem` / `node-<id>.key` for each node. Keys are written
-/// readable by the owner only.
-///
-/// # Errors
-/// [`Exists`](CertError::Exists) if `dir` already holds a CA or one of the node files (a new CA
-/// would orphan every certificate the old one issued); [`Io`](CertError::Io) if a file cannot be
-/// written.
-pub fn generate_cluster(
-    dir: impl AsRef<Path>,
-    nodes: &[NodeId],
-) -> Result<ClusterFiles, CertError> {
-    let dir = dir.as_ref();
-    let mut paths = vec![dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE)];
-    for n in nodes {
-        paths.push(dir.join(node_cert_file(*n)));
-        paths.push(dir.join(node_key_file(*n)));
+impl std::fmt::Debug for IssuedClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedClientCert").field("name", &self.name).finish_non_exhaustive()
     }
-    if let Some(p) = paths.iter().find(|p| p.exists()) {
-        return Err(CertError::Exists { path: p.clone() });
-    }
-    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.into(), source })?;
-    let ca = CertAuthority::generate()?;
-    let mut files = ClusterFiles {
-        ca_cert: dir.join(CA_CERT_FILE),
-        ca_key: dir.join(CA_KEY_FILE),
-        nodes: Vec::new(),
-    };
-    // Node files first and the CA last: a half-finished run never leaves a CA behind that the
-    // `Exists` check would then refuse to replace without its node files.
-    for n in nodes {
-        files.nodes.push(write_node_files(dir, &ca, *n)?);
-    }
-    write_file(&files.ca_key, ca.key_pem().as_bytes(), true)?;
-    write_file(&files.ca_cert, ca.cert_pem().as_bytes(), false)?;
-    Ok(files)
-}
-
-/// Issues a certificate for `node` with the CA in `dir` (`ca.pem`, `ca.key`) and writes
-/// `node-<id>.pem` / `node-<id>.key` there, for a node added to an existing cluster. Returns the
-/// certificate and key paths.
-///
-/// # Errors
-/// [`Exists`](CertError::Exists) if the node's files already exist; the CA's load errors.
-pub fn issue_node_files(
-    dir: impl AsRef<Path>,
-    node: NodeId,
-) -> Result<(PathBuf, PathBuf), CertError> {
-    let dir = dir.as_ref();
-    for p in [dir.join(node_cert_file(node)), dir.join(node_key_file(node))] {
-        if p.exists() {
-            return Err(CertError::Exists { path: p });
-        }
-    }
-    let ca = CertAuthority::load_from_dir(dir)?;
-    let (_, cert, key) = write_node_files(dir, &ca, node)?;
-    Ok((cert, key))
-}
-
-fn write_node_files(
-    dir: &Path,
-    ca: &CertAuthority,
-    node: NodeId,
-) -> Result<(NodeId, PathBuf, PathBuf), CertError> {
-    let issued = ca.issue(node)?;
-    let cert = dir.join(node_cert_file(node));
-    let key = dir.join(node_key_file(node));
-    write_file(&key, issued.key_pem.as_bytes(), true)?;
-    write_file(&cert, issued.cert_pem.as_bytes(), false)?;
-    Ok((node, cert, key))
-}
-
-fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
-    let io = |source| CertError::Io { path: path.to_path_buf(), source };
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut f = opts.open(path).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)
 }
 
 #[cfg(test)]
@@ -808,47 +812,5 @@ mod tests {
         ] {
             assert!(NodeCerts::from_pem(a, b, c).is_err());
         }
-    }
-
-    #[test]
-    fn cluster_files_are_written_loaded_and_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = [NodeId(1), NodeId(2), NodeId(3)];
-        let files = generate_cluster(dir.path(), &ids).unwrap();
-        assert_eq!(files.nodes.len(), 3);
-        for id in ids {
-            assert_eq!(NodeCerts::load_from_dir(dir.path(), id).unwrap().node_id(), id);
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&files.ca_key).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "the CA key is readable by others");
-        }
-        // Mismatched: node 2's files under node 1's name.
-        fs::copy(dir.path().join("node-2.pem"), dir.path().join("x.pem")).unwrap();
-        let err = NodeCerts::load(
-            dir.path().join("ca.pem"),
-            dir.path().join("x.pem"),
-            dir.path().join("node-2.key"),
-        )
-        .unwrap();
-        assert_eq!(err.node_id(), NodeId(2));
-        fs::remove_file(dir.path().join("node-1.pem")).unwrap();
-        fs::copy(dir.path().join("node-2.pem"), dir.path().join("node-1.pem")).unwrap();
-        fs::remove_file(dir.path().join("node-1.key")).unwrap();
-        fs::copy(dir.path().join("node-2.key"), dir.path().join("node-1.key")).unwrap();
-        let err = NodeCerts::load_from_dir(dir.path(), NodeId(1)).unwrap_err();
-        assert!(matches!(err, CertError::WrongNode { expected: NodeId(1), found: NodeId(2) }));
-        // Missing: the message names the file.
-        let err = NodeCerts::load_from_dir(dir.path(), NodeId(9)).unwrap_err();
-        assert!(matches!(err, CertError::Io { .. }));
-        assert!(err.to_string().contains("node-9.pem"), "{err}");
-        // Refuses to overwrite; adds a node with the existing CA.
-        let err = generate_cluster(dir.path(), &[NodeId(4)]).unwrap_err();
-        assert!(matches!(err, CertError::Exists { .. }), "{err}");
-        issue_node_files(dir.path(), NodeId(4)).unwrap();
-        assert_eq!(NodeCerts::load_from_dir(dir.path(), NodeId(4)).unwrap().node_id(), NodeId(4));
-        assert!(matches!(issue_node_files(dir.path(), NodeId(4)), Err(CertError::Exists { .. })));
     }
 }

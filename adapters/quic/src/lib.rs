@@ -8,7 +8,8 @@
 //! use raftkit_quic::{AddressBook, NodeCerts, QuicConfig, QuicNetwork};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Once, offline: a CA and a certificate per node (`kv certs` in the examples does this).
+//! // Once, offline: a CA (certs/ca) and a directory per node (certs/node-<id>) holding only what
+//! // that node needs, never the CA key (`kv certs` in the examples does this).
 //! raftkit_quic::generate_cluster("certs", &[NodeId(1), NodeId(2), NodeId(3)])?;
 //!
 //! // On node 1:
@@ -19,7 +20,8 @@
 //! ]
 //! .into_iter()
 //! .collect();
-//! let certs = NodeCerts::load_from_dir("certs", NodeId(1))?; // missing/expired/mismatched: an error
+//! // Missing, expired, mismatched, or next to the CA key: an error.
+//! let certs = NodeCerts::load_from_dir("certs/node-1", NodeId(1))?;
 //! let config = QuicConfig::new(NodeId(1), "0.0.0.0:7001".parse()?, certs).with_addresses(book);
 //! let network = QuicNetwork::bind(config)?;
 //! let members = [NodeId(1), NodeId(2), NodeId(3)];

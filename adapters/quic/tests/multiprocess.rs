@@ -59,7 +59,9 @@ fn say(line: &str) {
 }
 
 async fn run_node(id: NodeId, dir: &Path) {
-    let certs = NodeCerts::load_from_dir(dir.join("certs"), id).expect("load certificates");
+    let certs =
+        NodeCerts::load_from_dir(dir.join("certs").join(raftkit_quic::certs::node_dir(id)), id)
+            .expect("load certificates");
     let config = QuicConfig::new(id, "127.0.0.1:0".parse().unwrap(), certs);
     let net = QuicNetwork::bind(config).expect("bind");
     let book = net.addresses().clone();

@@ -74,7 +74,9 @@ impl Cluster {
                     files.nodes.len(),
                     dir.path().join("certs").display()
                 );
-                Some(CertAuthority::load_from_dir(dir.path().join("certs"))?)
+                // The demo runs every node in this process, so it issues their certificates
+                // from the CA as it (re)starts them.
+                Some(CertAuthority::load_from_dir(&files.ca_dir)?)
             }
             NetworkKind::Mem => None,
         };

@@ -1,11 +1,14 @@
 //! `kv`: a replicated key-value service on raftkit, and its client.
 //!
 //! ```text
-//! kv certs --dir certs --nodes 1,2,3
+//! kv certs --dir certs --nodes 1,2,3      # certs/ca (keep offline), certs/node-<id>, certs/client
 //! kv node --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
-//!         --api 127.0.0.1:8001 --data-dir data --certs-dir certs      # and nodes 2 and 3
+//!         --api 127.0.0.1:8001 --data-dir data --certs-dir certs/node-1   # and nodes 2 and 3
 //! kv --nodes 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003 put greeting hello
 //! kv --nodes … get greeting
+//! # Beyond loopback: HTTPS, and a client certificate from the cluster CA.
+//! kv node … --api 10.0.0.1:8001 --api-tls
+//! kv --nodes 10.0.0.1:8001,… --client-certs certs/client get greeting
 //! ```
 //!
 //! See `examples/README.md` for every option and the HTTP protocol.
@@ -23,6 +26,7 @@ use raftkit::NodeId;
 use raftkit_examples::client::{ClientError, KvClient};
 use raftkit_examples::node::{LogKind, NetworkKind};
 use raftkit_examples::serve::{NodeOptions, RunningNode, TlsPaths, parse_peers};
+use raftkit_quic::certs::ClientCerts;
 
 #[derive(Parser)]
 #[command(name = "kv", version, about = "A replicated key-value service on raftkit")]
@@ -38,6 +42,19 @@ struct Cli {
     /// How long a client command may take, retries included (e.g. `10s`, `500ms`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Talk HTTPS to nodes started with --api-tls, authenticating with the client certificate
+    /// in this directory (`DIR/client` made by `kv certs`: `ca.crt`, `client.crt`, `client.key`).
+    #[arg(long, env = "KV_CLIENT_CERTS", conflicts_with_all = ["ca_cert", "client_cert", "client_key"])]
+    client_certs: Option<PathBuf>,
+    /// Or the cluster CA's certificate, with --client-cert and --client-key.
+    #[arg(long, requires_all = ["client_cert", "client_key"])]
+    ca_cert: Option<PathBuf>,
+    /// The client certificate (PEM), issued by the cluster CA.
+    #[arg(long, requires_all = ["ca_cert", "client_key"])]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires_all = ["ca_cert", "client_cert"])]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +63,8 @@ struct Cli {
 enum Command {
     /// Runs a node (with `--network mem`: the whole cluster, in this process).
     Node(NodeArgs),
-    /// Creates a cluster CA and a certificate per node in a directory.
+    /// Creates a cluster CA (DIR/ca), a directory per node (DIR/node-<id>, without the CA key)
+    /// and an API client certificate (DIR/client).
     Certs {
         /// The directory to create them in (must not hold a CA already).
         #[arg(long)]
@@ -99,9 +117,18 @@ struct NodeArgs {
     /// Where the QUIC endpoint listens (default: this node's address in --peers).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The HTTP API address (port 0: any free port; the address is printed).
+    /// The HTTP API address (port 0: any free port; the address is printed). Without
+    /// --api-tls it must be a loopback address, unless --insecure-api.
     #[arg(long)]
     api: SocketAddr,
+    /// Serve the API over HTTPS with this node's certificate, and accept only clients that
+    /// present a certificate issued by the cluster CA (`kv certs` makes one in DIR/client).
+    #[arg(long)]
+    api_tls: bool,
+    /// Serve plain, unauthenticated HTTP on a non-loopback --api address: anyone who reaches it
+    /// can read and write every key.
+    #[arg(long, conflicts_with = "api_tls")]
+    insecure_api: bool,
     /// Where the log is kept (one file or directory per node).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -173,30 +200,49 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         network: args.network,
         log: args.log,
         tls: TlsPaths { certs_dir: args.certs_dir, ca: args.ca, cert: args.cert, key: args.key },
+        api_tls: args.api_tls,
+        insecure_api: args.insecure_api,
     };
     let (network, log) = (opts.network, opts.log);
     let node = RunningNode::start(opts).await?;
     // Tests and scripts read this line to find the API.
-    println!(
-        "kv node {} ({network} network, {log} log) serving http://{}",
-        args.id,
-        node.api_addr()?
-    );
+    println!("kv node {} ({network} network, {log} log) serving {}", args.id, node.api_url()?);
     node.serve(shutdown_signal()).await
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let mut client = KvClient::new(cli.nodes, cli.timeout);
+    let certs =
+        match (cli.client_certs, cli.ca_cert, cli.client_cert, cli.client_key) {
+            (Some(dir), ..) => Some(ClientCerts::load_from_dir(&dir).with_context(|| {
+                format!("loading the client certificate from {}", dir.display())
+            })?),
+            (None, Some(ca), Some(cert), Some(key)) => {
+                Some(ClientCerts::load(ca, cert, key).context("loading the client certificate")?)
+            }
+            _ => None,
+        };
+    if let Some(certs) = certs {
+        client = client.with_client_certs(&certs)?;
+    }
     match cli.command {
         Command::Node(args) => run_node(args).await?,
         Command::Certs { dir, nodes } => {
             let ids: Vec<NodeId> = nodes.iter().map(|n| NodeId(*n)).collect();
             let files = raftkit_quic::generate_cluster(&dir, &ids)
                 .with_context(|| format!("creating certificates in {}", dir.display()))?;
-            println!("CA: {} (keep {} offline)", files.ca_cert.display(), files.ca_key.display());
-            for (id, cert, key) in files.nodes {
-                println!("node {}: {} {}", id.0, cert.display(), key.display());
+            let client =
+                raftkit_quic::certs::issue_client_files(&dir, "client").with_context(|| {
+                    format!("creating the API client certificate in {}", dir.display())
+                })?;
+            println!(
+                "CA: {} (keep it offline: it holds the CA key, which no node needs)",
+                files.ca_dir.display()
+            );
+            for n in files.nodes {
+                println!("node {}: {} (for node {} only)", n.node.0, n.dir.display(), n.node.0);
             }
+            println!("API client: {} (for `kv --client-certs`)", client.dir.display());
         }
         Command::Put { key, value } => println!("{}", show(&client.put(&key, &value).await?)),
         Command::Get { key } => println!("{}", show(&client.get(&key).await?)),

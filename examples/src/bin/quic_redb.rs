@@ -28,7 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let book = AddressBook::new();
     let mut nodes: Vec<Node> = Vec::new();
     for id in members {
-        let certs = NodeCerts::load_from_dir(&certs_dir, id)?; // checked: chain, identity, dates
+        // Each node's own directory (certs/node-<id>), which holds no CA key.
+        let node_dir = certs_dir.join(raftkit_quic::certs::node_dir(id));
+        let certs = NodeCerts::load_from_dir(node_dir, id)?; // checked: chain, identity, dates
         let config =
             QuicConfig::new(id, "127.0.0.1:0".parse()?, certs).with_addresses(book.clone());
         let network = QuicNetwork::bind(config)?;
