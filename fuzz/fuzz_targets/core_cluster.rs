@@ -157,6 +157,8 @@ struct Node {
     /// A snapshot being received.
     incoming: Option<(SnapshotMeta, Vec<u8>)>,
     max_term: Term,
+    /// The vote last seen in `max_term`.
+    vote_seen: Option<NodeId>,
     commit_seen: LogIndex,
     leader_in: Option<Term>,
 }
@@ -229,6 +231,7 @@ impl Cluster {
                     snapshot: None,
                     incoming: None,
                     max_term: Term(0),
+                    vote_seen: None,
                     commit_seen: LogIndex(0),
                     leader_in: None,
                 }
@@ -424,6 +427,7 @@ impl Cluster {
         };
         node.applied_last = node.snapshot.as_ref().map_or(LogId::ZERO, |s| s.0.last_log_id);
         node.max_term = init.hard_state.term;
+        node.vote_seen = init.hard_state.vote;
         let core = RaftCore::new(node.cfg.clone(), init, now).expect("restart from durable state");
         node.core = Some(core);
         self.drain(n);
@@ -620,7 +624,11 @@ impl Cluster {
         let id = node.id;
         let Some(core) = node.core.as_ref() else { return };
         assert!(core.term() >= node.max_term, "{id}: term went backwards");
+        if core.term() == node.max_term && node.vote_seen.is_some() {
+            assert_eq!(core.vote(), node.vote_seen, "{id}: vote changed within {}", core.term());
+        }
         node.max_term = core.term();
+        node.vote_seen = core.vote();
         assert!(core.durable_hard_state().term <= core.term(), "{id}: durable term ahead");
         let commit = core.commit_index();
         assert!(commit >= node.commit_seen, "{id}: commit index went backwards");
