@@ -213,6 +213,16 @@ impl Cluster {
         base.snapshot_log_bytes = 0;
         base.snapshot_keep = u.int_in_range(0..=4)?;
         base.snapshot_chunk_bytes = u.int_in_range(1..=64)?;
+        #[cfg(feature = "mutants")]
+        {
+            // A broken core on every node, to show that the checks catch it.
+            base.mutant = std::env::var("RAFTKIT_MUTANT").ok().map(|name| {
+                let all = raftkit_core::Mutant::ALL;
+                *all.iter()
+                    .find(|m| format!("{m:?}") == name)
+                    .expect("RAFTKIT_MUTANT names a mutant")
+            });
+        }
         let nodes = members
             .iter()
             .map(|&id| {
