@@ -224,3 +224,29 @@ pub use config::{
 };
 pub use network::{QuicError, QuicNetwork};
 pub use stats::QuicStats;
+
+/// The stream parser over in-memory bytes, for the fuzz targets only: compiled under
+/// `--cfg fuzzing` (which cargo-fuzz sets), never in a normal build. It makes the same calls as
+/// the stream reader (`streams`), with the input standing in for a QUIC stream.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::wire::{self, FrameError, HEADER_LEN, PREFIX_LEN};
+
+    /// Parses `bytes` as one stream — header, then frames of at most `limit` bytes, each decoded
+    /// — until its end or the first refused frame. Returns the messages read (not yet validated:
+    /// the core does that), or the error that would stop the stream.
+    pub fn read_stream(bytes: &[u8], limit: usize) -> Result<Vec<raftkit::Message>, String> {
+        let err = |e: FrameError| e.to_string();
+        let header = bytes.first_chunk::<HEADER_LEN>().ok_or("stream ended inside the header")?;
+        wire::Header::decode(header).map_err(err)?;
+        let (mut rest, mut out) = (&bytes[HEADER_LEN..], Vec::new());
+        while let Some((prefix, body)) = rest.split_first_chunk::<PREFIX_LEN>() {
+            let len = wire::check_len(*prefix, limit).map_err(err)?;
+            let frame = body.get(..len).ok_or("stream ended inside a frame")?;
+            out.push(wire::decode_frame(frame).map_err(err)?);
+            rest = &body[len..];
+        }
+        if rest.is_empty() { Ok(out) } else { Err("stream ended inside a length prefix".into()) }
+    }
+}
