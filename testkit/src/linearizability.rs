@@ -19,6 +19,11 @@
 //! An operation whose answer never arrived (the client timed out, the node it talked to died) is
 //! recorded with `output: None` and `completed: None`. It may have taken effect at any instant
 //! after its invocation, or not at all, and whatever it would have answered is accepted. An
+//! operation known to have taken effect whose answer is unknown (the service confirmed the command
+//! was applied but lost its output) is recorded with `output: None` and its completion time: it
+//! took effect at some instant between its invocation and its completion, with any answer. (A
+//! raftkit `WriteError::OutcomeUnknown` is *not* that: the command may have been replaced, so
+//! record it with `completed: None`, as the cluster workload does.) An
 //! operation known to have failed without effect must be left out of the history.
 //!
 //! # Algorithm
@@ -135,13 +140,16 @@ pub struct Operation {
     pub key: String,
     /// What the client asked.
     pub input: Input,
-    /// What the store answered. `None`: the outcome is unknown (the client timed out, the node
-    /// died); the operation may or may not have taken effect and any answer is acceptable.
+    /// What the store answered; `None` when the answer is unknown, and then any answer is
+    /// acceptable. Whether such an operation took effect is told by `completed`: with
+    /// `completed: None` it may or may not have (the client timed out, the node died); with a
+    /// completion time it did, by then (the node said so without giving the answer).
     pub output: Option<Output>,
     /// Invocation time (any monotonic unit, e.g. nanoseconds).
     pub invoked: u64,
     /// Completion time. `None` when the outcome is unknown: the operation is treated as completing
-    /// infinitely late, so it may take effect at any instant after its invocation, or never.
+    /// infinitely late, so it may take effect at any instant after its invocation, or never. An
+    /// operation with a completion time took effect before it, whether or not its answer is known.
     pub completed: Option<u64>,
 }
 
@@ -1118,7 +1126,8 @@ mod tests {
 
     #[test]
     fn unknown_output_with_known_completion_must_take_effect_in_time() {
-        // Completed at 10 with an unknown answer: it took effect by then.
+        // Completed at 10 with an unknown answer: it took effect by then (the documented meaning
+        // of `output: None` with a completion time; the docs once said it might not have).
         let history = vec![
             op(1, "x", Input::Put { value: "a".into() }, None, 0, Some(10)),
             get(2, "x", (20, 30), Some("a")),
