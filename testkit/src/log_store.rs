@@ -166,15 +166,35 @@ pub async fn hard_state_truncate_and_append_in_one_write<H: LogStoreHarness>(h: 
     assert_eq!(read_all(&s).await, [entries(1, 1..=3), entries(4, 4..=5)].concat());
 }
 
-/// The hard state is saved and loaded as one record, the last write winning, across reopen.
+/// The hard state is saved and loaded as one record, the last write winning, across reopen:
+/// every field of it (term, vote and commit), whichever of them a write changes — a write that
+/// changes only the commit index, or only the vote, must be kept like any other.
 pub async fn hard_state_save_and_load<H: LogStoreHarness>(h: &H) {
-    let (s, g) = h.build().await;
-    for state in [hs(1, None, 0), hs(1, Some(3), 0), hs(2, Some(1), 7), hs(9, None, 7)] {
+    let (mut s, g) = h.build().await;
+    let states = [
+        hs(1, None, 0),
+        hs(1, Some(3), 0), // the vote alone
+        hs(1, Some(3), 5), // the commit index alone
+        hs(2, Some(1), 7),
+        hs(9, None, 7), // a new term clears the vote
+        hs(9, Some(4), 8),
+        hs(9, Some(4), 11), // the commit index alone, again
+    ];
+    for (step, state) in states.into_iter().enumerate() {
         write(&s, LogWrite { hard_state: Some(state), ..LogWrite::default() }).await;
-        assert_eq!(s.load().await.unwrap().hard_state, state);
+        let loaded = s.load().await.unwrap().hard_state;
+        assert_eq!(
+            loaded, state,
+            "step {step}: the store loads {loaded:?}, it was given {state:?}"
+        );
+        s = h.reopen(s, &g).await;
+        let loaded = s.load().await.unwrap().hard_state;
+        assert_eq!(
+            loaded, state,
+            "step {step}: after a reopen the store loads {loaded:?}, the last hard state written \
+             (and acknowledged) was {state:?}"
+        );
     }
-    let s = h.reopen(s, &g).await;
-    assert_eq!(s.load().await.unwrap().hard_state, hs(9, None, 7));
     assert_eq!(s.load().await.unwrap().last, LogId::ZERO, "hard state writes add no entries");
 }
 
