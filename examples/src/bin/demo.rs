@@ -312,10 +312,10 @@ impl Router {
                 Err(WriteError::OutcomeUnknown { .. }) => {
                     return Ok(Outcome::Unknown(Unknown::Snapshot));
                 }
-                Err(e) => bail!("{id} refused {cmd:?}: {e}"),
+                Err(e) => bail!("{id} refused a command: {e}"),
             }
         }
-        bail!("no leader accepted {cmd:?} within 10 s")
+        bail!("no leader accepted a command within 10 s")
     }
 }
 
@@ -372,12 +372,14 @@ async fn client(c: u16, router: Router, until: Instant, tally: Arc<Mutex<Tally>>
             Outcome::Done(out) => {
                 local.latencies_us.push(start.elapsed().as_micros() as u64);
                 match (&out, &known) {
-                    (KvOutput::Value(v), Some(k)) if v != k => local
-                        .stale_reads
-                        .push(format!("{key}: read {v:?}, but {k:?} was acknowledged")),
-                    (KvOutput::Cas { swapped: false, current }, Some(k)) => local
-                        .stale_reads
-                        .push(format!("{key}: cas expected {k:?} but found {current:?}")),
+                    (KvOutput::Value(v), Some(k)) if v != k => local.stale_reads.push(format!(
+                        "{key}: read {}, but {} was acknowledged",
+                        show(v),
+                        show(k)
+                    )),
+                    (KvOutput::Cas { swapped: false, current }, Some(k)) => local.stale_reads.push(
+                        format!("{key}: cas expected {} but found {}", show(k), show(current)),
+                    ),
                     _ => {}
                 }
                 match out {
@@ -407,6 +409,11 @@ async fn client(c: u16, router: Router, until: Instant, tally: Arc<Mutex<Tally>>
         }
     }
     Ok(())
+}
+
+/// A value for people: the value, or `(none)`.
+fn show(v: &Option<String>) -> String {
+    v.as_ref().map_or_else(|| "(none)".to_string(), |v| format!("{v:?}"))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -556,7 +563,10 @@ async fn demo(args: Args) -> Result<()> {
     }
     cluster.stop().await;
     if !t.stale_reads.is_empty() {
-        bail!("reads returned stale data: {:?}", &t.stale_reads[..t.stale_reads.len().min(5)]);
+        bail!(
+            "reads returned stale data: {}",
+            t.stale_reads[..t.stale_reads.len().min(5)].join("; ")
+        );
     }
     if missing > 0 {
         bail!("{missing} acknowledged values are missing or wrong");
