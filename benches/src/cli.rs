@@ -32,13 +32,13 @@ pub struct Args {
     pub data_dir: Option<PathBuf>,
     /// Only these combinations, comma-separated: mem+mem, mem+redb, mem+rocksdb, quic+mem,
     /// quic+redb, quic+rocksdb.
-    #[arg(long, value_name = "COMBO,...", value_delimiter = ',')]
-    pub only: Option<Vec<String>>,
+    #[arg(long, value_name = "COMBO,...", value_delimiter = ',', ignore_case = true)]
+    pub only: Option<Vec<Combo>>,
     /// Concurrent clients per point, comma-separated. Default: 1,16,64,256 (quick: 1,256).
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     pub clients: Option<Vec<String>>,
-    /// Payload sizes per point, comma-separated; suffixes B, KiB/K, MiB/M. Default: 16,256,4KiB
-    /// (quick: 256).
+    /// Payload sizes per point, comma-separated, such as 16, 256B, 4KiB or 1MiB (KB and MB are
+    /// decimal: 1000 and 1000000). Default: 16,256,4KiB (quick: 256).
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',')]
     pub payloads: Option<Vec<String>>,
     /// Client counts of the openraft comparison (mem+mem, empty payload). Default: 1,256,4096
@@ -49,8 +49,8 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub memory_secs: Option<f64>,
     /// Which parts to run, comma-separated: matrix, compare, core, memory. Default: all.
-    #[arg(long, value_name = "PART,...", value_delimiter = ',')]
-    pub parts: Option<Vec<String>>,
+    #[arg(long, value_name = "PART,...", value_delimiter = ',', ignore_case = true)]
+    pub parts: Option<Vec<Part>>,
     /// Tokio worker threads shared by the three nodes and the clients. Default: one per core.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -67,8 +67,8 @@ pub struct Args {
 /// The most runs per point `--repeat` takes.
 pub const MAX_REPEAT: usize = 25;
 
-/// One part of the harness.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// One part of the harness (`--parts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Part {
     /// Every combination × clients × payloads.
     Matrix,
@@ -82,15 +82,6 @@ pub enum Part {
 
 impl Part {
     const ALL: [Part; 4] = [Part::Matrix, Part::Compare, Part::Core, Part::Memory];
-
-    fn name(self) -> &'static str {
-        match self {
-            Part::Matrix => "matrix",
-            Part::Compare => "compare",
-            Part::Core => "core",
-            Part::Memory => "memory",
-        }
-    }
 }
 
 /// What one run does, every option checked and every default filled in.
@@ -166,23 +157,16 @@ pub fn parse_count(what: &str, s: &str) -> Result<usize> {
     Ok(n)
 }
 
-/// Parses a size such as `16`, `256B`, `4KiB`, `4k` or `1MiB`.
+/// Parses a size such as `16`, `256B`, `4KiB` or `1MiB` (bytesize's syntax), up to
+/// [`MAX_PAYLOAD`].
 pub fn parse_size(s: &str) -> Result<usize> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: usize = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        other => bail!("--payloads: unknown unit `{other}` in `{s}` (use B, KiB or MiB)"),
-    };
-    let n: usize =
-        num.parse().with_context(|| format!("--payloads: `{s}` is not a size such as 4KiB"))?;
-    let bytes = n.checked_mul(mult).filter(|b| *b <= MAX_PAYLOAD).with_context(|| {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--payloads: `{s}` is not a size such as 4KiB: {e}"))?;
+    usize::try_from(size.as_u64()).ok().filter(|b| *b <= MAX_PAYLOAD).with_context(|| {
         format!("--payloads: `{s}` is larger than the {} MiB limit", MAX_PAYLOAD >> 20)
-    })?;
-    Ok(bytes)
+    })
 }
 
 fn list<T: Ord + Copy>(
@@ -210,13 +194,8 @@ impl Args {
         let memory = seconds("memory-secs", self.memory_secs, if q { 3.0 } else { 40.0 })?;
         let requested: Vec<Combo> = match &self.only {
             None => Combo::ALL.to_vec(),
-            Some(names) => {
-                let mut v = names
-                    .iter()
-                    .filter(|s| !s.trim().is_empty())
-                    .map(|s| s.parse::<Combo>().map_err(anyhow::Error::msg))
-                    .collect::<Result<Vec<_>>>()
-                    .context("--only")?;
+            Some(combos) => {
+                let mut v = combos.clone();
                 if v.is_empty() {
                     bail!("--only: name at least one combination");
                 }
@@ -250,17 +229,8 @@ impl Args {
         )?;
         let parts = match &self.parts {
             None => Part::ALL.to_vec(),
-            Some(names) => {
-                let mut v = Vec::new();
-                for n in names.iter().filter(|s| !s.trim().is_empty()) {
-                    let n = n.trim().to_ascii_lowercase();
-                    let p = Part::ALL.into_iter().find(|p| p.name() == n).with_context(|| {
-                        format!(
-                            "--parts: unknown part `{n}`; expected matrix, compare, core or memory"
-                        )
-                    })?;
-                    v.push(p);
-                }
+            Some(parts) => {
+                let mut v = parts.clone();
                 if v.is_empty() {
                     bail!("--parts: name at least one part");
                 }
@@ -341,7 +311,8 @@ mod tests {
     fn sizes() {
         assert_eq!(parse_size("16").unwrap(), 16);
         assert_eq!(parse_size("4KiB").unwrap(), 4096);
-        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("4 KiB").unwrap(), 4096);
+        assert_eq!(parse_size("4KB").unwrap(), 4000);
         assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("99999999999MiB").is_err());

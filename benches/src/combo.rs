@@ -1,7 +1,6 @@
 //! The adapter combinations the harness benchmarks: a network and a log store.
 
 use std::fmt;
-use std::str::FromStr;
 
 /// How the three nodes talk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,16 +78,22 @@ impl fmt::Display for Combo {
     }
 }
 
-impl FromStr for Combo {
-    type Err = String;
+/// `--only net+store`: the combination names (`quic+redb`; `quic/redb` is accepted too).
+impl clap::ValueEnum for Combo {
+    fn value_variants<'a>() -> &'a [Combo] {
+        &Combo::ALL
+    }
 
-    /// Parses `net+store` (or `net/store`), case-insensitive, such as `quic+redb`.
-    fn from_str(s: &str) -> Result<Combo, String> {
-        let norm = s.trim().to_ascii_lowercase().replace('/', "+");
-        Combo::ALL.into_iter().find(|c| c.name() == norm).ok_or_else(|| {
-            let names: Vec<&str> = Combo::ALL.iter().map(|c| c.name()).collect();
-            format!("unknown combination `{s}`; expected one of {}", names.join(", "))
-        })
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let alias = match (self.net, self.store) {
+            (Net::Mem, Store::Mem) => "mem/mem",
+            (Net::Mem, Store::Redb) => "mem/redb",
+            (Net::Mem, Store::Rocksdb) => "mem/rocksdb",
+            (Net::Quic, Store::Mem) => "quic/mem",
+            (Net::Quic, Store::Redb) => "quic/redb",
+            (Net::Quic, Store::Rocksdb) => "quic/rocksdb",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).alias(alias))
     }
 }
 
@@ -98,10 +103,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
+        use clap::ValueEnum;
         for c in Combo::ALL {
-            assert_eq!(c.name().parse::<Combo>(), Ok(c));
+            assert_eq!(Combo::from_str(c.name(), false), Ok(c));
         }
-        assert_eq!("MEM/Redb".parse::<Combo>().map(Combo::name), Ok("mem+redb"));
-        assert!("mem+sqlite".parse::<Combo>().unwrap_err().contains("expected one of"));
+        assert_eq!(Combo::from_str("MEM/Redb", true).map(Combo::name), Ok("mem+redb"));
+        assert!(Combo::from_str("mem+sqlite", true).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The `kv` service's HTTP server (the protocol is in [`crate::protocol`]), over plain HTTP or
 //! HTTPS with client certificates ([`ApiServer::bind_tls`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use raftkit::{Role, WriteError};
+use raftkit::{NodeId, Role, WriteError};
 use raftkit_mem::{KvCommand, KvOutput};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -34,19 +35,37 @@ pub trait Service: Send + Sync + 'static {
     async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
     /// The status of the nodes served.
     fn status(&self) -> Vec<NodeStatus>;
+    /// The API address (`host:port`) of node `id`, if this service knows it; a `not_leader`
+    /// reply carries the leader's.
+    fn api_of(&self, id: NodeId) -> Option<SocketAddr> {
+        let _ = id;
+        None
+    }
 }
 
-/// Serves one node: a follower answers `not_leader` and the client goes to the leader.
-pub struct SingleNode(pub Arc<dyn KvNode>);
+/// Serves one node: a follower answers `not_leader`, with the leader's API address when it is
+/// in `peer_apis`, and the client goes there.
+pub struct SingleNode {
+    /// The node.
+    pub node: Arc<dyn KvNode>,
+    /// The API address of each member (from `kv node --peer-apis`; may be empty).
+    pub peer_apis: BTreeMap<NodeId, SocketAddr>,
+}
 
 #[async_trait]
 impl Service for SingleNode {
     async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
-        self.0.write(cmd).await
+        self.node.write(cmd).await
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        vec![node_status(&*self.0)]
+        let mut s = node_status(&*self.node);
+        s.leader_api = s.leader.and_then(|l| self.api_of(NodeId(l))).map(|a| a.to_string());
+        vec![s]
+    }
+
+    fn api_of(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peer_apis.get(&id).copied()
     }
 }
 
@@ -91,6 +110,7 @@ pub fn node_status(node: &dyn KvNode) -> NodeStatus {
         .to_string(),
         term: m.term.0,
         leader: m.leader.map(|l| l.0),
+        leader_api: None,
         commit: m.commit.0,
         applied: m.applied.0,
         last_log: m.last_log.index.0,
@@ -106,7 +126,12 @@ impl ApiError {
     fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError(
             StatusCode::BAD_REQUEST,
-            ErrorReply { kind: ErrorKind::BadRequest, error: error.into(), leader: None },
+            ErrorReply {
+                kind: ErrorKind::BadRequest,
+                error: error.into(),
+                leader: None,
+                leader_api: None,
+            },
         )
     }
 }
@@ -123,11 +148,24 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> ApiError {
-        let error = e.to_string();
+impl ApiError {
+    /// The reply to a failed command; a `not_leader` reply names the leader and, when `svc`
+    /// knows it, the leader's API address.
+    fn from_write(e: WriteError, svc: &dyn Service) -> ApiError {
+        let mut error = e.to_string();
+        let mut leader_api = None;
         let (status, kind, leader) = match e {
             WriteError::NotLeader { leader } => {
+                leader_api = leader.and_then(|l| svc.api_of(l)).map(|a| a.to_string());
+                // Written here rather than taken from the engine, so the reply names the
+                // leader's address as well as its id.
+                error = match (leader, &leader_api) {
+                    (Some(l), Some(api)) => {
+                        format!("not the leader; the leader is node {} at {api}", l.0)
+                    }
+                    (Some(l), None) => format!("not the leader; the leader is node {}", l.0),
+                    (None, _) => "not the leader, and no leader is known yet".to_string(),
+                };
                 (StatusCode::MISDIRECTED_REQUEST, ErrorKind::NotLeader, leader.map(|l| l.0))
             }
             WriteError::Encode(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest, None),
@@ -137,14 +175,14 @@ impl From<WriteError> for ApiError {
             WriteError::Overwritten { .. } => (StatusCode::CONFLICT, ErrorKind::NotApplied, None),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::OutcomeUnknown, None),
         };
-        ApiError(status, ErrorReply { kind, error, leader })
+        ApiError(status, ErrorReply { kind, error, leader, leader_api })
     }
 }
 
 type Svc = State<Arc<dyn Service>>;
 
 async fn run(svc: &dyn Service, cmd: KvCommand) -> Result<KvOutput, ApiError> {
-    Ok(svc.execute(cmd).await?)
+    svc.execute(cmd).await.map_err(|e| ApiError::from_write(e, svc))
 }
 
 fn unexpected(out: KvOutput) -> ApiError {
@@ -154,6 +192,7 @@ fn unexpected(out: KvOutput) -> ApiError {
             kind: ErrorKind::OutcomeUnknown,
             error: format!("the state machine answered {out:?}"),
             leader: None,
+            leader_api: None,
         },
     )
 }

@@ -8,11 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, header};
+use hyper_util::rt::TokioIo;
 use raftkit_quic::CertError;
 use raftkit_quic::certs::ClientCerts;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
@@ -68,12 +72,12 @@ enum HttpError {
     Refused(String),
 }
 
-/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`), over TLS with `tls`,
-/// returning the status and the body.
+/// One HTTP/1.1 exchange (hyper) on a fresh connection, over TLS with `tls`, returning the
+/// status and the body.
 async fn http(
     addr: SocketAddr,
     tls: Option<&TlsConnector>,
-    method: &str,
+    method: Method,
     path: &str,
     body: Option<&[u8]>,
     timeout: Duration,
@@ -83,7 +87,7 @@ async fn http(
         .map_err(|_| HttpError::Connect(format!("connecting to {addr} timed out")))?
         .map_err(|e| HttpError::Connect(format!("connecting to {addr}: {e}")))?;
     let Some(connector) = tls else {
-        return exchange(tcp, addr, method, path, body, timeout).await;
+        return exchange(tcp, false, addr, method, path, body, timeout).await;
     };
     // The name is not what is checked: the verifier accepts any node of the cluster, by the
     // identity in its certificate (the client knows addresses, not node ids).
@@ -94,115 +98,87 @@ async fn http(
         .map_err(|e| {
             HttpError::Connect(format!("TLS with {addr}: {e} (is the node serving HTTPS?)"))
         })?;
-    exchange(stream, addr, method, path, body, timeout).await
+    exchange(stream, true, addr, method, path, body, timeout).await
 }
 
-/// Whether `e` is a TLS alert from the server. In TLS 1.3 the server checks the client's
-/// certificate after the client has finished its side of the handshake, so a refusal arrives
-/// as an alert when the client reads; the request was never handed to the API.
-fn refused_by_server(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
+/// Whether `e` (or one of its causes) is a TLS alert from the server. In TLS 1.3 the server
+/// checks the client's certificate after the client has finished its side of the handshake, so
+/// a refusal arrives as an alert when the client reads; the request was never handed to the API.
+fn refused_by_server(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        let alert = |e: &rustls::Error| matches!(e, rustls::Error::AlertReceived(_));
+        if e.downcast_ref::<rustls::Error>().is_some_and(alert)
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(alert)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+async fn exchange<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    stream: S,
+    is_tls: bool,
     addr: SocketAddr,
-    method: &str,
+    method: Method,
     path: &str,
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), HttpError> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+        .map_err(|e| HttpError::Connect(format!("building the request: {e}")))?;
     let exchange = async {
-        let body = body.unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut reply = Vec::new();
-        (&mut stream).take(MAX_REPLY_BYTES as u64 + 64 * 1024).read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| (false, e))?;
+        // Drives the connection until the exchange ends (the task ends with it).
+        let driver = tokio::spawn(connection);
+        let result = async {
+            let reply = sender.send_request(request).await?;
+            let status = reply.status().as_u16();
+            let body = Limited::new(reply.into_body(), MAX_REPLY_BYTES).collect().await;
+            Ok((status, body))
+        }
+        .await;
+        driver.abort();
+        result.map_err(|e| (true, e))
     };
-    let reply = tokio::time::timeout(timeout, exchange)
+    let (status, body) = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| HttpError::AfterSend(format!("{addr} did not answer within {timeout:?}")))?
-        .map_err(|e| match refused_by_server(&e) {
-            true => HttpError::Refused(format!(
-                "{addr} refused this client's certificate ({e}): pass --client-certs with a \
-                 client certificate of the cluster (made by `kv certs`)"
-            )),
-            false => HttpError::AfterSend(format!("talking to {addr}: {e}")),
+        .map_err(|(sent, e): (bool, hyper::Error)| {
+            if refused_by_server(&e) {
+                HttpError::Refused(format!(
+                    "{addr} refused this client's certificate ({e}): pass --client-certs with a \
+                     client certificate of the cluster (made by `kv certs`)"
+                ))
+            } else if e.is_parse() && !is_tls {
+                // An HTTPS server answers plain text with a TLS alert, which is no HTTP reply;
+                // it never reads the request.
+                HttpError::Refused(format!(
+                    "{addr} did not answer in HTTP; if it speaks HTTPS, pass --client-certs (a \
+                     client certificate made by `kv certs`)"
+                ))
+            } else if sent {
+                HttpError::AfterSend(format!("talking to {addr}: {e}"))
+            } else {
+                HttpError::Connect(format!("talking to {addr}: {e}"))
+            }
         })?;
-    // A TLS alert record (content type 21, version 3.x): an HTTPS server refusing plain text.
-    if reply.starts_with(&[0x15, 0x03]) {
-        return Err(HttpError::Refused(format!(
-            "{addr} speaks HTTPS: pass --client-certs (a client certificate made by `kv certs`)"
-        )));
-    }
-    parse_response(&reply).map_err(|e| HttpError::AfterSend(format!("reply from {addr}: {e}")))
-}
-
-/// Parses an HTTP/1.1 response: status line, headers, and a body framed by `Content-Length`,
-/// chunked encoding, or the end of the connection.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("incomplete header")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "header is not UTF-8")?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or_else(|| format!("bad header {line:?}"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        }
-    }
-    let body = if chunked {
-        dechunk(body)?
-    } else if let Some(n) = length {
-        if body.len() < n {
-            return Err(format!("body cut short: {} of {n} bytes", body.len()));
-        }
-        body[..n].to_vec()
-    } else {
-        body.to_vec()
-    };
-    if body.len() > MAX_REPLY_BYTES {
-        return Err(format!("body over {MAX_REPLY_BYTES} bytes"));
-    }
-    Ok((status, body))
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk header")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 || out.len() + size > MAX_REPLY_BYTES {
-            return Err("chunk cut short or too large".into());
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
+    let body = body
+        .map_err(|e| HttpError::AfterSend(format!("reading the reply from {addr}: {e}")))?
+        .to_bytes();
+    Ok((status, body.to_vec()))
 }
 
 /// Whether a request may be sent again after an unclear failure.
@@ -296,7 +272,8 @@ impl KvClient {
         for addr in self.nodes.clone() {
             let tls = self.tls.as_ref();
             let reply =
-                match http(addr, tls, "GET", "/v1/status", None, self.exchange_timeout).await {
+                match http(addr, tls, Method::GET, "/v1/status", None, self.exchange_timeout).await
+                {
                     Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
                         .map_err(|e| format!("bad status reply: {e}")),
                     Ok((code, _)) => Err(format!("HTTP {code}")),
@@ -339,8 +316,15 @@ impl KvClient {
             let addr = self.next_target(attempt);
             attempt += 1;
             let backoff = Duration::from_millis(50 * (attempt as u64).min(4));
-            match http(addr, self.tls.as_ref(), "POST", path, Some(&body), self.exchange_timeout)
-                .await
+            match http(
+                addr,
+                self.tls.as_ref(),
+                Method::POST,
+                path,
+                Some(&body),
+                self.exchange_timeout,
+            )
+            .await
             {
                 Ok((200, reply)) => {
                     self.preferred = Some(addr);
@@ -360,7 +344,12 @@ impl KvClient {
                         ErrorKind::BadRequest => return Err(ClientError::BadRequest(err.error)),
                         ErrorKind::NotLeader => {
                             self.preferred = None;
-                            if let Some(leader) = err.leader {
+                            // Go straight to the leader's API when the reply says where it is,
+                            // else look its id up among the nodes this client knows.
+                            let api = err.leader_api.as_deref().and_then(|a| a.parse().ok());
+                            if let Some(api) = api {
+                                self.preferred = Some(api);
+                            } else if let Some(leader) = err.leader {
                                 if !self.ids.contains_key(&leader) {
                                     self.status().await;
                                 }
@@ -403,36 +392,5 @@ impl KvClient {
             }
         }
         Err(ClientError::Unavailable(last_error))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn responses_parse_with_length_chunks_or_eof() {
-        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nabcdXX";
-        assert_eq!(parse_response(r).unwrap(), (200, b"abcd".to_vec()));
-        let r = b"HTTP/1.1 421 Misdirected\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r).unwrap(), (421, b"abcde".to_vec()));
-        let r = b"HTTP/1.1 500 Oops\r\n\r\nrest";
-        assert_eq!(parse_response(r).unwrap(), (500, b"rest".to_vec()));
-    }
-
-    #[test]
-    fn malformed_responses_are_errors() {
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\ncontent-length: 4"[..],
-            b"HTTP/1.1 OK\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort",
-            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\nabc",
-            b"\xff\xfe\r\n\r\n",
-        ] {
-            assert!(parse_response(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
     }
 }

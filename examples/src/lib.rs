@@ -12,10 +12,16 @@ pub mod node;
 pub mod protocol;
 pub mod serve;
 
-/// Logs to stderr, at `RUST_LOG`'s level (default `warn`).
+/// Logs to stderr, at `RUST_LOG`'s level (default `warn`), in colour only when stderr is a
+/// terminal (a log redirected to a file gets no ANSI escape codes).
 pub fn init_logging() {
+    use std::io::IsTerminal;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,8 @@ use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemNetwork};
 use raftkit_quic::QuicNetwork;
 use raftkit_redb::RedbLogStore;
 
-/// Which network a node uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which network a node uses (`quic` or `mem` on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetworkKind {
     /// QUIC with mutual TLS between processes (or within one).
     Quic,
@@ -26,8 +25,8 @@ pub enum NetworkKind {
     Mem,
 }
 
-/// Which log store a node uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which log store a node uses (`redb`, `rocksdb` or `mem` on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogKind {
     /// redb: one file per node, pure Rust (the default).
     Redb,
@@ -35,31 +34,6 @@ pub enum LogKind {
     Rocksdb,
     /// In memory: nothing survives the process.
     Mem,
-}
-
-impl FromStr for NetworkKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<NetworkKind, String> {
-        match s {
-            "quic" => Ok(NetworkKind::Quic),
-            "mem" => Ok(NetworkKind::Mem),
-            other => Err(format!("unknown network {other:?}: expected quic or mem")),
-        }
-    }
-}
-
-impl FromStr for LogKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<LogKind, String> {
-        match s {
-            "redb" => Ok(LogKind::Redb),
-            "rocksdb" => Ok(LogKind::Rocksdb),
-            "mem" => Ok(LogKind::Mem),
-            other => Err(format!("unknown log store {other:?}: expected redb, rocksdb or mem")),
-        }
-    }
 }
 
 impl fmt::Display for NetworkKind {

@@ -9,12 +9,13 @@
 //! | `GET /v1/status` | — | [`StatusReply`] `{"nodes": [...]}` |
 //!
 //! Every command, reads included, goes through the Raft log, so each is linearizable. Errors
-//! carry an [`ErrorReply`] `{"kind": ..., "error": "...", "leader": 2 or null}`:
+//! carry an [`ErrorReply`] `{"kind": ..., "error": "...", "leader": 2 or null, "leader_api":
+//! "127.0.0.1:8002" or null}`:
 //!
 //! | status | kind | meaning | safe to retry elsewhere |
 //! |---|---|---|---|
 //! | 400 | `bad_request` | malformed JSON, empty or oversized key or value | no: fix the request |
-//! | 421 | `not_leader` | this node is not the leader; `leader` names it when known | yes: nothing was appended |
+//! | 421 | `not_leader` | this node is not the leader; `leader` names it when known, and `leader_api` gives its API address (same scheme) when the node was told it (`kv node --peer-apis`) | yes: nothing was appended |
 //! | 503 | `unavailable` | the node is stopping or failed | only reads (a write may have been appended) |
 //! | 500 | `outcome_unknown` | the command was appended but its result is not known | only reads |
 //! | 409 | `not_applied` | the command was appended, then replaced by a new leader: not applied | yes: it never took effect |
@@ -88,6 +89,9 @@ pub struct NodeStatus {
     pub term: u64,
     /// The leader it knows of.
     pub leader: Option<u64>,
+    /// The leader's API address (`host:port`, same scheme as this one), when known.
+    #[serde(default)]
+    pub leader_api: Option<String>,
     /// Its commit index.
     pub commit: u64,
     /// The last index applied to its key-value state.
@@ -134,6 +138,10 @@ pub struct ErrorReply {
     pub error: String,
     /// The leader, when the kind is `not_leader` and it is known.
     pub leader: Option<u64>,
+    /// The leader's API address (`host:port`, same scheme as this one), when the kind is
+    /// `not_leader` and the address is known: send the request there.
+    #[serde(default)]
+    pub leader_api: Option<String>,
 }
 
 /// Checks a key and optional values against the protocol's limits.

@@ -98,6 +98,9 @@ pub struct NodeOptions {
     pub listen: Option<SocketAddr>,
     /// The HTTP API address (port 0: any free port, printed at start).
     pub api: SocketAddr,
+    /// The other members' API addresses, so a `not_leader` reply can say where the leader's
+    /// API is (may be empty: the reply then names the leader's id only).
+    pub peer_apis: BTreeMap<NodeId, SocketAddr>,
     /// Where the log lives (not needed for the in-memory log).
     pub data_dir: Option<PathBuf>,
     /// The network adapter.
@@ -144,6 +147,9 @@ impl RunningNode {
         if !opts.peers.contains_key(&opts.id) {
             bail!("--id {} is not in --peers", opts.id.0);
         }
+        if let Some(id) = opts.peer_apis.keys().find(|id| !opts.peers.contains_key(id)) {
+            bail!("--peer-apis names node {}, which is not in --peers", id.0);
+        }
         let data_dir = match (&opts.data_dir, opts.log) {
             (Some(d), _) => d.clone(),
             (None, LogKind::Mem) => PathBuf::new(),
@@ -177,7 +183,7 @@ impl RunningNode {
                 let config = example_config(opts.id, &members);
                 let node = start_node(config, NodeNetwork::Quic(net), log, MemKv::new()).await?;
                 nodes.push(node.clone());
-                Arc::new(SingleNode(node))
+                Arc::new(SingleNode { node, peer_apis: opts.peer_apis.clone() })
             }
             NetworkKind::Mem => {
                 let router = MemRouter::new(opts.id.0);

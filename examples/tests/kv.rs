@@ -168,7 +168,20 @@ fn node_options_are_validated() {
                 "--log",
                 "tape",
             ],
-            "unknown log store",
+            "possible values: redb, rocksdb, mem",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--peers",
+                "1=127.0.0.1:7001",
+                "--api",
+                "127.0.0.1:0",
+                "--peer-apis",
+                "9=127.0.0.1:8009",
+            ],
+            "--peer-apis names node 9",
         ),
     ] {
         let out = Command::new(KV).arg("node").args(&args).output().expect("run kv node");
@@ -271,6 +284,89 @@ fn quic_and_redb_nodes_keep_every_acknowledged_write_when_the_leader_is_killed()
         assert!(caught_up, "the restarted node did not catch up");
     });
     for n in nodes.into_iter().flatten() {
+        n.terminate();
+    }
+}
+
+/// Reserves `n` distinct TCP ports on 127.0.0.1 for the nodes' `--api` and `--peer-apis`.
+fn free_tcp_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+/// One raw HTTP/1.1 POST; returns the whole reply (status line, headers, body).
+fn raw_post(api: SocketAddr, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(api).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).expect("send");
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).expect("read");
+    reply
+}
+
+/// A follower's `not_leader` reply says where the leader's API is (from `--peer-apis`), in
+/// words a user can read, and a client that knows only the follower follows it there.
+#[test]
+fn not_leader_replies_carry_the_leaders_api_address() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_certs(&dir.path().join("certs"), "1,2,3");
+    let raft = free_udp_ports(3);
+    let api = free_tcp_ports(3);
+    let list = |ports: &[u16]| -> String {
+        let items: Vec<String> =
+            ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+        items.join(",")
+    };
+    let (peers, peer_apis) = (list(&raft), list(&api));
+    let nodes: Vec<NodeProcess> = (1..=3u64)
+        .map(|id| {
+            let mut args = node_args(id, &peers, dir.path());
+            args[5] = format!("127.0.0.1:{}", api[id as usize - 1]);
+            args.extend(["--peer-apis".to_string(), peer_apis.clone()]);
+            NodeProcess::start(&args)
+        })
+        .collect();
+    let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api).collect();
+    // Wait for a leader (the put succeeds), then ask every node's status for it.
+    assert_eq!(stdout_of(&apis, &["put", "k", "v1"]), "(none)");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut client = KvClient::new(apis.clone(), Duration::from_secs(20));
+    let statuses = rt.block_on(client.status());
+    let (leader_id, follower) = statuses
+        .iter()
+        .find_map(|(addr, s)| {
+            let n = &s.as_ref().ok()?.nodes[0];
+            (n.role == "follower" && n.leader.is_some()).then_some((n.leader?, *addr))
+        })
+        .expect("a follower that knows the leader");
+    let leader_api = apis[leader_id as usize - 1];
+    // `/v1/status` on a follower names the leader's API.
+    let (_, status) = statuses.iter().find(|(a, _)| *a == follower).expect("follower status");
+    let status = status.as_ref().expect("status");
+    assert_eq!(status.nodes[0].leader_api, Some(leader_api.to_string()));
+
+    let reply = raw_post(follower, "/v1/put", r#"{"key":"k","value":"v2"}"#);
+    assert!(reply.starts_with("HTTP/1.1 421"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let err: raftkit_examples::protocol::ErrorReply =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(err.leader, Some(leader_id));
+    assert_eq!(err.leader_api, Some(leader_api.to_string()), "{reply}");
+    assert!(err.error.contains(&leader_api.to_string()), "{}", err.error);
+    for debug in ["Some(", "NodeId(", "None"] {
+        assert!(!err.error.contains(debug), "Rust debug text in the error: {}", err.error);
+    }
+
+    // A client that knows only the follower reaches the leader through the reply alone.
+    assert_eq!(stdout_of(&[follower], &["put", "k", "v3"]), "v1");
+    for n in nodes {
         n.terminate();
     }
 }

@@ -39,8 +39,21 @@ fn the_demo_survives_its_leader_dying_over_quic_and_redb() {
     let (ok, out) = run(env!("CARGO_BIN_EXE_demo"), &["--secs", "1"], Duration::from_secs(120));
     assert!(ok, "{out}");
     assert!(out.contains("(quic network, redb log)"), "{out}");
-    assert!(out.contains("took over after"), "{out}");
+    assert!(out.contains("took over") && out.contains("election timeout"), "{out}");
     assert!(out.contains("Summary:"), "{out}");
+    // The figures are true: each of the 16 clients has at most one call in flight, so at most
+    // 16 can have been on the killed leader; every acknowledged operation went through the log.
+    let number_before = |marker: &str| -> u64 {
+        let line = out.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("{out}"));
+        let before = &line[..line.find(marker).expect("marker")];
+        let word = before.split_whitespace().last().unwrap_or_default();
+        word.parse().unwrap_or_else(|_| panic!("no number before {marker:?} in {line:?}"))
+    };
+    let in_flight = number_before(" operations were in flight on");
+    assert!(in_flight <= 16, "{in_flight} calls in flight from 16 clients:\n{out}");
+    let acknowledged = number_before(" acknowledged, latency");
+    let applied = number_before(" log entries");
+    assert!(acknowledged > 0 && acknowledged <= applied, "{out}");
     // Three nodes each report no wrong key.
     assert_eq!(out.matches(" checked keys wrong").count(), 3, "{out}");
     assert!(

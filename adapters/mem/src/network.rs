@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use raftkit::core::Rng;
 use raftkit::{Inbox, Message, Network, NetworkError, NetworkErrorKind, NodeId, codec};
 
 /// Fault settings of the router. All randomness comes from the router's seed.
@@ -32,7 +33,7 @@ struct Router {
     /// Directed links that lose everything.
     blocked: BTreeSet<(NodeId, NodeId)>,
     faults: Faults,
-    rng: u64,
+    rng: Rng,
     through_codec: bool,
     max_frame: usize,
     delivered: u64,
@@ -59,25 +60,9 @@ impl Router {
         })
     }
 
-    /// SplitMix64 step.
-    fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-
     fn delay(&mut self) -> Option<Duration> {
         let (lo, hi) = self.faults.delay?;
-        let (lo_n, hi_n) = (lo.as_nanos() as u64, hi.as_nanos() as u64);
-        let span = hi_n.saturating_sub(lo_n);
-        let extra = if span == 0 { 0 } else { self.next_u64() % span };
-        Some(Duration::from_nanos(lo_n + extra))
+        Some(self.rng.duration(lo, hi))
     }
 }
 
@@ -89,7 +74,7 @@ impl MemRouter {
                 inboxes: BTreeMap::new(),
                 blocked: BTreeSet::new(),
                 faults: Faults::default(),
-                rng: seed,
+                rng: Rng::new(seed),
                 through_codec: false,
                 max_frame: DEFAULT_MAX_FRAME,
                 delivered: 0,
@@ -260,7 +245,7 @@ impl Network for MemNetwork {
         let blocked = g.blocked.contains(&(self.id, to));
         for msg in messages {
             let drop_rate = g.faults.drop_rate;
-            if blocked || g.chance(drop_rate) {
+            if blocked || g.rng.chance(drop_rate) {
                 g.dropped += 1;
                 continue;
             }
@@ -273,7 +258,7 @@ impl Network for MemNetwork {
                 msg
             };
             let dup_rate = g.faults.duplicate_rate;
-            if g.chance(dup_rate) {
+            if g.rng.chance(dup_rate) {
                 self.deliver_one(&mut g, &inbox, msg.clone());
             }
             self.deliver_one(&mut g, &inbox, msg);

@@ -79,24 +79,6 @@ pub(crate) fn backoff(failures: u32, min: Duration, max: Duration, random: u64) 
     half + Duration::from_nanos(if span == 0 { 0 } else { random % (span + 1) })
 }
 
-/// A small PRNG (SplitMix64) for backoff jitter; seeded from the system RNG.
-#[derive(Debug)]
-pub(crate) struct Jitter(u64);
-
-impl Jitter {
-    pub(crate) fn new(seed: u64) -> Jitter {
-        Jitter(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +143,7 @@ mod tests {
             let d40 = backoff(40, min, max, r);
             assert!(d40 >= max / 2 && d40 <= max, "{d40:?}");
         }
-        let mut j = Jitter::new(1);
+        let mut j = raftkit::core::Rng::new(1);
         let draws: Vec<Duration> = (0..8).map(|_| backoff(5, min, max, j.next_u64())).collect();
         assert!(draws.windows(2).any(|w| w[0] != w[1]), "no jitter: {draws:?}");
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use raftkit::core::Rng;
 use raftkit::{Inbox, Message, MessageBody, Network, NetworkError, NetworkErrorKind, NodeId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use crate::certs::{self, CertError, NodeCerts};
 use crate::config::{AddressBook, ConfigError, QuicConfig};
 use crate::inbound::{self, Delivery};
-use crate::link::{self, Existing, Jitter, Verdict};
+use crate::link::{self, Existing, Verdict};
 use crate::stats::{Counters, QuicStats, bump};
 use crate::streams::{
     ConnInfo, LARGE_PRIORITY, Lane, accept_streams, close_at_expiry, open_stream, read_stream,
@@ -102,7 +103,8 @@ pub(crate) struct Inner {
     max_handshakes: usize,
     started: AtomicBool,
     closed: AtomicBool,
-    jitter: Mutex<Jitter>,
+    /// Backoff jitter, seeded from the system RNG.
+    jitter: Mutex<Rng>,
     pub(crate) stats: Arc<Counters>,
 }
 
@@ -212,7 +214,7 @@ impl QuicNetwork {
                 tls_base: Mutex::new(config),
                 started: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
-                jitter: Mutex::new(Jitter::new(random_u64())),
+                jitter: Mutex::new(Rng::new(random_u64())),
                 stats: Arc::new(Counters::default()),
             }),
         })

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use raftkit::{NodeId, Role, WriteError};
+use raftkit::core::Rng;
+use raftkit::{NodeId, Role, Term, WriteError};
 use raftkit_examples::node::{
     KvNode, LogKind, NetworkKind, NodeLog, NodeNetwork, example_config, start_node,
 };
@@ -148,6 +149,41 @@ impl Cluster {
         bail!("no leader elected within {timeout:?}")
     }
 
+    /// Watches the surviving nodes elect a leader of a term after `old_term`, noting when each
+    /// step happened (polled every millisecond).
+    async fn takeover(&self, old_term: Term, timeout: Duration) -> Result<Takeover> {
+        let start = Instant::now();
+        let (mut pre_vote, mut candidate, mut elected) = (None, None, None);
+        while start.elapsed() < timeout {
+            let now = Instant::now();
+            for node in self.live() {
+                let m = node.metrics();
+                if m.role == Role::PreCandidate || m.term > old_term {
+                    pre_vote.get_or_insert(now);
+                }
+                if m.term > old_term {
+                    candidate.get_or_insert((now, m.term));
+                }
+                if m.role == Role::Leader && m.term > old_term {
+                    elected.get_or_insert(now);
+                    if m.commit.0 > 0 && m.applied >= m.commit {
+                        let (candidate, term) = candidate.unwrap_or((now, m.term));
+                        return Ok(Takeover {
+                            leader: node.id(),
+                            term,
+                            pre_vote: pre_vote.unwrap_or(candidate),
+                            candidate,
+                            elected: elected.unwrap_or(now),
+                            ready: now,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bail!("no new leader elected within {timeout:?}")
+    }
+
     /// Kills `id` as if its process died; its durable log stays.
     async fn kill(&mut self, id: NodeId) -> Result<()> {
         let slot = self.nodes.get_mut(&id).context("unknown node")?;
@@ -172,54 +208,124 @@ impl Cluster {
     }
 }
 
-/// Routes commands to the leader, following redirects.
+/// When each step of a leader takeover was first seen.
+struct Takeover {
+    leader: NodeId,
+    /// The term of the first real election after the kill.
+    term: Term,
+    /// A follower's election timeout fired and it asked for pre-votes.
+    pre_vote: Instant,
+    /// A pre-candidate won its pre-vote and started a real election.
+    candidate: Instant,
+    /// A candidate won.
+    elected: Instant,
+    /// The new leader committed an entry of its term (and can serve).
+    ready: Instant,
+}
+
+/// Routes commands to the leader, following redirects, as a client library would: a node that
+/// fails a call is left for another one, and a client with nowhere to go backs off.
 #[derive(Clone)]
 struct Router {
     nodes: Arc<Mutex<Vec<Arc<dyn KvNode>>>>,
 }
+
+/// How a command ended.
+enum Outcome {
+    /// Acknowledged with this output.
+    Done(KvOutput),
+    /// It reached a node, but its fate is unknown (it may or may not be applied), for the
+    /// reason given.
+    Unknown(Unknown),
+}
+
+/// Why an outcome is unknown.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Unknown {
+    /// The node was killed with the command in flight on it.
+    Killed,
+    /// The node installed a snapshot covering the command's entry before applying it.
+    Snapshot,
+}
+
+/// First and longest pause of a client that found no node to take its command.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(200));
 
 impl Router {
     fn set(&self, nodes: Vec<Arc<dyn KvNode>>) {
         *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
     }
 
-    fn pick(&self, want: Option<NodeId>) -> Option<Arc<dyn KvNode>> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let by_id = want.and_then(|w| nodes.iter().find(|n| n.id() == w).cloned());
-        by_id.or_else(|| nodes.iter().find(|n| n.metrics().role == Role::Leader).cloned())
+    /// Takes `id` out of the routing table, so that no new call goes to it.
+    fn remove(&self, id: NodeId) {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| n.id() != id);
     }
 
-    /// `Ok(Some(output))`: acknowledged; `Ok(None)`: the outcome is unknown (the node died or
-    /// could not tell); `Err`: not accepted before the deadline (certainly not applied).
-    async fn execute(&self, cmd: KvCommand) -> Result<Option<KvOutput>> {
+    /// The node to try: `want` if it is known and not `avoid`, else one that believes it leads,
+    /// else any other node (which redirects).
+    fn pick(&self, want: Option<NodeId>, avoid: Option<NodeId>) -> Option<Arc<dyn KvNode>> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = |n: &&Arc<dyn KvNode>| Some(n.id()) != avoid;
+        let by_id = want.and_then(|w| nodes.iter().filter(ok).find(|n| n.id() == w).cloned());
+        by_id
+            .or_else(|| nodes.iter().filter(ok).find(|n| n.metrics().role == Role::Leader).cloned())
+            .or_else(|| nodes.iter().find(ok).cloned())
+    }
+
+    /// Whether `id` is still in the routing table (false once the demo killed it).
+    fn routes_to(&self, id: NodeId) -> bool {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n.id() == id)
+    }
+
+    /// Runs `cmd` on the leader. `Err`: no node accepted it before the deadline (certainly not
+    /// applied).
+    async fn execute(&self, cmd: KvCommand, rng: &mut Rng) -> Result<Outcome> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut want = None;
+        let (mut want, mut avoid) = (None, None);
+        let mut pause = BACKOFF.0;
         while Instant::now() < deadline {
-            let Some(node) = self.pick(want) else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let Some(node) = self.pick(want, avoid) else {
+                // Nowhere to go: wait (with jitter, so clients do not retry in lockstep).
+                tokio::time::sleep(rng.duration(pause / 2, pause)).await;
+                pause = (pause * 2).min(BACKOFF.1);
+                avoid = None;
                 continue;
             };
+            let id = node.id();
             match node.write(cmd.clone()).await {
-                Ok(out) => return Ok(Some(out)),
+                Ok(out) => return Ok(Outcome::Done(out)),
                 Err(WriteError::NotLeader { leader }) => {
-                    want = leader;
-                    if leader.is_none() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Follow the redirect; without one (an election is running), back off.
+                    if leader.is_none() || leader == Some(id) {
+                        tokio::time::sleep(rng.duration(pause / 2, pause)).await;
+                        pause = (pause * 2).min(BACKOFF.1);
                     }
+                    want = leader;
+                    avoid = None;
                 }
-                Err(WriteError::Overwritten { .. }) => want = None,
-                Err(_) => return Ok(None),
+                // Replaced by a new leader's entries: not applied, safe to retry.
+                Err(WriteError::Overwritten { .. }) => (want, avoid) = (None, Some(id)),
+                Err(WriteError::Shutdown | WriteError::Fatal(_)) if !self.routes_to(id) => {
+                    // The node was killed with the command in flight on it.
+                    return Ok(Outcome::Unknown(Unknown::Killed));
+                }
+                Err(WriteError::OutcomeUnknown { .. }) => {
+                    return Ok(Outcome::Unknown(Unknown::Snapshot));
+                }
+                Err(e) => bail!("{id} refused a command: {e}"),
             }
         }
-        bail!("no leader accepted {cmd:?} within 10 s")
+        bail!("no leader accepted a command within 10 s")
     }
 }
 
 /// What the workload saw.
 #[derive(Default)]
 struct Tally {
+    /// Operations that reached a node, by kind.
     ops: BTreeMap<&'static str, u64>,
-    unknown: u64,
+    /// Operations whose outcome is unknown, by cause (also counted in `ops`).
+    unknown: BTreeMap<Unknown, u64>,
     latencies_us: Vec<u64>,
     stale_reads: Vec<String>,
     /// The value each client's key must have: `None` = absent. Keys whose last write had an
@@ -231,18 +337,15 @@ struct Tally {
 /// read against what it knows it wrote.
 async fn client(c: u16, router: Router, until: Instant, tally: Arc<Mutex<Tally>>) -> Result<()> {
     let mut model: BTreeMap<String, Option<Option<String>>> = BTreeMap::new();
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(c);
+    let mut rng = Rng::new(u64::from(c));
     let mut n = 0u64;
     let mut local = Tally::default();
     while Instant::now() < until {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let key = format!("client{c:03}-key{}", rng % KEYS_PER_CLIENT as u64);
+        let key = format!("client{c:03}-key{}", rng.below(KEYS_PER_CLIENT as u64));
         let known = model.get(&key).cloned().unwrap_or(Some(None));
         n += 1;
         let value = format!("c{c}-v{n}");
-        let (kind, cmd, after) = match (rng >> 8) % 10 {
+        let (kind, cmd, after) = match rng.below(10) {
             0..=4 => ("put", KvCommand::put(&key, &value), Some(Some(value.clone()))),
             5..=6 => ("get", KvCommand::get(&key), known.clone()),
             7..=8 => {
@@ -257,24 +360,26 @@ async fn client(c: u16, router: Router, until: Instant, tally: Arc<Mutex<Tally>>
             _ => ("delete", KvCommand::delete(&key), Some(None)),
         };
         let start = Instant::now();
-        let result = router.execute(cmd).await?;
-        local.latencies_us.push(start.elapsed().as_micros() as u64);
+        let result = router.execute(cmd, &mut rng).await?;
         *local.ops.entry(kind).or_default() += 1;
         match result {
-            None => {
-                local.unknown += 1;
+            Outcome::Unknown(why) => {
+                *local.unknown.entry(why).or_default() += 1;
                 if kind != "get" {
                     model.insert(key, None);
                 }
             }
-            Some(out) => {
+            Outcome::Done(out) => {
+                local.latencies_us.push(start.elapsed().as_micros() as u64);
                 match (&out, &known) {
-                    (KvOutput::Value(v), Some(k)) if v != k => local
-                        .stale_reads
-                        .push(format!("{key}: read {v:?}, but {k:?} was acknowledged")),
-                    (KvOutput::Cas { swapped: false, current }, Some(k)) => local
-                        .stale_reads
-                        .push(format!("{key}: cas expected {k:?} but found {current:?}")),
+                    (KvOutput::Value(v), Some(k)) if v != k => local.stale_reads.push(format!(
+                        "{key}: read {}, but {} was acknowledged",
+                        show(v),
+                        show(k)
+                    )),
+                    (KvOutput::Cas { swapped: false, current }, Some(k)) => local.stale_reads.push(
+                        format!("{key}: cas expected {} but found {}", show(k), show(current)),
+                    ),
                     _ => {}
                 }
                 match out {
@@ -293,7 +398,9 @@ async fn client(c: u16, router: Router, until: Instant, tally: Arc<Mutex<Tally>>
     for (k, v) in local.ops {
         *t.ops.entry(k).or_default() += v;
     }
-    t.unknown += local.unknown;
+    for (k, v) in local.unknown {
+        *t.unknown.entry(k).or_default() += v;
+    }
     t.latencies_us.extend(local.latencies_us);
     t.stale_reads.extend(local.stale_reads);
     for (key, v) in model {
@@ -302,6 +409,11 @@ async fn client(c: u16, router: Router, until: Instant, tally: Arc<Mutex<Tally>>
         }
     }
     Ok(())
+}
+
+/// A value for people: the value, or `(none)`.
+fn show(v: &Option<String>) -> String {
+    v.as_ref().map_or_else(|| "(none)".to_string(), |v| format!("{v:?}"))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -346,14 +458,33 @@ async fn demo(args: Args) -> Result<()> {
 
     tokio::time::sleep(phase).await;
     let leader = cluster.leader(Duration::from_secs(10)).await?;
+    let old_term = cluster.live().iter().map(|n| n.metrics().term).max().unwrap_or_default();
     println!("3. killing the leader {leader} in the middle of the workload");
+    // Out of the routing table first, so only calls already on their way reach the dead node.
+    router.remove(leader);
     let killed_at = Instant::now();
     cluster.kill(leader).await?;
-    router.set(cluster.live());
-    let new_leader = cluster.leader(Duration::from_secs(10)).await?;
+    let takeover = cluster.takeover(old_term, Duration::from_secs(10)).await?;
+    let new_leader = takeover.leader;
+    let config = example_config(new_leader, &IDS);
     println!(
-        "   {new_leader} took over after {} ms; the clients follow it",
-        killed_at.elapsed().as_millis()
+        "   {new_leader} took over {} ms after the kill: the followers heard nothing for their \
+         election timeout (a random {}–{} ms, `Config::election_timeout_min`/`_max`); the first \
+         pre-vote was at {} ms, term {} started at {} ms, its candidate won at {} ms and \
+         committed its first entry at {} ms",
+        takeover.ready.duration_since(killed_at).as_millis(),
+        config.election_timeout_min.as_millis(),
+        config.election_timeout_max.as_millis(),
+        takeover.pre_vote.duration_since(killed_at).as_millis(),
+        takeover.term.0,
+        takeover.candidate.duration_since(killed_at).as_millis(),
+        takeover.elected.duration_since(killed_at).as_millis(),
+        takeover.ready.duration_since(killed_at).as_millis(),
+    );
+    println!(
+        "   (shorter timeouts mean faster takeover but more elections on a slow network: keep \
+         them several `Config::heartbeat_interval`s ({} ms) long)",
+        config.heartbeat_interval.as_millis()
     );
 
     for c in clients {
@@ -383,18 +514,35 @@ async fn demo(args: Args) -> Result<()> {
     let mut lat = t.latencies_us.clone();
     lat.sort_unstable();
     let total: u64 = t.ops.values().sum();
+    let acked = lat.len();
     let mix: Vec<String> = t.ops.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let applied = cluster.live().iter().map(|n| n.metrics().applied.0).max().unwrap_or(0);
     println!(
-        "   {total} operations ({}), {:.0} ops/s, latency p50 {:.2} ms, p99 {:.2} ms",
+        "   {total} operations reached a node ({}), {:.0} ops/s over {:.1} s; the cluster \
+         applied {applied} log entries (one per operation that took effect, one per new leader)",
         mix.join(", "),
         total as f64 / elapsed.as_secs_f64(),
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
+        elapsed.as_secs_f64(),
     );
     println!(
-        "   {} operations were in flight on the killed leader (outcome unknown; not checked)",
-        t.unknown
+        "   {acked} acknowledged, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (from the \
+         first try to the answer, redirects and retries included)",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0),
     );
+    let killed = t.unknown.get(&Unknown::Killed).copied().unwrap_or(0);
+    let covered = t.unknown.get(&Unknown::Snapshot).copied().unwrap_or(0);
+    println!(
+        "   {killed} operations were in flight on {leader} when it was killed (outcome unknown; \
+         not checked)"
+    );
+    if covered > 0 {
+        println!(
+            "   {covered} operations were covered by a snapshot before their node applied them \
+             (outcome unknown; not checked)"
+        );
+    }
     println!("5. checking every acknowledged write on every node");
     let mut missing = 0;
     for (id, slot) in &cluster.nodes {
@@ -415,7 +563,10 @@ async fn demo(args: Args) -> Result<()> {
     }
     cluster.stop().await;
     if !t.stale_reads.is_empty() {
-        bail!("reads returned stale data: {:?}", &t.stale_reads[..t.stale_reads.len().min(5)]);
+        bail!(
+            "reads returned stale data: {}",
+            t.stale_reads[..t.stale_reads.len().min(5)].join("; ")
+        );
     }
     if missing > 0 {
         bail!("{missing} acknowledged values are missing or wrong");

@@ -3,6 +3,7 @@
 //! ```text
 //! kv certs --dir certs --nodes 1,2,3      # certs/ca (keep offline), certs/node-<id>, certs/client
 //! kv node --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
+//!         --peer-apis 1=127.0.0.1:8001,2=127.0.0.1:8002,3=127.0.0.1:8003 \
 //!         --api 127.0.0.1:8001 --data-dir data --certs-dir certs/node-1   # and nodes 2 and 3
 //! kv --nodes 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003 put greeting hello
 //! kv --nodes … get greeting
@@ -39,8 +40,8 @@ struct Cli {
         default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
     )]
     nodes: Vec<SocketAddr>,
-    /// How long a client command may take, retries included (e.g. `10s`, `500ms`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// How long a client command may take, retries included (e.g. `10s`, `500ms`, `1m 30s`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Talk HTTPS to nodes started with --api-tls, authenticating with the client certificate
     /// in this directory (`DIR/client` made by `kv certs`: `ca.crt`, `client.crt`, `client.key`).
@@ -121,6 +122,10 @@ struct NodeArgs {
     /// --api-tls it must be a loopback address, unless --insecure-api.
     #[arg(long)]
     api: SocketAddr,
+    /// The members' API addresses, `1=host:port,2=host:port,…` (this node's may be left out),
+    /// so that a `not_leader` reply tells the client where the leader's API is.
+    #[arg(long, value_parser = parse_peers)]
+    peer_apis: Option<std::collections::BTreeMap<NodeId, SocketAddr>>,
     /// Serve the API over HTTPS with this node's certificate, and accept only clients that
     /// present a certificate issued by the cluster CA (`kv certs` makes one in DIR/client).
     #[arg(long)]
@@ -152,22 +157,6 @@ struct NodeArgs {
     key: Option<PathBuf>,
 }
 
-/// Parses `250ms`, `10s` or `2m`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a duration like 10s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long a duration")),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
-}
-
 fn show(value: &Option<String>) -> String {
     match value {
         Some(v) => v.clone(),
@@ -196,6 +185,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         peers: args.peers,
         listen: args.listen,
         api: args.api,
+        peer_apis: args.peer_apis.unwrap_or_default(),
         data_dir: args.data_dir,
         network: args.network,
         log: args.log,

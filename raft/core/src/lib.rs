@@ -98,6 +98,7 @@ pub use message::{
 pub use mutants::Mutant;
 pub use progress::ProgressState;
 pub use raft::{InitialState, ProposeError, RaftCore, StartError};
+pub use rng::Rng;
 pub use time::Instant;
 pub use types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, SnapshotMeta, Term,

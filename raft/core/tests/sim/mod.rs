@@ -11,40 +11,9 @@ use std::time::Duration;
 
 use raftkit_core::{
     Action, AppendEntries, Config, Entry, HardState, InitialState, Instant, LogId, LogIndex,
-    LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, Role, SnapshotMeta, Term,
+    LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, Rng, Role, SnapshotMeta, Term,
     WriteId, codec,
 };
-
-/// SplitMix64, for the simulation's own choices (latencies, drops).
-#[derive(Clone, Debug)]
-pub struct SimRng(u64);
-
-impl SimRng {
-    pub fn new(seed: u64) -> SimRng {
-        SimRng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
-    }
-
-    pub fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let (lo, hi) = (lo.as_nanos() as u64, hi.as_nanos() as u64);
-        Duration::from_nanos(lo + self.below(hi.saturating_sub(lo).max(1)))
-    }
-}
 
 /// A node's durable storage.
 #[derive(Clone, Debug, Default)]
@@ -196,7 +165,7 @@ type Filter = Box<dyn FnMut(NodeId, NodeId, &mut Message) -> bool>;
 pub struct Sim {
     pub now: Instant,
     pub nodes: BTreeMap<NodeId, SimNode>,
-    pub rng: SimRng,
+    pub rng: Rng,
     net: BTreeMap<(Instant, u64), InFlight>,
     seq: u64,
     pub latency: (Duration, Duration),
@@ -264,7 +233,7 @@ impl Sim {
         let mut sim = Sim {
             now: Instant::ZERO,
             nodes,
-            rng: SimRng::new(seed ^ 0x5EED),
+            rng: Rng::new(seed ^ 0x5EED),
             net: BTreeMap::new(),
             seq: 0,
             latency: (Duration::from_micros(500), Duration::from_millis(3)),
