@@ -119,7 +119,10 @@ pub(crate) async fn log_writer<L: LogStore>(
             Some(op) => op,
             None => match rx.recv().await {
                 Some(op) => op,
-                None => return,
+                None => {
+                    tracing::debug!("log writer stopped");
+                    return;
+                }
             },
         };
         let result = match op {
@@ -215,7 +218,10 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
             Some(j) => j,
             None => match rx.recv().await {
                 Some(j) => j,
-                None => return,
+                None => {
+                    tracing::debug!("apply worker stopped");
+                    return;
+                }
             },
         };
         match job {
@@ -538,6 +544,7 @@ pub(crate) async fn snapshot_receiver<O: Send + 'static, L: LogStore>(
             }
         }
     }
+    tracing::debug!("snapshot receiver stopped");
 }
 
 async fn receive_chunk<O>(

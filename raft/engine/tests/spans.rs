@@ -59,7 +59,7 @@ async fn election_lines_carry_the_node_span_with_its_term_and_role() {
         .with_writer(capture.clone())
         .with_ansi(false)
         .without_time()
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(tracing::Level::DEBUG)
         .finish();
     // The runtime of this test runs every task on this thread, so a thread-local default
     // subscriber sees all of them.
@@ -99,13 +99,24 @@ async fn election_lines_carry_the_node_span_with_its_term_and_role() {
         .unwrap_or_else(|| panic!("no 'stopping' line of {leader}:\n{}", dump()));
     let state = format!("raft{{node={leader}}}:state{{term={term} role=leader}}: ");
     assert!(stopping.contains(&state), "{stopping}");
-    // Every node's lines are in its own span: each node logged its shutdown.
+    // No line of the engine or the core is outside a node's span, whichever task logged it.
+    let engine = |l: &&String| l.contains(" raftkit::") || l.contains(" raftkit_core::");
+    let stray: Vec<&String> =
+        lines.iter().filter(engine).filter(|l| !l.contains("raft{node=")).collect();
+    assert!(stray.is_empty(), "lines outside a node span: {stray:#?}");
+    assert!(lines.iter().filter(engine).count() > 10, "{}", dump());
+    // Every node's lines are in its own span: each node's driver and helper tasks logged
+    // their shutdown there.
     for id in &c.members {
         let prefix = format!("raft{{node={id}}}:");
-        assert!(
-            lines.iter().any(|l| l.contains(&prefix) && l.contains("stopping")),
-            "no 'stopping' line in the span of {id}:\n{}",
-            dump()
-        );
+        for what in
+            ["stopping", "log writer stopped", "apply worker stopped", "snapshot receiver stopped"]
+        {
+            assert!(
+                lines.iter().any(|l| l.contains(&prefix) && l.contains(what)),
+                "no '{what}' line in the span of {id}:\n{}",
+                dump()
+            );
+        }
     }
 }
