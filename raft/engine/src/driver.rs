@@ -138,7 +138,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             self.carry_out_actions();
             self.observe();
             let peers = &self.peers;
-            self.telemetry.after_turn(&self.core, |id| peers.get(&id).map(|l| &l.metrics));
+            let links = peers.values().map(|l| &l.metrics);
+            self.telemetry.after_turn(&self.core, |id| peers.get(&id).map(|l| &l.metrics), links);
             self.publish_metrics(NodeState::Running);
             if let Some(f) = self.failure.take() {
                 return Exit::Failed(f);

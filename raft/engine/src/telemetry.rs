@@ -210,12 +210,14 @@ impl Telemetry {
     }
 
     /// Brings the counters up to date after a driver turn, starts a new `state` span when the
-    /// term or the role changed, and logs elections and step-downs. `peer` looks up a peer's handles (for the
-    /// replication lag); peers without handles yet are skipped.
+    /// term or the role changed, and logs elections and step-downs. `peer` looks up a peer's
+    /// handles (for the replication lag; peers without handles yet are skipped), `peers` lists
+    /// them all.
     pub(crate) fn after_turn<'a>(
         &mut self,
         core: &RaftCore,
         peer: impl Fn(NodeId) -> Option<&'a PeerMetrics>,
+        peers: impl Iterator<Item = &'a PeerMetrics>,
     ) {
         let (commit, applied) = (core.commit_index(), core.applied_index());
         if commit > self.last_commit {
@@ -239,11 +241,10 @@ impl Telemetry {
                 }
             }
         } else if was_leader {
-            // Only a leader knows the lag; do not leave the last value standing.
-            for (id, _) in core.match_index_iter() {
-                if let Some(p) = peer(id) {
-                    p.lag.set(0.0);
-                }
+            // Only a leader knows the lag; do not leave the last value standing. (The core has
+            // forgotten its followers' progress already.)
+            for p in peers {
+                p.lag.set(0.0);
             }
         }
     }

@@ -164,5 +164,25 @@ async fn a_node_records_its_metrics_through_the_facade() {
     assert!(counter(&sent) >= 1);
     assert!(counter(&format!("raftkit_snapshots_received_total{{node={}}}", behind.0)) >= 1);
     assert_eq!(counter(&format!("raftkit_step_downs_total{{node={l}}}")), 0);
+
+    // Cut off, the leader appends a command no follower gets, then steps down: it counts the
+    // step-down and no longer reports a lag it does not know.
+    c.router.isolate(leader);
+    let old = c.node(leader).unwrap();
+    let pending = tokio::spawn(async move { old.client_write(KvCommand::put("cut", "off")).await });
+    let old = c.node(leader).unwrap();
+    let lagging = format!("raftkit_replication_lag{{node={l},peer={}}}", followers[1].0);
+    let appended = old
+        .wait_for(Duration::from_secs(5), |m| {
+            m.replication.values().any(|i| i.0 + 1 == m.last_log.index.0)
+        })
+        .await;
+    assert!(appended.is_some() && gauge(&lagging) >= 1.0, "lag {}", gauge(&lagging));
+    let stepped = old.wait_for(Duration::from_secs(30), |m| m.role != raftkit::Role::Leader).await;
+    assert!(stepped.is_some(), "the isolated leader did not step down");
+    assert_eq!(counter(&format!("raftkit_step_downs_total{{node={l}}}")), 1);
+    assert_eq!(gauge(&format!("raftkit_is_leader{{node={l}}}")), 0.0);
+    assert_eq!(gauge(&lagging), 0.0, "a deposed leader still reports a lag");
+    pending.abort();
     c.shutdown().await;
 }
