@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use raftkit::{NodeId, Role, WriteError};
+use raftkit::{NodeId, NodeState, Role, WriteError};
 use raftkit_mem::{KvCommand, KvOutput};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -25,7 +25,7 @@ use tokio_rustls::server::TlsStream;
 use crate::node::KvNode;
 use crate::protocol::{
     CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest, MAX_VALUE_BYTES, NodeStatus,
-    PrevReply, PutRequest, StatusReply, validate,
+    PeerLag, PrevReply, PutRequest, StateDigest, StatusReply, validate,
 };
 
 /// What an API server serves: one node, or a whole in-process cluster.
@@ -98,6 +98,20 @@ impl Service for LocalCluster {
 /// A node's status as the protocol reports it.
 pub fn node_status(node: &dyn KvNode) -> NodeStatus {
     let m = node.metrics();
+    let replication = if m.role == Role::Leader {
+        let last = m.last_log.index.0;
+        let peers = m.replication.iter().filter(|(id, _)| **id != m.id);
+        peers
+            .map(|(id, at)| PeerLag { id: id.0, matched: at.0, lag: last.saturating_sub(at.0) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let error = match &m.state {
+        NodeState::Failed(e) => Some(e.to_string()),
+        _ => None,
+    };
+    let (applied, digest) = node.digest();
     NodeStatus {
         id: m.id.0,
         role: match m.role {
@@ -116,6 +130,9 @@ pub fn node_status(node: &dyn KvNode) -> NodeStatus {
         last_log: m.last_log.index.0,
         snapshot: m.snapshot.map(|s| s.index.0),
         voters: m.voters.iter().map(|v| v.0).collect(),
+        replication,
+        error,
+        digest: Some(StateDigest { applied: applied.0, digest: format!("{digest:016x}") }),
     }
 }
 
@@ -250,10 +267,20 @@ async fn status(State(svc): Svc) -> Json<StatusReply> {
     Json(StatusReply { nodes: svc.status() })
 }
 
+/// `GET /metrics`, from the process's recorder (see [`crate::prometheus`]).
+async fn metrics() -> Response {
+    match crate::prometheus::render() {
+        Some(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no metrics recorder is installed").into_response(),
+    }
+}
+
 /// The API's routes over `service`.
 pub fn router(service: Arc<dyn Service>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/v1/put", post(put))
         .route("/v1/get", post(get_key))
         .route("/v1/delete", post(delete))

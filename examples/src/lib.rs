@@ -3,12 +3,14 @@
 //! `examples/README.md` for which file shows what.
 //!
 //! The library holds what the programs share: choosing adapters at run time ([`node`]), the
-//! HTTP/JSON client protocol ([`protocol`]), its server ([`api`]) and client ([`client`]), and
-//! running a node from command-line options ([`serve`]).
+//! HTTP/JSON client protocol ([`protocol`]), its server ([`api`]) and client ([`client`]),
+//! running a node from command-line options ([`serve`]), and its metrics in Prometheus format
+//! ([`prometheus`]).
 
 pub mod api;
 pub mod client;
 pub mod node;
+pub mod prometheus;
 pub mod protocol;
 pub mod serve;
 

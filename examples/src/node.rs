@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use raftkit::{Config, Fatal, LogStore, Network, NodeId, Raft, RaftMetrics, WriteError};
+use raftkit::{Config, Fatal, LogIndex, LogStore, Network, NodeId, Raft, RaftMetrics, WriteError};
 use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemNetwork};
 use raftkit_quic::QuicNetwork;
 use raftkit_redb::RedbLogStore;
@@ -140,6 +140,9 @@ pub trait KvNode: Send + Sync {
     fn id(&self) -> NodeId;
     /// Its current metrics.
     fn metrics(&self) -> RaftMetrics;
+    /// The last index applied to its key-value state and the state's digest there (see
+    /// [`raftkit_mem::KvState::digest`]).
+    fn digest(&self) -> (LogIndex, u64);
     /// Proposes `cmd` and waits for its output (see [`Raft::client_write`]).
     async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
     /// Stops gracefully (see [`Raft::shutdown`]).
@@ -148,26 +151,37 @@ pub trait KvNode: Send + Sync {
     async fn kill(&self);
 }
 
+/// A node and a handle on its key-value state (which the node owns; the handle reads it).
+struct KvRaft<N: Network, L: LogStore> {
+    raft: Raft<N, L, MemKv>,
+    kv: MemKv,
+}
+
 #[async_trait]
-impl<N: Network, L: LogStore> KvNode for Raft<N, L, MemKv> {
+impl<N: Network, L: LogStore> KvNode for KvRaft<N, L> {
     fn id(&self) -> NodeId {
-        Raft::id(self)
+        self.raft.id()
     }
 
     fn metrics(&self) -> RaftMetrics {
-        Raft::metrics(self).borrow().clone()
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn digest(&self) -> (LogIndex, u64) {
+        let state = self.kv.state();
+        (state.applied.map_or(LogIndex(0), |a| a.index), state.digest)
     }
 
     async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
-        self.client_write(cmd).await
+        self.raft.client_write(cmd).await
     }
 
     async fn shutdown(&self) -> Result<(), Fatal> {
-        Raft::shutdown(self).await
+        self.raft.shutdown().await
     }
 
     async fn kill(&self) {
-        Raft::kill(self).await
+        self.raft.kill().await
     }
 }
 
@@ -192,11 +206,18 @@ async fn with_log<N: Network>(
     kv: MemKv,
 ) -> Result<Arc<dyn KvNode>> {
     let id = config.id;
+    let sm = kv.clone();
     let node: Arc<dyn KvNode> = match log {
-        NodeLog::Redb(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+        NodeLog::Redb(store) => {
+            Arc::new(KvRaft { raft: Raft::start(config, net, store, sm).await?, kv })
+        }
         #[cfg(feature = "rocksdb")]
-        NodeLog::Rocksdb(store) => Arc::new(Raft::start(config, net, store, kv).await?),
-        NodeLog::Mem(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+        NodeLog::Rocksdb(store) => {
+            Arc::new(KvRaft { raft: Raft::start(config, net, store, sm).await?, kv })
+        }
+        NodeLog::Mem(store) => {
+            Arc::new(KvRaft { raft: Raft::start(config, net, store, sm).await?, kv })
+        }
     };
     tracing::info!(node = %id, "started");
     Ok(node)

@@ -7,6 +7,7 @@
 //! | `POST /v1/delete` | [`KeyRequest`] | [`PrevReply`] |
 //! | `POST /v1/cas` | [`CasRequest`] `{"key": "k", "expected": "a" or null, "new": "b" or null}` | [`CasReply`] `{"swapped": true, "current": "b"}` |
 //! | `GET /v1/status` | — | [`StatusReply`] `{"nodes": [...]}` |
+//! | `GET /metrics` | — | the engine's metrics, Prometheus text format |
 //!
 //! Every command, reads included, goes through the Raft log, so each is linearizable. Errors
 //! carry an [`ErrorReply`] `{"kind": ..., "error": "...", "leader": 2 or null, "leader_api":
@@ -102,6 +103,36 @@ pub struct NodeStatus {
     pub snapshot: Option<u64>,
     /// The voting members as it sees them.
     pub voters: Vec<u64>,
+    /// When it leads: how far behind each other node is (empty otherwise).
+    #[serde(default)]
+    pub replication: Vec<PeerLag>,
+    /// Why the node stopped serving, if it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// A digest of the key-value state: two nodes that applied the same index and show the
+    /// same digest applied the same sequence of entries.
+    #[serde(default)]
+    pub digest: Option<StateDigest>,
+}
+
+/// A follower's replication progress as its leader sees it, in a [`NodeStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLag {
+    /// The follower's id.
+    pub id: u64,
+    /// The highest index known durable in its log.
+    pub matched: u64,
+    /// The leader's last log index minus `matched`.
+    pub lag: u64,
+}
+
+/// The digest of a node's key-value state, in a [`NodeStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigest {
+    /// The last index applied to the state (0: nothing yet).
+    pub applied: u64,
+    /// The digest of every entry applied up to it, 16 hex digits.
+    pub digest: String,
 }
 
 /// `GET /v1/status`: the nodes this address serves (one, or every node of an in-process

@@ -138,6 +138,8 @@ pub fn check_api_exposure(api: SocketAddr, tls: bool, insecure: bool) -> Result<
 pub struct RunningNode {
     nodes: Vec<Arc<dyn KvNode>>,
     server: ApiServer,
+    /// Folds metric samples into histograms between scrapes.
+    upkeep: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -168,6 +170,14 @@ impl RunningNode {
                 Some(Arc::new(certs.https_server_config().context("setting up HTTPS for the API")?))
             }
             _ => None,
+        };
+        // Before any node starts: nodes register their metrics with the recorder of the moment.
+        let metrics = match crate::prometheus::install() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!("GET /metrics is off: {e:#}");
+                None
+            }
         };
         let members: Vec<NodeId> = opts.peers.keys().copied().collect();
         let mut nodes = Vec::new();
@@ -200,7 +210,8 @@ impl RunningNode {
             Some(tls) => ApiServer::bind_tls(opts.api, service, tls).await?,
             None => ApiServer::bind(opts.api, service).await?,
         };
-        Ok(RunningNode { nodes, server })
+        let upkeep = metrics.map(|handle| tokio::spawn(crate::prometheus::upkeep(handle)));
+        Ok(RunningNode { nodes, server, upkeep })
     }
 
     /// The API's address.
@@ -217,6 +228,9 @@ impl RunningNode {
     /// Serves until `shutdown` resolves, then stops the API and the node(s) gracefully.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let served = self.server.run(shutdown).await;
+        if let Some(upkeep) = &self.upkeep {
+            upkeep.abort();
+        }
         for node in &self.nodes {
             if let Err(e) = node.shutdown().await {
                 tracing::error!(node = %node.id(), "stopped with an error: {e}");

@@ -557,3 +557,138 @@ async fn anonymous_tls_request(api: SocketAddr, ca: &Path) -> String {
         Err(e) => format!("read failed: {e}"),
     }
 }
+
+/// `GET <path>` on `api` over plain HTTP/1.1; returns the status code and the body.
+fn http_get(api: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(api).expect("connect to the API");
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("read the reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a complete HTTP reply");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    (status, body.to_string())
+}
+
+/// The samples of `name` in a Prometheus text page, by label set (`{node="1"}`).
+fn samples(page: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once(' ')?;
+            Some((labels.trim().to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of `name` over every label set (each node's counter, say).
+fn total(page: &str, name: &str) -> f64 {
+    samples(page, name).values().sum()
+}
+
+/// `GET /metrics` serves the engine's metrics in Prometheus text format, per node, and they
+/// move as the cluster commits.
+#[test]
+fn the_node_serves_its_metrics_and_they_move_with_writes() {
+    let node = NodeProcess::start(
+        &["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"]
+            .iter()
+            .chain(&["--api", "127.0.0.1:0", "--network", "mem", "--log", "mem"])
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    let api = [node.api];
+    stdout_of(&api, &["put", "first", "1"]);
+    let (status, before) = http_get(node.api, "/metrics");
+    assert_eq!(status, 200, "{before}");
+    for name in [
+        "raftkit_proposals_total",
+        "raftkit_commits_total",
+        "raftkit_applied_total",
+        "raftkit_elections_total",
+        "raftkit_sent_bytes_total",
+        "raftkit_replication_lag",
+        "raftkit_log_write_seconds_bucket",
+        "raftkit_log_write_entries_count",
+    ] {
+        assert!(!samples(&before, name).is_empty(), "no {name} in:\n{before}");
+    }
+    // Every node of the in-process cluster reports, under its own label.
+    let applied = samples(&before, "raftkit_applied_total");
+    for id in 1..=3 {
+        assert!(applied.contains_key(&format!("{{node=\"{id}\"}}")), "{applied:?}");
+    }
+
+    for i in 0..5 {
+        stdout_of(&api, &["put", &format!("k{i}"), "v"]);
+    }
+    let (_, after) = http_get(node.api, "/metrics");
+    // The leader proposed, committed and applied each write before it answered.
+    for name in ["raftkit_proposals_total", "raftkit_commits_total", "raftkit_applied_total"] {
+        let (b, a) = (total(&before, name), total(&after, name));
+        assert!(a >= b + 5.0, "{name} went from {b} to {a} over 5 writes");
+    }
+    let (b, a) = (
+        total(&before, "raftkit_log_write_entries_sum"),
+        total(&after, "raftkit_log_write_entries_sum"),
+    );
+    assert!(a >= b + 5.0, "entries written went from {b} to {a}");
+    assert!(total(&after, "raftkit_sent_bytes_total") > total(&before, "raftkit_sent_bytes_total"));
+    node.terminate();
+}
+
+/// `/v1/status` and `kv status` show each follower's lag on the leader and every node's state
+/// digest, equal on nodes that applied the same entries.
+#[test]
+fn status_shows_replication_lag_and_state_digests() {
+    let node = NodeProcess::start(
+        &["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"]
+            .iter()
+            .chain(&["--api", "127.0.0.1:0", "--network", "mem", "--log", "mem"])
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    let api = [node.api];
+    for i in 0..5 {
+        stdout_of(&api, &["put", &format!("k{i}"), "v"]);
+    }
+    // Followers apply a heartbeat after the leader: wait until all three have applied alike.
+    let mut nodes = Vec::new();
+    for _ in 0..200 {
+        let (status, body) = http_get(node.api, "/v1/status");
+        assert_eq!(status, 200, "{body}");
+        let reply: raftkit_examples::protocol::StatusReply =
+            serde_json::from_str(&body).expect("a status reply");
+        nodes = reply.nodes;
+        if nodes.iter().all(|n| n.applied == nodes[0].applied && n.applied >= 6) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let digests: Vec<_> = nodes.iter().map(|n| n.digest.clone().expect("a digest")).collect();
+    assert!(digests.iter().all(|d| d == &digests[0]), "{nodes:#?}");
+    assert_eq!(digests[0].applied, nodes[0].applied, "{nodes:#?}");
+    let leader = nodes.iter().find(|n| n.role == "leader").expect("a leader");
+    let mut followers: Vec<u64> = leader.replication.iter().map(|p| p.id).collect();
+    followers.sort_unstable();
+    assert_eq!(
+        followers,
+        nodes.iter().map(|n| n.id).filter(|id| *id != leader.id).collect::<Vec<_>>()
+    );
+    for p in &leader.replication {
+        assert_eq!(p.lag, leader.last_log - p.matched, "{leader:#?}");
+    }
+    assert!(nodes.iter().all(|n| n.error.is_none()));
+    assert!(nodes.iter().filter(|n| n.role != "leader").all(|n| n.replication.is_empty()));
+
+    let out = stdout_of(&api, &["status"]);
+    let leader_line = out
+        .lines()
+        .find(|l| l.contains(&format!("node {}  leader", leader.id)))
+        .unwrap_or_else(|| panic!("no leader line in:\n{out}"));
+    assert!(leader_line.contains(&format!("digest {}@", digests[0].digest)), "{leader_line}");
+    assert!(leader_line.contains("lag ") && !leader_line.ends_with("lag -"), "{leader_line}");
+    node.terminate();
+}

@@ -103,7 +103,8 @@ enum Command {
         #[arg(long)]
         new: Option<String>,
     },
-    /// Shows each node's role, term, leader and indexes.
+    /// Shows each node's role, term, leader, indexes, state digest, followers' lag (on the
+    /// leader) and the error that stopped it, if any.
     Status,
 }
 
@@ -247,8 +248,21 @@ async fn run(cli: Cli) -> Result<()> {
                 match status {
                     Ok(s) => {
                         for n in s.nodes {
+                            // One line per node: the digest (of the state at the index after
+                            // `@`), each follower's lag behind the leader, a failure's cause.
+                            let digest = n
+                                .digest
+                                .map_or("-".into(), |d| format!("{}@{}", d.digest, d.applied));
+                            let lag: Vec<String> = n
+                                .replication
+                                .iter()
+                                .map(|p| format!("{}:{}", p.id, p.lag))
+                                .collect();
+                            let lag = if lag.is_empty() { "-".into() } else { lag.join(",") };
+                            let failed =
+                                n.error.map_or(String::new(), |e| format!("  FAILED: {e}"));
                             println!(
-                                "{addr}  node {}  {:<13} term {:<4} leader {:<4} commit {:<8} applied {:<8} last log {:<8} snapshot {}",
+                                "{addr}  node {}  {:<13} term {:<4} leader {:<4} commit {:<8} applied {:<8} last log {:<8} snapshot {:<8} digest {digest}  lag {lag}{failed}",
                                 n.id,
                                 n.role,
                                 n.term,

@@ -15,9 +15,11 @@ use raftkit_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::error::{Fatal, StorageError, WriteError};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
+use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{
     self, ApplyJob, Event, PeerItem, Queued, SendFuture, StoreFuture, Waiter, WriterOp,
@@ -72,6 +74,7 @@ pub(crate) struct PeerLink {
     task: JoinHandle<()>,
     queued: Queued,
     outbox: Vec<Message>,
+    metrics: PeerMetrics,
 }
 
 pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
@@ -106,6 +109,8 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) last_status: Option<NodeStatus>,
     /// The membership the metrics last showed.
     pub(crate) membership_seen: Option<raftkit_core::Membership>,
+    /// The node's span and metric handles.
+    pub(crate) telemetry: Telemetry,
 }
 
 enum Exit {
@@ -132,6 +137,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         loop {
             self.carry_out_actions();
             self.observe();
+            let peers = &self.peers;
+            let links = peers.values().map(|l| &l.metrics);
+            self.telemetry.after_turn(&self.core, |id| peers.get(&id).map(|l| &l.metrics), links);
             self.publish_metrics(NodeState::Running);
             if let Some(f) = self.failure.take() {
                 return Exit::Failed(f);
@@ -241,6 +249,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         let data = batch.iter_mut().map(|p| std::mem::take(&mut p.data));
         match self.core.propose_batch(now, data) {
             Ok(first) => {
+                self.telemetry.proposals.increment(batch.len() as u64);
                 for (i, p) in batch.drain(..).enumerate() {
                     let log_id = LogId { term: first.term, index: first.index.plus(i as u64) };
                     let waiter = Waiter { log_id, tx: p.tx };
@@ -259,6 +268,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                         None
                     }
                 };
+                self.telemetry.proposals_rejected.increment(batch.len() as u64);
                 for p in batch.drain(..) {
                     let _ = p.tx.send(Err(WriteError::NotLeader { leader }));
                 }
@@ -269,7 +279,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     }
 
     fn fail(&mut self, f: Fatal) {
-        tracing::error!(node = %self.core.id(), error = %f, "fatal error; the node stops serving");
+        tracing::error!(error = %f, "fatal error; the node stops serving");
         if self.failure.is_none() {
             self.failure = Some(f);
         }
@@ -289,6 +299,10 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             }
             Event::SnapshotReceived { from, meta, next_offset, installed } => {
                 let covered = meta.last_log_id.index;
+                if installed {
+                    self.telemetry.snapshots_received.increment(1);
+                    tracing::info!(%from, snapshot = %meta.last_log_id, size = meta.size, "installed a snapshot from the leader");
+                }
                 self.core.handle_snapshot_received(now, from, meta, next_offset, installed);
                 if installed {
                     // Commands this node appended (as an earlier leader) up to the snapshot
@@ -334,11 +348,18 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             return;
         }
         let (id, write, log) = (req.id, req.write, self.log.clone());
+        let entries = write.entries.len();
+        let started = std::time::Instant::now();
         let mut fut: StoreFuture = Box::pin(async move { log.write(write).await });
         match poll_once(&mut fut) {
-            Some(Ok(())) => self.persisted_now = Some(id),
-            Some(Err(e)) => self.fail(Fatal::LogStore(e)),
-            None => self.send_to_writer(WriterOp::Started(id, fut)),
+            Some(r) => {
+                self.telemetry.write.record(entries, started.elapsed());
+                match r {
+                    Ok(()) => self.persisted_now = Some(id),
+                    Err(e) => self.fail(Fatal::LogStore(e)),
+                }
+            }
+            None => self.send_to_writer(WriterOp::Started(id, entries, fut)),
         }
     }
 
@@ -394,7 +415,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             let cfg = self.core.config();
             let (tx, rx) = mpsc::channel(cfg.peer_queue_capacity);
             let queued = Queued::default();
-            let task = tokio::spawn(workers::peer_sender(
+            let metrics = self.telemetry.peer(to);
+            let sender = workers::peer_sender(
                 to,
                 self.network.clone(),
                 self.log.clone(),
@@ -402,9 +424,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 rx,
                 queued.clone(),
                 self.events_tx.clone(),
-            ));
+                metrics.clone(),
+            );
+            // In the node's span (not the current `state` span, which will change).
+            let task = tokio::spawn(sender.instrument(self.telemetry.span.clone()));
             self.shared.register(&task);
-            PeerLink { tx, task, queued, outbox: Vec::new() }
+            PeerLink { tx, task, queued, outbox: Vec::new(), metrics }
         })
     }
 
@@ -466,7 +491,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 (NodeState::Failed(f.to_string()), WriteError::Fatal(f), None)
             }
         };
-        tracing::info!(node = %self.core.id(), ?state, "stopping");
+        tracing::info!(?state, "stopping");
         // Refuse new proposals, and answer those already queued.
         self.proposals.close();
         for p in std::mem::take(&mut self.batch) {
@@ -521,6 +546,7 @@ fn flush_outbox<N: Network>(
         }
         return;
     }
+    link.metrics.sent(&messages);
     let network = network.clone();
     let mut send: SendFuture = Box::pin(async move { network.send(to, messages).await });
     match poll_once(&mut send) {

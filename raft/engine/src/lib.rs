@@ -51,6 +51,47 @@
 //! either the old state (the snapshot was not complete) or a stored snapshot that the next
 //! start installs before anything else.
 //!
+//! # Logs and spans
+//!
+//! Every task of a node runs in a `tracing` span `raft{node=…}`; the driver's work runs, within
+//! it, in a `state{term=… role=…}` span that is replaced when the term or the role changes. So
+//! every line a node logs (the core's included) says which node, and for the driver in which
+//! term and role, it was said. At `info`/`warn`: the node starting and stopping, campaigns
+//! started, won and lost, a leader stepping down, snapshots sent, installed and refused; fatal
+//! errors at `error`. Per-message detail is at `debug` and `trace`.
+//!
+//! # Metrics
+//!
+//! A node records through the [`metrics`](https://docs.rs/metrics) facade; raftkit installs no
+//! recorder. An application that wants them installs one (for example
+//! `metrics-exporter-prometheus`, as the `kv` example does) **before** starting its nodes: a
+//! node registers its handles once, when it starts (and once per peer, when it first sends to
+//! it), so recording costs an atomic update, no allocation. Every metric has a `node` label (the
+//! node id); per-peer ones a `peer` label too.
+//!
+//! | name | kind | what |
+//! |---|---|---|
+//! | `raftkit_proposals_total` | counter | commands proposed to this node as leader |
+//! | `raftkit_proposals_rejected_total` | counter | commands refused: not the leader |
+//! | `raftkit_commits_total` | counter | log entries this node learned to be committed |
+//! | `raftkit_applied_total` | counter | log entries applied to the state machine |
+//! | `raftkit_log_write_seconds` | histogram | latency of one log store write (append + sync) |
+//! | `raftkit_log_write_entries` | histogram | entries per log store write (group commit) |
+//! | `raftkit_sent_bytes_total` | counter, `peer` | estimated encoded bytes handed to the network |
+//! | `raftkit_sent_messages_total` | counter, `peer` | messages handed to the network |
+//! | `raftkit_elections_total` | counter | elections this node started as a candidate |
+//! | `raftkit_elections_won_total` | counter | elections this node won |
+//! | `raftkit_step_downs_total` | counter | times this node stopped being the leader |
+//! | `raftkit_snapshots_sent_total` | counter, `peer` | snapshot transfers whose last chunk was sent |
+//! | `raftkit_snapshots_received_total` | counter | snapshots received and installed |
+//! | `raftkit_snapshots_refused_total` | counter | received snapshots refused (bad checksum, or the state machine could not restore) |
+//! | `raftkit_replication_lag` | gauge, `peer` | on the leader: its last log index minus the peer's match index (0 elsewhere) |
+//! | `raftkit_term` | gauge | the current term |
+//! | `raftkit_is_leader` | gauge | 1 while this node leads, else 0 |
+//!
+//! The same figures as plain values (commit, applied, match index per peer, …) are in
+//! [`RaftMetrics`], published through [`Raft::metrics`].
+//!
 //! # Example
 //!
 //! ```
@@ -97,6 +138,7 @@ mod raft;
 mod snapshot_store;
 mod startup;
 pub mod store;
+mod telemetry;
 mod traits;
 mod workers;
 

@@ -7,11 +7,13 @@ use std::time::Duration;
 use raftkit_core::{Config, Instant, NodeId, RaftCore, codec};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::driver::{Control, Driver, Proposal, Shared};
 use crate::error::{Fatal, StartError, WriteError};
 use crate::metrics::{NodeState, Observer, RaftMetrics};
 use crate::startup;
+use crate::telemetry::{self, Telemetry};
 use crate::traits::{Inbox, LogStore, Network, StateMachine};
 use crate::workers;
 
@@ -82,11 +84,15 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         config.validate()?;
         let id = config.id;
         let init = startup::initial_state(&log, &mut state_machine).await?;
-        tracing::info!(
-            node = %id, term = %init.hard_state.term, last = %init.last, applied = %init.applied,
-            "starting"
-        );
+        let span = telemetry::node_span(id);
+        span.in_scope(|| {
+            tracing::info!(
+                term = %init.hard_state.term, last = %init.last, applied = %init.applied,
+                "starting"
+            );
+        });
         let core = RaftCore::new(config.clone(), init, Instant::ZERO)?;
+        let telemetry = Telemetry::new(span.clone(), &core);
         let epoch = tokio::time::Instant::now();
 
         let network = Arc::new(network);
@@ -101,30 +107,41 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let (write_tx, write_rx) = mpsc::unbounded_channel();
         let (write_done_tx, write_done_rx) = mpsc::unbounded_channel();
         let write_queued = workers::Queued::default();
-        let writer = tokio::spawn(workers::log_writer(
-            log.clone(),
-            write_rx,
-            write_queued.clone(),
-            write_done_tx,
-        ));
+        let writer = tokio::spawn(
+            workers::log_writer(
+                log.clone(),
+                write_rx,
+                write_queued.clone(),
+                write_done_tx,
+                telemetry.write.clone(),
+            )
+            .instrument(span.clone()),
+        );
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (apply_done_tx, apply_done_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let applier = tokio::spawn(workers::apply_worker(
-            state_machine,
-            log.clone(),
-            config.max_apply_batch,
-            apply_rx,
-            apply_done_tx,
-            events_tx.clone(),
-        ));
+        let applier = tokio::spawn(
+            workers::apply_worker(
+                state_machine,
+                log.clone(),
+                config.max_apply_batch,
+                apply_rx,
+                apply_done_tx,
+                events_tx.clone(),
+            )
+            .instrument(span.clone()),
+        );
         let (snapshot_tx, snapshot_rx) = mpsc::unbounded_channel();
-        let receiver = tokio::spawn(workers::snapshot_receiver(
-            log.clone(),
-            snapshot_rx,
-            apply_tx.clone(),
-            events_tx.clone(),
-        ));
+        let receiver = tokio::spawn(
+            workers::snapshot_receiver(
+                log.clone(),
+                snapshot_rx,
+                apply_tx.clone(),
+                events_tx.clone(),
+                telemetry.snapshots_refused.clone(),
+            )
+            .instrument(span.clone()),
+        );
         let shared = Arc::new(Shared::default());
         shared.register(&writer);
         shared.register(&applier);
@@ -157,8 +174,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             observer,
             last_status: None,
             membership_seen: None,
+            telemetry,
         };
-        let task = tokio::spawn(driver.run());
+        // Every task of the node runs in its span, so each log line says which node it comes
+        // from; the driver's, within it, in the span of its current term and role.
+        let in_state = driver.telemetry.in_state();
+        let task = tokio::spawn(in_state(driver.run()).instrument(span));
         Ok(Raft {
             inner: Arc::new(Inner {
                 id,

@@ -16,9 +16,11 @@ use raftkit_core::{
     SnapshotMeta, WriteId,
 };
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::error::{Fatal, NetworkError, StorageError, StorageErrorKind, WriteError};
 use crate::snapshot_store::{Expected, SnapshotStore, SnapshotWriter};
+use crate::telemetry::{PeerMetrics, WriteMetrics};
 use crate::traits::{ApplyEntry, ApplyPayload, LogStore, Network, SnapshotSource, StateMachine};
 
 /// What the helpers report to the driver, besides writes and applies.
@@ -92,8 +94,9 @@ impl Queued {
 pub(crate) enum WriterOp {
     /// A write from the core.
     Persist(PersistRequest),
-    /// A write the driver started while the writer was idle; finish it and report `id`.
-    Started(WriteId, StoreFuture),
+    /// A write (of so many entries) the driver started while the writer was idle; finish it and
+    /// report `id`.
+    Started(WriteId, usize, StoreFuture),
     /// Purge a prefix covered by a snapshot.
     Purge(LogId),
     /// Replace the log's prefix with an installed snapshot.
@@ -108,6 +111,7 @@ pub(crate) async fn log_writer<L: LogStore>(
     mut rx: mpsc::UnboundedReceiver<WriterOp>,
     queued: Queued,
     done: mpsc::UnboundedSender<Result<(WriteId, usize), StorageError>>,
+    metrics: WriteMetrics,
 ) {
     let mut next: Option<WriterOp> = None;
     loop {
@@ -115,7 +119,10 @@ pub(crate) async fn log_writer<L: LogStore>(
             Some(op) => op,
             None => match rx.recv().await {
                 Some(op) => op,
-                None => return,
+                None => {
+                    tracing::debug!("log writer stopped");
+                    return;
+                }
             },
         };
         let result = match op {
@@ -132,7 +139,11 @@ pub(crate) async fn log_writer<L: LogStore>(
                     }
                 }
                 let (merged, id) = (writes.len(), writes[writes.len() - 1].id);
-                let r = log.write(merge_writes(writes)).await;
+                let write = merge_writes(writes);
+                let entries = write.entries.len();
+                let started = std::time::Instant::now();
+                let r = log.write(write).await;
+                metrics.record(entries, started.elapsed());
                 queued.done(merged);
                 let failed = r.is_err();
                 if done.send(r.map(|()| (id, merged))).is_err() || failed {
@@ -140,8 +151,11 @@ pub(crate) async fn log_writer<L: LogStore>(
                 }
                 continue;
             }
-            WriterOp::Started(id, write) => {
+            WriterOp::Started(id, entries, write) => {
+                // Timed from here: the driver's first poll did not finish it.
+                let started = std::time::Instant::now();
                 let r = write.await;
+                metrics.record(entries, started.elapsed());
                 queued.done(1);
                 let failed = r.is_err();
                 if done.send(r.map(|()| (id, 1))).is_err() || failed {
@@ -204,7 +218,10 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
             Some(j) => j,
             None => match rx.recv().await {
                 Some(j) => j,
-                None => return,
+                None => {
+                    tracing::debug!("apply worker stopped");
+                    return;
+                }
             },
         };
         match job {
@@ -241,15 +258,23 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                     Ok((Some(applied), source)) => {
                         // Written out in its own task: applying goes on meanwhile.
                         let (store, events) = (snapshots.clone(), events.clone());
-                        tokio::spawn(async move {
-                            let r =
-                                write_snapshot(&*store, applied, membership, source, chunk_bytes)
-                                    .await;
-                            let _ = events.send(match r {
-                                Ok(meta) => Event::SnapshotBuilt(meta),
-                                Err(e) => Event::SnapshotBuildFailed(e),
-                            });
-                        });
+                        tokio::spawn(
+                            async move {
+                                let r = write_snapshot(
+                                    &*store,
+                                    applied,
+                                    membership,
+                                    source,
+                                    chunk_bytes,
+                                )
+                                .await;
+                                let _ = events.send(match r {
+                                    Ok(meta) => Event::SnapshotBuilt(meta),
+                                    Err(e) => Event::SnapshotBuildFailed(e),
+                                });
+                            }
+                            .in_current_span(),
+                        );
                     }
                     Ok((None, _)) => {
                         let e = StorageError::new(
@@ -410,6 +435,7 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
     mut rx: mpsc::Receiver<PeerItem>,
     queued: Queued,
     events: mpsc::UnboundedSender<Event>,
+    metrics: PeerMetrics,
 ) {
     let snapshots = log.snapshot_store();
     let mut items = Vec::with_capacity(PEER_BATCH);
@@ -423,6 +449,7 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
                     // Only ever first in line (the driver starts a send only when this task is
                     // idle), but keep the order should anything be ahead of it.
                     if !batch.is_empty() {
+                        metrics.sent(&batch);
                         let earlier = network.send(to, std::mem::take(&mut batch));
                         finish_send(to, send_timeout, earlier, &events).await;
                     }
@@ -435,15 +462,25 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
                 }
                 PeerItem::Snapshot(req) => {
                     match snapshots.read(&req.meta, req.offset, req.len).await {
-                        Ok(data) => batch.push(Message {
-                            term: req.term,
-                            body: MessageBody::InstallSnapshot(InstallSnapshot {
-                                done: req.offset + req.len == req.meta.size,
-                                meta: req.meta,
-                                offset: req.offset,
-                                data,
-                            }),
-                        }),
+                        Ok(data) => {
+                            let done = req.offset + req.len == req.meta.size;
+                            if done {
+                                metrics.snapshots_sent.increment(1);
+                                tracing::info!(
+                                    peer = %to, snapshot = %req.meta.last_log_id,
+                                    size = req.meta.size, "sending a snapshot's last chunk"
+                                );
+                            }
+                            batch.push(Message {
+                                term: req.term,
+                                body: MessageBody::InstallSnapshot(InstallSnapshot {
+                                    done,
+                                    meta: req.meta,
+                                    offset: req.offset,
+                                    data,
+                                }),
+                            });
+                        }
                         Err(e) => {
                             tracing::debug!(peer = %to, error = %e, "cannot read the snapshot being sent");
                             let _ = events.send(Event::SnapshotSendFailed(to));
@@ -453,6 +490,7 @@ pub(crate) async fn peer_sender<N: Network, L: LogStore>(
             }
         }
         if !batch.is_empty() {
+            metrics.sent(&batch);
             finish_send(to, send_timeout, network.send(to, batch), &events).await;
         }
         queued.done(count);
@@ -491,11 +529,12 @@ pub(crate) async fn snapshot_receiver<O: Send + 'static, L: LogStore>(
     mut rx: mpsc::UnboundedReceiver<ReceiveSnapshot>,
     apply: mpsc::UnboundedSender<ApplyJob<O>>,
     events: mpsc::UnboundedSender<Event>,
+    refused: metrics::Counter,
 ) {
     let store = log.snapshot_store();
     let mut current: Option<(SnapshotMeta, Box<dyn SnapshotWriter>)> = None;
     while let Some(r) = rx.recv().await {
-        match receive_chunk(&*store, &mut current, r, &apply, &events).await {
+        match receive_chunk(&*store, &mut current, r, &apply, &events, &refused).await {
             Ok(ev) => {
                 let _ = events.send(ev);
             }
@@ -505,6 +544,7 @@ pub(crate) async fn snapshot_receiver<O: Send + 'static, L: LogStore>(
             }
         }
     }
+    tracing::debug!("snapshot receiver stopped");
 }
 
 async fn receive_chunk<O>(
@@ -513,6 +553,7 @@ async fn receive_chunk<O>(
     r: ReceiveSnapshot,
     apply: &mpsc::UnboundedSender<ApplyJob<O>>,
     events: &mpsc::UnboundedSender<Event>,
+    refused: &metrics::Counter,
 ) -> Result<Event, Fatal> {
     let (from, chunk) = (r.from, r.chunk);
     let meta = chunk.meta.clone();
@@ -549,6 +590,7 @@ async fn receive_chunk<O>(
         Ok(m) => m,
         Err(e) if e.kind() == StorageErrorKind::Corruption => {
             // Damaged in transit or on disk: start the transfer over.
+            refused.increment(1);
             tracing::warn!(%from, snapshot = %meta.last_log_id, error = %e, "received snapshot failed its check");
             return Ok(Event::SnapshotReceived { from, meta, next_offset: 0, installed: false });
         }
@@ -567,6 +609,7 @@ async fn receive_chunk<O>(
         // failed restore leaves the state machine as it was): roll the snapshot back so the
         // node keeps its previous state, and can restart from it, instead of holding a
         // snapshot it can never start from. The leader will offer a snapshot again.
+        refused.increment(1);
         tracing::error!(%from, snapshot = %stored.last_log_id, error = %e, "the state machine refused a received snapshot; keeping the previous state");
         store.discard(&stored).await.map_err(|d| {
             Fatal::StateMachine(
