@@ -443,6 +443,7 @@ impl RaftCore {
     // ----- outputs ----------------------------------------------------------------------------
 
     /// The next thing the driver must do, or `None` when there is nothing until the next input.
+    #[must_use = "every action the core asks for must be carried out"]
     pub fn poll_action(&mut self) -> Option<Action> {
         if self.actions.is_empty() && self.dirty {
             self.dirty = false;
@@ -452,6 +453,7 @@ impl RaftCore {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    #[must_use = "the driver must arm a timer for the returned instant"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.role {
             Role::Leader => Some(if self.cfg.check_quorum {

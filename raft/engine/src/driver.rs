@@ -384,7 +384,6 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                     let waiters = std::mem::replace(&mut self.waiters, rest);
                     self.send_to_applier(ApplyJob::Entries { req, waiters });
                 }
-                _ => tracing::error!("unknown action from the core"),
             }
         }
     }
