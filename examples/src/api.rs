@@ -37,22 +37,22 @@ pub trait Service: Send + Sync + 'static {
 }
 
 /// Serves one node: a follower answers `not_leader` and the client goes to the leader.
-pub struct SingleNode(pub Arc<dyn KvNode>);
+pub struct SingleNode(pub KvNode);
 
 #[async_trait]
 impl Service for SingleNode {
     async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
-        self.0.write(cmd).await
+        self.0.client_write(cmd).await
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        vec![node_status(&*self.0)]
+        vec![node_status(&self.0)]
     }
 }
 
 /// Serves every node of an in-process cluster (the in-memory network) behind one address:
 /// commands go to whichever node leads.
-pub struct LocalCluster(pub Vec<Arc<dyn KvNode>>);
+pub struct LocalCluster(pub Vec<KvNode>);
 
 #[async_trait]
 impl Service for LocalCluster {
@@ -60,8 +60,8 @@ impl Service for LocalCluster {
         let mut last = WriteError::NotLeader { leader: None };
         // Elections take a few hundred milliseconds; wait up to five seconds for a leader.
         for _ in 0..50 {
-            if let Some(node) = self.0.iter().find(|n| n.metrics().role == Role::Leader) {
-                match node.write(cmd.clone()).await {
+            if let Some(node) = self.0.iter().find(|n| n.metrics().borrow().role == Role::Leader) {
+                match node.client_write(cmd.clone()).await {
                     Err(e @ WriteError::NotLeader { .. }) => last = e,
                     other => return other,
                 }
@@ -72,13 +72,13 @@ impl Service for LocalCluster {
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        self.0.iter().map(|n| node_status(&**n)).collect()
+        self.0.iter().map(node_status).collect()
     }
 }
 
 /// A node's status as the protocol reports it.
-pub fn node_status(node: &dyn KvNode) -> NodeStatus {
-    let m = node.metrics();
+pub fn node_status(node: &KvNode) -> NodeStatus {
+    let m = node.metrics().borrow().clone();
     NodeStatus {
         id: m.id.0,
         role: match m.role {

@@ -2,18 +2,16 @@
 //!
 //! `Raft<N, L, S>` is generic, so a program that chooses its adapters from the command line
 //! needs one place that names every combination. [`start_node`] is that place; everything
-//! else talks to the node through the object-safe [`KvNode`] trait.
+//! else talks to the node through its [`RaftHandle`], which names only the state machine.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_trait::async_trait;
-use raftkit::{Config, Fatal, LogStore, Network, NodeId, Raft, RaftMetrics, WriteError};
-use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemNetwork};
+use raftkit::{Config, Network, NodeId, Raft, RaftHandle};
+use raftkit_mem::{MemKv, MemLogStore, MemNetwork};
 use raftkit_quic::QuicNetwork;
 use raftkit_redb::RedbLogStore;
 
@@ -159,43 +157,9 @@ impl NodeLog {
     }
 }
 
-/// A running key-value node, whatever its adapters.
-#[async_trait]
-pub trait KvNode: Send + Sync {
-    /// The node's id.
-    fn id(&self) -> NodeId;
-    /// Its current metrics.
-    fn metrics(&self) -> RaftMetrics;
-    /// Proposes `cmd` and waits for its output (see [`Raft::client_write`]).
-    async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
-    /// Stops gracefully (see [`Raft::shutdown`]).
-    async fn shutdown(&self) -> Result<(), Fatal>;
-    /// Stops at once, as if the process died (see [`Raft::kill`]).
-    async fn kill(&self);
-}
-
-#[async_trait]
-impl<N: Network, L: LogStore> KvNode for Raft<N, L, MemKv> {
-    fn id(&self) -> NodeId {
-        Raft::id(self)
-    }
-
-    fn metrics(&self) -> RaftMetrics {
-        Raft::metrics(self).borrow().clone()
-    }
-
-    async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
-        self.client_write(cmd).await
-    }
-
-    async fn shutdown(&self) -> Result<(), Fatal> {
-        Raft::shutdown(self).await
-    }
-
-    async fn kill(&self) {
-        Raft::kill(self).await
-    }
-}
+/// A running key-value node, whatever its adapters: the engine's handle, typed on the state
+/// machine alone (cheap to clone).
+pub type KvNode = RaftHandle<MemKv>;
 
 /// Starts a node on `network` and `log` with a fresh in-memory key-value state machine, which
 /// the engine rebuilds from the log's snapshot and entries.
@@ -204,25 +168,20 @@ pub async fn start_node(
     network: NodeNetwork,
     log: NodeLog,
     kv: MemKv,
-) -> Result<Arc<dyn KvNode>> {
+) -> Result<KvNode> {
     match network {
         NodeNetwork::Quic(net) => with_log(config, net, log, kv).await,
         NodeNetwork::Mem(net) => with_log(config, net, log, kv).await,
     }
 }
 
-async fn with_log<N: Network>(
-    config: Config,
-    net: N,
-    log: NodeLog,
-    kv: MemKv,
-) -> Result<Arc<dyn KvNode>> {
+async fn with_log<N: Network>(config: Config, net: N, log: NodeLog, kv: MemKv) -> Result<KvNode> {
     let id = config.id;
-    let node: Arc<dyn KvNode> = match log {
-        NodeLog::Redb(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+    let node = match log {
+        NodeLog::Redb(store) => Raft::start(config, net, store, kv).await?.handle(),
         #[cfg(feature = "rocksdb")]
-        NodeLog::Rocksdb(store) => Arc::new(Raft::start(config, net, store, kv).await?),
-        NodeLog::Mem(store) => Arc::new(Raft::start(config, net, store, kv).await?),
+        NodeLog::Rocksdb(store) => Raft::start(config, net, store, kv).await?.handle(),
+        NodeLog::Mem(store) => Raft::start(config, net, store, kv).await?.handle(),
     };
     tracing::info!(node = %id, "started");
     Ok(node)

@@ -133,7 +133,7 @@ pub fn check_api_exposure(api: SocketAddr, tls: bool, insecure: bool) -> Result<
 
 /// A started node (or in-process cluster) and its API server, ready to [`RunningNode::serve`].
 pub struct RunningNode {
-    nodes: Vec<Arc<dyn KvNode>>,
+    nodes: Vec<KvNode>,
     server: ApiServer,
 }
 

@@ -58,7 +58,7 @@ struct Cluster {
 }
 
 struct Slot {
-    node: Option<Arc<dyn KvNode>>,
+    node: Option<KvNode>,
     log: NodeLog,
     kv: MemKv,
 }
@@ -129,7 +129,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn live(&self) -> Vec<Arc<dyn KvNode>> {
+    fn live(&self) -> Vec<KvNode> {
         self.nodes.values().filter_map(|s| s.node.clone()).collect()
     }
 
@@ -138,7 +138,7 @@ impl Cluster {
         let start = Instant::now();
         while start.elapsed() < timeout {
             for node in self.live() {
-                let m = node.metrics();
+                let m = node.metrics().borrow().clone();
                 if m.role == Role::Leader && m.commit.0 > 0 && m.applied >= m.commit {
                     return Ok(node.id());
                 }
@@ -175,18 +175,18 @@ impl Cluster {
 /// Routes commands to the leader, following redirects.
 #[derive(Clone)]
 struct Router {
-    nodes: Arc<Mutex<Vec<Arc<dyn KvNode>>>>,
+    nodes: Arc<Mutex<Vec<KvNode>>>,
 }
 
 impl Router {
-    fn set(&self, nodes: Vec<Arc<dyn KvNode>>) {
+    fn set(&self, nodes: Vec<KvNode>) {
         *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
     }
 
-    fn pick(&self, want: Option<NodeId>) -> Option<Arc<dyn KvNode>> {
+    fn pick(&self, want: Option<NodeId>) -> Option<KvNode> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let by_id = want.and_then(|w| nodes.iter().find(|n| n.id() == w).cloned());
-        by_id.or_else(|| nodes.iter().find(|n| n.metrics().role == Role::Leader).cloned())
+        by_id.or_else(|| nodes.iter().find(|n| n.metrics().borrow().role == Role::Leader).cloned())
     }
 
     /// `Ok(Some(output))`: acknowledged; `Ok(None)`: the outcome is unknown (the node died or
@@ -199,7 +199,7 @@ impl Router {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             };
-            match node.write(cmd.clone()).await {
+            match node.client_write(cmd.clone()).await {
                 Ok(out) => return Ok(Some(out)),
                 Err(WriteError::NotLeader { leader }) => {
                     want = leader;
@@ -366,7 +366,7 @@ async fn demo(args: Args) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let states: Vec<_> = cluster.nodes.values().map(|s| s.kv.state()).collect();
-        let commits: Vec<_> = cluster.live().iter().map(|n| n.metrics().commit).collect();
+        let commits: Vec<_> = cluster.live().iter().map(|n| n.metrics().borrow().commit).collect();
         let settled = commits.windows(2).all(|w| w[0] == w[1]);
         if settled
             && states.windows(2).all(|w| w[0].digest == w[1].digest && w[0].applied == w[1].applied)

@@ -32,6 +32,7 @@ pub(crate) struct Proposal<O> {
 /// Requests from handles other than proposals.
 pub(crate) enum Control {
     Shutdown(oneshot::Sender<()>),
+    #[cfg(feature = "test-util")]
     Pause(Duration),
     TriggerSnapshot(oneshot::Sender<bool>),
 }
@@ -147,6 +148,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 biased;
                 c = self.control.recv() => match c {
                     Some(Control::Shutdown(tx)) => return Exit::Shutdown(Some(tx)),
+                    #[cfg(feature = "test-util")]
                     Some(Control::Pause(d)) => {
                         // Like a process stalled by the OS: nothing is handled meanwhile.
                         tokio::time::sleep(d).await;

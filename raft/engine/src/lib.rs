@@ -104,7 +104,7 @@ pub use error::{
     Fatal, NetworkError, NetworkErrorKind, StartError, StorageError, StorageErrorKind, WriteError,
 };
 pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
-pub use raft::Raft;
+pub use raft::{Raft, RaftHandle};
 pub use snapshot_store::{
     EncodedSnapshot, Expected, FileSnapshotStore, MemSnapshotStore, SnapshotStore, SnapshotWriter,
     decode_snapshot,
