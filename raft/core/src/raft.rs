@@ -106,7 +106,10 @@ pub enum StartError {
 #[non_exhaustive]
 pub enum ProposeError {
     /// Only the leader accepts proposals.
-    #[error("not the leader; the leader is {leader:?}")]
+    #[error("not the leader; {}", match leader {
+        Some(l) => format!("the leader is node {}", l.0),
+        None => "no leader known".to_string(),
+    })]
     NotLeader {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,

@@ -464,7 +464,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             Exit::Shutdown(ack) => (NodeState::Shutdown, WriteError::Shutdown, ack),
             Exit::Failed(f) => {
                 let _ = self.shared.fatal.set(f.clone());
-                (NodeState::Failed(f.to_string()), WriteError::Fatal(f), None)
+                (NodeState::Failed(f.clone()), WriteError::Fatal(f), None)
             }
         };
         tracing::info!(node = %self.core.id(), ?state, "stopping");

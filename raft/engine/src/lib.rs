@@ -101,7 +101,8 @@ mod traits;
 mod workers;
 
 pub use error::{
-    Fatal, NetworkError, NetworkErrorKind, StartError, StorageError, StorageErrorKind, WriteError,
+    Fatal, Inconsistency, NetworkError, NetworkErrorKind, StartError, StorageError,
+    StorageErrorKind, WriteError,
 };
 pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 pub use raft::{Raft, RaftHandle};

@@ -2,7 +2,7 @@
 
 use raftkit_core::{InitialState, LogId, LogIndex};
 
-use crate::error::{StartError, StorageError};
+use crate::error::{Inconsistency, StartError, StorageError};
 use crate::traits::{LogState, LogStore, StateMachine};
 
 /// Reads one entry's id.
@@ -10,10 +10,9 @@ async fn id_at<L: LogStore>(log: &L, index: LogIndex) -> Result<LogId, StartErro
     let entries = log.read(index, index).await.map_err(|e| start_err(e, "reading the log"))?;
     match entries.as_slice() {
         [e] if e.index() == index => Ok(e.log_id),
-        _ => Err(StartError::Inconsistent(format!(
-            "log store returned {} entries for index {index}",
-            entries.len()
-        ))),
+        _ => {
+            Err(StartError::Inconsistent(Inconsistency::BadRead { index, returned: entries.len() }))
+        }
     }
 }
 
@@ -30,9 +29,7 @@ pub(crate) async fn term_runs<L: LogStore>(
 ) -> Result<Vec<LogId>, StartError> {
     let (purged, last) = (state.purged, state.last);
     if last.index < purged.index {
-        return Err(StartError::Inconsistent(format!(
-            "last entry {last} is below the purged id {purged}"
-        )));
+        return Err(StartError::Inconsistent(Inconsistency::LastBelowPurged { last, purged }));
     }
     if last.index == purged.index {
         return Ok(Vec::new());
@@ -40,9 +37,10 @@ pub(crate) async fn term_runs<L: LogStore>(
     let first = id_at(log, purged.index.next()).await?;
     let tail = id_at(log, last.index).await?;
     if tail != last {
-        return Err(StartError::Inconsistent(format!(
-            "the store reports last entry {last} but holds {tail} at that index"
-        )));
+        return Err(StartError::Inconsistent(Inconsistency::LastMismatch {
+            reported: last,
+            held: tail,
+        }));
     }
     let mut runs = vec![first];
     // Ranges (lo, hi) with lo.term < hi.term, explored left to right.
@@ -52,7 +50,10 @@ pub(crate) async fn term_runs<L: LogStore>(
             continue;
         }
         if lo.term > hi.term {
-            return Err(StartError::Inconsistent(format!("term decreases between {lo} and {hi}")));
+            return Err(StartError::Inconsistent(Inconsistency::TermDecreases {
+                earlier: lo,
+                later: hi,
+            }));
         }
         if hi.index.0 == lo.index.0 + 1 {
             runs.push(hi);
@@ -132,9 +133,10 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
         if a.index > state.purged.index && a.index <= state.last.index {
             let in_log = id_at(log, a.index).await?;
             if in_log != a {
-                return Err(StartError::Inconsistent(format!(
-                    "the state machine applied {a} but the log holds {in_log} at that index"
-                )));
+                return Err(StartError::Inconsistent(Inconsistency::AppliedNotInLog {
+                    applied: a,
+                    in_log,
+                }));
             }
         }
     }
