@@ -131,12 +131,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         config: Config,
         network: N,
         log: L,
-        mut state_machine: S,
+        state_machine: S,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let id = config.id;
-        let init = startup::initial_state(&log, &mut state_machine).await?;
+        let (state_machine, init) = startup::initial_state(&log, state_machine).await?;
         tracing::info!(
             node = %id, term = %init.hard_state.term, last = %init.last, applied = %init.applied,
             "starting"

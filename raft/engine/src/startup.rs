@@ -4,6 +4,7 @@ use raftkit_core::{InitialState, LogId, LogIndex};
 
 use crate::error::{Inconsistency, StartError, StorageError};
 use crate::traits::{LogState, LogStore, StateMachine};
+use crate::workers::restore_blocking;
 
 /// Reads one entry's id.
 async fn id_at<L: LogStore>(log: &L, index: LogIndex) -> Result<LogId, StartError> {
@@ -70,10 +71,13 @@ pub(crate) async fn term_runs<L: LogStore>(
 /// Builds the core's initial state. With a snapshot newer than what the state machine has
 /// applied, the state machine is restored from it first; if the log does not hold the
 /// snapshot's last entry (an install was interrupted by a crash), the install is completed.
+///
+/// Takes the state machine and gives it back, since a restore runs it on the blocking pool
+/// ([`restore_blocking`]).
 pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
     log: &L,
-    sm: &mut S,
-) -> Result<InitialState, StartError> {
+    mut sm: S,
+) -> Result<(S, InitialState), StartError> {
     let snapshots = log.snapshot_store();
     let mut applied = sm
         .applied()
@@ -89,7 +93,11 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
         }
         tracing::info!(snapshot = %s, "restoring the state machine from the snapshot");
         let data = snapshots.open(snap).await.map_err(|e| start_err(e, "opening the snapshot"))?;
-        match sm.restore(snap, data).await {
+        let (back, restored) = restore_blocking(sm, snap.clone(), data)
+            .await
+            .map_err(|e| start_err(e, "restoring the snapshot"))?;
+        sm = back;
+        match restored {
             Ok(()) => {
                 applied = Some(s);
                 break snapshot;
@@ -140,12 +148,13 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
             }
         }
     }
-    Ok(InitialState {
+    let init = InitialState {
         hard_state: state.hard_state,
         purged: state.purged,
         term_runs: runs,
         last: state.last,
         applied: applied_index,
         snapshot,
-    })
+    };
+    Ok((sm, init))
 }
