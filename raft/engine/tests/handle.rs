@@ -40,6 +40,10 @@ async fn a_handle_alone_drives_the_node() {
     assert_eq!(put(&other, "k", "v2").await.expect("write"), KvOutput::Prev(Some("v1".into())));
     let applied = node.metrics().borrow().applied;
     assert!(applied.0 >= 3, "the no-op and both writes are applied: {applied}");
+    // The metrics serialize (for a status endpoint) and read back the same.
+    let metrics = node.metrics().borrow().clone();
+    let json = serde_json::to_string(&metrics).unwrap();
+    assert_eq!(serde_json::from_str::<raftkit::RaftMetrics>(&json).unwrap(), metrics, "{json}");
 
     assert!(matches!(node.trigger_snapshot().await, Ok(true)));
     let snap = node.wait_for(Duration::from_secs(10), |m| m.snapshot.is_some()).await;
