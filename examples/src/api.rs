@@ -47,7 +47,7 @@ pub trait Service: Send + Sync + 'static {
 /// in `peer_apis`, and the client goes there.
 pub struct SingleNode {
     /// The node.
-    pub node: Arc<dyn KvNode>,
+    pub node: KvNode,
     /// The API address of each member (from `kv node --peer-apis`; may be empty).
     pub peer_apis: BTreeMap<NodeId, SocketAddr>,
 }
@@ -55,11 +55,11 @@ pub struct SingleNode {
 #[async_trait]
 impl Service for SingleNode {
     async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
-        self.node.write(cmd).await
+        self.node.client_write(cmd).await
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        let mut s = node_status(&*self.node);
+        let mut s = node_status(&self.node);
         s.leader_api = s.leader.and_then(|l| self.api_of(NodeId(l))).map(|a| a.to_string());
         vec![s]
     }
@@ -71,7 +71,7 @@ impl Service for SingleNode {
 
 /// Serves every node of an in-process cluster (the in-memory network) behind one address:
 /// commands go to whichever node leads.
-pub struct LocalCluster(pub Vec<Arc<dyn KvNode>>);
+pub struct LocalCluster(pub Vec<KvNode>);
 
 #[async_trait]
 impl Service for LocalCluster {
@@ -79,8 +79,8 @@ impl Service for LocalCluster {
         let mut last = WriteError::NotLeader { leader: None };
         // Elections take a few hundred milliseconds; wait up to five seconds for a leader.
         for _ in 0..50 {
-            if let Some(node) = self.0.iter().find(|n| n.metrics().role == Role::Leader) {
-                match node.write(cmd.clone()).await {
+            if let Some(node) = self.0.iter().find(|n| n.metrics().borrow().role == Role::Leader) {
+                match node.client_write(cmd.clone()).await {
                     Err(e @ WriteError::NotLeader { .. }) => last = e,
                     other => return other,
                 }
@@ -91,13 +91,13 @@ impl Service for LocalCluster {
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        self.0.iter().map(|n| node_status(&**n)).collect()
+        self.0.iter().map(node_status).collect()
     }
 }
 
 /// A node's status as the protocol reports it.
-pub fn node_status(node: &dyn KvNode) -> NodeStatus {
-    let m = node.metrics();
+pub fn node_status(node: &KvNode) -> NodeStatus {
+    let m = node.metrics().borrow().clone();
     let replication = if m.role == Role::Leader {
         let last = m.last_log.index.0;
         let peers = m.replication.iter().filter(|(id, _)| **id != m.id);

@@ -2,17 +2,15 @@
 //!
 //! `Raft<N, L, S>` is generic, so a program that chooses its adapters from the command line
 //! needs one place that names every combination. [`start_node`] is that place; everything
-//! else talks to the node through the object-safe [`KvNode`] trait.
+//! else talks to the node through its [`RaftHandle`], which names only the state machine.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_trait::async_trait;
-use raftkit::{Config, Fatal, LogIndex, LogStore, Network, NodeId, Raft, RaftMetrics, WriteError};
-use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemNetwork};
+use raftkit::{Config, LogIndex, Network, NodeId, Raft, RaftHandle};
+use raftkit_mem::{MemKv, MemLogStore, MemNetwork};
 use raftkit_quic::QuicNetwork;
 use raftkit_redb::RedbLogStore;
 
@@ -133,55 +131,29 @@ impl NodeLog {
     }
 }
 
-/// A running key-value node, whatever its adapters.
-#[async_trait]
-pub trait KvNode: Send + Sync {
-    /// The node's id.
-    fn id(&self) -> NodeId;
-    /// Its current metrics.
-    fn metrics(&self) -> RaftMetrics;
-    /// The last index applied to its key-value state and the state's digest there (see
-    /// [`raftkit_mem::KvState::digest`]).
-    fn digest(&self) -> (LogIndex, u64);
-    /// Proposes `cmd` and waits for its output (see [`Raft::client_write`]).
-    async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
-    /// Stops gracefully (see [`Raft::shutdown`]).
-    async fn shutdown(&self) -> Result<(), Fatal>;
-    /// Stops at once, as if the process died (see [`Raft::kill`]).
-    async fn kill(&self);
-}
-
-/// A node and a handle on its key-value state (which the node owns; the handle reads it).
-struct KvRaft<N: Network, L: LogStore> {
-    raft: Raft<N, L, MemKv>,
+/// A running key-value node, whatever its adapters: the engine's handle, typed on the state
+/// machine alone (cheap to clone; it dereferences to [`RaftHandle`]), and a read-only view of
+/// the node's key-value state for its digest.
+#[derive(Clone, Debug)]
+pub struct KvNode {
+    handle: RaftHandle<MemKv>,
     kv: MemKv,
 }
 
-#[async_trait]
-impl<N: Network, L: LogStore> KvNode for KvRaft<N, L> {
-    fn id(&self) -> NodeId {
-        self.raft.id()
-    }
+impl std::ops::Deref for KvNode {
+    type Target = RaftHandle<MemKv>;
 
-    fn metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow().clone()
+    fn deref(&self) -> &RaftHandle<MemKv> {
+        &self.handle
     }
+}
 
-    fn digest(&self) -> (LogIndex, u64) {
+impl KvNode {
+    /// The last index applied to its key-value state and the state's digest there (see
+    /// [`raftkit_mem::KvState::digest`]).
+    pub fn digest(&self) -> (LogIndex, u64) {
         let state = self.kv.state();
         (state.applied.map_or(LogIndex(0), |a| a.index), state.digest)
-    }
-
-    async fn write(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
-        self.raft.client_write(cmd).await
-    }
-
-    async fn shutdown(&self) -> Result<(), Fatal> {
-        self.raft.shutdown().await
-    }
-
-    async fn kill(&self) {
-        self.raft.kill().await
     }
 }
 
@@ -192,35 +164,24 @@ pub async fn start_node(
     network: NodeNetwork,
     log: NodeLog,
     kv: MemKv,
-) -> Result<Arc<dyn KvNode>> {
+) -> Result<KvNode> {
     match network {
         NodeNetwork::Quic(net) => with_log(config, net, log, kv).await,
         NodeNetwork::Mem(net) => with_log(config, net, log, kv).await,
     }
 }
 
-async fn with_log<N: Network>(
-    config: Config,
-    net: N,
-    log: NodeLog,
-    kv: MemKv,
-) -> Result<Arc<dyn KvNode>> {
+async fn with_log<N: Network>(config: Config, net: N, log: NodeLog, kv: MemKv) -> Result<KvNode> {
     let id = config.id;
     let sm = kv.clone();
-    let node: Arc<dyn KvNode> = match log {
-        NodeLog::Redb(store) => {
-            Arc::new(KvRaft { raft: Raft::start(config, net, store, sm).await?, kv })
-        }
+    let handle = match log {
+        NodeLog::Redb(store) => Raft::start(config, net, store, sm).await?.handle(),
         #[cfg(feature = "rocksdb")]
-        NodeLog::Rocksdb(store) => {
-            Arc::new(KvRaft { raft: Raft::start(config, net, store, sm).await?, kv })
-        }
-        NodeLog::Mem(store) => {
-            Arc::new(KvRaft { raft: Raft::start(config, net, store, sm).await?, kv })
-        }
+        NodeLog::Rocksdb(store) => Raft::start(config, net, store, sm).await?.handle(),
+        NodeLog::Mem(store) => Raft::start(config, net, store, sm).await?.handle(),
     };
     tracing::info!(node = %id, "started");
-    Ok(node)
+    Ok(KvNode { handle, kv })
 }
 
 /// The engine configuration the examples use: the defaults, plus a snapshot every 10,000

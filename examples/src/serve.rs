@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use raftkit::NodeId;
+use raftkit::{Config, NodeId};
 use raftkit_mem::{MemKv, MemRouter};
 use raftkit_quic::{AddressBook, NodeCerts, QuicConfig, QuicNetwork};
 
@@ -114,6 +114,34 @@ pub struct NodeOptions {
     pub api_tls: bool,
     /// Allow plain, unauthenticated HTTP on an API address that is not loopback.
     pub insecure_api: bool,
+    /// The engine configuration (from `--config`), whose `id` and `members` are replaced by
+    /// each node's id and the ids in `peers`. `None`: [`example_config`].
+    pub raft: Option<Config>,
+}
+
+/// Loads the engine configuration for `kv node --config FILE` (TOML, the fields of
+/// [`Config`]; durations like `"50ms"`), then applies the command line, which overrides the
+/// file: `id` becomes `id` and `members` the ids of `peers`. The result is validated, so a bad
+/// value is reported before anything starts.
+///
+/// # Errors
+/// The file cannot be read, is not valid TOML, names an unknown field or a value of the wrong
+/// type, or the configuration is invalid; each error names the file.
+pub fn load_config(
+    path: &Path,
+    id: NodeId,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration file {}", path.display()))?;
+    let mut config: Config = toml::from_str(&text)
+        .with_context(|| format!("in the configuration file {}", path.display()))?;
+    config.id = id;
+    config.members = peers.keys().copied().collect();
+    config.validate().with_context(|| {
+        format!("in the configuration file {} (with --id and --peers)", path.display())
+    })?;
+    Ok(config)
 }
 
 /// Refuses an API that anyone beyond this machine could use without credentials: plain HTTP is
@@ -136,7 +164,7 @@ pub fn check_api_exposure(api: SocketAddr, tls: bool, insecure: bool) -> Result<
 
 /// A started node (or in-process cluster) and its API server, ready to [`RunningNode::serve`].
 pub struct RunningNode {
-    nodes: Vec<Arc<dyn KvNode>>,
+    nodes: Vec<KvNode>,
     server: ApiServer,
     /// Folds metric samples into histograms between scrapes.
     upkeep: Option<tokio::task::JoinHandle<()>>,
@@ -180,6 +208,15 @@ impl RunningNode {
             }
         };
         let members: Vec<NodeId> = opts.peers.keys().copied().collect();
+        let config_for = |id: NodeId| match &opts.raft {
+            Some(base) => {
+                let mut c = base.clone();
+                c.id = id;
+                c.members.clone_from(&members);
+                c
+            }
+            None => example_config(id, &members),
+        };
         let mut nodes = Vec::new();
         let service: Arc<dyn Service> = match opts.network {
             NetworkKind::Quic => {
@@ -190,7 +227,7 @@ impl RunningNode {
                     QuicNetwork::bind(QuicConfig::new(opts.id, listen, certs).with_addresses(book))
                         .with_context(|| format!("binding the QUIC endpoint on {listen}"))?;
                 let log = NodeLog::open(opts.log, &data_dir, opts.id).await?;
-                let config = example_config(opts.id, &members);
+                let config = config_for(opts.id);
                 let node = start_node(config, NodeNetwork::Quic(net), log, MemKv::new()).await?;
                 nodes.push(node.clone());
                 Arc::new(SingleNode { node, peer_apis: opts.peer_apis.clone() })
@@ -199,7 +236,7 @@ impl RunningNode {
                 let router = MemRouter::new(opts.id.0);
                 for id in &members {
                     let log = NodeLog::open(opts.log, &data_dir, *id).await?;
-                    let config = example_config(*id, &members);
+                    let config = config_for(*id);
                     let net = NodeNetwork::Mem(router.network(*id));
                     nodes.push(start_node(config, net, log, MemKv::new()).await?);
                 }
@@ -243,6 +280,42 @@ impl RunningNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_is_loaded_and_the_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 9\nmembers = [9]\nheartbeat_interval = \"20ms\"\nsnapshot_every = 5\n",
+        )
+        .unwrap();
+        let peers = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
+        let c = load_config(&path, NodeId(2), &peers).unwrap();
+        assert_eq!(c.heartbeat_interval, std::time::Duration::from_millis(20));
+        assert_eq!(c.snapshot_every, 5);
+        assert_eq!((c.id, c.members), (NodeId(2), vec![NodeId(1), NodeId(2)]));
+    }
+
+    #[test]
+    fn a_bad_config_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = parse_peers("1=127.0.0.1:7001").unwrap();
+        let path = dir.path().join("bad.toml");
+        for (text, says) in [
+            ("heartbeat = \"1s\"", "unknown field `heartbeat`"),
+            ("heartbeat_interval = 50", "heartbeat_interval"),
+            ("snapshot_every = ", "TOML"),
+            ("heartbeat_interval = \"1s\"", "election_timeout_min"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = format!("{:#}", load_config(&path, NodeId(1), &peers).unwrap_err());
+            assert!(e.contains("bad.toml") && e.contains(says), "{text:?}: {e}");
+        }
+        let missing = dir.path().join("missing.toml");
+        let e = format!("{:#}", load_config(&missing, NodeId(1), &peers).unwrap_err());
+        assert!(e.contains("missing.toml"), "{e}");
+    }
 
     #[test]
     fn peer_lists_are_validated() {

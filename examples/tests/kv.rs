@@ -692,3 +692,45 @@ fn status_shows_replication_lag_and_state_digests() {
     assert!(leader_line.contains("lag ") && !leader_line.ends_with("lag -"), "{leader_line}");
     node.terminate();
 }
+
+/// `kv node --config FILE` loads the engine configuration: here `snapshot_every = 1`, which
+/// the default (a snapshot every 10,000 entries) would never show after a few writes. A bad
+/// file is refused before anything starts, naming the file and the field.
+#[test]
+fn a_config_file_configures_the_engine_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("node.toml");
+    std::fs::write(&good, "heartbeat_interval = \"50ms\"\nsnapshot_every = 1\n").expect("write");
+    let base = ["--id", "1", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"];
+    let mem = ["--api", "127.0.0.1:0", "--network", "mem", "--log", "mem", "--config"];
+    let args = |file: &Path| -> Vec<String> {
+        let mut v: Vec<String> = base.iter().chain(&mem).map(|s| s.to_string()).collect();
+        v.push(file.display().to_string());
+        v
+    };
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "heartbeat = \"1s\"\n").expect("write");
+    let out = Command::new(KV).arg("node").args(args(&bad)).output().expect("run kv node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad configuration file was accepted");
+    assert!(stderr.contains("bad.toml") && stderr.contains("heartbeat"), "{stderr}");
+
+    let node = NodeProcess::start(&args(&good));
+    let api = [node.api];
+    stdout_of(&api, &["put", "a", "1"]);
+    stdout_of(&api, &["put", "b", "2"]);
+    let snapshotted = |status: &str| {
+        status.lines().any(|l| l.split("snapshot ").nth(1).is_some_and(|s| !s.starts_with('-')))
+    };
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = stdout_of(&api, &["status"]);
+        if snapshotted(&status) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(snapshotted(&status), "snapshot_every = 1 from the file was not used:\n{status}");
+    node.terminate();
+}

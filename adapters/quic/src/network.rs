@@ -22,8 +22,7 @@ use crate::inbound::{self, Delivery};
 use crate::link::{self, Existing, Verdict};
 use crate::stats::{Counters, QuicStats, bump};
 use crate::streams::{
-    ConnInfo, LARGE_PRIORITY, Lane, accept_streams, close_at_expiry, open_stream, read_stream,
-    write_lane, write_large,
+    ConnInfo, Lane, accept_streams, close_at_expiry, read_stream, write_lane, write_large,
 };
 use crate::tls;
 use crate::wire::{self, Budget, FrameError, Header, close};
@@ -292,6 +291,7 @@ impl QuicNetwork {
     /// refused the frame). A refusal is not always visible here, since the transport may
     /// acknowledge bytes before the node reads them; the receiver's [`QuicStats`] always count
     /// it. Connection failures as for [`send`](Network::send).
+    #[cfg(feature = "test-util")]
     pub async fn send_raw_frame(&self, to: NodeId, bytes: &[u8]) -> Result<(), NetworkError> {
         let inner = &self.inner;
         let frame = wire::frame_raw(bytes).ok_or_else(|| {
@@ -301,7 +301,9 @@ impl QuicNetwork {
         let header = inner.header();
         let lost = |e: &dyn std::fmt::Display| unreachable(format!("stream to {to} failed: {e}"));
         let mut stream =
-            open_stream(&conn.info, LARGE_PRIORITY, &header).await.map_err(|e| lost(&e))?;
+            crate::streams::open_stream(&conn.info, crate::streams::LARGE_PRIORITY, &header)
+                .await
+                .map_err(|e| lost(&e))?;
         let refused = |code| {
             NetworkError::new(
                 NetworkErrorKind::InvalidFrame,

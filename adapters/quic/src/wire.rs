@@ -151,7 +151,8 @@ pub(crate) fn encode_frame(msg: &Message) -> Result<Bytes, codec::CodecError> {
     Ok(Bytes::from(buf))
 }
 
-/// Frames arbitrary bytes (for [`QuicNetwork::send_raw_frame`](crate::QuicNetwork)).
+/// Frames arbitrary bytes (for `QuicNetwork::send_raw_frame`).
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn frame_raw(bytes: &[u8]) -> Option<Bytes> {
     let len = u32::try_from(bytes.len()).ok()?;
     let mut buf = Vec::with_capacity(PREFIX_LEN + bytes.len());

@@ -59,7 +59,7 @@ struct Cluster {
 }
 
 struct Slot {
-    node: Option<Arc<dyn KvNode>>,
+    node: Option<KvNode>,
     log: NodeLog,
     kv: MemKv,
 }
@@ -130,7 +130,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn live(&self) -> Vec<Arc<dyn KvNode>> {
+    fn live(&self) -> Vec<KvNode> {
         self.nodes.values().filter_map(|s| s.node.clone()).collect()
     }
 
@@ -139,7 +139,7 @@ impl Cluster {
         let start = Instant::now();
         while start.elapsed() < timeout {
             for node in self.live() {
-                let m = node.metrics();
+                let m = node.metrics().borrow().clone();
                 if m.role == Role::Leader && m.commit.0 > 0 && m.applied >= m.commit {
                     return Ok(node.id());
                 }
@@ -157,7 +157,7 @@ impl Cluster {
         while start.elapsed() < timeout {
             let now = Instant::now();
             for node in self.live() {
-                let m = node.metrics();
+                let m = node.metrics().borrow().clone();
                 if m.role == Role::PreCandidate || m.term > old_term {
                     pre_vote.get_or_insert(now);
                 }
@@ -227,7 +227,7 @@ struct Takeover {
 /// fails a call is left for another one, and a client with nowhere to go backs off.
 #[derive(Clone)]
 struct Router {
-    nodes: Arc<Mutex<Vec<Arc<dyn KvNode>>>>,
+    nodes: Arc<Mutex<Vec<KvNode>>>,
 }
 
 /// How a command ended.
@@ -252,7 +252,7 @@ enum Unknown {
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(200));
 
 impl Router {
-    fn set(&self, nodes: Vec<Arc<dyn KvNode>>) {
+    fn set(&self, nodes: Vec<KvNode>) {
         *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
     }
 
@@ -263,12 +263,14 @@ impl Router {
 
     /// The node to try: `want` if it is known and not `avoid`, else one that believes it leads,
     /// else any other node (which redirects).
-    fn pick(&self, want: Option<NodeId>, avoid: Option<NodeId>) -> Option<Arc<dyn KvNode>> {
+    fn pick(&self, want: Option<NodeId>, avoid: Option<NodeId>) -> Option<KvNode> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let ok = |n: &&Arc<dyn KvNode>| Some(n.id()) != avoid;
+        let ok = |n: &&KvNode| Some(n.id()) != avoid;
         let by_id = want.and_then(|w| nodes.iter().filter(ok).find(|n| n.id() == w).cloned());
         by_id
-            .or_else(|| nodes.iter().filter(ok).find(|n| n.metrics().role == Role::Leader).cloned())
+            .or_else(|| {
+                nodes.iter().filter(ok).find(|n| n.metrics().borrow().role == Role::Leader).cloned()
+            })
             .or_else(|| nodes.iter().find(ok).cloned())
     }
 
@@ -292,7 +294,7 @@ impl Router {
                 continue;
             };
             let id = node.id();
-            match node.write(cmd.clone()).await {
+            match node.client_write(cmd.clone()).await {
                 Ok(out) => return Ok(Outcome::Done(out)),
                 Err(WriteError::NotLeader { leader }) => {
                     // Follow the redirect; without one (an election is running), back off.
@@ -458,7 +460,8 @@ async fn demo(args: Args) -> Result<()> {
 
     tokio::time::sleep(phase).await;
     let leader = cluster.leader(Duration::from_secs(10)).await?;
-    let old_term = cluster.live().iter().map(|n| n.metrics().term).max().unwrap_or_default();
+    let old_term =
+        cluster.live().iter().map(|n| n.metrics().borrow().term).max().unwrap_or_default();
     println!("3. killing the leader {leader} in the middle of the workload");
     // Out of the routing table first, so only calls already on their way reach the dead node.
     router.remove(leader);
@@ -497,7 +500,7 @@ async fn demo(args: Args) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let states: Vec<_> = cluster.nodes.values().map(|s| s.kv.state()).collect();
-        let commits: Vec<_> = cluster.live().iter().map(|n| n.metrics().commit).collect();
+        let commits: Vec<_> = cluster.live().iter().map(|n| n.metrics().borrow().commit).collect();
         let settled = commits.windows(2).all(|w| w[0] == w[1]);
         if settled
             && states.windows(2).all(|w| w[0].digest == w[1].digest && w[0].applied == w[1].applied)
@@ -516,7 +519,7 @@ async fn demo(args: Args) -> Result<()> {
     let total: u64 = t.ops.values().sum();
     let acked = lat.len();
     let mix: Vec<String> = t.ops.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    let applied = cluster.live().iter().map(|n| n.metrics().applied.0).max().unwrap_or(0);
+    let applied = cluster.live().iter().map(|n| n.metrics().borrow().applied.0).max().unwrap_or(0);
     println!(
         "   {total} operations reached a node ({}), {:.0} ops/s over {:.1} s; the cluster \
          applied {applied} log entries (one per operation that took effect, one per new leader)",

@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use raftkit::NodeId;
 use raftkit_examples::client::{ClientError, KvClient};
 use raftkit_examples::node::{LogKind, NetworkKind};
-use raftkit_examples::serve::{NodeOptions, RunningNode, TlsPaths, parse_peers};
+use raftkit_examples::serve::{NodeOptions, RunningNode, TlsPaths, load_config, parse_peers};
 use raftkit_quic::certs::ClientCerts;
 
 #[derive(Parser)]
@@ -156,6 +156,10 @@ struct NodeArgs {
     /// This node's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
+    /// The engine configuration, a TOML file of `raftkit::Config` fields (durations like
+    /// `"50ms"`); --id and --peers override its `id` and `members`. See examples/README.md.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn show(value: &Option<String>) -> String {
@@ -181,6 +185,10 @@ async fn shutdown_signal() {
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {
+    let raft = match &args.config {
+        Some(path) => Some(load_config(path, NodeId(args.id), &args.peers)?),
+        None => None,
+    };
     let opts = NodeOptions {
         id: NodeId(args.id),
         peers: args.peers,
@@ -193,6 +201,7 @@ async fn run_node(args: NodeArgs) -> Result<()> {
         tls: TlsPaths { certs_dir: args.certs_dir, ca: args.ca, cert: args.cert, key: args.key },
         api_tls: args.api_tls,
         insecure_api: args.insecure_api,
+        raft,
     };
     let (network, log) = (opts.network, opts.log);
     let node = RunningNode::start(opts).await?;

@@ -144,8 +144,10 @@ pub struct ReceiveSnapshot {
 }
 
 /// An output of the core, polled with [`RaftCore::poll_action`](crate::RaftCore::poll_action).
+///
+/// Deliberately not `#[non_exhaustive]`: drivers match it exhaustively, so adding an action is
+/// a compile error in every driver, not an output silently dropped by a catch-all arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Action {
     /// Make a write durable, in id order, then report it with `handle_persisted`.
     Persist(PersistRequest),

@@ -3,13 +3,41 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::types::NodeId;
 
 /// The configuration of one node. Protocol options live here, never in cargo features.
 ///
 /// Build one with [`Config::new`] and adjust the public fields; [`Config::validate`] runs when a
 /// node starts and names the field at fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// # In a file
+/// `Config` implements serde, so it can be loaded from TOML (or any serde format). Durations
+/// are human-readable (`heartbeat_interval = "50ms"`, `election_timeout_max = "1s"`); unknown
+/// fields are refused, so a misspelt option is an error, not a silent default. Fields left out
+/// take [`Config::new`]'s defaults, except `id` and `members`, which default to `0` and empty:
+/// set them in the file or afterwards (a program may take them from its command line).
+/// Deserializing does not validate: call [`validate`](Config::validate) after loading for an
+/// early error (starting a node validates again).
+///
+/// ```
+/// # use raftkit_core::{Config, NodeId};
+/// # use std::time::Duration;
+/// let config: Config = toml::from_str(r#"
+///     id = 1
+///     members = [1, 2, 3]
+///     heartbeat_interval = "100ms"
+///     election_timeout_min = "1s"
+///     election_timeout_max = "2s"
+/// "#).unwrap();
+/// config.validate().unwrap();
+/// assert_eq!(config.id, NodeId(1));
+/// assert_eq!(config.heartbeat_interval, Duration::from_millis(100));
+/// assert_eq!(config.snapshot_every, Config::new(NodeId(1), [NodeId(1)]).snapshot_every);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default = "Config::unset", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
     /// This node's id. Must be one of `members`.
@@ -18,13 +46,16 @@ pub struct Config {
     /// the same list.
     pub members: Vec<NodeId>,
     /// How often a leader sends heartbeats.
+    #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// The lower bound of the randomized election timeout. Must exceed `heartbeat_interval`
     /// (a few heartbeats per timeout is typical). With `check_quorum`, it is also how long a
     /// leader may go without hearing from a quorum before it steps down, and how long a follower
     /// ignores vote requests after hearing from a live leader.
+    #[serde(with = "humantime_serde")]
     pub election_timeout_min: Duration,
     /// The upper bound (exclusive) of the randomized election timeout.
+    #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
     /// Run a pre-election before a real one, so a node that cannot win (for example one cut off
     /// by a partition) never raises the cluster's term (Raft thesis §9.6).
@@ -74,6 +105,7 @@ pub struct Config {
     pub seed: u64,
     /// A deliberately broken behaviour to activate on this node (test builds only).
     #[cfg(feature = "mutants")]
+    #[serde(skip)]
     pub mutant: Option<crate::Mutant>,
 }
 
@@ -162,6 +194,12 @@ impl Config {
         }
     }
 
+    /// What a deserialized field left out takes: [`Config::new`]'s defaults, with no id and
+    /// no members.
+    fn unset() -> Config {
+        Config::new(NodeId(0), [])
+    }
+
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive: [(&'static str, bool); 11] = [
@@ -229,6 +267,35 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(ok().validate(), Ok(()));
+    }
+
+    #[test]
+    fn round_trips_through_toml_with_readable_durations() {
+        let mut c = ok();
+        c.heartbeat_interval = Duration::from_millis(75);
+        c.election_timeout_max = Duration::from_secs(2);
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("heartbeat_interval = \"75ms\""), "{text}");
+        assert!(text.contains("election_timeout_max = \"2s\""), "{text}");
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn missing_fields_take_the_defaults_and_unknown_ones_are_refused() {
+        let c: Config = toml::from_str("id = 2\nmembers = [1, 2, 3]\nsnapshot_every = 7").unwrap();
+        let mut want = Config::new(NodeId(2), [NodeId(1), NodeId(2), NodeId(3)]);
+        want.snapshot_every = 7;
+        assert_eq!(c, want);
+
+        let e = toml::from_str::<Config>("id = 1\nmembers = [1]\nheartbeat = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field `heartbeat`"), "{e}");
+        let e = toml::from_str::<Config>("heartbeat_interval = 50").unwrap_err();
+        assert!(e.to_string().contains("heartbeat_interval"), "{e}");
+
+        // Loading does not validate; validate() names the field at fault.
+        let c: Config = toml::from_str("heartbeat_interval = \"1s\"").unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::NoMembers));
     }
 
     #[test]

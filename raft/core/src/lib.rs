@@ -10,11 +10,36 @@
 //!
 //! [`RaftCore`] has four groups of methods (the shape of quinn-proto's `Connection`):
 //!
-//! 1. **Inputs**: `handle_message`, `handle_timeout`, `handle_persisted`, `handle_applied`,
-//!    `handle_unreachable`.
-//! 2. **Commands**: `propose`.
-//! 3. **Outputs**: `poll_action` (until `None`), then `poll_timeout`.
-//! 4. **Getters**: role, term, leader, commit index, last log id, membership.
+//! 1. **Inputs** (`handle_*`): something happened outside the core.
+//!    - `handle_message(now, from, msg)`: a message arrived from a peer.
+//!    - `handle_timeout(now)`: the instant last returned by `poll_timeout` has been reached.
+//!    - `handle_persisted(now, id)`: the [`Action::Persist`] write `id` (and every earlier one)
+//!      is durable.
+//!    - `handle_applied(index)`: the state machine applied every entry up to `index`
+//!      (after [`Action::Apply`]).
+//!    - `handle_unreachable(peer)`: the transport gave up delivering a message to `peer`.
+//!    - `handle_snapshot_built(now, meta)`: the snapshot asked for by
+//!      [`Action::BuildSnapshot`] is stored.
+//!    - `handle_snapshot_failed()`: building that snapshot failed.
+//!    - `handle_snapshot_send_failed(peer)`: the snapshot an [`Action::SendSnapshot`] names
+//!      could not be read (a newer one replaced it).
+//!    - `handle_snapshot_received(now, from, meta, next_offset, installed)`: a chunk from an
+//!      [`Action::ReceiveSnapshot`] was stored (and, when `installed`, the snapshot restored).
+//! 2. **Commands**: `propose`, `propose_batch` (application commands, leader only),
+//!    `campaign` (start an election now), `trigger_snapshot` (build a snapshot now).
+//! 3. **Outputs**: `poll_action` until it returns `None`, then `poll_timeout`. Both are
+//!    `#[must_use]`: every [`Action`] must be carried out, and every input may change the
+//!    next timeout.
+//! 4. **Getters**: role, term, vote, leader, commit and applied indexes, last log id,
+//!    membership, snapshot, match indexes.
+//!
+//! The calling order: after each input or command (one or several), drain `poll_action`,
+//! carrying out each action (asynchronous work reports back later through the input that
+//! [`Action`]'s docs name), then read `poll_timeout` and arm a timer for it. Inputs take the
+//! current `now`, which never goes backwards. Writes complete in id order (`handle_persisted`
+//! acknowledges a write and every earlier one) and `handle_applied` reports a growing index;
+//! the driver may interleave inputs of different kinds freely. A driver matches [`Action`] exhaustively,
+//! so a new action is a compile error in every driver rather than a silently ignored output.
 //!
 //! A driver loop:
 //!
@@ -34,7 +59,13 @@
 //!                 applied.extend(req.entries.unwrap());
 //!                 core.handle_applied(req.last.index);
 //!             }
-//!             _ => {} // single node: nothing to send
+//!             // Single node: nothing to send, and no snapshot policy reached here.
+//!             Action::Send(_)
+//!             | Action::SendFromLog(_)
+//!             | Action::BuildSnapshot
+//!             | Action::PurgeLog(_)
+//!             | Action::SendSnapshot(_)
+//!             | Action::ReceiveSnapshot(_) => {}
 //!         }
 //!     }
 //!     now = core.poll_timeout().unwrap();

@@ -106,7 +106,10 @@ pub enum StartError {
 #[non_exhaustive]
 pub enum ProposeError {
     /// Only the leader accepts proposals.
-    #[error("not the leader; the leader is {leader:?}")]
+    #[error("not the leader; {}", match leader {
+        Some(l) => format!("the leader is node {}", l.0),
+        None => "no leader known".to_string(),
+    })]
     NotLeader {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,
@@ -443,6 +446,7 @@ impl RaftCore {
     // ----- outputs ----------------------------------------------------------------------------
 
     /// The next thing the driver must do, or `None` when there is nothing until the next input.
+    #[must_use = "every action the core asks for must be carried out"]
     pub fn poll_action(&mut self) -> Option<Action> {
         if self.actions.is_empty() && self.dirty {
             self.dirty = false;
@@ -452,6 +456,7 @@ impl RaftCore {
     }
 
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
+    #[must_use = "the driver must arm a timer for the returned instant"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.role {
             Role::Leader => Some(if self.cfg.check_quorum {

@@ -517,6 +517,11 @@ fn batched_proposals_keep_call_order_and_apply_everywhere() {
         let before = sim.core(follower.0).last_log_id();
         let refused = sim.propose_batch(follower.0, &[b"x", b"y"]);
         assert!(matches!(refused, Err(ProposeError::NotLeader { .. })), "{refused:?}");
+        if let Err(ProposeError::NotLeader { leader: Some(l) }) = &refused {
+            // Readable, not Rust debug format (`Some(NodeId(2))`).
+            let want = format!("not the leader; the leader is node {}", l.0);
+            assert_eq!(refused.as_ref().unwrap_err().to_string(), want);
+        }
         assert_eq!(sim.core(follower.0).last_log_id(), before, "a refused batch appended");
 
         let last_before = sim.core(leader.0).last_log_id();

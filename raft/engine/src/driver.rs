@@ -34,6 +34,7 @@ pub(crate) struct Proposal<O> {
 /// Requests from handles other than proposals.
 pub(crate) enum Control {
     Shutdown(oneshot::Sender<()>),
+    #[cfg(feature = "test-util")]
     Pause(Duration),
     TriggerSnapshot(oneshot::Sender<bool>),
 }
@@ -155,6 +156,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 biased;
                 c = self.control.recv() => match c {
                     Some(Control::Shutdown(tx)) => return Exit::Shutdown(Some(tx)),
+                    #[cfg(feature = "test-util")]
                     Some(Control::Pause(d)) => {
                         // Like a process stalled by the OS: nothing is handled meanwhile.
                         tokio::time::sleep(d).await;
@@ -405,7 +407,6 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                     let waiters = std::mem::replace(&mut self.waiters, rest);
                     self.send_to_applier(ApplyJob::Entries { req, waiters });
                 }
-                _ => tracing::error!("unknown action from the core"),
             }
         }
     }
@@ -488,7 +489,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             Exit::Shutdown(ack) => (NodeState::Shutdown, WriteError::Shutdown, ack),
             Exit::Failed(f) => {
                 let _ = self.shared.fatal.set(f.clone());
-                (NodeState::Failed(f.to_string()), WriteError::Fatal(f), None)
+                (NodeState::Failed(f.clone()), WriteError::Fatal(f), None)
             }
         };
         tracing::info!(?state, "stopping");

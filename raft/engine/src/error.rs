@@ -5,12 +5,14 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
-use raftkit_core::{LogId, NodeId};
+use raftkit_core::{LogId, LogIndex, NodeId};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 type Source = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// What kind of storage failure happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StorageErrorKind {
     /// The underlying device or file system failed.
@@ -95,6 +97,76 @@ impl StorageError {
         self.message = format!("{what}: {}", self.message);
         self
     }
+
+    /// Whether the same operation may succeed if tried again later, with nothing repaired:
+    /// only [`Io`](StorageErrorKind::Io) failures (a device or file system that may recover).
+    /// Corrupt or unsupported data, invalid requests, reads outside the log, a poisoned or
+    /// closed store, and unknown failures are not. The engine itself treats every storage
+    /// failure as fatal; this is for code that calls a store directly.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == StorageErrorKind::Io
+    }
+}
+
+/// Two storage errors are equal when they say the same thing: same kind, message and cause
+/// (compared by its text, since a cause is any error type).
+impl PartialEq for StorageError {
+    fn eq(&self, other: &StorageError) -> bool {
+        self.kind == other.kind
+            && self.message == other.message
+            && source_text(&self.source) == source_text(&other.source)
+    }
+}
+
+impl Eq for StorageError {}
+
+/// The serialized form of a [`StorageError`] or [`NetworkError`]: the cause as its text.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorRepr<K> {
+    kind: K,
+    message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+/// A deserialized cause: only its text survives serialization.
+#[derive(Debug)]
+struct CauseText(String);
+
+impl fmt::Display for CauseText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for CauseText {}
+
+fn source_text(source: &Option<Source>) -> Option<String> {
+    source.as_ref().map(ToString::to_string)
+}
+
+fn source_from_text(text: Option<String>) -> Option<Source> {
+    text.map(|t| Arc::new(CauseText(t)) as Source)
+}
+
+/// Serialized as `{ kind, message, source }`, the cause as its text.
+impl Serialize for StorageError {
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        let repr = ErrorRepr {
+            kind: self.kind,
+            message: self.message.clone(),
+            source: source_text(&self.source),
+        };
+        repr.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageError {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StorageError, D::Error> {
+        let r = ErrorRepr::<StorageErrorKind>::deserialize(d)?;
+        Ok(StorageError { kind: r.kind, message: r.message, source: source_from_text(r.source) })
+    }
 }
 
 impl fmt::Display for StorageError {
@@ -114,7 +186,8 @@ impl StdError for StorageError {
 }
 
 /// What kind of network failure happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum NetworkErrorKind {
     /// The peer is unknown, down or cannot be reached.
@@ -180,6 +253,48 @@ impl NetworkError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// Whether trying again later may succeed: [`Unreachable`](NetworkErrorKind::Unreachable),
+    /// [`Timeout`](NetworkErrorKind::Timeout) and [`Io`](NetworkErrorKind::Io) (the peer or the
+    /// path may come back). A failed authentication, an invalid frame, a closed network and
+    /// unknown failures are not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            NetworkErrorKind::Unreachable | NetworkErrorKind::Timeout | NetworkErrorKind::Io
+        )
+    }
+}
+
+/// Equal when they say the same thing (the cause compared by its text), as for
+/// [`StorageError`].
+impl PartialEq for NetworkError {
+    fn eq(&self, other: &NetworkError) -> bool {
+        self.kind == other.kind
+            && self.message == other.message
+            && source_text(&self.source) == source_text(&other.source)
+    }
+}
+
+impl Eq for NetworkError {}
+
+/// Serialized as `{ kind, message, source }`, the cause as its text.
+impl Serialize for NetworkError {
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        let repr = ErrorRepr {
+            kind: self.kind,
+            message: self.message.clone(),
+            source: source_text(&self.source),
+        };
+        repr.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkError {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NetworkError, D::Error> {
+        let r = ErrorRepr::<NetworkErrorKind>::deserialize(d)?;
+        Ok(NetworkError { kind: r.kind, message: r.message, source: source_from_text(r.source) })
+    }
 }
 
 impl fmt::Display for NetworkError {
@@ -200,7 +315,11 @@ impl StdError for NetworkError {
 
 /// Why a node stopped serving for good. Storage failures are fatal: a node that cannot trust its
 /// disk must not vote or acknowledge anything (redb's `PreviousIo`, etcd's "inoperable").
-#[derive(Clone, Debug, thiserror::Error)]
+///
+/// Carried by [`NodeState::Failed`](crate::NodeState::Failed) in the metrics, hence `Clone`,
+/// `Eq` and serde.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Fatal {
     /// The log store failed.
@@ -230,6 +349,61 @@ pub enum Fatal {
     DriverStopped,
 }
 
+impl Fatal {
+    /// Always `false`: a fatal error stops the node for good, and nothing sent to it again
+    /// can succeed. Restart the node (after repairing its storage) instead.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// What is inconsistent in the stored state a node was started on
+/// ([`StartError::Inconsistent`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    /// A read of one index returned another number of entries, or the wrong entry.
+    #[error("a read of index {index} returned {returned} entries, not the one asked for")]
+    BadRead {
+        /// The index read.
+        index: LogIndex,
+        /// How many entries came back (1 if the one entry had another index).
+        returned: usize,
+    },
+    /// The store's last entry is below its purged prefix.
+    #[error("the last entry {last} is below the purged id {purged}")]
+    LastBelowPurged {
+        /// The last entry the store reports.
+        last: LogId,
+        /// The last purged entry it reports.
+        purged: LogId,
+    },
+    /// The store reports one last entry but holds another at that index.
+    #[error("the store reports last entry {reported} but holds {held} at that index")]
+    LastMismatch {
+        /// The last entry the store reports.
+        reported: LogId,
+        /// The entry it holds at that index.
+        held: LogId,
+    },
+    /// Terms decrease along the log.
+    #[error("the term decreases between {earlier} and {later}")]
+    TermDecreases {
+        /// The earlier entry.
+        earlier: LogId,
+        /// A later entry with a lower term.
+        later: LogId,
+    },
+    /// The state machine applied an entry the log does not hold.
+    #[error("the state machine applied {applied} but the log holds {in_log} at that index")]
+    AppliedNotInLog {
+        /// The state machine's last applied entry.
+        applied: LogId,
+        /// The log's entry at that index.
+        in_log: LogId,
+    },
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -240,9 +414,10 @@ pub enum StartError {
     /// Loading state from the log store or state machine failed.
     #[error("cannot load state: {0}")]
     Storage(StorageError),
-    /// The stored state is inconsistent.
+    /// The stored state is inconsistent (the log store and state machine disagree, or the log
+    /// with itself).
     #[error("stored state is inconsistent: {0}")]
-    Inconsistent(String),
+    Inconsistent(Inconsistency),
     /// The protocol core refused the loaded state.
     #[error(transparent)]
     Core(#[from] raftkit_core::StartError),
@@ -251,12 +426,34 @@ pub enum StartError {
     Network(NetworkError),
 }
 
+impl StartError {
+    /// Whether starting again later, with nothing changed, may succeed: storage and network
+    /// failures that are themselves retryable ([`StorageError::is_retryable`],
+    /// [`NetworkError::is_retryable`]). An invalid configuration, inconsistent stored state
+    /// and a state the core refuses are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StartError::Storage(e) => e.is_retryable(),
+            StartError::Network(e) => e.is_retryable(),
+            StartError::Config(_) | StartError::Inconsistent(_) | StartError::Core(_) => false,
+        }
+    }
+}
+
+/// "the leader is node 2" or "no leader known", for [`WriteError::NotLeader`].
+fn leader_text(leader: &Option<NodeId>) -> String {
+    match leader {
+        Some(l) => format!("the leader is node {}", l.0),
+        None => "no leader known".to_string(),
+    }
+}
+
 /// Why a [`client_write`](crate::Raft::client_write) did not produce an output.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
     /// This node is not the leader. Retry on `leader` if known. The command was not appended.
-    #[error("not the leader (leader: {leader:?})")]
+    #[error("not the leader; {}", leader_text(leader))]
     NotLeader {
         /// The leader this node knows of.
         leader: Option<NodeId>,
@@ -286,4 +483,24 @@ pub enum WriteError {
     /// The node stopped because of a fatal error. The command may or may not be applied.
     #[error("the node has failed: {0}")]
     Fatal(Fatal),
+}
+
+impl WriteError {
+    /// Whether the command may be submitted again without risk of applying it twice, with a
+    /// chance of success: [`NotLeader`](WriteError::NotLeader) (it was not appended; retry on
+    /// the leader) and [`Overwritten`](WriteError::Overwritten) (it was never applied).
+    ///
+    /// Not retryable: [`OutcomeUnknown`](WriteError::OutcomeUnknown),
+    /// [`Shutdown`](WriteError::Shutdown) and [`Fatal`](WriteError::Fatal), where the command
+    /// may have been applied (read back first, or make the command idempotent), and
+    /// [`Encode`](WriteError::Encode), which fails the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WriteError::NotLeader { .. } | WriteError::Overwritten { .. } => true,
+            WriteError::OutcomeUnknown { .. }
+            | WriteError::Encode(_)
+            | WriteError::Shutdown
+            | WriteError::Fatal(_) => false,
+        }
+    }
 }

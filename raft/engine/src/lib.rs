@@ -143,10 +143,11 @@ mod traits;
 mod workers;
 
 pub use error::{
-    Fatal, NetworkError, NetworkErrorKind, StartError, StorageError, StorageErrorKind, WriteError,
+    Fatal, Inconsistency, NetworkError, NetworkErrorKind, StartError, StorageError,
+    StorageErrorKind, WriteError,
 };
 pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
-pub use raft::Raft;
+pub use raft::{Raft, RaftHandle};
 pub use snapshot_store::{
     EncodedSnapshot, Expected, FileSnapshotStore, MemSnapshotStore, SnapshotStore, SnapshotWriter,
     decode_snapshot,

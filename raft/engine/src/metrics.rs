@@ -3,21 +3,29 @@
 use std::collections::BTreeMap;
 
 use raftkit_core::{HardState, LogId, LogIndex, NodeId, RaftCore, Role, Term};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Fatal;
 
 /// Whether the node is serving.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum NodeState {
     /// Running normally.
     Running,
     /// Stopped by [`Raft::shutdown`](crate::Raft::shutdown).
     Shutdown,
-    /// Stopped by a fatal error (the message says which).
-    Failed(String),
+    /// Stopped by a fatal error: the error itself, as client writes receive it in
+    /// [`WriteError::Fatal`](crate::WriteError::Fatal).
+    Failed(Fatal),
 }
 
 /// A snapshot of a node's state. Published whenever it changes; read it with
-/// [`Raft::metrics`](crate::Raft::metrics).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// [`Raft::metrics`](crate::Raft::metrics). Serializable (for a status endpoint, say); new
+/// fields may be added, so it is built only by the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RaftMetrics {
     /// This node.
     pub id: NodeId,

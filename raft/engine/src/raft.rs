@@ -23,26 +23,81 @@ const INBOX_CAPACITY: usize = 4096;
 /// A running Raft node: network `N`, log store `L`, state machine `S`.
 ///
 /// `Raft` is a cheap, cloneable handle to one driver task that owns the protocol core; the log
-/// store, the state machine and the network are driven from it. Dropping every handle stops the
-/// node, as does [`shutdown`](Self::shutdown).
+/// store, the state machine and the network are driven from it. Application code that only
+/// submits commands and reads metrics can hold a [`RaftHandle<S>`](RaftHandle) instead (from
+/// [`handle`](Self::handle)), which does not name `N` and `L`. Dropping every `Raft` and every
+/// `RaftHandle` of a node stops it, as does [`shutdown`](Self::shutdown).
 pub struct Raft<N: Network, L: LogStore, S: StateMachine> {
-    inner: Arc<Inner<N, S>>,
+    handle: RaftHandle<S>,
+    network: Arc<N>,
     _log: PhantomData<fn() -> L>,
 }
 
-struct Inner<N, S: StateMachine> {
+/// A running node, typed on its state machine alone: what application code needs to submit
+/// commands, read metrics, take snapshots and stop the node, whatever its network and log
+/// store.
+///
+/// Get one from [`Raft::handle`]. It is cheap to clone (one `Arc`) and holds the same channels
+/// to the driver as the [`Raft`] it came from, so calls through it cost the same: no dynamic
+/// dispatch is added. The node keeps running while any `Raft` or `RaftHandle` of it exists.
+///
+/// ```
+/// # use raftkit::{Config, NodeId, Raft, RaftHandle};
+/// # use raftkit_mem::{KvCommand, MemKv, MemLogStore, MemRouter};
+/// /// Application code: no network or log store type in sight.
+/// async fn put(node: &RaftHandle<MemKv>, key: &str, value: &str) {
+///     let cmd = KvCommand::Put { key: key.into(), value: value.into() };
+///     node.client_write(cmd).await.unwrap();
+/// }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let router = MemRouter::new(1);
+/// let config = Config::new(NodeId(1), [NodeId(1)]);
+/// let raft = Raft::start(config, router.network(NodeId(1)), MemLogStore::new(), MemKv::new())
+///     .await
+///     .unwrap();
+/// let node: RaftHandle<MemKv> = raft.handle();
+/// node.wait_for(std::time::Duration::from_secs(5), |m| m.leader == Some(NodeId(1))).await;
+/// put(&node, "greeting", "hello").await;
+/// node.shutdown().await.unwrap();
+/// # }
+/// ```
+pub struct RaftHandle<S: StateMachine> {
+    inner: Arc<Inner<S>>,
+}
+
+struct Inner<S: StateMachine> {
     id: NodeId,
-    network: Arc<N>,
     proposals: mpsc::Sender<Proposal<S::Output>>,
     control: mpsc::Sender<Control>,
     metrics: watch::Receiver<RaftMetrics>,
     shared: Arc<Shared>,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// Shuts the network down for [`RaftHandle::kill`], which cannot name `N`. Outside the
+    /// driver: the only indirect call is on this test path.
+    #[cfg(feature = "test-util")]
+    stop_network: StopNetwork,
 }
+
+#[cfg(feature = "test-util")]
+type StopNetwork =
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 impl<N: Network, L: LogStore, S: StateMachine> Clone for Raft<N, L, S> {
     fn clone(&self) -> Self {
-        Raft { inner: self.inner.clone(), _log: PhantomData }
+        Raft { handle: self.handle.clone(), network: self.network.clone(), _log: PhantomData }
+    }
+}
+
+impl<S: StateMachine> Clone for RaftHandle<S> {
+    fn clone(&self) -> Self {
+        RaftHandle { inner: self.inner.clone() }
+    }
+}
+
+impl<S: StateMachine> std::fmt::Debug for RaftHandle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftHandle").field("id", &self.inner.id).finish_non_exhaustive()
     }
 }
 
@@ -78,12 +133,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         config: Config,
         network: N,
         log: L,
-        mut state_machine: S,
+        state_machine: S,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let id = config.id;
-        let init = startup::initial_state(&log, &mut state_machine).await?;
+        let (state_machine, init) = startup::initial_state(&log, state_machine).await?;
         let span = telemetry::node_span(id);
         span.in_scope(|| {
             tracing::info!(
@@ -180,28 +235,99 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         // from; the driver's, within it, in the span of its current term and role.
         let in_state = driver.telemetry.in_state();
         let task = tokio::spawn(in_state(driver.run()).instrument(span));
-        Ok(Raft {
+        #[cfg(feature = "test-util")]
+        let stop_network: StopNetwork = {
+            let network = network.clone();
+            Box::new(move || {
+                let network = network.clone();
+                Box::pin(async move { network.shutdown().await })
+            })
+        };
+        let handle = RaftHandle {
             inner: Arc::new(Inner {
                 id,
-                network,
                 proposals: proposals_tx,
                 control: control_tx,
                 metrics: metrics_rx,
                 shared,
                 driver: Mutex::new(Some(task)),
+                #[cfg(feature = "test-util")]
+                stop_network,
             }),
-            _log: PhantomData,
-        })
+        };
+        Ok(Raft { handle, network, _log: PhantomData })
+    }
+
+    /// A handle to this node typed on the state machine alone, for application code that
+    /// should not name the network and log store types. See [`RaftHandle`].
+    pub fn handle(&self) -> RaftHandle<S> {
+        self.handle.clone()
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.inner.id
+        self.handle.id()
     }
 
     /// The network this node uses (for adapter-specific controls).
     pub fn network(&self) -> &N {
-        &self.inner.network
+        &self.network
+    }
+
+    /// Proposes a command and waits until it is committed and applied on this node; see
+    /// [`RaftHandle::client_write`].
+    pub async fn client_write(&self, command: S::Command) -> Result<S::Output, WriteError> {
+        self.handle.client_write(command).await
+    }
+
+    /// A live view of this node's state; see [`RaftHandle::metrics`].
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.handle.metrics()
+    }
+
+    /// Waits until `pred` holds for this node's metrics, or `timeout` passes; see
+    /// [`RaftHandle::wait_for`].
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&RaftMetrics) -> bool,
+    ) -> Option<RaftMetrics> {
+        self.handle.wait_for(timeout, pred).await
+    }
+
+    /// Starts building a snapshot now; see [`RaftHandle::trigger_snapshot`].
+    ///
+    /// # Errors
+    /// The node's fatal error if it failed, [`Fatal::DriverStopped`] if it was shut down.
+    pub async fn trigger_snapshot(&self) -> Result<bool, Fatal> {
+        self.handle.trigger_snapshot().await
+    }
+
+    /// Stops processing for `duration`; see [`RaftHandle::pause`].
+    #[cfg(feature = "test-util")]
+    pub async fn pause(&self, duration: Duration) {
+        self.handle.pause(duration).await
+    }
+
+    /// Stops the node at once, as if its process died; see [`RaftHandle::kill`].
+    #[cfg(feature = "test-util")]
+    pub async fn kill(&self) {
+        self.handle.kill().await
+    }
+
+    /// Stops the node gracefully; see [`RaftHandle::shutdown`].
+    ///
+    /// # Errors
+    /// The fatal error if the node had already failed.
+    pub async fn shutdown(&self) -> Result<(), Fatal> {
+        self.handle.shutdown().await
+    }
+}
+
+impl<S: StateMachine> RaftHandle<S> {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
     }
 
     /// Proposes a command and waits until it is committed and applied on this node, returning
@@ -218,6 +344,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     /// ([`WriteError::OutcomeUnknown`]). A node cut off from the cluster for good never learns
     /// it, so callers that must not wait forever wrap the call in a timeout (dropping the
     /// future is safe; the command may still be applied).
+    ///
+    /// # Errors
+    /// See [`WriteError`]; [`WriteError::is_retryable`] tells which may be retried.
     pub async fn client_write(&self, command: S::Command) -> Result<S::Output, WriteError> {
         let data = codec::encode(&command).map_err(WriteError::Encode)?;
         let (tx, rx) = oneshot::channel();
@@ -272,6 +401,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     /// Stops processing for `duration`, as a process stalled by the OS or a long GC pause would:
     /// no messages, timers, completions or proposals are handled meanwhile (inputs queue up, and
     /// inbound messages beyond the inbox capacity are lost). For fault-injection tests.
+    #[cfg(feature = "test-util")]
     pub async fn pause(&self, duration: Duration) {
         let _ = self.inner.control.send(Control::Pause(duration)).await;
     }
@@ -280,6 +410,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     /// an in-progress log write is abandoned (the store's all-or-nothing guarantee decides what
     /// remains), nothing is drained, and waiting clients get [`WriteError::Shutdown`]. The
     /// network is shut down, as the OS would close the sockets. Metrics stop updating.
+    /// For crash tests and demos.
+    #[cfg(feature = "test-util")]
     pub async fn kill(&self) {
         let tasks =
             std::mem::take(&mut *self.inner.shared.tasks.lock().unwrap_or_else(|p| p.into_inner()));
@@ -290,12 +422,16 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             driver.abort();
             let _ = driver.await;
         }
-        self.inner.network.shutdown().await;
+        (self.inner.stop_network)().await;
     }
 
     /// Stops the node: answers pending writes with [`WriteError::Shutdown`], lets an in-progress
     /// log write finish, drains committed entries into the state machine, and shuts the
     /// network down. Returns the fatal error if the node had already failed.
+    ///
+    /// # Errors
+    /// The fatal error if the node had already failed; [`Fatal::DriverStopped`] if its driver
+    /// task panicked.
     pub async fn shutdown(&self) -> Result<(), Fatal> {
         let (tx, rx) = oneshot::channel();
         if self.inner.control.send(Control::Shutdown(tx)).await.is_ok() {

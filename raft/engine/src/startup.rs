@@ -2,18 +2,18 @@
 
 use raftkit_core::{InitialState, LogId, LogIndex};
 
-use crate::error::{StartError, StorageError};
+use crate::error::{Inconsistency, StartError, StorageError};
 use crate::traits::{LogState, LogStore, StateMachine};
+use crate::workers::restore_blocking;
 
 /// Reads one entry's id.
 async fn id_at<L: LogStore>(log: &L, index: LogIndex) -> Result<LogId, StartError> {
     let entries = log.read(index, index).await.map_err(|e| start_err(e, "reading the log"))?;
     match entries.as_slice() {
         [e] if e.index() == index => Ok(e.log_id),
-        _ => Err(StartError::Inconsistent(format!(
-            "log store returned {} entries for index {index}",
-            entries.len()
-        ))),
+        _ => {
+            Err(StartError::Inconsistent(Inconsistency::BadRead { index, returned: entries.len() }))
+        }
     }
 }
 
@@ -30,9 +30,7 @@ pub(crate) async fn term_runs<L: LogStore>(
 ) -> Result<Vec<LogId>, StartError> {
     let (purged, last) = (state.purged, state.last);
     if last.index < purged.index {
-        return Err(StartError::Inconsistent(format!(
-            "last entry {last} is below the purged id {purged}"
-        )));
+        return Err(StartError::Inconsistent(Inconsistency::LastBelowPurged { last, purged }));
     }
     if last.index == purged.index {
         return Ok(Vec::new());
@@ -40,9 +38,10 @@ pub(crate) async fn term_runs<L: LogStore>(
     let first = id_at(log, purged.index.next()).await?;
     let tail = id_at(log, last.index).await?;
     if tail != last {
-        return Err(StartError::Inconsistent(format!(
-            "the store reports last entry {last} but holds {tail} at that index"
-        )));
+        return Err(StartError::Inconsistent(Inconsistency::LastMismatch {
+            reported: last,
+            held: tail,
+        }));
     }
     let mut runs = vec![first];
     // Ranges (lo, hi) with lo.term < hi.term, explored left to right.
@@ -52,7 +51,10 @@ pub(crate) async fn term_runs<L: LogStore>(
             continue;
         }
         if lo.term > hi.term {
-            return Err(StartError::Inconsistent(format!("term decreases between {lo} and {hi}")));
+            return Err(StartError::Inconsistent(Inconsistency::TermDecreases {
+                earlier: lo,
+                later: hi,
+            }));
         }
         if hi.index.0 == lo.index.0 + 1 {
             runs.push(hi);
@@ -69,10 +71,13 @@ pub(crate) async fn term_runs<L: LogStore>(
 /// Builds the core's initial state. With a snapshot newer than what the state machine has
 /// applied, the state machine is restored from it first; if the log does not hold the
 /// snapshot's last entry (an install was interrupted by a crash), the install is completed.
+///
+/// Takes the state machine and gives it back, since a restore runs it on the blocking pool
+/// ([`restore_blocking`]).
 pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
     log: &L,
-    sm: &mut S,
-) -> Result<InitialState, StartError> {
+    mut sm: S,
+) -> Result<(S, InitialState), StartError> {
     let snapshots = log.snapshot_store();
     let mut applied = sm
         .applied()
@@ -88,7 +93,11 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
         }
         tracing::info!(snapshot = %s, "restoring the state machine from the snapshot");
         let data = snapshots.open(snap).await.map_err(|e| start_err(e, "opening the snapshot"))?;
-        match sm.restore(snap, data).await {
+        let (back, restored) = restore_blocking(sm, snap.clone(), data)
+            .await
+            .map_err(|e| start_err(e, "restoring the snapshot"))?;
+        sm = back;
+        match restored {
             Ok(()) => {
                 applied = Some(s);
                 break snapshot;
@@ -132,18 +141,20 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
         if a.index > state.purged.index && a.index <= state.last.index {
             let in_log = id_at(log, a.index).await?;
             if in_log != a {
-                return Err(StartError::Inconsistent(format!(
-                    "the state machine applied {a} but the log holds {in_log} at that index"
-                )));
+                return Err(StartError::Inconsistent(Inconsistency::AppliedNotInLog {
+                    applied: a,
+                    in_log,
+                }));
             }
         }
     }
-    Ok(InitialState {
+    let init = InitialState {
         hard_state: state.hard_state,
         purged: state.purged,
         term_runs: runs,
         last: state.last,
         applied: applied_index,
         snapshot,
-    })
+    };
+    Ok((sm, init))
 }

@@ -253,6 +253,10 @@ pub trait StateMachine: Send + 'static {
     /// Replaces the whole state with a snapshot's, read from `data` (which fails with an error
     /// if the snapshot is damaged). Afterwards `applied` reports `meta.last_log_id`.
     ///
+    /// `data` is a blocking reader (often a file). The engine therefore runs this method on
+    /// Tokio's blocking pool, driving its future there, so reading `data` (and any other
+    /// blocking work here) never holds a runtime worker; the future may still await.
+    ///
     /// # Correctness
     /// Atomic for a durable state machine: a crash midway leaves the old state (with its
     /// applied id) or the new one, never a mix.

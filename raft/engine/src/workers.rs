@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -290,15 +291,55 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                 }
             }
             ApplyJob::Restore { meta, reply } => {
-                let r = async {
-                    let data = snapshots.open(&meta).await?;
-                    sm.restore(&meta, data).await
+                let data = match snapshots.open(&meta).await {
+                    Ok(data) => data,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                };
+                match restore_blocking(sm, meta, data).await {
+                    Ok((back, r)) => {
+                        sm = back;
+                        let _ = reply.send(r);
+                    }
+                    Err(e) => {
+                        // The state machine panicked and is gone with its thread.
+                        let _ = done.send(Err(Fatal::StateMachine(e)));
+                        return;
+                    }
                 }
-                .await;
-                let _ = reply.send(r);
             }
         }
     }
+}
+
+/// Runs [`StateMachine::restore`] on Tokio's blocking pool: it reads the snapshot through a
+/// synchronous `Read` (a file, typically), which must not hold a runtime worker — on a
+/// current-thread runtime that would stop every other task, heartbeats included, for the
+/// whole restore. The state machine moves to the blocking thread and back; the restore
+/// future is driven there with `Handle::block_on`, so it may still await.
+///
+/// # Errors
+/// Only if the restore panicked; the state machine is lost with it.
+pub(crate) async fn restore_blocking<S: StateMachine>(
+    mut sm: S,
+    meta: SnapshotMeta,
+    data: Box<dyn Read + Send>,
+) -> Result<(S, Result<(), StorageError>), StorageError> {
+    let runtime = tokio::runtime::Handle::current();
+    let last = meta.last_log_id;
+    tokio::task::spawn_blocking(move || {
+        let r = runtime.block_on(sm.restore(&meta, data));
+        (sm, r)
+    })
+    .await
+    .map_err(|e| {
+        StorageError::new(
+            StorageErrorKind::Other,
+            format!("restoring the snapshot at {last} failed: {e}"),
+        )
+    })
 }
 
 /// Streams a state machine snapshot into the snapshot store.

@@ -93,7 +93,14 @@ async fn a_storage_error_is_fatal_and_reported() {
     assert!(matches!(err, WriteError::Fatal(Fatal::LogStore(_))), "{err}");
     let m =
         node.wait_for(Duration::from_secs(1), |m| matches!(m.state, NodeState::Failed(_))).await;
-    assert!(m.is_some(), "metrics must report the failure");
+    // The metrics carry the error itself, not its text.
+    match m.expect("metrics must report the failure").state {
+        NodeState::Failed(Fatal::LogStore(e)) => {
+            assert_eq!(e.kind(), StorageErrorKind::Io);
+            assert!(e.is_retryable(), "an I/O error may pass");
+        }
+        other => panic!("expected the fatal storage error in the metrics, got {other:?}"),
+    }
     // Every later call reports the same failure.
     let err = node.client_write(KvCommand::put("c", "3")).await.unwrap_err();
     match err {

@@ -719,7 +719,6 @@ impl Sim {
                         self.check_applied(id, e);
                     }
                 }
-                _ => panic!("unexpected action"),
             }
         }
         self.check_node(id);
