@@ -1,6 +1,7 @@
 //! The SIGKILL suite for durable log stores ([`sigkill_suite!`](crate::sigkill_suite)).
 //!
-//! The test binary re-executes itself as a child process that opens the store in a directory
+//! The suite is one test. It re-executes its own test binary, on that same test, as a child process
+//! (told apart by its environment) that opens the store in a directory
 //! and writes continuously — appends, conflicting-suffix replacements, hard states, purges —
 //! announcing each operation before it starts (`BEGIN`) and after it is acknowledged (`ACK`).
 //! The parent kills the child with SIGKILL at a seeded random moment (sometimes while it is
@@ -126,10 +127,24 @@ async fn load_model<S: LogStore>(s: &S) -> Result<LogModel, StorageError> {
     Ok(m)
 }
 
-/// The child process's entry point. In a normal test run (no child environment) it returns at
-/// once: the test exists so the parent can re-execute the binary with `--exact` on it.
-pub fn child_entry<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(open: F) {
-    let (Ok(dir), Ok(seed)) = (std::env::var(ENV_DIR), std::env::var(ENV_SEED)) else { return };
+/// The SIGKILL suite, as [`sigkill_suite!`](crate::sigkill_suite)'s one test calls it; `test` is
+/// that test's full libtest name. In a child process (the parent re-executes the test binary on
+/// `test` with the child's environment set) this is the child's write loop, which exits the
+/// process and never returns; otherwise it is the [`parent`].
+pub fn run<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(test: &str, open: F) {
+    match (std::env::var(ENV_DIR), std::env::var(ENV_SEED)) {
+        (Ok(dir), Ok(seed)) => child(&dir, &seed, open),
+        _ => parent(test, open),
+    }
+}
+
+/// The child process: writes until killed. Exits the process (never returning to the test
+/// harness, which would otherwise report a passed test of its own).
+fn child<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(
+    dir: &str,
+    seed: &str,
+    open: F,
+) -> ! {
     let seed: u64 = seed.parse().expect("numeric seed");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -137,7 +152,7 @@ pub fn child_entry<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(open: F
         .build()
         .expect("runtime");
     let result: Result<(), String> = rt.block_on(async {
-        let store = open(Path::new(&dir)).map_err(|e| format!("open: {e}"))?;
+        let store = open(Path::new(dir)).map_err(|e| format!("open: {e}"))?;
         let mut model = load_model(&store).await.map_err(|e| format!("load: {e}"))?;
         let mut out = std::io::stdout().lock();
         let say = |out: &mut std::io::StdoutLock<'_>, line: String| -> Result<(), String> {
@@ -171,7 +186,8 @@ pub fn child_entry<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(open: F
 
 /// The parent: runs `kills` children (default 50, or `RAFTKIT_KILLS`), killing each at a
 /// random moment drawn from `RAFTKIT_SEED` (default 1), and checks the store after each kill.
-/// `child_test` is the full libtest name of the test calling [`child_entry`].
+/// `child_test` is the full libtest name of the test calling [`run`], which the children
+/// re-execute.
 pub fn parent<S: LogStore, F: Fn(&Path) -> Result<S, StorageError>>(child_test: &str, open: F) {
     let kills: u64 = std::env::var("RAFTKIT_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let seed = crate::seed_from_env().unwrap_or(1);
@@ -359,24 +375,19 @@ pub async fn read_all<S: LogStore>(s: &S) -> Result<Vec<Entry>, StorageError> {
 }
 
 /// Expands to the SIGKILL suite for a durable store: `$open` is a `Fn(&Path) -> Result<Store,
-/// StorageError>` that opens (or creates) the store in a directory. Two tests: the child entry
-/// point (a no-op in a normal run) and the parent that kills children and checks the store.
+/// StorageError>` that opens (or creates) the store in a directory. One test: the parent, which
+/// kills children and checks the store; the children are that same test re-executed with the
+/// child environment set (see [`run`](crate::crash::run)), so no test stands in the list only
+/// as their entry point.
 #[macro_export]
 macro_rules! sigkill_suite {
     ($open:expr) => {
-        /// The child process of `sigkill_loses_nothing_acknowledged`; does nothing when run as
-        /// an ordinary test.
-        #[test]
-        fn sigkill_child_process() {
-            $crate::crash::child_entry($open);
-        }
-
         #[test]
         fn sigkill_loses_nothing_acknowledged() {
-            let full = concat!(module_path!(), "::sigkill_child_process");
+            let full = concat!(module_path!(), "::sigkill_loses_nothing_acknowledged");
             // libtest names tests without the crate name.
             let name = full.split_once("::").map_or(full, |(_, rest)| rest);
-            $crate::crash::parent(name, $open);
+            $crate::crash::run(name, $open);
         }
     };
 }

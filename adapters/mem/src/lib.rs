@@ -6,8 +6,8 @@
 //! - [`MemLogStore`]: a correct log store in memory; the reference the durable stores are
 //!   checked against. Clones share data, so a node can be "restarted" on its store.
 //! - [`MemKv`]: a key-value state machine (put, get, delete, compare-and-swap).
-//! - [`harness`]: their testkit harnesses, for pairing any adapter with in-memory halves in the
-//!   conformance suites.
+//! - `harness` (with the `harness` feature, for tests): their testkit harnesses, for pairing
+//!   any adapter with in-memory halves in the conformance suites.
 //!
 //! ```
 //! use raftkit::{Config, NodeId, Raft};
@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+#[cfg(feature = "harness")]
 pub mod harness;
 mod kv;
 mod log_store;

@@ -103,7 +103,8 @@ pub struct Config {
     /// Seed of the core's PRNG (election jitter). Mixed with `id`, so nodes sharing a seed still
     /// draw different timeouts. The same seed and inputs replay the same run.
     pub seed: u64,
-    /// A deliberately broken behaviour to activate on this node (test builds only).
+    /// A deliberately broken behaviour to activate on this node. Exists only with the `mutants`
+    /// feature, which is for raftkit's own mutant tests and which no normal build enables.
     #[cfg(feature = "mutants")]
     #[serde(skip)]
     pub mutant: Option<crate::Mutant>,

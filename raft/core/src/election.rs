@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
 use crate::progress::Progress;
 use crate::quorum::VoteResult;
-use crate::raft::{Mutant, RaftCore, Ungated};
+use crate::raft::{RaftCore, Ungated};
 use crate::time::Instant;
 use crate::types::{Entry, LogId, NodeId, Role, Term};
 
@@ -48,7 +48,8 @@ impl RaftCore {
                     let reply = Message { term: self.term, body: MessageBody::HeartbeatResponse };
                     self.send_after_term_durable(from, reply);
                 }
-                MessageBody::VoteResponse(vr) if self.mutant(Mutant::CountStaleTermVotes) => {
+                #[cfg(feature = "mutants")]
+                MessageBody::VoteResponse(vr) if mutant!(self, CountStaleTermVotes) => {
                     let vr = vr.clone();
                     self.handle_vote_response(now, from, msg.term, vr);
                 }
@@ -180,10 +181,12 @@ impl RaftCore {
     /// Becomes a follower in `term`. A higher term clears the vote; the same term keeps it
     /// (forgetting it would allow a second vote in this term).
     pub(crate) fn become_follower(&mut self, now: Instant, term: Term, leader: Option<NodeId>) {
+        #[cfg(feature = "mutants")]
+        if term <= self.term && mutant!(self, ForgetVoteOnSameTermStepDown) {
+            self.vote = None;
+        }
         if term > self.term {
             self.term = term;
-            self.vote = None;
-        } else if self.mutant(Mutant::ForgetVoteOnSameTermStepDown) {
             self.vote = None;
         }
         self.role = if self.membership.is_voter(self.id) { Role::Follower } else { Role::Learner };
@@ -289,7 +292,8 @@ impl RaftCore {
         let body =
             MessageBody::VoteResponse(VoteResponse { pre_vote: rv.pre_vote, granted: grant });
         let msg = Message { term: reply_term, body };
-        if grant && !rv.pre_vote && self.mutant(Mutant::GrantVoteBeforePersist) {
+        #[cfg(feature = "mutants")]
+        if grant && !rv.pre_vote && mutant!(self, GrantVoteBeforePersist) {
             self.send_unsafe_mutant(from, msg);
             return;
         }
@@ -304,7 +308,7 @@ impl RaftCore {
             _ => return,
         };
         // A pre-vote rejection arrives in the responder's (our) term; grants in the asked one.
-        let stale_ok = self.mutant(Mutant::CountStaleTermVotes) && term < expected;
+        let stale_ok = mutant!(self, CountStaleTermVotes) && term < expected;
         if term != expected && !(vr.pre_vote && !vr.granted && term == self.term) && !stale_ok {
             return;
         }

@@ -95,6 +95,21 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+/// Whether the named mutant (a `Mutant` variant) is active on this core. Without the `mutants`
+/// feature this is the literal `false`: the variant is never named and no mutant code is compiled.
+#[cfg(feature = "mutants")]
+macro_rules! mutant {
+    ($core:expr, $m:ident) => {
+        $core.cfg.mutant == Some(crate::Mutant::$m)
+    };
+}
+#[cfg(not(feature = "mutants"))]
+macro_rules! mutant {
+    ($core:expr, $m:ident) => {
+        false
+    };
+}
+
 mod action;
 pub mod codec;
 mod config;

@@ -1,14 +1,30 @@
 //! Deliberately broken behaviours, for proving that the testkit catches classic Raft bugs.
 //!
-//! Compiled only with the `mutants` cargo feature, which only test builds turn on (the testkit's
-//! own tests and the adapters' test suites); even then a mutant is inactive unless a node's
-//! [`Config::mutant`](crate::Config::mutant) names it. A normal build has neither the feature nor
-//! this type.
+//! Compiled only with the `mutants` cargo feature, which no crate of the workspace turns on: only
+//! the mutant tests (`mutants/`, a crate outside the workspace, run by `scripts/test-all`) and the
+//! fuzz crate's `mutants` feature do. Without it neither this type, nor
+//! [`Config::mutant`](crate::Config::mutant), nor any mutant branch of the protocol is compiled.
+//! Even with it, a mutant is inactive unless a node's `Config::mutant` names it.
 
-/// A classic Raft bug that can be re-introduced into one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum Mutant {
+/// Declares [`Mutant`] and its [`Mutant::ALL`] from one list, so the catalogue cannot drift.
+macro_rules! catalogue {
+    ($($(#[doc = $doc:literal])+ $name:ident,)+) => {
+        /// A classic Raft bug that can be re-introduced into one node.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum Mutant {
+            $($(#[doc = $doc])+ $name,)+
+        }
+
+        impl Mutant {
+            /// Every mutant in the catalogue, in declaration order.
+            pub const ALL: &'static [Mutant] = &[$(Mutant::$name),+];
+
+        }
+    };
+}
+
+catalogue! {
     /// Commit an entry of an earlier term by counting replicas (Raft Figure 8; pitfall P1).
     CommitPreviousTermByCounting,
     /// Send a vote grant before the vote is durable (pitfall P9).
@@ -27,18 +43,4 @@ pub enum Mutant {
     /// Install a snapshot from the leader without checking that it is newer than what the node
     /// already has.
     InstallStaleSnapshot,
-}
-
-impl Mutant {
-    /// Every mutant in the catalogue.
-    pub const ALL: [Mutant; 8] = [
-        Mutant::CommitPreviousTermByCounting,
-        Mutant::GrantVoteBeforePersist,
-        Mutant::AckAppendBeforePersist,
-        Mutant::ForgetVoteOnSameTermStepDown,
-        Mutant::CountStaleTermVotes,
-        Mutant::SkipLogConsistencyCheck,
-        Mutant::TruncateMatchingSuffix,
-        Mutant::InstallStaleSnapshot,
-    ];
 }

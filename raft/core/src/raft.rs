@@ -17,24 +17,6 @@ use crate::types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, SnapshotMeta, Term,
 };
 
-/// Without the `mutants` feature, a stand-in with the same variant names so mutant checks
-/// type-check everywhere and always answer `false`.
-#[cfg(not(feature = "mutants"))]
-#[derive(Clone, Copy)]
-#[allow(dead_code)]
-pub(crate) enum Mutant {
-    CommitPreviousTermByCounting,
-    GrantVoteBeforePersist,
-    AckAppendBeforePersist,
-    ForgetVoteOnSameTermStepDown,
-    CountStaleTermVotes,
-    SkipLogConsistencyCheck,
-    TruncateMatchingSuffix,
-    InstallStaleSnapshot,
-}
-#[cfg(feature = "mutants")]
-pub(crate) use crate::Mutant;
-
 /// What a node loaded from its storage when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InitialState {
@@ -560,19 +542,6 @@ impl RaftCore {
 
     // ----- shared machinery -------------------------------------------------------------------
 
-    /// Whether the named mutant is active on this node. Without the `mutants` feature this is
-    /// a constant `false` and the branches it guards compile away.
-    #[cfg(feature = "mutants")]
-    pub(crate) fn mutant(&self, m: crate::Mutant) -> bool {
-        self.cfg.mutant == Some(m)
-    }
-
-    #[cfg(not(feature = "mutants"))]
-    #[inline(always)]
-    pub(crate) fn mutant(&self, _m: Mutant) -> bool {
-        false
-    }
-
     pub(crate) fn hard_state(&self) -> HardState {
         HardState { term: self.term, vote: self.vote, commit: self.commit }
     }
@@ -609,6 +578,7 @@ impl RaftCore {
     }
 
     /// Emits a message at once, bypassing the persist gate: only mutants do this.
+    #[cfg(feature = "mutants")]
     pub(crate) fn send_unsafe_mutant(&mut self, to: NodeId, message: Message) {
         self.actions.push_back(Action::Send(Outgoing { to, message }));
     }

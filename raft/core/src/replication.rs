@@ -4,7 +4,7 @@
 use crate::action::{Action, SendFromLog};
 use crate::message::{AppendEntries, AppendResponse, Heartbeat, Message, MessageBody};
 use crate::progress::ProgressState;
-use crate::raft::{Mutant, RaftCore, Ungated};
+use crate::raft::{RaftCore, Ungated};
 use crate::time::Instant;
 use crate::types::{LogId, LogIndex, NodeId};
 
@@ -175,7 +175,7 @@ impl RaftCore {
         });
         let current_term = self.log.term_at(quorum_index) == Some(self.term);
         if quorum_index > self.commit
-            && (current_term || self.mutant(Mutant::CommitPreviousTermByCounting))
+            && (current_term || mutant!(self, CommitPreviousTermByCounting))
         {
             tracing::trace!(node = %self.id, from = %self.commit, to = %quorum_index, "commit");
             self.commit = quorum_index;
@@ -203,8 +203,8 @@ impl RaftCore {
             ae.prev_log_id = ae.entries[skip - 1].log_id;
             ae.entries.drain(..skip);
         }
-        let skip_check = self.mutant(Mutant::SkipLogConsistencyCheck)
-            && ae.prev_log_id.index <= self.log.last().index;
+        let skip_check =
+            mutant!(self, SkipLogConsistencyCheck) && ae.prev_log_id.index <= self.log.last().index;
         if !self.log.has(ae.prev_log_id) && !skip_check {
             let hint = self.log.find_conflict_by_term(ae.prev_log_id.index, ae.prev_log_id.term);
             tracing::debug!(node = %self.id, %from, prev = %ae.prev_log_id, %hint, "rejecting append");
@@ -216,9 +216,8 @@ impl RaftCore {
             return;
         }
         let last_new = ae.prev_log_id.index.plus(ae.entries.len() as u64);
-        if self.mutant(Mutant::TruncateMatchingSuffix)
-            && ae.prev_log_id.index < self.log.last().index
-        {
+        #[cfg(feature = "mutants")]
+        if mutant!(self, TruncateMatchingSuffix) && ae.prev_log_id.index < self.log.last().index {
             self.truncate_local(ae.prev_log_id.index.next());
         }
         // The first entry our log does not already have decides where ours ends and theirs
@@ -246,7 +245,8 @@ impl RaftCore {
     fn ack(&mut self, to: NodeId, match_index: LogIndex) {
         let body = MessageBody::AppendResponse(AppendResponse::Success { match_index });
         let msg = Message { term: self.term, body };
-        if self.mutant(Mutant::AckAppendBeforePersist) {
+        #[cfg(feature = "mutants")]
+        if mutant!(self, AckAppendBeforePersist) {
             self.send_unsafe_mutant(to, msg);
             return;
         }

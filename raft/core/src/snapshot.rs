@@ -4,7 +4,7 @@
 use crate::action::{Action, ReceiveSnapshot, SendSnapshot};
 use crate::message::{InstallSnapshot, Message, MessageBody, SnapshotResponse};
 use crate::progress::ProgressState;
-use crate::raft::{Mutant, RaftCore};
+use crate::raft::RaftCore;
 use crate::time::Instant;
 use crate::types::{LogId, LogIndex, NodeId, Role, SnapshotMeta};
 
@@ -225,7 +225,7 @@ impl RaftCore {
             return;
         }
         let have = self.commit.max(self.snapshot_index());
-        if s.index <= have && !self.mutant(Mutant::InstallStaleSnapshot) {
+        if s.index <= have && !mutant!(self, InstallStaleSnapshot) {
             // Everything the snapshot covers is already committed here: nothing to install.
             self.reply_snapshot(
                 from,

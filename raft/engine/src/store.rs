@@ -29,7 +29,9 @@ pub fn seal<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
 }
 
 /// Checks and decodes a record made by [`seal`]. A wrong checksum, a short record or an
-/// undecodable body is a [`StorageErrorKind::Corruption`] error naming `what`.
+/// undecodable body is a [`StorageErrorKind::Corruption`] error naming `what`. An intact record
+/// (its checksum holds) in a codec version this build does not read — written by another version
+/// of raftkit — is a [`StorageErrorKind::Unsupported`] error naming `what` and the version.
 pub fn unseal<T: DeserializeOwned>(
     record: &[u8],
     what: &dyn std::fmt::Display,
@@ -47,7 +49,12 @@ pub fn unseal<T: DeserializeOwned>(
             "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
         )));
     }
-    codec::decode(body).map_err(|e| corrupt(format!("undecodable record: {e}")))
+    codec::decode(body).map_err(|e| match e {
+        codec::CodecError::Version { .. } => {
+            StorageError::new(StorageErrorKind::Unsupported, format!("{what}: {e}"))
+        }
+        e => corrupt(format!("undecodable record: {e}")),
+    })
 }
 
 fn invalid(msg: String) -> StorageError {
@@ -497,6 +504,19 @@ mod tests {
             unseal::<Entry>(&rec[..3], &"e").unwrap_err().kind(),
             StorageErrorKind::Corruption
         );
+    }
+
+    #[test]
+    fn an_intact_record_in_an_unknown_codec_version_is_unsupported() {
+        let mut rec = seal(&LogId::new(3, 9)).unwrap();
+        rec[4] = codec::VERSION + 1;
+        let crc = crc32fast::hash(&rec[4..]);
+        rec[..4].copy_from_slice(&crc.to_le_bytes());
+        let err = unseal::<LogId>(&rec, &"the purged id").unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Unsupported, "{err}");
+        let version = format!("version {}", codec::VERSION + 1);
+        assert!(err.to_string().contains(&version), "the error names the version: {err}");
+        assert!(err.to_string().contains("the purged id"), "and the record: {err}");
     }
 
     #[test]

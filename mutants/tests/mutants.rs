@@ -1,7 +1,7 @@
 //! Proves that the cluster suite catches classic Raft bugs: each mutant of the catalogue
-//! (`raftkit::Mutant`, compiled only into test builds) is switched on in every node, and the
-//! suite must report a violation within a fixed budget of seeds. Each test prints how many seeds
-//! it took and which invariant caught the bug.
+//! (`raftkit::Mutant`, compiled only in this crate, outside the main workspace) is switched on in
+//! every node, and the suite must report a violation within a fixed budget of seeds. Each test
+//! prints how many seeds it took and which invariant caught the bug.
 
 #![allow(clippy::print_stderr)]
 
@@ -55,7 +55,7 @@ macro_rules! mutant_tests {
         #[test]
         fn every_mutant_is_hunted() {
             let hunted = [$(Mutant::$m),*];
-            for m in Mutant::ALL {
+            for &m in Mutant::ALL {
                 assert!(hunted.contains(&m), "{m:?} has no test");
             }
         }
