@@ -132,6 +132,7 @@ pub fn node_status(node: &KvNode) -> NodeStatus {
         voters: m.voters.iter().map(|v| v.0).collect(),
         replication,
         error,
+        last_error: m.last_error.clone(),
         digest: Some(StateDigest { applied: applied.0, digest: format!("{digest:016x}") }),
     }
 }

@@ -109,6 +109,9 @@ pub struct NodeStatus {
     /// Why the node stopped serving, if it failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// The most recent error the node recovered from (a peer it could not reach, say).
+    #[serde(default)]
+    pub last_error: Option<String>,
     /// A digest of the key-value state: two nodes that applied the same index and show the
     /// same digest applied the same sequence of entries.
     #[serde(default)]

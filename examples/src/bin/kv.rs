@@ -60,6 +60,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup: the size of the node's options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Runs a node (with `--network mem`: the whole cluster, in this process).
@@ -268,8 +270,11 @@ async fn run(cli: Cli) -> Result<()> {
                                 .map(|p| format!("{}:{}", p.id, p.lag))
                                 .collect();
                             let lag = if lag.is_empty() { "-".into() } else { lag.join(",") };
-                            let failed =
-                                n.error.map_or(String::new(), |e| format!("  FAILED: {e}"));
+                            let failed = match (n.error, n.last_error) {
+                                (Some(e), _) => format!("  FAILED: {e}"),
+                                (None, Some(e)) => format!("  last error: {e}"),
+                                (None, None) => String::new(),
+                            };
                             println!(
                                 "{addr}  node {}  {:<13} term {:<4} leader {:<4} commit {:<8} applied {:<8} last log {:<8} snapshot {:<8} digest {digest}  lag {lag}{failed}",
                                 n.id,

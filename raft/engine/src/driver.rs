@@ -112,6 +112,8 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) membership_seen: Option<raftkit_core::Membership>,
     /// The node's span and metric handles.
     pub(crate) telemetry: Telemetry,
+    /// The most recent error the node recovered from, for [`RaftMetrics::last_error`].
+    pub(crate) last_error: Option<String>,
 }
 
 enum Exit {
@@ -290,10 +292,14 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     fn on_event(&mut self, ev: Event) {
         let now = self.now();
         match ev {
-            Event::Unreachable(peer) => self.core.handle_unreachable(peer),
+            Event::Unreachable(peer, why) => {
+                self.last_error = Some(format!("sending to node {peer}: {why}"));
+                self.core.handle_unreachable(peer)
+            }
             Event::SnapshotBuilt(meta) => self.core.handle_snapshot_built(now, meta),
             Event::SnapshotBuildFailed(e) => {
                 if matches!(e.kind(), crate::StorageErrorKind::InvalidInput) {
+                    self.last_error = Some(format!("building a snapshot: {e}"));
                     self.core.handle_snapshot_failed();
                 } else {
                     self.fail(Fatal::LogStore(e.context("storing a snapshot")));
@@ -480,8 +486,15 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         if voters_changed {
             self.membership_seen = Some(self.core.membership().clone());
         }
-        let core = &self.core;
-        self.metrics.send_if_modified(|m| m.refresh(core, &state, voters_changed));
+        let (core, last_error) = (&self.core, &self.last_error);
+        self.metrics.send_if_modified(|m| {
+            let mut changed = m.refresh(core, &state, voters_changed);
+            if m.last_error != *last_error {
+                m.last_error.clone_from(last_error);
+                changed = true;
+            }
+            changed
+        });
     }
 
     async fn finish(mut self, exit: Exit) {
@@ -554,7 +567,7 @@ fn flush_outbox<N: Network>(
         Some(Ok(())) => {}
         Some(Err(e)) => {
             tracing::debug!(peer = %to, error = %e, "send failed");
-            let _ = events.send(Event::Unreachable(to));
+            let _ = events.send(Event::Unreachable(to, e.to_string()));
         }
         None => enqueue(to, link, PeerItem::Started(send)),
     }

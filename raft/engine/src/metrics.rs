@@ -53,6 +53,11 @@ pub struct RaftMetrics {
     pub replication: BTreeMap<NodeId, LogIndex>,
     /// The voters of the current configuration.
     pub voters: Vec<NodeId>,
+    /// The most recent error this node recovered from (a send to a peer that failed or timed
+    /// out, a snapshot it could not store), with what it concerned; `None` until there is one.
+    /// An error that stopped the node is in `state` instead.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// A node's protocol state after one turn of its driver, for [`Observer`]s. Cheap to copy.
@@ -182,6 +187,7 @@ impl RaftMetrics {
             snapshot: core.snapshot().map(|s| s.last_log_id),
             replication: core.match_indexes(),
             voters: core.membership().voters().into_iter().collect(),
+            last_error: None,
         }
     }
 }

@@ -230,6 +230,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             last_status: None,
             membership_seen: None,
             telemetry,
+            last_error: None,
         };
         // Every task of the node runs in its span, so each log line says which node it comes
         // from; the driver's, within it, in the span of its current term and role.

@@ -35,7 +35,8 @@ pub(crate) enum Event {
     /// The snapshot being sent to a peer can no longer be read.
     SnapshotSendFailed(NodeId),
     /// A peer could not be reached.
-    Unreachable(NodeId),
+    /// A send to a peer failed or timed out (with why).
+    Unreachable(NodeId, String),
     /// The snapshot receiver asks for the log's prefix to be replaced by an installed snapshot
     /// (the driver queues it for the log writer, in order with its own writes).
     InstallLog(LogId, oneshot::Sender<Result<(), StorageError>>),
@@ -549,11 +550,11 @@ async fn finish_send(
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(peer = %to, error = %e, "send failed");
-            let _ = events.send(Event::Unreachable(to));
+            let _ = events.send(Event::Unreachable(to, e.to_string()));
         }
         Err(_) => {
             tracing::debug!(peer = %to, "send timed out");
-            let _ = events.send(Event::Unreachable(to));
+            let _ = events.send(Event::Unreachable(to, format!("timed out after {timeout:?}")));
         }
     }
 }

@@ -183,3 +183,28 @@ async fn a_hung_peer_does_not_stall_the_others() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A leader that cannot reach a follower says so in its metrics (`last_error`, naming the peer
+/// and why), without failing: the error is one the node recovers from.
+#[tokio::test(start_paused = true)]
+async fn metrics_show_the_last_error_the_node_recovered_from() {
+    let c = common::Cluster::start(3, 21).await;
+    let leader = c.leader().await;
+    assert_eq!(c.node(leader).unwrap().metrics().borrow().last_error, None);
+    let gone = c.members.iter().copied().find(|id| *id != leader).unwrap();
+    c.kill(gone).await;
+    c.write(KvCommand::put("k", "v")).await;
+    let node = c.node(leader).unwrap();
+    let mut last = None;
+    for _ in 0..100 {
+        last = node.metrics().borrow().last_error.clone();
+        if last.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = last.expect("the leader's metrics name no error after a follower went away");
+    assert!(last.contains(&format!("node {gone}")), "{last}");
+    assert_eq!(node.metrics().borrow().state, raftkit::NodeState::Running);
+    c.shutdown().await;
+}
