@@ -1,15 +1,15 @@
 //! Guards the per-trait log-store suite against stores that lose what Raft needs: each fixture
 //! here is a store with one planted defect, and a named case of `log_store_suite!` must fail on
-//! it (while the same store without the defect passes that case). The catalogue starts with the
-//! hard-state defects that used to pass every case.
+//! it (while the same store without the defect passes that case). Every defect here used to pass
+//! every case of the suite.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use raftkit::{
-    Entry, HardState, LogId, LogIndex, LogState, LogStore, LogWrite, MemSnapshotStore,
-    SnapshotStore, StorageError,
+    Entry, EntryPayload, HardState, LogId, LogIndex, LogState, LogStore, LogWrite,
+    MemSnapshotStore, SnapshotStore, StorageError,
 };
 use raftkit_testkit::LogStoreHarness;
 use raftkit_testkit::log_store::{self as suite, LogModel, block_on};
@@ -24,6 +24,12 @@ enum Defect {
     /// The hard state is made durable only when term or vote change, so a write that changes
     /// only the commit index is lost on reopen.
     CommitOnlyWithTermOrVote,
+    /// A read of more than 4,000 entries skips one.
+    SkipsOneInLongReads,
+    /// Entries above index 65,535 come back with a byte changed.
+    DamagesEntriesAbove65535,
+    /// A write of more than 256 entries keeps only the first 256.
+    KeepsOnly256OfALargeWrite,
 }
 
 /// A store kept in memory with a separate "disk": every write is applied to both (durable at
@@ -62,24 +68,44 @@ impl LogStore for ModelStore {
     async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
         let mut g = self.inner.lock().unwrap();
         let before: HardState = g.1.hard_state;
+        let mut write = write;
+        if self.defect == Defect::KeepsOnly256OfALargeWrite {
+            write.entries.truncate(256);
+        }
         g.0.write(&write).map_err(err)?;
         g.1.write(&write).map_err(err)?;
         if let Some(hs) = write.hard_state {
             match self.defect {
-                Defect::None => {}
                 Defect::ForgetsVoteOnReopen => g.1.hard_state.vote = None,
-                Defect::CommitOnlyWithTermOrVote => {
-                    if (hs.term, hs.vote) == (before.term, before.vote) {
-                        g.1.hard_state = before;
-                    }
+                Defect::CommitOnlyWithTermOrVote
+                    if (hs.term, hs.vote) == (before.term, before.vote) =>
+                {
+                    g.1.hard_state = before;
                 }
+                _ => {}
             }
         }
         Ok(())
     }
 
     async fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        self.inner.lock().unwrap().0.read(first, last).map_err(err)
+        let mut out = self.inner.lock().unwrap().0.read(first, last).map_err(err)?;
+        match self.defect {
+            Defect::SkipsOneInLongReads if out.len() > 4_000 => {
+                out.remove(out.len() / 2);
+            }
+            Defect::DamagesEntriesAbove65535 => {
+                for e in out.iter_mut().filter(|e| e.log_id.index.0 > 65_535) {
+                    if let EntryPayload::Normal(data) = &e.payload {
+                        let mut bytes = data.to_vec();
+                        bytes[0] ^= 0x20;
+                        e.payload = EntryPayload::Normal(bytes.into());
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(out)
     }
 
     async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
@@ -137,4 +163,28 @@ fn a_store_that_keeps_commit_only_with_term_or_vote_fails_hard_state_save_and_lo
     assert!(fails(Defect::CommitOnlyWithTermOrVote, |h| block_on(
         suite::hard_state_save_and_load(h)
     )));
+}
+
+#[test]
+fn the_control_store_passes_the_long_read_case() {
+    assert!(!fails(Defect::None, |h| block_on(suite::long_reads_at_high_indexes(h))));
+}
+
+#[test]
+fn a_store_that_skips_an_entry_in_long_reads_fails_long_reads_at_high_indexes() {
+    assert!(fails(Defect::SkipsOneInLongReads, |h| block_on(suite::long_reads_at_high_indexes(h))));
+}
+
+#[test]
+fn a_store_that_damages_entries_above_65535_fails_long_reads_at_high_indexes() {
+    assert!(fails(Defect::DamagesEntriesAbove65535, |h| {
+        block_on(suite::long_reads_at_high_indexes(h))
+    }));
+}
+
+#[test]
+fn a_store_that_keeps_part_of_a_large_write_fails_long_reads_at_high_indexes() {
+    assert!(fails(Defect::KeepsOnly256OfALargeWrite, |h| {
+        block_on(suite::long_reads_at_high_indexes(h))
+    }));
 }
