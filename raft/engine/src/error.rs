@@ -108,18 +108,6 @@ impl StorageError {
     }
 }
 
-/// Two storage errors are equal when they say the same thing: same kind, message and cause
-/// (compared by its text, since a cause is any error type).
-impl PartialEq for StorageError {
-    fn eq(&self, other: &StorageError) -> bool {
-        self.kind == other.kind
-            && self.message == other.message
-            && source_text(&self.source) == source_text(&other.source)
-    }
-}
-
-impl Eq for StorageError {}
-
 /// The serialized form of a [`StorageError`] or [`NetworkError`]: the cause as its text.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,24 +138,43 @@ fn source_from_text(text: Option<String>) -> Option<Source> {
     text.map(|t| Arc::new(CauseText(t)) as Source)
 }
 
-/// Serialized as `{ kind, message, source }`, the cause as its text.
-impl Serialize for StorageError {
-    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let repr = ErrorRepr {
-            kind: self.kind,
-            message: self.message.clone(),
-            source: source_text(&self.source),
-        };
-        repr.serialize(s)
-    }
+/// Equality and serde for an error made of a kind, a message and an optional cause: two errors
+/// are equal when they say the same thing (the cause compared by its text, since a cause is any
+/// error type), and they serialize as `{ kind, message, source }`, the cause as its text.
+macro_rules! kind_message_source {
+    ($error:ident, $kind:ident) => {
+        impl PartialEq for $error {
+            fn eq(&self, other: &$error) -> bool {
+                self.kind == other.kind
+                    && self.message == other.message
+                    && source_text(&self.source) == source_text(&other.source)
+            }
+        }
+
+        impl Eq for $error {}
+
+        impl Serialize for $error {
+            fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+                let repr = ErrorRepr {
+                    kind: self.kind,
+                    message: self.message.clone(),
+                    source: source_text(&self.source),
+                };
+                repr.serialize(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $error {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$error, D::Error> {
+                let r = ErrorRepr::<$kind>::deserialize(d)?;
+                Ok($error { kind: r.kind, message: r.message, source: source_from_text(r.source) })
+            }
+        }
+    };
 }
 
-impl<'de> Deserialize<'de> for StorageError {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StorageError, D::Error> {
-        let r = ErrorRepr::<StorageErrorKind>::deserialize(d)?;
-        Ok(StorageError { kind: r.kind, message: r.message, source: source_from_text(r.source) })
-    }
-}
+kind_message_source!(StorageError, StorageErrorKind);
+kind_message_source!(NetworkError, NetworkErrorKind);
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -263,37 +270,6 @@ impl NetworkError {
             self.kind,
             NetworkErrorKind::Unreachable | NetworkErrorKind::Timeout | NetworkErrorKind::Io
         )
-    }
-}
-
-/// Equal when they say the same thing (the cause compared by its text), as for
-/// [`StorageError`].
-impl PartialEq for NetworkError {
-    fn eq(&self, other: &NetworkError) -> bool {
-        self.kind == other.kind
-            && self.message == other.message
-            && source_text(&self.source) == source_text(&other.source)
-    }
-}
-
-impl Eq for NetworkError {}
-
-/// Serialized as `{ kind, message, source }`, the cause as its text.
-impl Serialize for NetworkError {
-    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let repr = ErrorRepr {
-            kind: self.kind,
-            message: self.message.clone(),
-            source: source_text(&self.source),
-        };
-        repr.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for NetworkError {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NetworkError, D::Error> {
-        let r = ErrorRepr::<NetworkErrorKind>::deserialize(d)?;
-        Ok(NetworkError { kind: r.kind, message: r.message, source: source_from_text(r.source) })
     }
 }
 
