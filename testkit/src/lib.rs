@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod crash;
+pub mod fs;
 mod harness;
 pub mod kv;
 pub mod linearizability;
@@ -30,7 +31,7 @@ pub mod network;
 pub mod rng;
 pub mod state_machine;
 
-pub use harness::{DurableView, LogStoreHarness, NetworkHarness, StateMachineHarness};
+pub use harness::{CrashModel, DurableView, LogStoreHarness, NetworkHarness, StateMachineHarness};
 pub use kv::Fnv;
 
 /// The seed given in `RAFTKIT_SEED`, if any. Every randomized test of the kit uses it to replay

@@ -133,6 +133,10 @@ impl LogStoreHarness for Harness {
     type Store = ModelStore;
     type Guard = ();
 
+    fn crash_model(&self) -> raftkit_testkit::CrashModel {
+        raftkit_testkit::CrashModel::CleanReopenOnly
+    }
+
     async fn build(&self) -> (ModelStore, ()) {
         (ModelStore::new(self.0), ())
     }

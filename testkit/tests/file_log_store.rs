@@ -198,6 +198,10 @@ impl LogStoreHarness for FileHarness {
     type Store = FileLogStore;
     type Guard = tempfile::TempDir;
 
+    fn crash_model(&self) -> raftkit_testkit::CrashModel {
+        raftkit_testkit::CrashModel::CleanReopenOnly
+    }
+
     async fn build(&self) -> (FileLogStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         (FileLogStore::open(dir.path()).expect("open"), dir)

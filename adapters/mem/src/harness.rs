@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raftkit::{HardState, LogId, LogIndex, NetworkError, NodeId, StateMachine, Term};
-use raftkit_testkit::{DurableView, LogStoreHarness, NetworkHarness, StateMachineHarness};
+use raftkit_testkit::{
+    CrashModel, DurableView, LogStoreHarness, NetworkHarness, StateMachineHarness,
+};
 
 use crate::{KvCommand, MemKv, MemLogStore, MemNetwork, MemRouter};
 
@@ -92,6 +94,10 @@ impl DurableView for Durable {
 impl LogStoreHarness for MemStoreHarness {
     type Store = MemLogStore;
     type Guard = ();
+
+    fn crash_model(&self) -> CrashModel {
+        CrashModel::Simulated("each write becomes durable after sync_delay; a crash drops the rest")
+    }
 
     async fn build(&self) -> (MemLogStore, ()) {
         (MemLogStore::with_sync_delay(self.sync_delay), ())

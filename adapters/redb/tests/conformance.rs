@@ -36,6 +36,10 @@ impl LogStoreHarness for RedbHarness {
     type Store = RedbLogStore;
     type Guard = tempfile::TempDir;
 
+    fn crash_model(&self) -> raftkit_testkit::CrashModel {
+        raftkit_testkit::CrashModel::ProcessKill
+    }
+
     async fn build(&self) -> (RedbLogStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         (RedbLogStore::open(file(&dir)).expect("open"), dir)

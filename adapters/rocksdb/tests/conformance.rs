@@ -20,6 +20,10 @@ impl LogStoreHarness for RocksHarness {
     type Store = RocksLogStore;
     type Guard = tempfile::TempDir;
 
+    fn crash_model(&self) -> raftkit_testkit::CrashModel {
+        raftkit_testkit::CrashModel::ProcessKill
+    }
+
     async fn build(&self) -> (RocksLogStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         (RocksLogStore::open(dir_of(&dir)).expect("open"), dir)

@@ -133,6 +133,7 @@ pub struct ReadmeDoctests;
 
 mod driver;
 mod error;
+pub mod fs;
 mod metrics;
 mod raft;
 mod snapshot_store;
