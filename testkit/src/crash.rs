@@ -116,7 +116,7 @@ fn next_op(rng: &mut Rng, m: &LogModel) -> Op {
     }
 }
 
-async fn load_model<S: LogStore>(s: &S) -> Result<LogModel, StorageError> {
+pub(crate) async fn load_model<S: LogStore>(s: &S) -> Result<LogModel, StorageError> {
     let st = s.load().await?;
     let mut m = LogModel { hard_state: st.hard_state, purged: st.purged, ..LogModel::default() };
     if st.last.index > st.purged.index {

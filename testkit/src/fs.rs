@@ -232,6 +232,12 @@ impl SimFs {
         d.faults.insert(at, fault);
     }
 
+    /// Draws the outcome of later crashes from `seed` (suites reseed before each crash, so a
+    /// failure replays from its printed seed).
+    pub fn reseed(&self, seed: u64) {
+        self.lock().rng = Rng::new(seed);
+    }
+
     /// Removes every pending fault.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();

@@ -30,6 +30,7 @@ pub mod log_store;
 pub mod network;
 pub mod rng;
 pub mod state_machine;
+mod store_crash;
 
 pub use harness::{CrashModel, DurableView, LogStoreHarness, NetworkHarness, StateMachineHarness};
 pub use kv::Fnv;

@@ -15,6 +15,10 @@ use raftkit::{
 
 use crate::harness::LogStoreHarness;
 use crate::seed_from_env;
+pub use crate::store_crash::{
+    crash_keeps_every_acknowledged_write, crash_mid_write_keeps_all_or_nothing,
+    io_faults_poison_writes_and_reopen_is_valid, snapshots_survive_crashes,
+};
 
 /// Runs an async case on a fresh two-thread runtime (real time, IO enabled), so concurrent
 /// cases really run in parallel.
@@ -400,46 +404,56 @@ pub async fn many_small_entries<H: LogStoreHarness>(h: &H) {
     }
 }
 
-/// Long reads, large batches and high indexes: after a snapshot installed at index 60,000, a
-/// batch of 10,000 entries and another of 2,000 (indexes crossing 65,536) are read back whole in
-/// one call, in windows, and after a reopen, entry for entry; then the same near the largest
-/// index and term the protocol allows. Stores that misbehave only past small sizes (a long read
-/// that skips an entry, an entry damaged above some index, a large write kept in part) fail it.
-/// On a store that fsyncs every entry separately it costs 12,000 fsyncs.
+/// Long reads, large batches and high indexes: after a snapshot installed at index 62,000,
+/// seven batches of 10,000 entries (indexes crossing 65,536 and 131,072) are read back whole
+/// in one call of 70,000 entries, in windows, and after a reopen, entry for entry; then the
+/// same near the largest index and term the protocol allows. Stores that misbehave only past
+/// small sizes (a long read that skips an entry, an entry damaged above some index, a large
+/// write kept in part) fail it. On a store that fsyncs every entry separately it costs 70,000
+/// fsyncs (minutes); stores that commit a batch with one fsync take a few seconds.
 pub async fn long_reads_at_high_indexes<H: LogStoreHarness>(h: &H) {
     let (s, g) = h.build().await;
-    let base = 60_000u64;
+    let base = 62_000u64;
+    let total = 70_000u64;
     s.install_snapshot(LogId::new(1, base)).await.expect("install at a high index");
-    write(&s, append(entries(2, base + 1..=base + 10_000))).await;
-    write(&s, append(entries(2, base + 10_001..=base + 12_000))).await;
+    for start in (base + 1..=base + total).step_by(10_000) {
+        write(&s, append(entries(2, start..=start + 9_999))).await;
+    }
     let check = |got: Vec<Entry>, first: u64, last: u64, when: &str| {
         let want = entries(2, first..=last);
-        assert_eq!(
+        assert!(
+            got.len() == want.len(),
+            "{when}: the store returned {} entries for {first}..={last}; the model has {}",
             got.len(),
-            want.len(),
-            "{when}: the store returned {} entries for {first}..={last}",
-            got.len()
+            want.len()
         );
         for (g, w) in got.iter().zip(&want) {
-            assert_eq!(
-                g, w,
-                "{when}: the store returned the entry on the left at index {}, it was given the one on the right",
+            assert!(
+                g == w,
+                "{when}: at index {} the store returned {g:?}; the model (what was written) \
+                 has {w:?}",
                 w.log_id.index
             );
         }
     };
     let check_all = |s: H::Store, round: &'static str| async move {
         let st = s.load().await.unwrap();
-        assert_eq!(
-            (st.purged, st.last),
-            (LogId::new(1, base), LogId::new(2, base + 12_000)),
-            "{round}"
+        assert!(
+            (st.purged, st.last) == (LogId::new(1, base), LogId::new(2, base + total)),
+            "{round}: the store loads purged {} and last {}; the model has {} and {}",
+            st.purged,
+            st.last,
+            LogId::new(1, base),
+            LogId::new(2, base + total)
         );
-        let all = s.read(LogIndex(base + 1), LogIndex(base + 12_000)).await.expect("a long read");
-        check(all, base + 1, base + 12_000, round);
-        for (a, b) in
-            [(65_530, 65_540), (base + 9_990, base + 10_010), (base + 4_000, base + 9_000)]
-        {
+        let all = s.read(LogIndex(base + 1), LogIndex(base + total)).await.expect("a long read");
+        check(all, base + 1, base + total, round);
+        for (a, b) in [
+            (65_530, 65_540),
+            (base + 9_990, base + 10_010),
+            (base + 4_000, base + 9_000),
+            (131_000, 131_100),
+        ] {
             check(s.read(LogIndex(a), LogIndex(b)).await.expect("a window"), a, b, round);
         }
         s
@@ -673,6 +687,11 @@ pub enum Op {
         /// Start a new term.
         new_term: bool,
     },
+    /// Append `n` × 100 entries in one write (up to 5,000).
+    BigAppend {
+        /// Hundreds of entries.
+        n: u8,
+    },
     /// Truncate `back` entries from the end and append `n` in a new term.
     Replace {
         /// How far back to cut.
@@ -717,6 +736,7 @@ pub enum Op {
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (1u8..20, any::<bool>()).prop_map(|(n, new_term)| Op::Append { n, new_term }),
+        1 => (1u8..50).prop_map(|n| Op::BigAppend { n }),
         2 => (1u8..10, 0u8..10).prop_map(|(back, n)| Op::Replace { back, n }),
         1 => any::<u8>().prop_map(|vote| Op::HardState { vote }),
         1 => any::<u8>().prop_map(|at| Op::Purge { at }),
@@ -745,6 +765,12 @@ async fn run_ops<H: LogStoreHarness>(h: &H, ops: &[Op]) -> Result<(), String> {
                 }
                 let first = m.last().index.0 + 1;
                 let w = append(entries(term, first..=first + u64::from(*n) - 1));
+                m.write(&w).map_err(|k| ctx(&format!("model refused: {k}")))?;
+                s.write(w).await.map_err(|e| ctx(&format!("store refused a valid append: {e}")))?;
+            }
+            Op::BigAppend { n } => {
+                let first = m.last().index.0 + 1;
+                let w = append(entries(term, first..=first + u64::from(*n) * 100 - 1));
                 m.write(&w).map_err(|k| ctx(&format!("model refused: {k}")))?;
                 s.write(w).await.map_err(|e| ctx(&format!("store refused a valid append: {e}")))?;
             }
@@ -787,7 +813,10 @@ async fn run_ops<H: LogStoreHarness>(h: &H, ops: &[Op]) -> Result<(), String> {
                 let want = m.read(a, b);
                 let got = s.read(a, b).await.map_err(|e| e.kind());
                 if want != got {
-                    return Err(ctx(&format!("read {a}..={b}: model {want:?}, store {got:?}")));
+                    return Err(ctx(&format!(
+                        "read {a}..={b}: {}",
+                        describe_read_difference(&got, &want)
+                    )));
                 }
             }
             Op::BadAppend { gap } => {
@@ -831,9 +860,30 @@ async fn run_ops<H: LogStoreHarness>(h: &H, ops: &[Op]) -> Result<(), String> {
     };
     let want: Vec<Entry> = m.entries.values().cloned().collect();
     if all != want {
-        return Err("final contents differ from the model".into());
+        return Err(format!("final contents: {}", describe_read_difference(&Ok(all), &Ok(want))));
     }
     Ok(())
+}
+
+/// Where a read of the store and the model's differ, in words (not whole entry lists).
+fn describe_read_difference(
+    store: &Result<Vec<Entry>, StorageErrorKind>,
+    model: &Result<Vec<Entry>, StorageErrorKind>,
+) -> String {
+    match (store, model) {
+        (Ok(a), Ok(b)) if a.len() != b.len() => {
+            format!("the store returned {} entries, the model {}", a.len(), b.len())
+        }
+        (Ok(a), Ok(b)) => match a.iter().zip(b).find(|(x, y)| x != y) {
+            Some((x, y)) => {
+                format!("at index {} the store returned {x:?}, the model has {y:?}", y.log_id.index)
+            }
+            None => "no difference".into(),
+        },
+        (Ok(a), Err(k)) => format!("the store returned {} entries, the model a {k} error", a.len()),
+        (Err(k), Ok(b)) => format!("the store returned a {k} error, the model {} entries", b.len()),
+        (Err(a), Err(b)) => format!("the store returned a {a} error, the model a {b} error"),
+    }
 }
 
 /// Random operation sequences checked against [`LogModel`]; a failure is shrunk to a minimal
@@ -884,6 +934,10 @@ macro_rules! log_store_suite {
             payload_kinds_round_trip,
             concurrent_reads_during_appends,
             install_snapshot_replaces_the_prefix,
+            crash_keeps_every_acknowledged_write,
+            crash_mid_write_keeps_all_or_nothing,
+            io_faults_poison_writes_and_reopen_is_valid,
+            snapshots_survive_crashes,
         );
         #[test]
         fn log_store_model_based_random_operations() {

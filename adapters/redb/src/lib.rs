@@ -199,6 +199,17 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StorageError>) -> Result
     }
 }
 
+/// Makes the directory entry of `path` durable (fsync of its parent directory).
+fn sync_parent(path: &Path) -> Result<(), StorageError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(format!("fsync {}", parent.display()), e))
+}
+
 impl RedbLogStore {
     /// Opens the store in the file at `path`, creating it if needed, with default options.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbLogStore, StorageError> {
@@ -226,6 +237,11 @@ impl RedbLogStore {
                 b.create(&path).map_err(|e| classify(&what, e.into()))
             }
         })?;
+        if !exists {
+            // redb syncs the file's contents, not the directory entry naming it: without this a
+            // power loss could take the whole new database with it.
+            sync_parent(&path)?;
+        }
         let mut dir = path.clone().into_os_string();
         dir.push(".snapshots");
         let snapshots: Arc<dyn SnapshotStore> =
