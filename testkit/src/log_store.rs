@@ -20,6 +20,37 @@ pub use crate::store_crash::{
     io_faults_poison_writes_and_reopen_is_valid, snapshots_survive_crashes,
 };
 
+/// Compares what the store gave (first) with what the model says the contract requires
+/// (second); a failure says which is which, with long values cut short.
+macro_rules! store_eq {
+    ($store:expr, $model:expr $(,)?) => {
+        store_eq!($store, $model, "{}", stringify!($store))
+    };
+    ($store:expr, $model:expr, $($what:tt)+) => {{
+        let (store, model) = (&$store, &$model);
+        if store != model {
+            panic!(
+                "{}: the store gave {}; the model (what the contract requires) has {}",
+                format!($($what)+),
+                short(&format!("{store:?}")),
+                short(&format!("{model:?}"))
+            );
+        }
+    }};
+}
+
+/// `s`, cut to 1,500 characters.
+fn short(s: &str) -> String {
+    if s.len() <= 1_500 {
+        return s.to_string();
+    }
+    let mut end = 1_500;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} characters in all)", &s[..end], s.len())
+}
+
 /// Runs an async case on a fresh two-thread runtime (real time, IO enabled), so concurrent
 /// cases really run in parallel.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -73,7 +104,7 @@ fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
 
 fn expect_kind<T: std::fmt::Debug>(r: Result<T, StorageError>, kind: StorageErrorKind, what: &str) {
     match r {
-        Err(e) => assert_eq!(e.kind(), kind, "{what}: wrong error kind: {e}"),
+        Err(e) => store_eq!(e.kind(), kind, "{what}: wrong error kind: {e}"),
         Ok(v) => panic!("{what}: expected a {kind} error, got Ok({v:?})"),
     }
 }
@@ -82,7 +113,7 @@ fn expect_kind<T: std::fmt::Debug>(r: Result<T, StorageError>, kind: StorageErro
 pub async fn empty_store_initial_state<H: LogStoreHarness>(h: &H) {
     let (s, _g) = h.build().await;
     let st = s.load().await.expect("load");
-    assert_eq!(st, LogState::default());
+    store_eq!(st, LogState::default());
     expect_kind(
         s.read(LogIndex(1), LogIndex(1)).await,
         StorageErrorKind::OutOfRange,
@@ -99,7 +130,7 @@ pub async fn append_and_read_ranges<H: LogStoreHarness>(h: &H) {
     let all = [entries(1, 1..=41), entries(2, 42..=100)].concat();
     for (a, b) in [(1, 100), (1, 1), (100, 100), (17, 63), (41, 42), (99, 100)] {
         let got = s.read(LogIndex(a), LogIndex(b)).await.expect("read");
-        assert_eq!(got, all[(a - 1) as usize..b as usize], "read {a}..={b}");
+        store_eq!(got, all[(a - 1) as usize..b as usize], "read {a}..={b}");
     }
 }
 
@@ -107,11 +138,11 @@ pub async fn append_and_read_ranges<H: LogStoreHarness>(h: &H) {
 pub async fn last_log_id_follows_writes<H: LogStoreHarness>(h: &H) {
     let (s, _g) = h.build().await;
     write(&s, append(entries(1, 1..=5))).await;
-    assert_eq!(s.load().await.unwrap().last, LogId::new(1, 5));
+    store_eq!(s.load().await.unwrap().last, LogId::new(1, 5));
     write(&s, append(entries(3, 6..=9))).await;
-    assert_eq!(s.load().await.unwrap().last, LogId::new(3, 9));
+    store_eq!(s.load().await.unwrap().last, LogId::new(3, 9));
     write(&s, LogWrite { truncate_from: Some(LogIndex(4)), ..LogWrite::default() }).await;
-    assert_eq!(s.load().await.unwrap().last, LogId::new(1, 3));
+    store_eq!(s.load().await.unwrap().last, LogId::new(1, 3));
 }
 
 /// A write with `truncate_from` removes the conflicting suffix and appends in its place.
@@ -127,8 +158,8 @@ pub async fn truncate_conflicting_suffix<H: LogStoreHarness>(h: &H) {
         },
     )
     .await;
-    assert_eq!(read_all(&s).await, [entries(1, 1..=5), entries(2, 6..=8)].concat());
-    assert_eq!(s.load().await.unwrap().last, LogId::new(2, 8));
+    store_eq!(read_all(&s).await, [entries(1, 1..=5), entries(2, 6..=8)].concat());
+    store_eq!(s.load().await.unwrap().last, LogId::new(2, 8));
     expect_kind(
         s.read(LogIndex(9), LogIndex(9)).await,
         StorageErrorKind::OutOfRange,
@@ -136,7 +167,7 @@ pub async fn truncate_conflicting_suffix<H: LogStoreHarness>(h: &H) {
     );
     // Truncating everything.
     write(&s, LogWrite { truncate_from: Some(LogIndex(1)), ..LogWrite::default() }).await;
-    assert_eq!(s.load().await.unwrap().last, LogId::ZERO);
+    store_eq!(s.load().await.unwrap().last, LogId::ZERO);
     // Truncating at last + 1 is a no-op.
     write(&s, append(entries(3, 1..=2))).await;
     write(
@@ -148,7 +179,7 @@ pub async fn truncate_conflicting_suffix<H: LogStoreHarness>(h: &H) {
         },
     )
     .await;
-    assert_eq!(read_all(&s).await, entries(3, 1..=3));
+    store_eq!(read_all(&s).await, entries(3, 1..=3));
 }
 
 /// Hard state, truncation and append in one write all take effect.
@@ -166,8 +197,8 @@ pub async fn hard_state_truncate_and_append_in_one_write<H: LogStoreHarness>(h: 
     .await;
     let s = h.reopen(s, &g).await;
     let st = s.load().await.unwrap();
-    assert_eq!(st.hard_state, hs(4, Some(2), 3));
-    assert_eq!(read_all(&s).await, [entries(1, 1..=3), entries(4, 4..=5)].concat());
+    store_eq!(st.hard_state, hs(4, Some(2), 3));
+    store_eq!(read_all(&s).await, [entries(1, 1..=3), entries(4, 4..=5)].concat());
 }
 
 /// The hard state is saved and loaded as one record, the last write winning, across reopen:
@@ -187,19 +218,19 @@ pub async fn hard_state_save_and_load<H: LogStoreHarness>(h: &H) {
     for (step, state) in states.into_iter().enumerate() {
         write(&s, LogWrite { hard_state: Some(state), ..LogWrite::default() }).await;
         let loaded = s.load().await.unwrap().hard_state;
-        assert_eq!(
+        store_eq!(
             loaded, state,
             "step {step}: the store loads {loaded:?}, it was given {state:?}"
         );
         s = h.reopen(s, &g).await;
         let loaded = s.load().await.unwrap().hard_state;
-        assert_eq!(
+        store_eq!(
             loaded, state,
             "step {step}: after a reopen the store loads {loaded:?}, the last hard state written \
              (and acknowledged) was {state:?}"
         );
     }
-    assert_eq!(s.load().await.unwrap().last, LogId::ZERO, "hard state writes add no entries");
+    store_eq!(s.load().await.unwrap().last, LogId::ZERO, "hard state writes add no entries");
 }
 
 /// Purging a prefix: reads below it are a clear error, the purged id survives reopen, and the
@@ -210,7 +241,7 @@ pub async fn purge_prefix<H: LogStoreHarness>(h: &H) {
     write(&s, append(entries(2, 11..=20))).await;
     s.purge(LogId::new(1, 10)).await.expect("purge");
     let st = s.load().await.unwrap();
-    assert_eq!((st.purged, st.last), (LogId::new(1, 10), LogId::new(2, 20)));
+    store_eq!((st.purged, st.last), (LogId::new(1, 10), LogId::new(2, 20)));
     expect_kind(
         s.read(LogIndex(5), LogIndex(12)).await,
         StorageErrorKind::Purged,
@@ -221,9 +252,9 @@ pub async fn purge_prefix<H: LogStoreHarness>(h: &H) {
         StorageErrorKind::Purged,
         "read the purged id",
     );
-    assert_eq!(s.read(LogIndex(11), LogIndex(20)).await.unwrap(), entries(2, 11..=20));
+    store_eq!(s.read(LogIndex(11), LogIndex(20)).await.unwrap(), entries(2, 11..=20));
     let s = h.reopen(s, &g).await;
-    assert_eq!(s.load().await.unwrap().purged, LogId::new(1, 10), "purge must survive reopen");
+    store_eq!(s.load().await.unwrap().purged, LogId::new(1, 10), "purge must survive reopen");
     expect_kind(
         s.read(LogIndex(1), LogIndex(1)).await,
         StorageErrorKind::Purged,
@@ -233,11 +264,11 @@ pub async fn purge_prefix<H: LogStoreHarness>(h: &H) {
     // Purge everything: the log is empty and its last id is the purged one.
     s.purge(LogId::new(2, 22)).await.expect("purge all");
     let st = s.load().await.unwrap();
-    assert_eq!((st.purged, st.last), (LogId::new(2, 22), LogId::new(2, 22)));
+    store_eq!((st.purged, st.last), (LogId::new(2, 22), LogId::new(2, 22)));
     write(&s, append(entries(3, 23..=23))).await;
     let s = h.reopen(s, &g).await;
-    assert_eq!(read_all(&s).await, entries(3, 23..=23));
-    assert_eq!(s.load().await.unwrap().purged, LogId::new(2, 22));
+    store_eq!(read_all(&s).await, entries(3, 23..=23));
+    store_eq!(s.load().await.unwrap().purged, LogId::new(2, 22));
 }
 
 /// Purge refuses ids past the end or with the wrong term, and ignores ids already purged.
@@ -254,11 +285,11 @@ pub async fn purge_boundaries<H: LogStoreHarness>(h: &H) {
         StorageErrorKind::InvalidInput,
         "purge with a wrong term",
     );
-    assert_eq!(s.load().await.unwrap().purged, LogId::ZERO, "a refused purge changes nothing");
+    store_eq!(s.load().await.unwrap().purged, LogId::ZERO, "a refused purge changes nothing");
     s.purge(LogId::new(1, 3)).await.unwrap();
     s.purge(LogId::new(1, 2)).await.expect("purging below the purged id is a no-op");
-    assert_eq!(s.load().await.unwrap().purged, LogId::new(1, 3));
-    assert_eq!(read_all(&s).await, entries(1, 4..=5));
+    store_eq!(s.load().await.unwrap().purged, LogId::new(1, 3));
+    store_eq!(read_all(&s).await, entries(1, 4..=5));
 }
 
 /// Reads past the end or with an inverted range are clear errors.
@@ -325,7 +356,7 @@ pub async fn invalid_writes_change_nothing<H: LogStoreHarness>(h: &H) {
     for w in bad {
         let desc = format!("{w:?}");
         expect_kind(s.write(w).await, StorageErrorKind::InvalidInput, &desc);
-        assert_eq!(
+        store_eq!(
             (s.load().await.unwrap(), read_all(&s).await),
             before,
             "refused write changed the store: {desc}"
@@ -350,8 +381,8 @@ pub async fn install_snapshot_replaces_the_prefix<H: LogStoreHarness>(h: &H) {
     // The log holds (2, 15): the suffix 16..=20 stays.
     s.install_snapshot(LogId::new(2, 15)).await.expect("install");
     let st = s.load().await.unwrap();
-    assert_eq!((st.purged, st.last), (LogId::new(2, 15), LogId::new(2, 20)));
-    assert_eq!(read_all(&s).await, entries(2, 16..=20));
+    store_eq!((st.purged, st.last), (LogId::new(2, 15), LogId::new(2, 20)));
+    store_eq!(read_all(&s).await, entries(2, 16..=20));
     expect_kind(
         s.read(LogIndex(15), LogIndex(15)).await,
         StorageErrorKind::Purged,
@@ -360,15 +391,15 @@ pub async fn install_snapshot_replaces_the_prefix<H: LogStoreHarness>(h: &H) {
     // A snapshot the log does not hold (a different term at its index): the log empties.
     s.install_snapshot(LogId::new(3, 18)).await.expect("install over a conflict");
     let st = s.load().await.unwrap();
-    assert_eq!((st.purged, st.last), (LogId::new(3, 18), LogId::new(3, 18)));
+    store_eq!((st.purged, st.last), (LogId::new(3, 18), LogId::new(3, 18)));
     assert!(read_all(&s).await.is_empty());
     // A snapshot past the end: the log empties and continues after it.
     s.install_snapshot(LogId::new(4, 50)).await.expect("install past the end");
     write(&s, append(entries(4, 51..=53))).await;
     let s = h.reopen(s, &g).await;
     let st = s.load().await.unwrap();
-    assert_eq!((st.purged, st.last), (LogId::new(4, 50), LogId::new(4, 53)));
-    assert_eq!(read_all(&s).await, entries(4, 51..=53));
+    store_eq!((st.purged, st.last), (LogId::new(4, 50), LogId::new(4, 53)));
+    store_eq!(read_all(&s).await, entries(4, 51..=53));
     // The snapshot store that goes with the log is there and empty.
     assert!(s.snapshot_store().latest().await.expect("latest").is_none());
 }
@@ -384,9 +415,9 @@ pub async fn large_entries<H: LogStoreHarness>(h: &H) {
         })
         .collect();
     write(&s, append(big.clone())).await;
-    assert_eq!(s.read(LogIndex(1), LogIndex(3)).await.unwrap(), big);
+    store_eq!(s.read(LogIndex(1), LogIndex(3)).await.unwrap(), big);
     let s = h.reopen(s, &g).await;
-    assert_eq!(s.read(LogIndex(2), LogIndex(2)).await.unwrap(), big[1..2]);
+    store_eq!(s.read(LogIndex(2), LogIndex(2)).await.unwrap(), big[1..2]);
 }
 
 /// Many small entries in many writes, read back in ranges.
@@ -397,10 +428,10 @@ pub async fn many_small_entries<H: LogStoreHarness>(h: &H) {
         write(&s, append(entries(1, start..=start + 249))).await;
     }
     let s = h.reopen(s, &g).await;
-    assert_eq!(s.load().await.unwrap().last, LogId::new(1, total));
+    store_eq!(s.load().await.unwrap().last, LogId::new(1, total));
     for start in (1..=total).step_by(4_000) {
         let got = s.read(LogIndex(start), LogIndex(start + 3_999)).await.unwrap();
-        assert_eq!(got, entries(1, start..=start + 3_999));
+        store_eq!(got, entries(1, start..=start + 3_999));
     }
 }
 
@@ -478,9 +509,9 @@ pub async fn long_reads_at_high_indexes<H: LogStoreHarness>(h: &H) {
     .await;
     let s = h.reopen(s, &g).await;
     let st = s.load().await.unwrap();
-    assert_eq!(st.hard_state, hs(top_term, Some(2), top_index + 10), "hard state near the top");
-    assert_eq!(st.last, LogId::new(top_term, top_index + 50));
-    assert_eq!(s.read(LogIndex(top_index + 1), LogIndex(top_index + 50)).await.unwrap(), near);
+    store_eq!(st.hard_state, hs(top_term, Some(2), top_index + 10), "hard state near the top");
+    store_eq!(st.last, LogId::new(top_term, top_index + 50));
+    store_eq!(s.read(LogIndex(top_index + 1), LogIndex(top_index + 50)).await.unwrap(), near);
 }
 
 /// After a clean reopen, everything acknowledged is there, exactly.
@@ -499,9 +530,9 @@ pub async fn reopen_keeps_everything_acknowledged<H: LogStoreHarness>(h: &H) {
     s.purge(LogId::new(1, 9)).await.unwrap();
     let before = (s.load().await.unwrap(), read_all(&s).await);
     let s = h.reopen(s, &g).await;
-    assert_eq!((s.load().await.unwrap(), read_all(&s).await), before);
+    store_eq!((s.load().await.unwrap(), read_all(&s).await), before);
     let s = h.reopen(s, &g).await;
-    assert_eq!((s.load().await.unwrap(), read_all(&s).await), before, "second reopen");
+    store_eq!((s.load().await.unwrap(), read_all(&s).await), before, "second reopen");
 }
 
 /// Payloads of every kind round-trip, including empty data.
@@ -520,7 +551,7 @@ pub async fn payload_kinds_round_trip<H: LogStoreHarness>(h: &H) {
     ];
     write(&s, append(es.clone())).await;
     let s = h.reopen(s, &g).await;
-    assert_eq!(read_all(&s).await, es);
+    store_eq!(read_all(&s).await, es);
 }
 
 /// Readers running while a writer appends always see acknowledged entries intact.
@@ -552,7 +583,7 @@ pub async fn concurrent_reads_during_appends<H: LogStoreHarness>(h: &H) {
                     let b = (a + x % 50).min(hi);
                     let got =
                         s.read(LogIndex(a), LogIndex(b)).await.expect("read acknowledged range");
-                    assert_eq!(got, entries(1, a..=b), "reader {r} saw wrong data for {a}..={b}");
+                    store_eq!(got, entries(1, a..=b), "reader {r} saw wrong data for {a}..={b}");
                     if reads == 0 {
                         started.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     }
