@@ -22,7 +22,8 @@ use serde::de::DeserializeOwned;
 use crate::message::Message;
 
 /// The format version written as the first byte of every encoded value.
-pub const VERSION: u8 = 1;
+/// Version 2: memberships carry node information and the joint-leave policy.
+pub const VERSION: u8 = 2;
 
 /// The largest input [`decode`] accepts, in bytes. Transports should cap frames lower.
 pub const MAX_DECODE_BYTES: usize = 1 << 30;

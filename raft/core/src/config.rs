@@ -40,10 +40,13 @@ use crate::types::NodeId;
 #[serde(default = "Config::unset", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
-    /// This node's id. Must be one of `members`.
+    /// This node's id (not 0). Must be one of `members` unless that is empty.
     pub id: NodeId,
     /// The voters of the initial configuration. Every node of a new cluster must be started with
-    /// the same list.
+    /// the same list (bootstrap). Empty for a node that joins an existing cluster: it starts
+    /// with no configuration and waits until a leader adds it. A node restarted from its store
+    /// uses the configuration in its log or snapshot; this list only matters while the log
+    /// holds none.
     pub members: Vec<NodeId>,
     /// How often a leader sends heartbeats.
     #[serde(with = "humantime_serde")]
@@ -139,9 +142,9 @@ pub enum ConfigError {
         /// The configured `election_timeout_max`.
         max: Duration,
     },
-    /// `members` is empty.
-    #[error("config field `members` is empty")]
-    NoMembers,
+    /// `id` is unset (0 is not a node id).
+    #[error("config field `id` is unset (node ids start at 1)")]
+    NoId,
     /// A field is above the most the protocol allows.
     #[error("config field `{field}` ({value}) must be at most {max}")]
     TooLarge {
@@ -203,7 +206,7 @@ impl Config {
 
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, bool); 11] = [
+        let positive: [(&'static str, bool); 10] = [
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes > 0),
             ("heartbeat_interval", !self.heartbeat_interval.is_zero()),
             ("election_timeout_min", !self.election_timeout_min.is_zero()),
@@ -214,15 +217,13 @@ impl Config {
             ("max_proposal_batch", self.max_proposal_batch > 0),
             ("max_apply_batch", self.max_apply_batch > 0),
             ("peer_queue_capacity", self.peer_queue_capacity > 0),
-            ("members", !self.members.is_empty()),
         ];
+        if self.id.0 == 0 {
+            return Err(ConfigError::NoId);
+        }
         for (field, ok) in positive {
             if !ok {
-                return Err(if field == "members" {
-                    ConfigError::NoMembers
-                } else {
-                    ConfigError::Zero(field)
-                });
+                return Err(ConfigError::Zero(field));
             }
         }
         if self.max_entries_per_message > crate::MAX_ENTRIES_PER_MESSAGE {
@@ -250,7 +251,8 @@ impl Config {
                 return Err(ConfigError::DuplicateMember(*m));
             }
         }
-        if !seen.contains(&self.id) {
+        // No members: a node that joins an existing cluster and waits to be added.
+        if !self.members.is_empty() && !seen.contains(&self.id) {
             return Err(ConfigError::NotAMember { id: self.id, members: self.members.clone() });
         }
         Ok(())
@@ -296,7 +298,7 @@ mod tests {
 
         // Loading does not validate; validate() names the field at fault.
         let c: Config = toml::from_str("heartbeat_interval = \"1s\"").unwrap();
-        assert_eq!(c.validate(), Err(ConfigError::NoMembers));
+        assert_eq!(c.validate(), Err(ConfigError::NoId));
     }
 
     #[test]
@@ -311,9 +313,10 @@ mod tests {
         c.election_timeout_max = c.election_timeout_min - Duration::from_millis(1);
         assert!(c.validate().unwrap_err().to_string().contains("election_timeout_max"));
 
+        // No members: a node that waits to be added to an existing cluster.
         let mut c = ok();
         c.members.clear();
-        assert_eq!(c.validate(), Err(ConfigError::NoMembers));
+        assert_eq!(c.validate(), Ok(()));
 
         let mut c = ok();
         c.members.push(NodeId(2));

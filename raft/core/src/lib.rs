@@ -112,6 +112,7 @@ macro_rules! mutant {
 
 mod action;
 pub mod codec;
+mod confchange;
 mod config;
 mod election;
 mod log;
@@ -132,9 +133,10 @@ pub use action::{
     Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, ReceiveSnapshot, SendFromLog,
     SendSnapshot, WriteId,
 };
+pub use confchange::{ChangeError, JointPolicy, MembershipChange};
 pub use config::{Config, ConfigError};
 pub use log::LogStateError;
-pub use membership::{Membership, MembershipError};
+pub use membership::{MAX_MEMBERS, MAX_NODE_INFO_BYTES, Membership, MembershipError};
 pub use message::{
     AppendEntries, AppendResponse, Heartbeat, InstallSnapshot, InvalidMessage,
     MAX_ENTRIES_PER_MESSAGE, MAX_INDEX, MAX_TERM, Message, MessageBody, RequestVote,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use crate::action::{Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, WriteId};
+use crate::confchange::ConfLog;
 use crate::config::{Config, ConfigError};
 use crate::log::{LogStateError, RaftLog};
 use crate::membership::{Membership, MembershipError};
@@ -35,6 +36,12 @@ pub struct InitialState {
     pub applied: LogIndex,
     /// The latest snapshot in the snapshot store, if any.
     pub snapshot: Option<SnapshotMeta>,
+    /// The configuration entries of the log after the snapshot (or after `purged` without
+    /// one), with their ids, ascending. The engine finds them by reading the log at startup.
+    /// The configuration in force is the latest of them; without any, the snapshot's; without
+    /// a snapshot, [`Config::members`](crate::Config::members) (a new cluster), or none at all
+    /// when that is empty (a node waiting to be added to an existing cluster).
+    pub memberships: Vec<(LogId, Membership)>,
 }
 
 /// Why a core could not start.
@@ -81,6 +88,14 @@ pub enum StartError {
         /// The last log term.
         log_term: Term,
     },
+    /// A configuration entry given at startup lies beyond the end of the log.
+    #[error("configuration entry {entry} is beyond the last log entry {last}")]
+    MembershipBeyondLog {
+        /// The configuration entry's id.
+        entry: LogId,
+        /// The last log id.
+        last: LogId,
+    },
 }
 
 /// Why a proposal was refused.
@@ -96,6 +111,9 @@ pub enum ProposeError {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,
     },
+    /// A configuration change was refused; the reason says why.
+    #[error(transparent)]
+    Membership(#[from] crate::confchange::ChangeError),
 }
 
 /// A message released to the driver only after a write is durable.
@@ -163,6 +181,8 @@ pub struct RaftCore {
     pub(crate) vote: Option<NodeId>,
     pub(crate) leader: Option<NodeId>,
     pub(crate) membership: Membership,
+    /// The configurations of the log; `membership` is the latest.
+    pub(crate) confs: ConfLog,
     pub(crate) log: RaftLog,
     pub(crate) commit: LogIndex,
     pub(crate) applied: LogIndex,
@@ -215,10 +235,19 @@ impl RaftCore {
     /// Makes a core from a validated configuration and the state loaded from storage.
     pub fn new(cfg: Config, init: InitialState, now: Instant) -> Result<RaftCore, StartError> {
         cfg.validate()?;
-        let membership = match &init.snapshot {
-            Some(s) => s.membership.clone(),
-            None => Membership::new(cfg.members.iter().copied())?,
+        let base = match &init.snapshot {
+            Some(s) => (s.last_log_id, s.membership.clone()),
+            None if cfg.members.is_empty() => (LogId::ZERO, Membership::uninitialized()),
+            None => (LogId::ZERO, Membership::new(cfg.members.iter().copied())?),
         };
+        for (id, m) in &init.memberships {
+            if id.index > init.last.index {
+                return Err(StartError::MembershipBeyondLog { entry: *id, last: init.last });
+            }
+            m.validate()?;
+        }
+        let confs = ConfLog::new(base, init.memberships.clone());
+        let membership = confs.latest().1.clone();
         let snap_index = init.snapshot.as_ref().map_or(LogIndex(0), |s| s.last_log_id.index);
         if init.purged.index > snap_index || init.applied < snap_index {
             return Err(StartError::SnapshotMismatch {
@@ -248,6 +277,7 @@ impl RaftCore {
             vote: hs.vote,
             leader: None,
             membership,
+            confs,
             log,
             commit,
             applied,
@@ -294,8 +324,27 @@ impl RaftCore {
                 return;
             }
         }
-        if from == self.id || !self.membership.contains(from) {
-            tracing::warn!(node = %self.id, %from, kind = msg.kind(), "dropping message from a non-member");
+        if from == self.id {
+            tracing::warn!(node = %self.id, %from, kind = msg.kind(), "dropping a message from this node's own id");
+            return;
+        }
+        // A node outside the configuration — removed, or never added — can neither be elected
+        // nor answer for anything: its vote requests and its answers are dropped, so a removed
+        // node with a higher term changes nothing (PITFALLS P15). What only a leader sends
+        // (appends, heartbeats, snapshots) is handled on its merits: a leader in a
+        // configuration this node does not know yet must still reach it, and a node waiting to
+        // be added hears from the leader that adds it.
+        let from_leader_role = matches!(
+            msg.body,
+            MessageBody::AppendEntries(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_)
+        );
+        let known = self.membership.contains(from)
+            && !matches!(msg.body, MessageBody::RequestVote(_))
+            || self.membership.is_voter(from);
+        if !from_leader_role && !known && !self.membership.is_uninitialized() {
+            tracing::debug!(node = %self.id, %from, kind = msg.kind(), "dropping a message from a node outside the configuration");
             return;
         }
         self.dirty = true;
@@ -556,6 +605,7 @@ impl RaftCore {
     pub(crate) fn append_local(&mut self, entries: Vec<Entry>) {
         self.bytes_since_snapshot += entries.iter().map(|e| e.size_hint() as u64).sum::<u64>();
         self.log.append(&entries);
+        self.conf_appended(&entries);
         self.pending.merge(LogWrite { entries, ..LogWrite::default() });
         self.dirty = true;
     }
@@ -563,6 +613,7 @@ impl RaftCore {
     /// Removes entries at and after `from` from the in-memory log and the pending write.
     pub(crate) fn truncate_local(&mut self, from: LogIndex) {
         self.log.truncate(from);
+        self.conf_truncated(from);
         self.pending.merge(LogWrite { truncate_from: Some(from), ..LogWrite::default() });
         self.dirty = true;
     }
@@ -663,6 +714,7 @@ impl RaftCore {
 
     /// Turns accumulated changes into actions: the pending write, then replication, then apply.
     fn flush(&mut self) {
+        self.after_commit_membership();
         let hs = self.hard_state();
         let term_or_vote = self.hard_state_needs_write();
         if term_or_vote || !self.pending.is_empty() {

@@ -263,15 +263,17 @@ impl RaftCore {
             // if the commit index passed the snapshot meanwhile (a heartbeat may raise it while
             // the install runs; nothing was applied past the snapshot, as applying waits).
             tracing::info!(node = %self.id, snapshot = %s, "installed a snapshot");
+            let mut kept = true;
             if s.index > self.log.purged().index && !self.log.install(s) {
                 // The store replaced the whole log: writes still in flight wrote entries after
                 // the snapshot that are gone, whatever is appended there next.
                 self.cap_inflight(s.index);
+                kept = false;
             }
             self.commit = self.commit.max(s.index);
             self.applied = s.index;
             self.apply_next = s.index.next();
-            self.membership = meta.membership.clone();
+            self.conf_installed(s, meta.membership.clone(), kept);
             if s.index > self.snapshot_index() {
                 self.snapshot = Some(meta.clone());
             }

@@ -393,9 +393,11 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Action::Persist(req) => self.persist(req),
                 Action::PurgeLog(up_to) => self.send_to_writer(WriterOp::Purge(up_to)),
                 Action::BuildSnapshot => {
-                    let membership = self.core.membership().clone();
+                    // The applier picks the configuration in force at the index the state
+                    // machine turns out to have applied.
+                    let memberships = self.core.membership_history();
                     let chunk_bytes = self.core.config().snapshot_chunk_bytes;
-                    self.send_to_applier(ApplyJob::BuildSnapshot { membership, chunk_bytes });
+                    self.send_to_applier(ApplyJob::BuildSnapshot { memberships, chunk_bytes });
                 }
                 Action::SendSnapshot(req) => self.send_to_peer(req.to, PeerItem::Snapshot(req)),
                 Action::ReceiveSnapshot(r) => {

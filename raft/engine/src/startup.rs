@@ -17,6 +17,33 @@ async fn id_at<L: LogStore>(log: &L, index: LogIndex) -> Result<LogId, StartErro
     }
 }
 
+/// The configuration entries of the log after `from` up to `last`, read in batches. Startup
+/// reads the log after the latest snapshot once for them (the snapshot records the
+/// configuration in force at its own end).
+async fn memberships_after<L: LogStore>(
+    log: &L,
+    from: LogIndex,
+    last: LogIndex,
+) -> Result<Vec<(LogId, raftkit_core::Membership)>, StartError> {
+    const BATCH: u64 = 4_096;
+    let mut out = Vec::new();
+    let mut next = from.next();
+    while next <= last {
+        let end = LogIndex(last.0.min(next.0 + BATCH - 1));
+        let entries = log
+            .read(next, end)
+            .await
+            .map_err(|e| start_err(e, "reading the log's configurations"))?;
+        for e in entries {
+            if let raftkit_core::EntryPayload::Membership(m) = e.payload {
+                out.push((e.log_id, m));
+            }
+        }
+        next = end.next();
+    }
+    Ok(out)
+}
+
 fn start_err(e: StorageError, what: &str) -> StartError {
     StartError::Storage(e.context(what))
 }
@@ -148,6 +175,11 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
             }
         }
     }
+    let from = snapshot
+        .as_ref()
+        .map_or(state.purged.index, |s| s.last_log_id.index)
+        .max(state.purged.index);
+    let memberships = memberships_after(log, from, state.last.index).await?;
     let init = InitialState {
         hard_state: state.hard_state,
         purged: state.purged,
@@ -155,6 +187,7 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
         last: state.last,
         applied: applied_index,
         snapshot,
+        memberships,
     };
     Ok((sm, init))
 }

@@ -58,7 +58,7 @@ pub(crate) enum ApplyJob<O> {
     /// Entries to apply and the clients waiting on them.
     Entries { req: ApplyRequest, waiters: Waiters<O> },
     /// Take a snapshot of the state machine and store it.
-    BuildSnapshot { membership: Membership, chunk_bytes: usize },
+    BuildSnapshot { memberships: Vec<(LogId, Membership)>, chunk_bytes: usize },
     /// Replace the state with a stored snapshot's.
     Restore { meta: SnapshotMeta, reply: oneshot::Sender<Result<(), StorageError>> },
 }
@@ -249,7 +249,7 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                     return;
                 }
             }
-            ApplyJob::BuildSnapshot { membership, chunk_bytes } => {
+            ApplyJob::BuildSnapshot { memberships, chunk_bytes } => {
                 let taken = async {
                     let applied = sm.applied().await?;
                     let source = sm.snapshot().await?;
@@ -258,6 +258,14 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                 .await;
                 match taken {
                     Ok((Some(applied), source)) => {
+                        // The configuration in force at the snapshot's last entry.
+                        let membership = memberships
+                            .iter()
+                            .rev()
+                            .find(|(id, _)| id.index <= applied.index)
+                            .or(memberships.first())
+                            .map(|(_, m)| m.clone())
+                            .unwrap_or_else(Membership::uninitialized);
                         // Written out in its own task: applying goes on meanwhile.
                         let (store, events) = (snapshots.clone(), events.clone());
                         tokio::spawn(

@@ -24,7 +24,7 @@ async fn invalid_configs_are_refused_naming_the_field() {
     type Tweak = Box<dyn Fn(&mut raftkit::Config)>;
     let cases: Vec<(&str, Tweak)> = vec![
         ("election_timeout_min", Box::new(|c| c.election_timeout_min = c.heartbeat_interval)),
-        ("members", Box::new(|c| c.members.clear())),
+        ("`id`", Box::new(|c| c.id = NodeId(0))),
         ("members", Box::new(|c| c.members.push(c.members[0]))),
         ("`id`", Box::new(|c| c.id = NodeId(99))),
         ("max_inflight_messages", Box::new(|c| c.max_inflight_messages = 0)),

@@ -90,6 +90,16 @@ impl SimStore {
             }
         }
         let applied = snapshot.as_ref().map_or(LogIndex(0), |s| s.last_log_id.index);
+        let floor = snapshot.as_ref().map_or(self.purged.index, |s| s.last_log_id.index);
+        let memberships = self
+            .entries
+            .iter()
+            .filter(|e| e.index() > floor)
+            .filter_map(|e| match &e.payload {
+                raftkit_core::EntryPayload::Membership(m) => Some((e.log_id, m.clone())),
+                _ => None,
+            })
+            .collect();
         InitialState {
             hard_state: self.hard_state,
             purged: self.purged,
@@ -97,6 +107,7 @@ impl SimStore {
             last: self.last(),
             applied,
             snapshot,
+            memberships,
         }
     }
 
@@ -263,6 +274,44 @@ impl Sim {
         sim
     }
 
+    /// Adds node `id`, started empty with no configuration (waiting to be added by a leader).
+    pub fn add_node(&mut self, id: u64) {
+        let template = self.nodes.values().next().expect("a node").cfg.clone();
+        let mut cfg = template;
+        cfg.id = NodeId(id);
+        cfg.members = Vec::new();
+        let core = RaftCore::new(cfg.clone(), InitialState::default(), self.now)
+            .expect("a joining node starts");
+        self.nodes.insert(
+            NodeId(id),
+            SimNode {
+                id: NodeId(id),
+                cfg,
+                core: Some(core),
+                store: SimStore::default(),
+                writes: VecDeque::new(),
+                snapshot: None,
+                incoming: None,
+                applied: Vec::new(),
+                max_term_seen: Term(0),
+                commit_seen: LogIndex(0),
+                was_leader_in: None,
+            },
+        );
+        self.drain(NodeId(id));
+    }
+
+    /// Asks `node` for a configuration change.
+    pub fn change(
+        &mut self,
+        node: u64,
+        change: raftkit_core::MembershipChange,
+    ) -> Result<LogId, ProposeError> {
+        let r = self.core_mut(node).propose_membership(change);
+        self.drain(NodeId(node));
+        r
+    }
+
     pub fn ids(&self) -> Vec<NodeId> {
         self.nodes.keys().copied().collect()
     }
@@ -398,6 +447,12 @@ impl Sim {
     pub fn propose_on_leader(&mut self, data: &[u8]) -> LogId {
         let l = self.wait_leader();
         self.propose(l.0, data).expect("leader accepts proposals")
+    }
+
+    /// Proposes on whichever node leads now, if one does (for random workloads).
+    pub fn propose_on_leader_if_any(&mut self, data: &[u8]) -> Option<LogId> {
+        let l = self.leader()?;
+        self.propose(l.0, data).ok()
     }
 
     pub fn campaign(&mut self, node: u64) {
@@ -555,6 +610,16 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, msg: Message) {
+        if let MessageBody::VoteResponse(v) = &msg.body {
+            // Learners (and nodes outside their configuration) never vote, pre-votes included.
+            let core = self.nodes[&from].core.as_ref().expect("a live node sends");
+            assert!(
+                !v.granted || core.membership().is_voter(from),
+                "{from} granted a vote in {} without being a voter of {:?}",
+                msg.term,
+                core.membership()
+            );
+        }
         match &msg.body {
             MessageBody::VoteResponse(v) if v.granted && !v.pre_vote => {
                 if let Some(prev) = self.grants.insert((from, msg.term), to) {
@@ -615,7 +680,8 @@ impl Sim {
                     let last = node.applied.last().map_or(LogId::ZERO, |e| e.log_id);
                     let meta = SnapshotMeta {
                         last_log_id: last,
-                        membership: core.membership().clone(),
+                        // The configuration in force at the snapshot's end, not the latest.
+                        membership: core.membership_at(last.index).clone(),
                         size: data.len() as u64,
                         checksum: checksum(&data),
                     };
@@ -771,9 +837,21 @@ impl Sim {
             i = i.next();
         }
         node.commit_seen = commit;
+        if core.role() == Role::Leader {
+            // At most one configuration entry of a leader's log is uncommitted.
+            let uncommitted =
+                core.membership_history().iter().filter(|(lid, _)| lid.index > commit).count();
+            assert!(uncommitted <= 1, "leader {id} has {uncommitted} uncommitted configurations");
+        }
         if core.role() == Role::Leader && node.was_leader_in != Some(core.term()) {
             let term = core.term();
             node.was_leader_in = Some(term);
+            // A node that is not a voter of its own configuration never becomes leader.
+            assert!(
+                core.membership().is_voter(id),
+                "{id} became leader of {term} without being a voter of {:?}",
+                core.membership()
+            );
             // Election safety.
             if let Some(other) = self.leader_of_term.insert(term, id) {
                 assert_eq!(other, id, "two leaders in {term}: {other} and {id}");
