@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, Instant, LogId, LogIndex, Message, NodeId, PersistRequest, ProposeError, RaftCore,
-    ReceiveSnapshot, WriteId,
+    Action, Instant, LogId, LogIndex, Membership, Message, NodeId, PersistRequest, ProposeError,
+    RaftCore, ReceiveSnapshot, WriteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::error::{Fatal, StorageError, WriteError};
+use crate::membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
@@ -37,7 +38,15 @@ pub(crate) enum Control {
     #[cfg(feature = "test-util")]
     Pause(Duration),
     TriggerSnapshot(oneshot::Sender<bool>),
+    ChangeMembership {
+        change: ChangeMembers,
+        options: ChangeOptions,
+        tx: MembershipReply,
+    },
 }
+
+/// Where a membership change's outcome goes.
+pub(crate) type MembershipReply = oneshot::Sender<Result<Membership, ChangeMembershipError>>;
 
 /// State shared between the driver and the handles.
 #[derive(Default)]
@@ -110,6 +119,9 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) last_status: Option<NodeStatus>,
     /// The membership the metrics last showed.
     pub(crate) membership_seen: Option<raftkit_core::Membership>,
+    /// Membership changes proposed here, by the id of their configuration entry, waiting for
+    /// the configuration they lead to to commit.
+    pub(crate) membership_waiters: Vec<(LogId, MembershipReply)>,
     /// The node's span and metric handles.
     pub(crate) telemetry: Telemetry,
     /// The most recent error the node recovered from, for [`RaftMetrics::last_error`].
@@ -139,6 +151,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     async fn main_loop(&mut self) -> Exit {
         loop {
             self.carry_out_actions();
+            self.check_membership_waiters();
             self.observe();
             let peers = &self.peers;
             let links = peers.values().map(|l| &l.metrics);
@@ -165,6 +178,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                     }
                     Some(Control::TriggerSnapshot(tx)) => {
                         let _ = tx.send(self.core.trigger_snapshot());
+                    }
+                    Some(Control::ChangeMembership { change, options, tx }) => {
+                        self.change_membership(&change, options, tx);
                     }
                     None => return Exit::Shutdown(None),
                 },
@@ -280,6 +296,56 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
         // Keep the allocation for the next batch.
         self.batch = batch;
+    }
+
+    /// Proposes a membership change (leader only); the outcome goes to `tx` now (refused) or
+    /// once the configuration it leads to is committed.
+    fn change_membership(
+        &mut self,
+        change: &ChangeMembers,
+        options: ChangeOptions,
+        tx: MembershipReply,
+    ) {
+        if self.core.role() != raftkit_core::Role::Leader {
+            let _ = tx.send(Err(ChangeMembershipError::NotLeader { leader: self.core.leader() }));
+            return;
+        }
+        let proposed = crate::membership::target(self.core.membership(), change, options)
+            .and_then(|t| self.core.propose_membership(t).map_err(ChangeMembershipError::from));
+        match proposed {
+            Ok(log_id) => {
+                tracing::info!(%log_id, ?change, "membership change proposed");
+                self.membership_waiters.push((log_id, tx));
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+
+    /// Answers the membership changes whose configuration is now committed (after the leader
+    /// left a joint configuration that leaves by itself), or whose entry was replaced.
+    fn check_membership_waiters(&mut self) {
+        if self.membership_waiters.is_empty() {
+            return;
+        }
+        let core = &self.core;
+        let commit = core.commit_index();
+        let latest = core.membership();
+        let settled = core.membership_committed() && !(latest.is_joint() && latest.auto_leave());
+        let mut keep = Vec::new();
+        for (log_id, tx) in std::mem::take(&mut self.membership_waiters) {
+            let replaced = log_id.index > core.purged_log_id().index
+                && core.log_id_at(log_id.index) != Some(log_id);
+            if replaced {
+                let _ = tx.send(Err(ChangeMembershipError::Overwritten { log_id }));
+            } else if commit >= log_id.index && settled {
+                let _ = tx.send(Ok(latest.clone()));
+            } else {
+                keep.push((log_id, tx));
+            }
+        }
+        self.membership_waiters = keep;
     }
 
     fn fail(&mut self, f: Fatal) {
@@ -487,6 +553,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         let voters_changed = self.membership_seen.as_ref() != Some(self.core.membership());
         if voters_changed {
             self.membership_seen = Some(self.core.membership().clone());
+            // The transport learns the addresses of nodes added after it started.
+            self.network.update_peers(self.core.membership().all_node_info());
         }
         let (core, last_error) = (&self.core, &self.last_error);
         self.metrics.send_if_modified(|m| {
@@ -518,6 +586,13 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
         for (_, w) in std::mem::take(&mut self.waiters) {
             let _ = w.tx.send(Err(reason.clone()));
+        }
+        let change_reason = match &reason {
+            WriteError::Fatal(f) => ChangeMembershipError::Fatal(f.clone()),
+            _ => ChangeMembershipError::Shutdown,
+        };
+        for (_, tx) in std::mem::take(&mut self.membership_waiters) {
+            let _ = tx.send(Err(change_reason.clone()));
         }
         for (_, link) in std::mem::take(&mut self.peers) {
             drop(link.tx);

@@ -134,6 +134,7 @@ pub struct ReadmeDoctests;
 mod driver;
 mod error;
 pub mod fs;
+mod membership;
 mod metrics;
 mod raft;
 mod snapshot_store;
@@ -147,6 +148,7 @@ pub use error::{
     Fatal, Inconsistency, NetworkError, NetworkErrorKind, StartError, StorageError,
     StorageErrorKind, WriteError,
 };
+pub use membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 pub use raft::{Raft, RaftHandle};
 pub use snapshot_store::{
@@ -164,6 +166,6 @@ pub use raftkit_core as core;
 pub use raftkit_core::Mutant;
 pub use raftkit_core::{
     AppendEntries, AppendResponse, Config, ConfigError, Entry, EntryPayload, HardState, Heartbeat,
-    InstallSnapshot, LogId, LogIndex, LogWrite, Membership, Message, MessageBody, NodeId,
-    RequestVote, Role, SnapshotMeta, SnapshotResponse, Term, VoteResponse, codec,
+    InstallSnapshot, JointPolicy, LogId, LogIndex, LogWrite, Membership, Message, MessageBody,
+    NodeId, RequestVote, Role, SnapshotMeta, SnapshotResponse, Term, VoteResponse, codec,
 };

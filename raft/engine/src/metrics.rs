@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use raftkit_core::{HardState, LogId, LogIndex, NodeId, RaftCore, Role, Term};
+use raftkit_core::{HardState, LogId, LogIndex, Membership, NodeId, RaftCore, Role, Term};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Fatal;
@@ -53,6 +53,11 @@ pub struct RaftMetrics {
     pub replication: BTreeMap<NodeId, LogIndex>,
     /// The voters of the current configuration.
     pub voters: Vec<NodeId>,
+    /// The configuration in force: its voter set (two during a joint change), learners and
+    /// node information. `replication` shows each learner's progress on the leader.
+    pub membership: Membership,
+    /// Whether the configuration in force is committed (a change is in progress if not).
+    pub membership_committed: bool,
     /// The most recent error this node recovered from (a send to a peer that failed or timed
     /// out, a snapshot it could not store), with what it concerned; `None` until there is one.
     /// An error that stopped the node is in `state` instead.
@@ -168,7 +173,12 @@ impl RaftMetrics {
                 self.voters = voters;
                 changed = true;
             }
+            if self.membership != *core.membership() {
+                self.membership = core.membership().clone();
+                changed = true;
+            }
         }
+        set!(membership_committed, core.membership_committed());
         changed
     }
 
@@ -187,6 +197,8 @@ impl RaftMetrics {
             snapshot: core.snapshot().map(|s| s.last_log_id),
             replication: core.match_indexes(),
             voters: core.membership().voters().into_iter().collect(),
+            membership: core.membership().clone(),
+            membership_committed: core.membership_committed(),
             last_error: None,
         }
     }

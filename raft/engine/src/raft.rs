@@ -4,13 +4,14 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftkit_core::{Config, Instant, NodeId, RaftCore, codec};
+use raftkit_core::{Config, Instant, Membership, NodeId, RaftCore, codec};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::driver::{Control, Driver, Proposal, Shared};
 use crate::error::{Fatal, StartError, WriteError};
+use crate::membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 use crate::metrics::{NodeState, Observer, RaftMetrics};
 use crate::startup;
 use crate::telemetry::{self, Telemetry};
@@ -147,6 +148,19 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             );
         });
         let core = RaftCore::new(config.clone(), init, Instant::ZERO)?;
+        let configured: std::collections::BTreeSet<NodeId> =
+            config.members.iter().copied().collect();
+        let in_force = core.membership();
+        if !configured.is_empty() && !in_force.is_uninitialized() && in_force.voters() != configured
+        {
+            tracing::warn!(
+                configured = ?configured,
+                voters = ?in_force.voters(),
+                learners = ?in_force.learners(),
+                "the configured members differ from the configuration in the log or snapshot; \
+                 using the log's (members only bootstraps a new cluster)"
+            );
+        }
         let telemetry = Telemetry::new(span.clone(), &core);
         let epoch = tokio::time::Instant::now();
 
@@ -229,6 +243,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             observer,
             last_status: None,
             membership_seen: None,
+            membership_waiters: Vec::new(),
             telemetry,
             last_error: None,
         };
@@ -284,6 +299,31 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     /// A live view of this node's state; see [`RaftHandle::metrics`].
     pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
         self.handle.metrics()
+    }
+
+    /// Changes the cluster's membership; see [`RaftHandle::change_membership`].
+    ///
+    /// # Errors
+    /// See [`ChangeMembershipError`].
+    pub async fn change_membership(
+        &self,
+        change: ChangeMembers,
+        options: ChangeOptions,
+    ) -> Result<Membership, ChangeMembershipError> {
+        self.handle.change_membership(change, options).await
+    }
+
+    /// Adds a learner; see [`RaftHandle::add_learner`].
+    ///
+    /// # Errors
+    /// See [`ChangeMembershipError`].
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node_info: impl Into<String>,
+        blocking: bool,
+    ) -> Result<Membership, ChangeMembershipError> {
+        self.handle.add_learner(id, node_info, blocking).await
     }
 
     /// Waits until `pred` holds for this node's metrics, or `timeout` passes; see
@@ -356,6 +396,79 @@ impl<S: StateMachine> RaftHandle<S> {
             return Err(self.stopped());
         }
         rx.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Changes the cluster's membership (on the leader): adds, removes, promotes or demotes
+    /// nodes, or replaces the whole configuration. Resolves when the configuration the change
+    /// leads to is committed — for a change of several voters, which goes through a joint
+    /// configuration, once the leader has left it ([`ChangeOptions::joint`]) — and returns it.
+    ///
+    /// Safety rules the core enforces: one change at a time (a second one while the first is
+    /// not committed is refused with [`ChangeMembershipError::InProgress`]), only after the
+    /// leader committed an entry of its term, and learners far behind are not promoted unless
+    /// forced. A leader removed by the change leads until it commits, then steps down.
+    ///
+    /// The call waits for the change's real fate even if this node loses its leadership in
+    /// between (the next leader commits or replaces the entry); wrap it in a timeout if the
+    /// node may be cut off for good.
+    ///
+    /// # Errors
+    /// See [`ChangeMembershipError`]; [`ChangeMembershipError::is_retryable`] tells which may be
+    /// retried.
+    pub async fn change_membership(
+        &self,
+        change: ChangeMembers,
+        options: ChangeOptions,
+    ) -> Result<Membership, ChangeMembershipError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || match self.inner.shared.fatal.get() {
+            Some(f) => ChangeMembershipError::Fatal(f.clone()),
+            None => ChangeMembershipError::Shutdown,
+        };
+        if self.inner.control.send(Control::ChangeMembership { change, options, tx }).await.is_err()
+        {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Adds `id` as a learner (a member that receives the log but does not vote), with its
+    /// node information (an address the network adapter dials; empty for none). Resolves
+    /// when the configuration naming it is committed; with `blocking`, only once the learner
+    /// has also caught up with the leader's commit index as of the call (then it can be
+    /// promoted without [`ChangeOptions::force`]). Adding a node that is already a learner
+    /// with the same information returns [`ChangeMembershipError::NoChange`].
+    ///
+    /// # Errors
+    /// See [`ChangeMembershipError`].
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node_info: impl Into<String>,
+        blocking: bool,
+    ) -> Result<Membership, ChangeMembershipError> {
+        let target = self.inner.metrics.borrow().commit;
+        let change = ChangeMembers::AddLearners([(id, node_info.into())].into());
+        let membership = self.change_membership(change, ChangeOptions::default()).await?;
+        if blocking {
+            let mut rx = self.metrics();
+            let caught_up = rx
+                .wait_for(|m| {
+                    m.replication.get(&id).is_some_and(|i| *i >= target)
+                        || !matches!(m.state, crate::NodeState::Running)
+                })
+                .await;
+            match caught_up {
+                Ok(m) if matches!(m.state, crate::NodeState::Running) => {}
+                _ => {
+                    return Err(match self.inner.shared.fatal.get() {
+                        Some(f) => ChangeMembershipError::Fatal(f.clone()),
+                        None => ChangeMembershipError::Shutdown,
+                    });
+                }
+            }
+        }
+        Ok(membership)
     }
 
     fn stopped(&self) -> WriteError {

@@ -375,6 +375,20 @@ pub trait Network: Send + Sync + 'static {
     /// time rather than block.
     async fn send(&self, to: NodeId, messages: Vec<Message>) -> Result<(), NetworkError>;
 
+    /// The configuration in force changed: `peers` maps every member that has node
+    /// information to it (the opaque string given when the node was added — for the QUIC
+    /// adapter, its address). A transport that dials peers by address learns here how to
+    /// reach nodes added after it started; the default ignores it (an in-process network
+    /// routes by id).
+    ///
+    /// # Correctness
+    /// Called from the driver whenever the membership changes; must not block (record the
+    /// addresses and return). Malformed information is the transport's to report (log it) and
+    /// ignore; it must not panic.
+    fn update_peers(&self, peers: &std::collections::BTreeMap<NodeId, String>) {
+        let _ = peers;
+    }
+
     /// Whether `send` usually finishes on its first poll, with little work (an in-process
     /// channel). The engine then calls `send` from its driver task, handing the call to the
     /// peer's sender task only if it did not finish at once: a message reaches the peer without

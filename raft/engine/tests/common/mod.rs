@@ -62,7 +62,19 @@ impl Cluster {
     }
 
     async fn boot(&self, id: NodeId) {
-        let mut cfg = config(id, &self.members, self.seed);
+        let members = self.members.clone();
+        self.boot_with(id, &members).await;
+    }
+
+    /// Starts a new, empty node with no configuration: it waits until a leader adds it.
+    pub async fn join(&self, id: NodeId) {
+        let m = Member { raft: None, store: MemLogStore::new(), kv: MemKv::new() };
+        self.nodes.lock().unwrap().insert(id, m);
+        self.boot_with(id, &[]).await;
+    }
+
+    pub async fn boot_with(&self, id: NodeId, members: &[NodeId]) {
+        let mut cfg = config(id, members, self.seed);
         (self.configure)(&mut cfg);
         let m = self.member(id);
         assert!(m.raft.is_none(), "{id} is already running");
