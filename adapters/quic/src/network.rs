@@ -920,7 +920,66 @@ impl Network for QuicNetwork {
         self.inner.send(to, messages).await
     }
 
+    /// Learns the addresses of members from the membership's node information, which for
+    /// this adapter is a socket address (`host:port` with a numeric host, as
+    /// `"10.0.0.4:7001"`). New peers are added to the [`AddressBook`] and moved peers updated;
+    /// nothing is removed (peers configured at start stay, and a node leaving the membership
+    /// is cut off by removing it from the book explicitly). Information that is not a socket
+    /// address is logged and ignored.
+    fn update_peers(&self, peers: &std::collections::BTreeMap<NodeId, String>) {
+        apply_peer_addresses(&self.inner.addresses, self.inner.id, peers);
+    }
+
     async fn shutdown(&self) {
         self.inner.shutdown().await
+    }
+}
+
+/// Records in `book` the address of every peer in `peers` (node information from the
+/// membership) other than `me`; see [`QuicNetwork::update_peers`](raftkit::Network::update_peers).
+fn apply_peer_addresses(
+    book: &AddressBook,
+    me: NodeId,
+    peers: &std::collections::BTreeMap<NodeId, String>,
+) {
+    for (id, info) in peers {
+        if *id == me || info.is_empty() {
+            continue;
+        }
+        match info.trim().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if book.get(*id) != Some(addr) {
+                    tracing::info!(peer = %id, %addr, "address learned from the membership");
+                    book.insert(*id, addr);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(peer = %id, info = %info, error = %e, "node information is not a socket address; ignored");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod peer_address_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_from_the_membership_are_learned_and_bad_ones_ignored() {
+        let book = AddressBook::new();
+        book.insert(NodeId(2), "127.0.0.1:1002".parse().unwrap());
+        let peers = std::collections::BTreeMap::from([
+            (NodeId(1), "127.0.0.1:1001".to_string()),
+            (NodeId(2), "127.0.0.1:2002".to_string()),
+            (NodeId(3), "127.0.0.1:1003".to_string()),
+            (NodeId(4), "not an address".to_string()),
+            (NodeId(5), String::new()),
+        ]);
+        apply_peer_addresses(&book, NodeId(1), &peers);
+        assert_eq!(book.get(NodeId(1)), None, "not itself");
+        assert_eq!(book.get(NodeId(2)), Some("127.0.0.1:2002".parse().unwrap()), "moved");
+        assert_eq!(book.get(NodeId(3)), Some("127.0.0.1:1003".parse().unwrap()), "new");
+        assert_eq!(book.get(NodeId(4)), None);
+        assert_eq!(book.get(NodeId(5)), None);
     }
 }
