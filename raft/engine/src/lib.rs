@@ -51,6 +51,38 @@
 //! either the old state (the snapshot was not complete) or a stored snapshot that the next
 //! start installs before anything else.
 //!
+//! # Membership changes
+//!
+//! A node starts in one of two ways:
+//!
+//! - **Bootstrap**: every node of a new cluster gets the same [`Config::members`], which is
+//!   the cluster's first configuration.
+//! - **Join**: a node added to a running cluster starts with empty `members` and an empty
+//!   store. It has no configuration, never campaigns, and waits until a leader adds it
+//!   ([`Raft::add_learner`]); it learns the configuration from the log it receives.
+//!
+//! A node restarted from its store uses the configuration in its log or snapshot, whatever
+//! `members` says (it logs a warning when they differ): `members` only bootstraps.
+//!
+//! [`Raft::change_membership`] adds and removes voters and learners, promotes and demotes
+//! ([`ChangeMembers`]). Configurations travel in the log: a node uses the latest one in its
+//! log, committed or not, and falls back to the previous one if a new leader overwrites it
+//! (Raft thesis §4.1). A change of one voter is applied directly; a change of several goes
+//! through a joint configuration, in which elections and commits need a majority of the old
+//! voters and of the new ones, and which the leader leaves by itself once it is committed
+//! (or on request: [`ChangeOptions::joint`]). The core enforces the rules that make this
+//! safe, rather than documenting them: one uncommitted change at a time, no change before the
+//! leader has committed an entry of its own term, learners far behind are not promoted unless
+//! forced, and a leader removed by a change leads until the change commits, then steps down.
+//! Learners receive the log and snapshots but never vote, campaign or count toward a quorum.
+//! A removed node cannot disturb the cluster: its vote requests are dropped.
+//!
+//! The configuration also carries opaque node information per node (an address), so that
+//! every node — and every future leader — learns how to reach a node added after it started:
+//! the engine hands it to [`Network::update_peers`] (the QUIC adapter adds the address to its
+//! book). [`RaftMetrics::membership`] shows the configuration in force and, on the leader,
+//! `replication` shows each learner's progress.
+//!
 //! # Logs and spans
 //!
 //! Every task of a node runs in a `tracing` span `raft{node=…}`; the driver's work runs, within
