@@ -451,3 +451,31 @@ fn membership_changes_under_random_faults_keep_every_invariant() {
         sim.check_log_matching();
     }
 }
+
+#[test]
+fn a_node_added_after_compaction_learns_the_configuration_from_the_snapshot() {
+    let mut sim = Sim::with_config(3, 8, |c| {
+        c.snapshot_every = 50;
+        c.snapshot_keep = 5;
+    });
+    sim.add_node(4);
+    let l = change_on_leader(&mut sim, &change(&[1, 2, 3], &[4]));
+    wait_config(&mut sim, l, &[1, 2, 3], &[4]);
+    // Cut node 4 off while the log grows past several snapshots, so it can only catch up
+    // from a snapshot — whose configuration must be the one in force at its last entry.
+    sim.isolate(4);
+    for i in 0..200u16 {
+        sim.propose_on_leader(&i.to_le_bytes());
+    }
+    let l = sim.wait_leader().0;
+    assert!(sim.run_until(Duration::from_secs(5), |s| s.core(l).purged_log_id().index.0 > 100));
+    sim.heal();
+    assert!(sim.run_until(Duration::from_secs(10), |s| caught_up(s, 4)));
+    assert!(sim.snapshots_installed > 0, "node 4 caught up from a snapshot");
+    let m = sim.core(4).membership().clone();
+    assert_eq!(m.configs()[0], set(&[1, 2, 3]));
+    assert!(m.learners().contains(&NodeId(4)), "{m:?}");
+    // The snapshot's own configuration is the one at its index.
+    let snap = sim.core(4).snapshot().expect("a snapshot").clone();
+    assert_eq!(&snap.membership, sim.core(l).membership_at(snap.last_log_id.index));
+}
