@@ -123,6 +123,17 @@ impl Store {
             }
         }
         let applied = snapshot.as_ref().map_or(LogIndex(0), |s| s.last_log_id.index);
+        // The configuration entries after the snapshot, as the engine finds them at startup.
+        let floor = snapshot.as_ref().map_or(self.purged.index, |s| s.last_log_id.index);
+        let memberships = self
+            .entries
+            .iter()
+            .filter(|e| e.index() > floor)
+            .filter_map(|e| match &e.payload {
+                raftkit_core::EntryPayload::Membership(m) => Some((e.log_id, m.clone())),
+                _ => None,
+            })
+            .collect();
         InitialState {
             hard_state: self.hard_state,
             purged: self.purged,
@@ -130,6 +141,7 @@ impl Store {
             last: self.last(),
             applied,
             snapshot,
+            memberships,
         }
     }
 }
@@ -501,7 +513,7 @@ impl Cluster {
                     let last = node.applied_last;
                     let meta = SnapshotMeta {
                         last_log_id: last,
-                        membership: core.membership().clone(),
+                        membership: core.membership_at(last.index).clone(),
                         size: data.len() as u64,
                         checksum: checksum(&data),
                     };

@@ -177,9 +177,9 @@ impl RaftCore {
         self.confs.latest().0
     }
 
-    /// Whether the latest configuration is committed.
+    /// Whether the latest configuration is committed (false on a node that has none yet).
     pub fn membership_committed(&self) -> bool {
-        self.confs.latest().0.index <= self.commit
+        !self.membership.is_uninitialized() && self.confs.latest().0.index <= self.commit
     }
 
     /// Proposes a configuration change (leader only). Returns the id of the configuration

@@ -437,7 +437,10 @@ impl<S: StateMachine> RaftHandle<S> {
     /// when the configuration naming it is committed; with `blocking`, only once the learner
     /// has also caught up with the leader's commit index as of the call (then it can be
     /// promoted without [`ChangeOptions::force`]). Adding a node that is already a learner
-    /// with the same information returns [`ChangeMembershipError::NoChange`].
+    /// with the same information returns [`ChangeMembershipError::NoChange`]. If this node
+    /// loses its leadership while waiting for the learner to catch up, the call returns
+    /// [`ChangeMembershipError::NotLeader`] (the learner was added; ask the new leader's
+    /// metrics for its progress).
     ///
     /// # Errors
     /// See [`ChangeMembershipError`].
@@ -455,10 +458,18 @@ impl<S: StateMachine> RaftHandle<S> {
             let caught_up = rx
                 .wait_for(|m| {
                     m.replication.get(&id).is_some_and(|i| *i >= target)
+                        || m.role != raftkit_core::Role::Leader
                         || !matches!(m.state, crate::NodeState::Running)
                 })
                 .await;
             match caught_up {
+                // Leadership lost while waiting: the learner is added (the configuration
+                // committed), but this node can no longer tell when it has caught up.
+                Ok(m) if m.role != raftkit_core::Role::Leader
+                    && matches!(m.state, crate::NodeState::Running) =>
+                {
+                    return Err(ChangeMembershipError::NotLeader { leader: m.leader });
+                }
                 Ok(m) if matches!(m.state, crate::NodeState::Running) => {}
                 _ => {
                     return Err(match self.inner.shared.fatal.get() {

@@ -187,3 +187,24 @@ async fn a_restarted_node_takes_its_configuration_from_its_log() {
     assert!(m.membership.is_voter(NodeId(4)), "{:?}", m.membership);
     c.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_blocking_add_learner_returns_when_the_leader_loses_its_leadership() {
+    let c = Cluster::start(3, 15).await;
+    let leader = c.leader().await;
+    let node = c.node(leader).unwrap();
+    // Node 4 is never started: it never catches up. The leader then stalls and loses its
+    // leadership; the call must not wait forever.
+    let add = tokio::spawn({
+        let node = node.clone();
+        async move { node.add_learner(NodeId(4), "", true).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.pause(Duration::from_secs(3)).await;
+    let r = tokio::time::timeout(Duration::from_secs(30), add).await;
+    match r {
+        Ok(Ok(Err(ChangeMembershipError::NotLeader { .. }))) => {}
+        other => panic!("expected NotLeader once the leader stepped down, got {other:?}"),
+    }
+    c.shutdown().await;
+}
