@@ -519,6 +519,9 @@ fn role_name(role: Role) -> &'static str {
 /// An error reply.
 struct ApiError(StatusCode, ErrorReply);
 
+/// Where a node's API is, if known ([`Service::api_of`]).
+type ApiOf<'a> = &'a dyn Fn(NodeId) -> Option<SocketAddr>;
+
 impl ApiError {
     fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError(
@@ -550,10 +553,10 @@ impl ApiError {
         ApiError(status, ErrorReply { kind, error: error.into(), leader: None, leader_api: None })
     }
 
-    /// A `not_leader` reply: it names the leader and, when `svc` knows it, the leader's API
-    /// address.
-    fn not_leader(leader: Option<NodeId>, svc: &dyn Service) -> ApiError {
-        let leader_api = leader.and_then(|l| svc.api_of(l)).map(|a| a.to_string());
+    /// A `not_leader` reply: it names the leader and, when `api_of` knows it, the leader's
+    /// API address.
+    fn not_leader(leader: Option<NodeId>, api_of: ApiOf<'_>) -> ApiError {
+        let leader_api = leader.and_then(api_of).map(|a| a.to_string());
         // Written here rather than taken from the engine, so the reply names the leader's
         // address as well as its id.
         let error = match (leader, &leader_api) {
@@ -569,7 +572,7 @@ impl ApiError {
     }
 
     /// The reply to a failed membership request.
-    fn from_members(e: MembersError, svc: &dyn Service) -> ApiError {
+    fn from_members(e: MembersError, api_of: ApiOf<'_>) -> ApiError {
         use ChangeMembershipError as C;
         let e = match e {
             MembersError::BadRequest(e) => return ApiError::bad_request(e),
@@ -579,7 +582,7 @@ impl ApiError {
             MembersError::Change(e) => e,
         };
         let (status, kind) = match &e {
-            C::NotLeader { leader } => return ApiError::not_leader(*leader, svc),
+            C::NotLeader { leader } => return ApiError::not_leader(*leader, api_of),
             C::InProgress { .. } | C::LeaderNotReady | C::LearnerLagging { .. } => {
                 (StatusCode::CONFLICT, ErrorKind::RetryLater)
             }
@@ -608,12 +611,12 @@ impl ApiError {
         ApiError::new(status, kind, error)
     }
 
-    /// The reply to a failed command; a `not_leader` reply names the leader and, when `svc`
+    /// The reply to a failed command; a `not_leader` reply names the leader and, when `api_of`
     /// knows it, the leader's API address.
-    fn from_write(e: WriteError, svc: &dyn Service) -> ApiError {
+    fn from_write(e: WriteError, api_of: ApiOf<'_>) -> ApiError {
         let error = e.to_string();
         let (status, kind, leader) = match e {
-            WriteError::NotLeader { leader } => return ApiError::not_leader(leader, svc),
+            WriteError::NotLeader { leader } => return ApiError::not_leader(leader, api_of),
             WriteError::Encode(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest, None),
             WriteError::Shutdown | WriteError::Fatal(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable, None)
@@ -628,7 +631,7 @@ impl ApiError {
 type Svc = State<Arc<dyn Service>>;
 
 async fn run(svc: &dyn Service, cmd: KvCommand) -> Result<KvOutput, ApiError> {
-    svc.execute(cmd).await.map_err(|e| ApiError::from_write(e, svc))
+    svc.execute(cmd).await.map_err(|e| ApiError::from_write(e, &|id| svc.api_of(id)))
 }
 
 fn unexpected(out: KvOutput) -> ApiError {
@@ -718,7 +721,10 @@ async fn add_learner(
     let (id, wait) = change_args(req.id, req.addr.as_deref(), req.timeout_ms)?;
     // Carried in its canonical form, which is what every member parses.
     let addr = req.addr.and_then(|a| a.trim().parse::<SocketAddr>().ok()).map(|a| a.to_string());
-    svc.add_learner(id, addr, wait).await.map(Json).map_err(|e| ApiError::from_members(e, &*svc))
+    svc.add_learner(id, addr, wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
 }
 
 async fn promote(
@@ -727,7 +733,10 @@ async fn promote(
 ) -> Result<Json<MembersReply>, ApiError> {
     let Json(req) = req?;
     let (id, wait) = change_args(req.id, None, req.timeout_ms)?;
-    svc.promote(id, wait).await.map(Json).map_err(|e| ApiError::from_members(e, &*svc))
+    svc.promote(id, wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
 }
 
 async fn remove(
@@ -736,7 +745,10 @@ async fn remove(
 ) -> Result<Json<MembersReply>, ApiError> {
     let Json(req) = req?;
     let (id, wait) = change_args(req.id, None, req.timeout_ms)?;
-    svc.remove(id, wait).await.map(Json).map_err(|e| ApiError::from_members(e, &*svc))
+    svc.remove(id, wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
 }
 
 /// `GET /metrics`, from the process's recorder (see [`crate::prometheus`]).
@@ -895,5 +907,62 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftkit::{LogId, LogIndex, Term};
+
+    use super::*;
+
+    /// Each refusal of a membership change gets the status and kind the protocol documents:
+    /// what may be retried says so, what cannot succeed is a bad request.
+    #[test]
+    fn membership_errors_map_to_the_documented_kinds() {
+        use ChangeMembershipError as C;
+        let api: SocketAddr = "127.0.0.1:8002".parse().unwrap();
+        let reply = |e: MembersError| ApiError::from_members(e, &|_| Some(api));
+        for (e, status, kind) in [
+            (C::InProgress { index: LogIndex(7) }, 409, ErrorKind::RetryLater),
+            (C::LeaderNotReady, 409, ErrorKind::RetryLater),
+            (
+                C::LearnerLagging { node: NodeId(4), matched: LogIndex(3), last: LogIndex(9) },
+                409,
+                ErrorKind::RetryLater,
+            ),
+            (C::WouldLeaveNoVoters, 400, ErrorKind::BadRequest),
+            (
+                C::UnknownNode { node: NodeId(4), why: "is not a learner" },
+                400,
+                ErrorKind::BadRequest,
+            ),
+            (C::NoChange, 400, ErrorKind::BadRequest),
+            (C::Invalid("x".into()), 400, ErrorKind::BadRequest),
+            (
+                C::Overwritten { log_id: LogId { term: Term(2), index: LogIndex(5) } },
+                409,
+                ErrorKind::NotApplied,
+            ),
+            (C::Shutdown, 503, ErrorKind::Unavailable),
+        ] {
+            let text = e.to_string();
+            let ApiError(s, r) = reply(MembersError::Change(e));
+            assert_eq!((s.as_u16(), r.kind), (status, kind), "{text}");
+            // The engine's `n4` and `i7` are spelt out for people.
+            let terse = r.error.split([' ', '(']).any(|w| {
+                w.len() > 1
+                    && w.starts_with(['n', 'i'])
+                    && w[1..].starts_with(|c: char| c.is_ascii_digit())
+            });
+            assert!(!terse, "{}", r.error);
+        }
+        let ApiError(s, r) = reply(C::NotLeader { leader: Some(NodeId(2)) }.into());
+        assert_eq!((s.as_u16(), r.kind, r.leader), (421, ErrorKind::NotLeader, Some(2)));
+        assert_eq!(r.leader_api.as_deref(), Some("127.0.0.1:8002"));
+        let ApiError(s, r) = reply(MembersError::TimedOut("waited".into()));
+        assert_eq!((s.as_u16(), r.kind, r.error.as_str()), (504, ErrorKind::Timeout, "waited"));
+        let ApiError(s, r) = reply(MembersError::BadRequest("no".into()));
+        assert_eq!((s.as_u16(), r.kind), (400, ErrorKind::BadRequest));
     }
 }

@@ -331,6 +331,9 @@ mod tests {
         assert_eq!(c.heartbeat_interval, std::time::Duration::from_millis(20));
         assert_eq!(c.snapshot_every, 5);
         assert_eq!((c.id, c.members), (NodeId(2), vec![NodeId(1), NodeId(2)]));
+        // `--join`: no initial members, whatever the file says.
+        let c = load_config(&path, NodeId(4), &[]).unwrap();
+        assert_eq!((c.id, c.members), (NodeId(4), vec![]));
     }
 
     #[test]

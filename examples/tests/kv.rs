@@ -120,6 +120,24 @@ fn node_options_are_validated() {
             ],
             "--peer-apis names node 9",
         ),
+        (
+            vec!["--id", "4", "--join", "--peers", "1=127.0.0.1:7001", "--api", "127.0.0.1:0"],
+            "pass --listen",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--join",
+                "--peers",
+                "1=127.0.0.1:7001",
+                "--api",
+                "127.0.0.1:0",
+                "--network",
+                "mem",
+            ],
+            "--join is for a node of a QUIC cluster",
+        ),
     ] {
         let out = Command::new(KV).arg("node").args(&args).output().expect("run kv node");
         let stderr = String::from_utf8_lossy(&out.stderr);
