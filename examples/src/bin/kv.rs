@@ -279,14 +279,16 @@ fn print_members(m: &MembersReply) {
         (false, false) => "not committed yet: a change is in progress",
         (false, true) => "not committed yet, joint: a change is in progress",
     };
-    println!("configuration seen by node {} ({}): {state}", m.id, m.role);
-    let sets: Vec<String> = m.voters.iter().map(|v| ids(v)).collect();
-    let voters = if sets.is_empty() { "-".to_string() } else { sets.join(" -> ") };
     if m.voters.is_empty() {
-        println!("no configuration yet: a node started with --join waits to be added");
+        println!(
+            "node {} ({}) has no configuration yet: a node started with --join waits to be added",
+            m.id, m.role
+        );
         return;
     }
-    println!("voters {voters}  learners {}", ids(&m.learners));
+    println!("configuration seen by node {} ({}): {state}", m.id, m.role);
+    let sets: Vec<String> = m.voters.iter().map(|v| ids(v)).collect();
+    println!("voters {}  learners {}", sets.join(" -> "), ids(&m.learners));
     for n in &m.nodes {
         let progress = match (n.matched, n.lag) {
             (Some(matched), Some(lag)) => format!("  matched {matched:<8} lag {lag}"),
