@@ -76,7 +76,7 @@ struct Cli {
 enum Command {
     /// Runs a node (with `--network mem`: the whole cluster, in this process).
     Node(NodeArgs),
-    /// Creates a cluster CA (DIR/ca), a directory per node (DIR/node-<id>, without the CA key)
+    /// Creates a cluster CA (DIR/ca), a directory per node (DIR/node-ID, without the CA key)
     /// and an API client certificate (DIR/client); with --add, issues certificates for new
     /// nodes with the CA already in DIR/ca.
     Certs {
@@ -91,7 +91,7 @@ enum Command {
             conflicts_with = "add"
         )]
         nodes: Vec<u64>,
-        /// New node ids, e.g. `4`: writes DIR/node-<id> for each with the existing CA (its key
+        /// New node ids, e.g. `4`: writes DIR/node-ID for each with the existing CA (its key
         /// is read from DIR/ca and copied nowhere).
         #[arg(long, value_delimiter = ',')]
         add: Vec<u64>,
