@@ -24,7 +24,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::protocol::{
     AddLearnerRequest, CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest,
-    MemberRequest, MembersReply, PrevReply, PutRequest, StatusReply,
+    MAX_CHANGE_TIMEOUT_MS, MemberRequest, MembersReply, PrevReply, PutRequest, StatusReply,
 };
 
 /// The largest reply body the client reads.
@@ -73,7 +73,8 @@ enum HttpError {
 }
 
 /// One HTTP/1.1 exchange (hyper) on a fresh connection, over TLS with `tls`, returning the
-/// status and the body.
+/// status and the body. Connecting (and the TLS handshake) may take `timeout`, the exchange
+/// itself `answer_timeout`.
 async fn http(
     addr: SocketAddr,
     tls: Option<&TlsConnector>,
@@ -81,13 +82,14 @@ async fn http(
     path: &str,
     body: Option<&[u8]>,
     timeout: Duration,
+    answer_timeout: Duration,
 ) -> Result<(u16, Vec<u8>), HttpError> {
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| HttpError::Connect(format!("connecting to {addr} timed out")))?
         .map_err(|e| HttpError::Connect(format!("connecting to {addr}: {e}")))?;
     let Some(connector) = tls else {
-        return exchange(tcp, false, addr, method, path, body, timeout).await;
+        return exchange(tcp, false, addr, method, path, body, answer_timeout).await;
     };
     // The name is not what is checked: the verifier accepts any node of the cluster, by the
     // identity in its certificate (the client knows addresses, not node ids).
@@ -98,7 +100,7 @@ async fn http(
         .map_err(|e| {
             HttpError::Connect(format!("TLS with {addr}: {e} (is the node serving HTTPS?)"))
         })?;
-    exchange(stream, true, addr, method, path, body, timeout).await
+    exchange(stream, true, addr, method, path, body, answer_timeout).await
 }
 
 /// Whether `e` (or one of its causes) is a TLS alert from the server. In TLS 1.3 the server
@@ -302,6 +304,7 @@ impl KvClient {
                 "/v1/members",
                 None,
                 self.exchange_timeout,
+                self.exchange_timeout,
             )
             .await
             {
@@ -368,16 +371,24 @@ impl KvClient {
         let mut out = Vec::new();
         for addr in self.nodes.clone() {
             let tls = self.tls.as_ref();
-            let reply =
-                match http(addr, tls, Method::GET, "/v1/status", None, self.exchange_timeout).await
-                {
-                    Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
-                        .map_err(|e| format!("bad status reply: {e}")),
-                    Ok((code, _)) => Err(format!("HTTP {code}")),
-                    Err(
-                        HttpError::Connect(e) | HttpError::AfterSend(e) | HttpError::Refused(e),
-                    ) => Err(e),
-                };
+            let reply = match http(
+                addr,
+                tls,
+                Method::GET,
+                "/v1/status",
+                None,
+                self.exchange_timeout,
+                self.exchange_timeout,
+            )
+            .await
+            {
+                Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
+                    .map_err(|e| format!("bad status reply: {e}")),
+                Ok((code, _)) => Err(format!("HTTP {code}")),
+                Err(HttpError::Connect(e) | HttpError::AfterSend(e) | HttpError::Refused(e)) => {
+                    Err(e)
+                }
+            };
             if let Ok(s) = &reply {
                 for n in &s.nodes {
                     self.ids.insert(n.id, addr);
@@ -428,20 +439,21 @@ impl KvClient {
             attempt += 1;
             let backoff = Duration::from_millis(50 * (attempt as u64).min(4));
             let left = self.deadline.saturating_sub(start.elapsed());
-            let exchange_timeout = match wait {
+            let answer_timeout = match wait {
                 Wait::Short => self.exchange_timeout,
                 Wait::UntilDeadline => {
                     let server = left.saturating_sub(SERVER_MARGIN).max(Duration::from_millis(1));
+                    let ms = (server.as_millis() as u64).min(MAX_CHANGE_TIMEOUT_MS);
                     if let Some(obj) = req.as_object_mut() {
-                        obj.insert("timeout_ms".into(), (server.as_millis() as u64).into());
+                        obj.insert("timeout_ms".into(), ms.into());
                     }
                     left
                 }
             };
             let body = encode(&req)?;
-            match http(addr, self.tls.as_ref(), Method::POST, path, Some(&body), exchange_timeout)
-                .await
-            {
+            let tls = self.tls.as_ref();
+            let timeout = self.exchange_timeout;
+            match http(addr, tls, Method::POST, path, Some(&body), timeout, answer_timeout).await {
                 Ok((200, reply)) => {
                     self.preferred = Some(addr);
                     return serde_json::from_slice(&reply).map_err(|e| {
