@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +14,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use raftkit::{NodeId, NodeState, Role, WriteError};
+use futures::future::BoxFuture;
+use raftkit::{
+    ChangeMembers, ChangeMembershipError, ChangeOptions, Membership, NodeId, NodeState, Role,
+    WriteError,
+};
 use raftkit_mem::{KvCommand, KvOutput};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -24,8 +28,9 @@ use tokio_rustls::server::TlsStream;
 
 use crate::node::KvNode;
 use crate::protocol::{
-    CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest, MAX_VALUE_BYTES, NodeStatus,
-    PeerLag, PrevReply, PutRequest, StateDigest, StatusReply, validate,
+    AddLearnerRequest, CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest,
+    MAX_VALUE_BYTES, MemberRequest, MemberStatus, MembersReply, NodeStatus, PeerLag, PrevReply,
+    PutRequest, StateDigest, StatusReply, validate, validate_change,
 };
 
 /// What an API server serves: one node, or a whole in-process cluster.
@@ -41,6 +46,217 @@ pub trait Service: Send + Sync + 'static {
         let _ = id;
         None
     }
+    /// The nodes running in this process (to stop them at the end).
+    fn nodes(&self) -> Vec<KvNode>;
+    /// The cluster configuration as this service sees it (`GET /v1/members`).
+    fn members(&self) -> MembersReply;
+    /// Adds node `id` as a learner with `addr` (its Raft address) as node information, and
+    /// waits until it has caught up with the leader's commit index as of the call, for at most
+    /// `wait`.
+    async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: Option<String>,
+        wait: Duration,
+    ) -> Result<MembersReply, MembersError>;
+    /// Makes learner `id` a voter, waiting at most `wait` for the change to commit.
+    async fn promote(&self, id: NodeId, wait: Duration) -> Result<MembersReply, MembersError>;
+    /// Removes voter or learner `id`, waiting at most `wait` for the change to commit.
+    async fn remove(&self, id: NodeId, wait: Duration) -> Result<MembersReply, MembersError>;
+}
+
+/// Why a membership request failed.
+#[derive(Debug)]
+pub enum MembersError {
+    /// The engine refused the change or could not finish it.
+    Change(ChangeMembershipError),
+    /// The request does not fit: no address for a node on the QUIC network, a node that is
+    /// not a member.
+    BadRequest(String),
+    /// The wait ended before the change finished; the text says what is known.
+    TimedOut(String),
+}
+
+impl std::fmt::Display for MembersError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembersError::Change(e) => e.fmt(f),
+            MembersError::BadRequest(e) | MembersError::TimedOut(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for MembersError {}
+
+impl From<ChangeMembershipError> for MembersError {
+    fn from(e: ChangeMembershipError) -> MembersError {
+        MembersError::Change(e)
+    }
+}
+
+/// `node`'s view of `membership` (the one in force when `committed` says so, or one a change
+/// returned), with each member's replication progress when `node` leads.
+pub fn members_reply(
+    node: &KvNode,
+    membership: &Membership,
+    committed: bool,
+    api_of: impl Fn(NodeId) -> Option<SocketAddr>,
+) -> MembersReply {
+    let m = node.metrics().borrow().clone();
+    let leads = m.role == Role::Leader;
+    let member = |id: NodeId, role: &str| {
+        let matched = if leads && id != m.id { m.replication.get(&id).map(|i| i.0) } else { None };
+        MemberStatus {
+            id: id.0,
+            role: role.to_string(),
+            addr: membership.node_info(id).filter(|i| !i.is_empty()).map(str::to_string),
+            matched,
+            lag: matched.map(|i| m.last_log.index.0.saturating_sub(i)),
+        }
+    };
+    let mut nodes: Vec<MemberStatus> =
+        membership.voters().into_iter().map(|id| member(id, "voter")).collect();
+    nodes.extend(membership.learners().iter().map(|id| member(*id, "learner")));
+    MembersReply {
+        id: m.id.0,
+        role: role_name(m.role).to_string(),
+        leader: m.leader.map(|l| l.0),
+        leader_api: m.leader.and_then(api_of).map(|a| a.to_string()),
+        voters: membership.configs().iter().map(|c| c.iter().map(|n| n.0).collect()).collect(),
+        learners: membership.learners().iter().map(|n| n.0).collect(),
+        joint: membership.is_joint(),
+        committed,
+        nodes,
+    }
+}
+
+/// `node`'s view of the configuration in force.
+fn current_members(node: &KvNode, api_of: impl Fn(NodeId) -> Option<SocketAddr>) -> MembersReply {
+    let m = node.metrics().borrow().clone();
+    members_reply(node, &m.membership, m.membership_committed, api_of)
+}
+
+/// Adds learner `id` through `node` (which must lead) and waits for it to catch up, for at
+/// most `wait`. A node that is a learner already with the same information is waited for the
+/// same way, so that asking again after a timeout goes on waiting.
+pub async fn add_learner_on(
+    node: &KvNode,
+    id: NodeId,
+    info: String,
+    wait: Duration,
+) -> Result<Membership, MembersError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // The engine waits for the commit index as of its call, which is no later than this.
+    let target = node.metrics().borrow().commit;
+    match tokio::time::timeout_at(deadline, node.add_learner(id, info, true)).await {
+        Ok(Ok(m)) => return Ok(m),
+        Ok(Err(ChangeMembershipError::NoChange)) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(learner_timeout(node, id, target, wait)),
+    }
+    let mut rx = node.metrics();
+    let settled = rx.wait_for(|m| {
+        m.role != Role::Leader
+            || m.state != NodeState::Running
+            || m.replication.get(&id).is_some_and(|i| *i >= target)
+    });
+    let m = match tokio::time::timeout_at(deadline, settled).await {
+        Ok(Ok(m)) => m.clone(),
+        Ok(Err(_)) => return Err(ChangeMembershipError::Shutdown.into()),
+        Err(_) => return Err(learner_timeout(node, id, target, wait)),
+    };
+    match (&m.state, m.role) {
+        (NodeState::Running, Role::Leader) => Ok(m.membership),
+        (NodeState::Running, _) => {
+            Err(ChangeMembershipError::NotLeader { leader: m.leader }.into())
+        }
+        (NodeState::Failed(f), _) => Err(ChangeMembershipError::Fatal(f.clone()).into()),
+        _ => Err(ChangeMembershipError::Shutdown.into()),
+    }
+}
+
+/// What is known when the wait for learner `id` ended.
+fn learner_timeout(
+    node: &KvNode,
+    id: NodeId,
+    target: raftkit::LogIndex,
+    wait: Duration,
+) -> MembersError {
+    let m = node.metrics().borrow().clone();
+    let wait = seconds(wait);
+    let id = id.0;
+    if m.membership.learners().contains(&NodeId(id)) {
+        let has = match m.replication.get(&NodeId(id)) {
+            Some(i) if i.0 > 0 => format!("it has the log up to index {}", i.0),
+            _ => "it has acknowledged no entry yet (is it running, at the address given?)"
+                .to_string(),
+        };
+        MembersError::TimedOut(format!(
+            "node {id} is a learner now but had not caught up within {wait}: {has}, and needs \
+             index {} (the commit index when it was added). `kv members` shows its progress; \
+             asking to add it again waits again",
+            target.0
+        ))
+    } else {
+        MembersError::TimedOut(format!(
+            "the change adding node {id} as a learner did not commit within {wait}; it may \
+             still: `kv members` shows whether it did"
+        ))
+    }
+}
+
+/// A wait for people: `2.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Runs `change` through `node` (which must lead), waiting at most `wait` for it to commit.
+async fn change_on(
+    node: &KvNode,
+    change: ChangeMembers,
+    what: String,
+    wait: Duration,
+) -> Result<Membership, MembersError> {
+    match tokio::time::timeout(wait, node.change_membership(change, ChangeOptions::default())).await
+    {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(MembersError::TimedOut(format!(
+            "{what} did not commit within {}; it may still: `kv members` shows whether it did",
+            seconds(wait)
+        ))),
+    }
+}
+
+/// Promotes learner `id` through `node`.
+pub async fn promote_on(
+    node: &KvNode,
+    id: NodeId,
+    wait: Duration,
+) -> Result<Membership, MembersError> {
+    let change = ChangeMembers::PromoteLearners([id].into());
+    change_on(node, change, format!("promoting node {}", id.0), wait).await
+}
+
+/// Removes voter or learner `id` through `node`.
+pub async fn remove_on(
+    node: &KvNode,
+    id: NodeId,
+    wait: Duration,
+) -> Result<Membership, MembersError> {
+    let m = node.metrics().borrow().clone();
+    // Only the leader's view decides which kind of removal this is; elsewhere the engine
+    // answers `not_leader` whatever the change.
+    let change = if m.role == Role::Leader && m.membership.learners().contains(&id) {
+        ChangeMembers::RemoveLearners([id].into())
+    } else if m.role != Role::Leader || m.membership.is_voter(id) {
+        ChangeMembers::RemoveVoters([id].into())
+    } else {
+        return Err(MembersError::BadRequest(format!(
+            "node {} is not a member of the cluster",
+            id.0
+        )));
+    };
+    change_on(node, change, format!("removing node {}", id.0), wait).await
 }
 
 /// Serves one node: a follower answers `not_leader`, with the leader's API address when it is
@@ -67,11 +283,94 @@ impl Service for SingleNode {
     fn api_of(&self, id: NodeId) -> Option<SocketAddr> {
         self.peer_apis.get(&id).copied()
     }
+
+    fn nodes(&self) -> Vec<KvNode> {
+        vec![self.node.clone()]
+    }
+
+    fn members(&self) -> MembersReply {
+        current_members(&self.node, |id| self.api_of(id))
+    }
+
+    async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: Option<String>,
+        wait: Duration,
+    ) -> Result<MembersReply, MembersError> {
+        // The members dial the new node at the address the membership carries.
+        let Some(addr) = addr else {
+            return Err(MembersError::BadRequest(
+                "`addr` is required: the new node's Raft (QUIC) address, ip:port".into(),
+            ));
+        };
+        let m = add_learner_on(&self.node, id, addr, wait).await?;
+        Ok(members_reply(&self.node, &m, true, |id| self.api_of(id)))
+    }
+
+    async fn promote(&self, id: NodeId, wait: Duration) -> Result<MembersReply, MembersError> {
+        let m = promote_on(&self.node, id, wait).await?;
+        Ok(members_reply(&self.node, &m, true, |id| self.api_of(id)))
+    }
+
+    async fn remove(&self, id: NodeId, wait: Duration) -> Result<MembersReply, MembersError> {
+        let m = remove_on(&self.node, id, wait).await?;
+        Ok(members_reply(&self.node, &m, true, |id| self.api_of(id)))
+    }
 }
 
+/// Starts a node of an in-process cluster that joins it (no configuration; it waits to be
+/// added): what [`LocalCluster`] runs when asked to add a node it does not run yet.
+pub type StartJoiner = Box<dyn Fn(NodeId) -> BoxFuture<'static, Result<KvNode>> + Send + Sync>;
+
 /// Serves every node of an in-process cluster (the in-memory network) behind one address:
-/// commands go to whichever node leads.
-pub struct LocalCluster(pub Vec<KvNode>);
+/// commands go to whichever node leads. Adding a learner starts that node in this process
+/// first; a node removed from the cluster is stopped.
+pub struct LocalCluster {
+    nodes: Mutex<Vec<KvNode>>,
+    start_joiner: StartJoiner,
+}
+
+impl LocalCluster {
+    /// Serves `nodes`; `start_joiner` starts a node to add.
+    pub fn new(nodes: Vec<KvNode>, start_joiner: StartJoiner) -> LocalCluster {
+        LocalCluster { nodes: Mutex::new(nodes), start_joiner }
+    }
+
+    fn running(&self) -> Vec<KvNode> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn leader(&self) -> Option<KvNode> {
+        self.running().into_iter().find(|n| n.metrics().borrow().role == Role::Leader)
+    }
+
+    /// Runs `f` on the leader, waiting up to five seconds for one (elections take a few
+    /// hundred milliseconds).
+    async fn on_leader<T, F, Fut>(&self, f: F) -> Result<T, MembersError>
+    where
+        F: Fn(KvNode) -> Fut,
+        Fut: Future<Output = Result<T, MembersError>>,
+    {
+        let mut last = ChangeMembershipError::NotLeader { leader: None }.into();
+        for _ in 0..50 {
+            if let Some(node) = self.leader() {
+                match f(node).await {
+                    Err(e @ MembersError::Change(ChangeMembershipError::NotLeader { .. })) => {
+                        last = e
+                    }
+                    other => return other,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    fn reply(&self, node: &KvNode, m: &Membership) -> MembersReply {
+        members_reply(node, m, true, |_| None)
+    }
+}
 
 #[async_trait]
 impl Service for LocalCluster {
@@ -79,7 +378,7 @@ impl Service for LocalCluster {
         let mut last = WriteError::NotLeader { leader: None };
         // Elections take a few hundred milliseconds; wait up to five seconds for a leader.
         for _ in 0..50 {
-            if let Some(node) = self.0.iter().find(|n| n.metrics().borrow().role == Role::Leader) {
+            if let Some(node) = self.leader() {
                 match node.client_write(cmd.clone()).await {
                     Err(e @ WriteError::NotLeader { .. }) => last = e,
                     other => return other,
@@ -91,7 +390,83 @@ impl Service for LocalCluster {
     }
 
     fn status(&self) -> Vec<NodeStatus> {
-        self.0.iter().map(node_status).collect()
+        self.running().iter().map(node_status).collect()
+    }
+
+    fn nodes(&self) -> Vec<KvNode> {
+        self.running()
+    }
+
+    fn members(&self) -> MembersReply {
+        let node = self.leader().or_else(|| self.running().into_iter().next());
+        match node {
+            Some(node) => current_members(&node, |_| None),
+            None => MembersReply {
+                id: 0,
+                role: "stopped".into(),
+                leader: None,
+                leader_api: None,
+                voters: Vec::new(),
+                learners: Vec::new(),
+                joint: false,
+                committed: false,
+                nodes: Vec::new(),
+            },
+        }
+    }
+
+    async fn add_learner(
+        &self,
+        id: NodeId,
+        addr: Option<String>,
+        wait: Duration,
+    ) -> Result<MembersReply, MembersError> {
+        if !self.running().iter().any(|n| n.id() == id) {
+            let node = (self.start_joiner)(id)
+                .await
+                .map_err(|e| MembersError::BadRequest(format!("starting node {}: {e:#}", id.0)))?;
+            self.nodes.lock().unwrap_or_else(|p| p.into_inner()).push(node);
+        }
+        // The in-memory network needs no address; one given is carried all the same.
+        let info = addr.unwrap_or_default();
+        self.on_leader(|node| {
+            let info = info.clone();
+            async move {
+                let m = add_learner_on(&node, id, info, wait).await?;
+                Ok(self.reply(&node, &m))
+            }
+        })
+        .await
+    }
+
+    async fn promote(&self, id: NodeId, wait: Duration) -> Result<MembersReply, MembersError> {
+        self.on_leader(|node| async move {
+            let m = promote_on(&node, id, wait).await?;
+            Ok(self.reply(&node, &m))
+        })
+        .await
+    }
+
+    async fn remove(&self, id: NodeId, wait: Duration) -> Result<MembersReply, MembersError> {
+        let (node, m) = self
+            .on_leader(|node| async move {
+                let m = remove_on(&node, id, wait).await?;
+                Ok((node, m))
+            })
+            .await?;
+        let reply = self.reply(&node, &m);
+        // A removed node has nothing left to do here: stop it.
+        let removed = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            let i = nodes.iter().position(|n| n.id() == id && !m.contains(id));
+            i.map(|i| nodes.remove(i))
+        };
+        if let Some(node) = removed {
+            if let Err(e) = node.shutdown().await {
+                tracing::warn!(node = %id, "the removed node stopped with an error: {e}");
+            }
+        }
+        Ok(reply)
     }
 }
 
@@ -114,14 +489,7 @@ pub fn node_status(node: &KvNode) -> NodeStatus {
     let (applied, digest) = node.digest();
     NodeStatus {
         id: m.id.0,
-        role: match m.role {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::PreCandidate => "pre-candidate",
-            _ => "unknown",
-        }
-        .to_string(),
+        role: role_name(m.role).to_string(),
         term: m.term.0,
         leader: m.leader.map(|l| l.0),
         leader_api: None,
@@ -137,8 +505,22 @@ pub fn node_status(node: &KvNode) -> NodeStatus {
     }
 }
 
+/// A role as the protocol names it.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        Role::Learner => "learner",
+    }
+}
+
 /// An error reply.
 struct ApiError(StatusCode, ErrorReply);
+
+/// Where a node's API is, if known ([`Service::api_of`]).
+type ApiOf<'a> = &'a dyn Fn(NodeId) -> Option<SocketAddr>;
 
 impl ApiError {
     fn bad_request(error: impl Into<String>) -> ApiError {
@@ -167,25 +549,74 @@ impl From<JsonRejection> for ApiError {
 }
 
 impl ApiError {
-    /// The reply to a failed command; a `not_leader` reply names the leader and, when `svc`
-    /// knows it, the leader's API address.
-    fn from_write(e: WriteError, svc: &dyn Service) -> ApiError {
-        let mut error = e.to_string();
-        let mut leader_api = None;
-        let (status, kind, leader) = match e {
-            WriteError::NotLeader { leader } => {
-                leader_api = leader.and_then(|l| svc.api_of(l)).map(|a| a.to_string());
-                // Written here rather than taken from the engine, so the reply names the
-                // leader's address as well as its id.
-                error = match (leader, &leader_api) {
-                    (Some(l), Some(api)) => {
-                        format!("not the leader; the leader is node {} at {api}", l.0)
-                    }
-                    (Some(l), None) => format!("not the leader; the leader is node {}", l.0),
-                    (None, _) => "not the leader, and no leader is known yet".to_string(),
-                };
-                (StatusCode::MISDIRECTED_REQUEST, ErrorKind::NotLeader, leader.map(|l| l.0))
+    fn new(status: StatusCode, kind: ErrorKind, error: impl Into<String>) -> ApiError {
+        ApiError(status, ErrorReply { kind, error: error.into(), leader: None, leader_api: None })
+    }
+
+    /// A `not_leader` reply: it names the leader and, when `api_of` knows it, the leader's
+    /// API address.
+    fn not_leader(leader: Option<NodeId>, api_of: ApiOf<'_>) -> ApiError {
+        let leader_api = leader.and_then(api_of).map(|a| a.to_string());
+        // Written here rather than taken from the engine, so the reply names the leader's
+        // address as well as its id.
+        let error = match (leader, &leader_api) {
+            (Some(l), Some(api)) => format!("not the leader; the leader is node {} at {api}", l.0),
+            (Some(l), None) => format!("not the leader; the leader is node {}", l.0),
+            (None, _) => "not the leader, and no leader is known yet".to_string(),
+        };
+        let kind = ErrorKind::NotLeader;
+        ApiError(
+            StatusCode::MISDIRECTED_REQUEST,
+            ErrorReply { kind, error, leader: leader.map(|l| l.0), leader_api },
+        )
+    }
+
+    /// The reply to a failed membership request.
+    fn from_members(e: MembersError, api_of: ApiOf<'_>) -> ApiError {
+        use ChangeMembershipError as C;
+        let e = match e {
+            MembersError::BadRequest(e) => return ApiError::bad_request(e),
+            MembersError::TimedOut(e) => {
+                return ApiError::new(StatusCode::GATEWAY_TIMEOUT, ErrorKind::Timeout, e);
             }
+            MembersError::Change(e) => e,
+        };
+        let (status, kind) = match &e {
+            C::NotLeader { leader } => return ApiError::not_leader(*leader, api_of),
+            C::InProgress { .. } | C::LeaderNotReady | C::LearnerLagging { .. } => {
+                (StatusCode::CONFLICT, ErrorKind::RetryLater)
+            }
+            C::WouldLeaveNoVoters | C::UnknownNode { .. } | C::NoChange | C::Invalid(_) => {
+                (StatusCode::BAD_REQUEST, ErrorKind::BadRequest)
+            }
+            C::Overwritten { .. } => (StatusCode::CONFLICT, ErrorKind::NotApplied),
+            C::Shutdown | C::Fatal(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::OutcomeUnknown),
+        };
+        // The engine's messages name nodes as `n4`; the protocol says `node 4` everywhere.
+        let error = match &e {
+            C::UnknownNode { node, why } => format!("node {} {why}", node.0),
+            C::InProgress { index } => format!(
+                "another membership change is in progress (the configuration at index {} is not \
+                 committed yet); retry once it is",
+                index.0
+            ),
+            C::LearnerLagging { node, matched, last } => format!(
+                "learner {} is behind: it has the log up to {}, the leader up to {}; retry once \
+                 it has caught up (`kv members` shows its lag)",
+                node.0, matched.0, last.0
+            ),
+            e => e.to_string(),
+        };
+        ApiError::new(status, kind, error)
+    }
+
+    /// The reply to a failed command; a `not_leader` reply names the leader and, when `api_of`
+    /// knows it, the leader's API address.
+    fn from_write(e: WriteError, api_of: ApiOf<'_>) -> ApiError {
+        let error = e.to_string();
+        let (status, kind, leader) = match e {
+            WriteError::NotLeader { leader } => return ApiError::not_leader(leader, api_of),
             WriteError::Encode(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest, None),
             WriteError::Shutdown | WriteError::Fatal(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable, None)
@@ -193,14 +624,14 @@ impl ApiError {
             WriteError::Overwritten { .. } => (StatusCode::CONFLICT, ErrorKind::NotApplied, None),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::OutcomeUnknown, None),
         };
-        ApiError(status, ErrorReply { kind, error, leader, leader_api })
+        ApiError(status, ErrorReply { kind, error, leader, leader_api: None })
     }
 }
 
 type Svc = State<Arc<dyn Service>>;
 
 async fn run(svc: &dyn Service, cmd: KvCommand) -> Result<KvOutput, ApiError> {
-    svc.execute(cmd).await.map_err(|e| ApiError::from_write(e, svc))
+    svc.execute(cmd).await.map_err(|e| ApiError::from_write(e, &|id| svc.api_of(id)))
 }
 
 fn unexpected(out: KvOutput) -> ApiError {
@@ -268,6 +699,58 @@ async fn status(State(svc): Svc) -> Json<StatusReply> {
     Json(StatusReply { nodes: svc.status() })
 }
 
+async fn members(State(svc): Svc) -> Json<MembersReply> {
+    Json(svc.members())
+}
+
+/// A validated node id and wait from a membership request.
+fn change_args(
+    id: u64,
+    addr: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<(NodeId, Duration), ApiError> {
+    let ms = validate_change(id, addr, timeout_ms).map_err(ApiError::bad_request)?;
+    Ok((NodeId(id), Duration::from_millis(ms)))
+}
+
+async fn add_learner(
+    State(svc): Svc,
+    req: Result<Json<AddLearnerRequest>, JsonRejection>,
+) -> Result<Json<MembersReply>, ApiError> {
+    let Json(req) = req?;
+    let (id, wait) = change_args(req.id, req.addr.as_deref(), req.timeout_ms)?;
+    // Carried in its canonical form, which is what every member parses.
+    let addr = req.addr.and_then(|a| a.trim().parse::<SocketAddr>().ok()).map(|a| a.to_string());
+    svc.add_learner(id, addr, wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
+}
+
+async fn promote(
+    State(svc): Svc,
+    req: Result<Json<MemberRequest>, JsonRejection>,
+) -> Result<Json<MembersReply>, ApiError> {
+    let Json(req) = req?;
+    let (id, wait) = change_args(req.id, None, req.timeout_ms)?;
+    svc.promote(id, wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
+}
+
+async fn remove(
+    State(svc): Svc,
+    req: Result<Json<MemberRequest>, JsonRejection>,
+) -> Result<Json<MembersReply>, ApiError> {
+    let Json(req) = req?;
+    let (id, wait) = change_args(req.id, None, req.timeout_ms)?;
+    svc.remove(id, wait)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
+}
+
 /// `GET /metrics`, from the process's recorder (see [`crate::prometheus`]).
 async fn metrics() -> Response {
     match crate::prometheus::render() {
@@ -286,6 +769,10 @@ pub fn router(service: Arc<dyn Service>) -> Router {
         .route("/v1/get", post(get_key))
         .route("/v1/delete", post(delete))
         .route("/v1/cas", post(cas))
+        .route("/v1/members", get(members))
+        .route("/v1/members/add-learner", post(add_learner))
+        .route("/v1/members/promote", post(promote))
+        .route("/v1/members/remove", post(remove))
         // A value at the limit, JSON-escaped, plus the key and the framing.
         .layer(DefaultBodyLimit::max(2 * MAX_VALUE_BYTES + 64 * 1024))
         .with_state(service)
@@ -420,5 +907,62 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftkit::{LogId, LogIndex, Term};
+
+    use super::*;
+
+    /// Each refusal of a membership change gets the status and kind the protocol documents:
+    /// what may be retried says so, what cannot succeed is a bad request.
+    #[test]
+    fn membership_errors_map_to_the_documented_kinds() {
+        use ChangeMembershipError as C;
+        let api: SocketAddr = "127.0.0.1:8002".parse().unwrap();
+        let reply = |e: MembersError| ApiError::from_members(e, &|_| Some(api));
+        for (e, status, kind) in [
+            (C::InProgress { index: LogIndex(7) }, 409, ErrorKind::RetryLater),
+            (C::LeaderNotReady, 409, ErrorKind::RetryLater),
+            (
+                C::LearnerLagging { node: NodeId(4), matched: LogIndex(3), last: LogIndex(9) },
+                409,
+                ErrorKind::RetryLater,
+            ),
+            (C::WouldLeaveNoVoters, 400, ErrorKind::BadRequest),
+            (
+                C::UnknownNode { node: NodeId(4), why: "is not a learner" },
+                400,
+                ErrorKind::BadRequest,
+            ),
+            (C::NoChange, 400, ErrorKind::BadRequest),
+            (C::Invalid("x".into()), 400, ErrorKind::BadRequest),
+            (
+                C::Overwritten { log_id: LogId { term: Term(2), index: LogIndex(5) } },
+                409,
+                ErrorKind::NotApplied,
+            ),
+            (C::Shutdown, 503, ErrorKind::Unavailable),
+        ] {
+            let text = e.to_string();
+            let ApiError(s, r) = reply(MembersError::Change(e));
+            assert_eq!((s.as_u16(), r.kind), (status, kind), "{text}");
+            // The engine's `n4` and `i7` are spelt out for people.
+            let terse = r.error.split([' ', '(']).any(|w| {
+                w.len() > 1
+                    && w.starts_with(['n', 'i'])
+                    && w[1..].starts_with(|c: char| c.is_ascii_digit())
+            });
+            assert!(!terse, "{}", r.error);
+        }
+        let ApiError(s, r) = reply(C::NotLeader { leader: Some(NodeId(2)) }.into());
+        assert_eq!((s.as_u16(), r.kind, r.leader), (421, ErrorKind::NotLeader, Some(2)));
+        assert_eq!(r.leader_api.as_deref(), Some("127.0.0.1:8002"));
+        let ApiError(s, r) = reply(MembersError::TimedOut("waited".into()));
+        assert_eq!((s.as_u16(), r.kind, r.error.as_str()), (504, ErrorKind::Timeout, "waited"));
+        let ApiError(s, r) = reply(MembersError::BadRequest("no".into()));
+        assert_eq!((s.as_u16(), r.kind), (400, ErrorKind::BadRequest));
     }
 }

@@ -23,8 +23,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::protocol::{
-    CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest, PrevReply, PutRequest,
-    StatusReply,
+    AddLearnerRequest, CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest,
+    MAX_CHANGE_TIMEOUT_MS, MemberRequest, MembersReply, PrevReply, PutRequest, StatusReply,
 };
 
 /// The largest reply body the client reads.
@@ -73,7 +73,8 @@ enum HttpError {
 }
 
 /// One HTTP/1.1 exchange (hyper) on a fresh connection, over TLS with `tls`, returning the
-/// status and the body.
+/// status and the body. Connecting (and the TLS handshake) may take `timeout`, the exchange
+/// itself `answer_timeout`.
 async fn http(
     addr: SocketAddr,
     tls: Option<&TlsConnector>,
@@ -81,13 +82,14 @@ async fn http(
     path: &str,
     body: Option<&[u8]>,
     timeout: Duration,
+    answer_timeout: Duration,
 ) -> Result<(u16, Vec<u8>), HttpError> {
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| HttpError::Connect(format!("connecting to {addr} timed out")))?
         .map_err(|e| HttpError::Connect(format!("connecting to {addr}: {e}")))?;
     let Some(connector) = tls else {
-        return exchange(tcp, false, addr, method, path, body, timeout).await;
+        return exchange(tcp, false, addr, method, path, body, answer_timeout).await;
     };
     // The name is not what is checked: the verifier accepts any node of the cluster, by the
     // identity in its certificate (the client knows addresses, not node ids).
@@ -98,7 +100,7 @@ async fn http(
         .map_err(|e| {
             HttpError::Connect(format!("TLS with {addr}: {e} (is the node serving HTTPS?)"))
         })?;
-    exchange(stream, true, addr, method, path, body, timeout).await
+    exchange(stream, true, addr, method, path, body, answer_timeout).await
 }
 
 /// Whether `e` (or one of its causes) is a TLS alert from the server. In TLS 1.3 the server
@@ -190,6 +192,21 @@ enum Retry {
     WhenNotAppended,
 }
 
+/// What the server is told about how long it may take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A command: each exchange gets the client's usual exchange timeout.
+    Short,
+    /// A membership change, which may wait for a learner to catch up: the exchange may take
+    /// what is left of the deadline, and the request's `timeout_ms` tells the server to answer
+    /// `timeout` a little before that.
+    UntilDeadline,
+}
+
+/// How much earlier than the client's deadline the server is asked to give up, so that its
+/// answer (saying what is known) arrives before the client stops listening.
+const SERVER_MARGIN: Duration = Duration::from_millis(500);
+
 /// A client of a `kv` cluster.
 pub struct KvClient {
     nodes: Vec<SocketAddr>,
@@ -266,21 +283,112 @@ impl KvClient {
         self.call("/v1/cas", &req, Retry::WhenNotAppended).await
     }
 
+    /// The cluster configuration, as the leader sees it (with each member's replication
+    /// progress) when a node names the leader, else as the first node that answers sees it.
+    pub async fn members(&mut self) -> Result<MembersReply, ClientError> {
+        let mut last_error = String::from("no node addresses given");
+        let mut first = None;
+        let mut targets = self.nodes.clone();
+        if let Some(p) = self.preferred {
+            targets.insert(0, p);
+        }
+        let mut i = 0;
+        while i < targets.len() && i < self.nodes.len() + 2 {
+            let addr = targets[i];
+            i += 1;
+            let tls = self.tls.as_ref();
+            let reply = match http(
+                addr,
+                tls,
+                Method::GET,
+                "/v1/members",
+                None,
+                self.exchange_timeout,
+                self.exchange_timeout,
+            )
+            .await
+            {
+                Ok((200, body)) => serde_json::from_slice::<MembersReply>(&body).map_err(|e| {
+                    ClientError::Protocol(format!("bad members reply from {addr}: {e}"))
+                }),
+                Ok((code, body)) => Err(ClientError::Protocol(format!(
+                    "{addr} answered HTTP {code}: {}",
+                    String::from_utf8_lossy(&body)
+                ))),
+                Err(HttpError::Refused(e)) => Err(ClientError::Refused(e)),
+                Err(HttpError::Connect(e) | HttpError::AfterSend(e)) => {
+                    last_error = e;
+                    continue;
+                }
+            }?;
+            if reply.role == "leader" {
+                self.preferred = Some(addr);
+                return Ok(reply);
+            }
+            // Ask the leader next, if this node says where it is.
+            let leader_api = reply.leader_api.as_deref().and_then(|a| a.parse().ok());
+            let leader_api = leader_api.or_else(|| self.ids.get(&reply.leader?).copied());
+            if let Some(api) = leader_api.filter(|a| !targets[..i].contains(a)) {
+                targets.insert(i, api);
+            }
+            first.get_or_insert(reply);
+        }
+        first.ok_or(ClientError::Unavailable(last_error))
+    }
+
+    /// Adds node `id` as a learner with `addr` (its Raft address; `None` on an in-process
+    /// cluster) and waits until it has caught up with the leader. Sending it again for a node
+    /// that is a learner already with the same address waits again.
+    pub async fn add_learner(
+        &mut self,
+        id: u64,
+        addr: Option<&str>,
+    ) -> Result<MembersReply, ClientError> {
+        let req = AddLearnerRequest { id, addr: addr.map(str::to_string), timeout_ms: None };
+        self.change("/v1/members/add-learner", &req).await
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&mut self, id: u64) -> Result<MembersReply, ClientError> {
+        self.change("/v1/members/promote", &MemberRequest { id, timeout_ms: None }).await
+    }
+
+    /// Removes voter or learner `id` from the cluster.
+    pub async fn remove(&mut self, id: u64) -> Result<MembersReply, ClientError> {
+        self.change("/v1/members/remove", &MemberRequest { id, timeout_ms: None }).await
+    }
+
+    async fn change<Req: Serialize>(
+        &mut self,
+        path: &str,
+        req: &Req,
+    ) -> Result<MembersReply, ClientError> {
+        self.call_with(path, req, Retry::WhenNotAppended, Wait::UntilDeadline).await
+    }
+
     /// Asks every node for its status; unreachable nodes are reported as errors.
     pub async fn status(&mut self) -> Vec<(SocketAddr, Result<StatusReply, String>)> {
         let mut out = Vec::new();
         for addr in self.nodes.clone() {
             let tls = self.tls.as_ref();
-            let reply =
-                match http(addr, tls, Method::GET, "/v1/status", None, self.exchange_timeout).await
-                {
-                    Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
-                        .map_err(|e| format!("bad status reply: {e}")),
-                    Ok((code, _)) => Err(format!("HTTP {code}")),
-                    Err(
-                        HttpError::Connect(e) | HttpError::AfterSend(e) | HttpError::Refused(e),
-                    ) => Err(e),
-                };
+            let reply = match http(
+                addr,
+                tls,
+                Method::GET,
+                "/v1/status",
+                None,
+                self.exchange_timeout,
+                self.exchange_timeout,
+            )
+            .await
+            {
+                Ok((200, body)) => serde_json::from_slice::<StatusReply>(&body)
+                    .map_err(|e| format!("bad status reply: {e}")),
+                Ok((code, _)) => Err(format!("HTTP {code}")),
+                Err(HttpError::Connect(e) | HttpError::AfterSend(e) | HttpError::Refused(e)) => {
+                    Err(e)
+                }
+            };
             if let Ok(s) = &reply {
                 for n in &s.nodes {
                     self.ids.insert(n.id, addr);
@@ -305,10 +413,24 @@ impl KvClient {
         req: &Req,
         retry: Retry,
     ) -> Result<Rep, ClientError> {
+        self.call_with(path, req, retry, Wait::Short).await
+    }
+
+    async fn call_with<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        req: &Req,
+        retry: Retry,
+        wait: Wait,
+    ) -> Result<Rep, ClientError> {
         if self.nodes.is_empty() {
             return Err(ClientError::Unavailable("no node addresses given".into()));
         }
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let encode = |v: &serde_json::Value| {
+            serde_json::to_vec(v).map_err(|e| ClientError::Protocol(e.to_string()))
+        };
+        let mut req =
+            serde_json::to_value(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let start = Instant::now();
         let mut last_error = String::from("no attempt made");
         let mut attempt = 0;
@@ -316,16 +438,22 @@ impl KvClient {
             let addr = self.next_target(attempt);
             attempt += 1;
             let backoff = Duration::from_millis(50 * (attempt as u64).min(4));
-            match http(
-                addr,
-                self.tls.as_ref(),
-                Method::POST,
-                path,
-                Some(&body),
-                self.exchange_timeout,
-            )
-            .await
-            {
+            let left = self.deadline.saturating_sub(start.elapsed());
+            let answer_timeout = match wait {
+                Wait::Short => self.exchange_timeout,
+                Wait::UntilDeadline => {
+                    let server = left.saturating_sub(SERVER_MARGIN).max(Duration::from_millis(1));
+                    let ms = (server.as_millis() as u64).min(MAX_CHANGE_TIMEOUT_MS);
+                    if let Some(obj) = req.as_object_mut() {
+                        obj.insert("timeout_ms".into(), ms.into());
+                    }
+                    left
+                }
+            };
+            let body = encode(&req)?;
+            let tls = self.tls.as_ref();
+            let timeout = self.exchange_timeout;
+            match http(addr, tls, Method::POST, path, Some(&body), timeout, answer_timeout).await {
                 Ok((200, reply)) => {
                     self.preferred = Some(addr);
                     return serde_json::from_slice(&reply).map_err(|e| {
@@ -364,6 +492,12 @@ impl KvClient {
                             self.preferred = None;
                             tokio::time::sleep(backoff).await;
                         }
+                        ErrorKind::RetryLater => {
+                            // Nothing changed; the same leader will take it in a moment.
+                            self.preferred = Some(addr);
+                            tokio::time::sleep(backoff).await;
+                        }
+                        ErrorKind::Timeout => return Err(ClientError::OutcomeUnknown(err.error)),
                         ErrorKind::Unavailable | ErrorKind::OutcomeUnknown
                             if retry == Retry::WhenNotAppended =>
                         {

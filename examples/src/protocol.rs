@@ -8,6 +8,17 @@
 //! | `POST /v1/cas` | [`CasRequest`] `{"key": "k", "expected": "a" or null, "new": "b" or null}` | [`CasReply`] `{"swapped": true, "current": "b"}` |
 //! | `GET /v1/status` | — | [`StatusReply`] `{"nodes": [...]}` |
 //! | `GET /metrics` | — | the engine's metrics, Prometheus text format |
+//! | `GET /v1/members` | — | [`MembersReply`]: the configuration this node sees |
+//! | `POST /v1/members/add-learner` | [`AddLearnerRequest`] `{"id": 4, "addr": "127.0.0.1:7004"}` | [`MembersReply`], once node 4 is a learner and has caught up |
+//! | `POST /v1/members/promote` | [`MemberRequest`] `{"id": 4}` | [`MembersReply`], once learner 4 votes |
+//! | `POST /v1/members/remove` | [`MemberRequest`] `{"id": 2}` | [`MembersReply`], once voter or learner 2 is out |
+//!
+//! The membership requests take an optional `"timeout_ms"` (default
+//! [`DEFAULT_CHANGE_TIMEOUT_MS`], at most [`MAX_CHANGE_TIMEOUT_MS`]): how long the server waits
+//! for the change to commit (and, for add-learner, for the learner to catch up with the
+//! leader's commit index as of the request) before it answers `timeout`. A change is made by
+//! the leader, one at a time; a voter change adds or removes one voter directly, without a
+//! joint configuration.
 //!
 //! Every command, reads included, goes through the Raft log, so each is linearizable. Errors
 //! carry an [`ErrorReply`] `{"kind": ..., "error": "...", "leader": 2 or null, "leader_api":
@@ -20,6 +31,12 @@
 //! | 503 | `unavailable` | the node is stopping or failed | only reads (a write may have been appended) |
 //! | 500 | `outcome_unknown` | the command was appended but its result is not known | only reads |
 //! | 409 | `not_applied` | the command was appended, then replaced by a new leader: not applied | yes: it never took effect |
+//! | 409 | `retry_later` | membership requests only: another change is in progress, the leader was elected moments ago, or the learner to promote is still catching up; nothing was changed | yes, after a moment (to the same leader) |
+//! | 504 | `timeout` | membership requests only: the change did not finish within `timeout_ms`; the error says what is known (for add-learner: whether the node is a learner already) | check `GET /v1/members` first |
+//!
+//! A membership request that names a node in the wrong role (promoting a node that is not a
+//! learner, removing one that is not a member, adding a voter as a learner), that would leave
+//! no voters, or whose `id` or `addr` is malformed is a 400 `bad_request`.
 
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +163,107 @@ pub struct StatusReply {
     pub nodes: Vec<NodeStatus>,
 }
 
+/// The reply to `GET /v1/members` and to every membership change: a node's view of the
+/// cluster configuration (after a change: the configuration the change led to).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// The node whose view this is.
+    pub id: u64,
+    /// Its role (`leader`, `follower`, `learner`, …; see [`NodeStatus::role`]).
+    pub role: String,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// The leader's API address (`host:port`, same scheme as this one), when known.
+    #[serde(default)]
+    pub leader_api: Option<String>,
+    /// The voter sets: one, or two during a joint change (the old set, then the new one; a
+    /// decision then needs a majority of each). Empty on a node that joined and was not added
+    /// yet.
+    pub voters: Vec<Vec<u64>>,
+    /// The learners: members that receive the log but do not vote.
+    pub learners: Vec<u64>,
+    /// Whether the configuration is joint (two voter sets).
+    pub joint: bool,
+    /// Whether the configuration is committed; if not, a change is in progress.
+    pub committed: bool,
+    /// Every member (voters, then learners, each in id order).
+    pub nodes: Vec<MemberStatus>,
+}
+
+/// One member in a [`MembersReply`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// The node's id.
+    pub id: u64,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// The node information the membership carries for it: the Raft (QUIC) address it was
+    /// added with. Null for the nodes the cluster was started with (their addresses come from
+    /// each node's `--peers`).
+    pub addr: Option<String>,
+    /// When the answering node leads: the highest index known durable in this member's log
+    /// (null for the leader itself, and on other nodes).
+    pub matched: Option<u64>,
+    /// When the answering node leads: its last log index minus `matched`.
+    pub lag: Option<u64>,
+}
+
+/// `POST /v1/members/add-learner`: add node `id` as a learner and wait until it has caught
+/// up with the leader's commit index (as of the request).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLearnerRequest {
+    /// The new node's id (a positive integer).
+    pub id: u64,
+    /// Its Raft address, `ip:port` (its QUIC endpoint), which every member learns from the
+    /// membership. Required on the QUIC network; unused on the in-memory one.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// How long to wait, in milliseconds (see the module docs).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/members/promote` (make learner `id` a voter) and `POST /v1/members/remove`
+/// (remove voter or learner `id`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The node's id.
+    pub id: u64,
+    /// How long to wait, in milliseconds (see the module docs).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// How long a membership request waits when it names no `timeout_ms`.
+pub const DEFAULT_CHANGE_TIMEOUT_MS: u64 = 60_000;
+/// The longest `timeout_ms` accepted (one hour).
+pub const MAX_CHANGE_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Checks a membership request's node id, address and timeout; returns the timeout to use.
+pub fn validate_change(
+    id: u64,
+    addr: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<u64, String> {
+    if id == 0 {
+        return Err("node ids start at 1".into());
+    }
+    if let Some(addr) = addr {
+        addr.trim().parse::<std::net::SocketAddr>().map_err(|e| {
+            format!("the address {addr:?} is not an ip:port socket address (the node's QUIC endpoint): {e}")
+        })?;
+    }
+    match timeout_ms.unwrap_or(DEFAULT_CHANGE_TIMEOUT_MS) {
+        0 => Err("timeout_ms must be positive".into()),
+        t if t > MAX_CHANGE_TIMEOUT_MS => {
+            Err(format!("timeout_ms is {t}; the limit is {MAX_CHANGE_TIMEOUT_MS} (one hour)"))
+        }
+        t => Ok(t),
+    }
+}
+
 /// What went wrong, in an [`ErrorReply`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,6 +279,13 @@ pub enum ErrorKind {
     /// The command was appended but a new leader replaced it: it was not applied and never
     /// will be, so it is safe to send again (HTTP 409).
     NotApplied,
+    /// A membership change cannot be made yet: another one is in progress, the leader has not
+    /// committed an entry of its term yet, or the learner to promote is behind. Nothing was
+    /// changed; send it again shortly (HTTP 409).
+    RetryLater,
+    /// A membership change did not finish within the request's timeout; the message says what
+    /// is known. It may still complete: look at `GET /v1/members` (HTTP 504).
+    Timeout,
 }
 
 /// The body of every error reply.

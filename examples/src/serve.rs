@@ -11,8 +11,8 @@ use raftkit::{Config, NodeId};
 use raftkit_mem::{MemKv, MemRouter};
 use raftkit_quic::{AddressBook, NodeCerts, QuicConfig, QuicNetwork};
 
-use crate::api::{ApiServer, LocalCluster, Service, SingleNode};
-use crate::node::{KvNode, LogKind, NetworkKind, NodeLog, NodeNetwork, example_config, start_node};
+use crate::api::{ApiServer, LocalCluster, Service, SingleNode, StartJoiner};
+use crate::node::{LogKind, NetworkKind, NodeLog, NodeNetwork, example_config, start_node};
 
 /// Parses a peer list `1=127.0.0.1:7001,2=127.0.0.1:7002,…` (ids are positive integers, each
 /// listed once).
@@ -92,10 +92,15 @@ impl TlsPaths {
 pub struct NodeOptions {
     /// This node's id (on the in-memory network: the node whose data the API reports first).
     pub id: NodeId,
-    /// Every member's Raft address, this node's included.
+    /// Every member's Raft address, this node's included (with `join`: the address book of
+    /// the cluster to join, this node's own address optional).
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Where this node's QUIC endpoint listens (default: its address in `peers`).
     pub listen: Option<SocketAddr>,
+    /// Join an existing cluster: start with no configuration (`Config::members` empty) and
+    /// wait until a leader adds this node (`kv add-learner`). A node whose log already holds a
+    /// configuration uses that one, joined or not. QUIC only.
+    pub join: bool,
     /// The HTTP API address (port 0: any free port, printed at start).
     pub api: SocketAddr,
     /// The other members' API addresses, so a `not_leader` reply can say where the leader's
@@ -115,29 +120,34 @@ pub struct NodeOptions {
     /// Allow plain, unauthenticated HTTP on an API address that is not loopback.
     pub insecure_api: bool,
     /// The engine configuration (from `--config`), whose `id` and `members` are replaced by
-    /// each node's id and the ids in `peers`. `None`: [`example_config`].
+    /// each node's id and the ids in `peers` (none with `join`). `None`: [`example_config`].
     pub raft: Option<Config>,
+}
+
+impl NodeOptions {
+    /// The initial voters this node is started with: the ids in `peers`, or none when it
+    /// joins.
+    pub fn members(&self) -> Vec<NodeId> {
+        if self.join { Vec::new() } else { self.peers.keys().copied().collect() }
+    }
 }
 
 /// Loads the engine configuration for `kv node --config FILE` (TOML, the fields of
 /// [`Config`]; durations like `"50ms"`), then applies the command line, which overrides the
-/// file: `id` becomes `id` and `members` the ids of `peers`. The result is validated, so a bad
-/// value is reported before anything starts.
+/// file: `id` becomes `id` and `members` becomes `members` (the ids of `--peers`, or none
+/// with `--join`). The result is validated, so a bad value is reported before anything
+/// starts.
 ///
 /// # Errors
 /// The file cannot be read, is not valid TOML, names an unknown field or a value of the wrong
 /// type, or the configuration is invalid; each error names the file.
-pub fn load_config(
-    path: &Path,
-    id: NodeId,
-    peers: &BTreeMap<NodeId, SocketAddr>,
-) -> Result<Config> {
+pub fn load_config(path: &Path, id: NodeId, members: &[NodeId]) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
     let mut config: Config = toml::from_str(&text)
         .with_context(|| format!("in the configuration file {}", path.display()))?;
     config.id = id;
-    config.members = peers.keys().copied().collect();
+    config.members = members.to_vec();
     config.validate().with_context(|| {
         format!("in the configuration file {} (with --id and --peers)", path.display())
     })?;
@@ -164,7 +174,7 @@ pub fn check_api_exposure(api: SocketAddr, tls: bool, insecure: bool) -> Result<
 
 /// A started node (or in-process cluster) and its API server, ready to [`RunningNode::serve`].
 pub struct RunningNode {
-    nodes: Vec<KvNode>,
+    service: Arc<dyn Service>,
     server: ApiServer,
     /// Folds metric samples into histograms between scrapes.
     upkeep: Option<tokio::task::JoinHandle<()>>,
@@ -174,10 +184,25 @@ impl RunningNode {
     /// Validates `opts`, opens the log(s), binds the network and the API, and starts Raft.
     pub async fn start(opts: NodeOptions) -> Result<RunningNode> {
         check_api_exposure(opts.api, opts.api_tls, opts.insecure_api)?;
-        if !opts.peers.contains_key(&opts.id) {
+        if opts.join && opts.network == NetworkKind::Mem {
+            bail!(
+                "--join is for a node of a QUIC cluster; an in-process cluster (--network mem) \
+                 starts the nodes it is asked to add (`kv add-learner`) itself"
+            );
+        }
+        if !opts.join && !opts.peers.contains_key(&opts.id) {
             bail!("--id {} is not in --peers", opts.id.0);
         }
-        if let Some(id) = opts.peer_apis.keys().find(|id| !opts.peers.contains_key(id)) {
+        let listen = match (opts.listen, opts.peers.get(&opts.id)) {
+            (Some(addr), _) | (None, Some(&addr)) => addr,
+            (None, None) => bail!(
+                "--join: pass --listen (where this node's QUIC endpoint binds), or list this \
+                 node in --peers"
+            ),
+        };
+        if let Some(id) =
+            opts.peer_apis.keys().find(|id| !opts.peers.contains_key(id) && **id != opts.id)
+        {
             bail!("--peer-apis names node {}, which is not in --peers", id.0);
         }
         let data_dir = match (&opts.data_dir, opts.log) {
@@ -207,48 +232,60 @@ impl RunningNode {
                 None
             }
         };
-        let members: Vec<NodeId> = opts.peers.keys().copied().collect();
-        let config_for = |id: NodeId| match &opts.raft {
+        let members = opts.members();
+        let base = opts.raft.clone();
+        let config_for = move |id: NodeId, members: &[NodeId]| match &base {
             Some(base) => {
                 let mut c = base.clone();
                 c.id = id;
-                c.members.clone_from(&members);
+                c.members = members.to_vec();
                 c
             }
-            None => example_config(id, &members),
+            None => example_config(id, members),
         };
-        let mut nodes = Vec::new();
         let service: Arc<dyn Service> = match opts.network {
             NetworkKind::Quic => {
                 let certs = certs.context("QUIC needs certificates")?;
+                // The nodes this one accepts connections from and dials; nodes added later are
+                // learnt from the membership's node information.
                 let book: AddressBook = opts.peers.iter().map(|(i, a)| (*i, *a)).collect();
-                let listen = opts.listen.unwrap_or(opts.peers[&opts.id]);
                 let net =
                     QuicNetwork::bind(QuicConfig::new(opts.id, listen, certs).with_addresses(book))
                         .with_context(|| format!("binding the QUIC endpoint on {listen}"))?;
                 let log = NodeLog::open(opts.log, &data_dir, opts.id).await?;
-                let config = config_for(opts.id);
+                let config = config_for(opts.id, &members);
                 let node = start_node(config, NodeNetwork::Quic(net), log, MemKv::new()).await?;
-                nodes.push(node.clone());
                 Arc::new(SingleNode { node, peer_apis: opts.peer_apis.clone() })
             }
             NetworkKind::Mem => {
                 let router = MemRouter::new(opts.id.0);
+                let mut nodes = Vec::new();
                 for id in &members {
                     let log = NodeLog::open(opts.log, &data_dir, *id).await?;
-                    let config = config_for(*id);
+                    let config = config_for(*id, &members);
                     let net = NodeNetwork::Mem(router.network(*id));
                     nodes.push(start_node(config, net, log, MemKv::new()).await?);
                 }
-                Arc::new(LocalCluster(nodes.clone()))
+                let log_kind = opts.log;
+                // A node to add starts here with no configuration and waits to be added.
+                let start_joiner: StartJoiner = Box::new(move |id| {
+                    let (router, data_dir) = (router.clone(), data_dir.clone());
+                    let config = config_for(id, &[]);
+                    Box::pin(async move {
+                        let log = NodeLog::open(log_kind, &data_dir, id).await?;
+                        let net = NodeNetwork::Mem(router.network(id));
+                        start_node(config, net, log, MemKv::new()).await
+                    })
+                });
+                Arc::new(LocalCluster::new(nodes, start_joiner))
             }
         };
         let server = match api_tls {
-            Some(tls) => ApiServer::bind_tls(opts.api, service, tls).await?,
-            None => ApiServer::bind(opts.api, service).await?,
+            Some(tls) => ApiServer::bind_tls(opts.api, service.clone(), tls).await?,
+            None => ApiServer::bind(opts.api, service.clone()).await?,
         };
         let upkeep = metrics.map(|handle| tokio::spawn(crate::prometheus::upkeep(handle)));
-        Ok(RunningNode { nodes, server, upkeep })
+        Ok(RunningNode { service, server, upkeep })
     }
 
     /// The API's address.
@@ -268,7 +305,7 @@ impl RunningNode {
         if let Some(upkeep) = &self.upkeep {
             upkeep.abort();
         }
-        for node in &self.nodes {
+        for node in &self.service.nodes() {
             if let Err(e) = node.shutdown().await {
                 tracing::error!(node = %node.id(), "stopped with an error: {e}");
             }
@@ -290,17 +327,19 @@ mod tests {
             "id = 9\nmembers = [9]\nheartbeat_interval = \"20ms\"\nsnapshot_every = 5\n",
         )
         .unwrap();
-        let peers = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap();
-        let c = load_config(&path, NodeId(2), &peers).unwrap();
+        let c = load_config(&path, NodeId(2), &[NodeId(1), NodeId(2)]).unwrap();
         assert_eq!(c.heartbeat_interval, std::time::Duration::from_millis(20));
         assert_eq!(c.snapshot_every, 5);
         assert_eq!((c.id, c.members), (NodeId(2), vec![NodeId(1), NodeId(2)]));
+        // `--join`: no initial members, whatever the file says.
+        let c = load_config(&path, NodeId(4), &[]).unwrap();
+        assert_eq!((c.id, c.members), (NodeId(4), vec![]));
     }
 
     #[test]
     fn a_bad_config_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let peers = parse_peers("1=127.0.0.1:7001").unwrap();
+        let peers = [NodeId(1)];
         let path = dir.path().join("bad.toml");
         for (text, says) in [
             ("heartbeat = \"1s\"", "unknown field `heartbeat`"),

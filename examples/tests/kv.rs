@@ -2,81 +2,18 @@
 //! line on 127.0.0.1, and the `kv` client commands (or the library client) talking HTTP/JSON
 //! to them.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::{
+    KV, NodeProcess, free_tcp_ports, free_udp_ports, http_get, kv, make_certs, names_in, node_args,
+    raw_post, stdout_of,
+};
 use raftkit_examples::client::KvClient;
-
-const KV: &str = env!("CARGO_BIN_EXE_kv");
-
-/// A `kv node` process; killed (SIGKILL) when dropped.
-struct NodeProcess {
-    child: Child,
-    api: SocketAddr,
-}
-
-impl NodeProcess {
-    /// Starts `kv node <args>` and waits for it to print its API address.
-    fn start(args: &[String]) -> NodeProcess {
-        let mut child = Command::new(KV)
-            .arg("node")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kv node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let url = line.split("serving ").nth(1).unwrap_or_default();
-                if let Some(addr) = url.strip_prefix("http://").or(url.strip_prefix("https://")) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("kv node {args:?} did not start"));
-        NodeProcess { child, api: addr.parse().expect("API address") }
-    }
-
-    /// Stops the process with SIGTERM (a graceful shutdown) and checks that it exits cleanly.
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait for kv node");
-        assert!(exit.success(), "kv node exited with {exit} after SIGTERM");
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a `kv` client command against `api`.
-fn kv(api: &[SocketAddr], args: &[&str]) -> Output {
-    let nodes: Vec<String> = api.iter().map(|a| a.to_string()).collect();
-    Command::new(KV)
-        .args(["--nodes", &nodes.join(","), "--timeout", "20s"])
-        .args(args)
-        .output()
-        .expect("run kv")
-}
-
-fn stdout_of(api: &[SocketAddr], args: &[&str]) -> String {
-    let out = kv(api, args);
-    assert!(out.status.success(), "kv {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 #[test]
 fn every_client_command_works_on_an_in_process_cluster() {
@@ -183,35 +120,29 @@ fn node_options_are_validated() {
             ],
             "--peer-apis names node 9",
         ),
+        (
+            vec!["--id", "4", "--join", "--peers", "1=127.0.0.1:7001", "--api", "127.0.0.1:0"],
+            "pass --listen",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--join",
+                "--peers",
+                "1=127.0.0.1:7001",
+                "--api",
+                "127.0.0.1:0",
+                "--network",
+                "mem",
+            ],
+            "--join is for a node of a QUIC cluster",
+        ),
     ] {
         let out = Command::new(KV).arg("node").args(&args).output().expect("run kv node");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
     }
-}
-
-/// Reserves `n` distinct UDP ports on 127.0.0.1 by binding port 0, for the nodes' `--peers`
-/// list (which must name every address before any node starts).
-fn free_udp_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<_> =
-        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
-    sockets.iter().map(|s| s.local_addr().expect("addr").port()).collect()
-}
-
-fn node_args(id: u64, peers: &str, dir: &Path) -> Vec<String> {
-    let d = |p: &str| dir.join(p).display().to_string();
-    vec![
-        "--id".into(),
-        id.to_string(),
-        "--peers".into(),
-        peers.into(),
-        "--api".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        d("data"),
-        "--certs-dir".into(),
-        d(&format!("certs/node-{id}")),
-    ]
 }
 
 #[test]
@@ -286,29 +217,6 @@ fn quic_and_redb_nodes_keep_every_acknowledged_write_when_the_leader_is_killed()
     for n in nodes.into_iter().flatten() {
         n.terminate();
     }
-}
-
-/// Reserves `n` distinct TCP ports on 127.0.0.1 for the nodes' `--api` and `--peer-apis`.
-fn free_tcp_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
-}
-
-/// One raw HTTP/1.1 POST; returns the whole reply (status line, headers, body).
-fn raw_post(api: SocketAddr, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(api).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).expect("send");
-    let mut reply = String::new();
-    tcp.read_to_string(&mut reply).expect("read");
-    reply
 }
 
 /// A follower's `not_leader` reply says where the leader's API is (from `--peer-apis`), in
@@ -390,23 +298,6 @@ fn kv_exits(args: &[&str]) -> Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().expect("kv output")
-}
-
-fn make_certs(dir: &Path, nodes: &str) {
-    let made = Command::new(KV)
-        .args(["certs", "--dir", &dir.display().to_string(), "--nodes", nodes])
-        .output()
-        .expect("kv certs");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Security: `kv certs` gives each node its own directory, which holds no CA key; the CA (and
@@ -556,19 +447,6 @@ async fn anonymous_tls_request(api: SocketAddr, ca: &Path) -> String {
         Ok(_) => String::from_utf8_lossy(&reply).into_owned(),
         Err(e) => format!("read failed: {e}"),
     }
-}
-
-/// `GET <path>` on `api` over plain HTTP/1.1; returns the status code and the body.
-fn http_get(api: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(api).expect("connect to the API");
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).expect("read the reply");
-    let (head, body) = reply.split_once("\r\n\r\n").expect("a complete HTTP reply");
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    (status, body.to_string())
 }
 
 /// The samples of `name` in a Prometheus text page, by label set (`{node="1"}`).

@@ -1,6 +1,7 @@
 //! Runs the example programs end to end: the demo with its default adapters (loopback QUIC,
-//! redb) and in memory, and each small wiring program. A program that fails, hangs or does not
-//! print what it promises fails the test.
+//! redb) and in memory, its leader failover and node replacement included, and each small
+//! wiring program. A program that fails, hangs or does not print what it promises fails the
+//! test.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,6 +61,19 @@ fn the_demo_survives_its_leader_dying_over_quic_and_redb() {
         !out.lines().any(|l| l.contains("checked keys wrong") && !l.contains("; 0 of ")),
         "{out}"
     );
+    replacement_shown_and_checked(&out);
+}
+
+/// The dead leader was replaced by the fresh node n4 (added as a learner, promoted, the dead
+/// node removed), and the final check covered n4 and left out the removed node.
+fn replacement_shown_and_checked(out: &str) {
+    for step in ["n4 added as a learner", "n4 promoted to voter", "removed in", "n4 replaced"] {
+        assert!(out.contains(step), "no {step:?} in:\n{out}");
+    }
+    let checked = |l: &&str| l.contains(" checked keys wrong");
+    let n4 = out.lines().filter(checked).find(|l| l.trim_start().starts_with("n4:"));
+    assert!(n4.is_some_and(|l| l.contains("; 0 of ")), "n4 was not checked:\n{out}");
+    assert!(out.contains("killed and removed from the cluster; not checked"), "{out}");
 }
 
 #[test]
@@ -71,6 +85,7 @@ fn the_demo_runs_in_memory() {
     );
     assert!(ok, "{out}");
     assert!(out.contains("(mem network, mem log)") && out.contains("Summary:"), "{out}");
+    replacement_shown_and_checked(&out);
 }
 
 #[test]

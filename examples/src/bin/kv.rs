@@ -7,6 +7,13 @@
 //!         --api 127.0.0.1:8001 --data-dir data --certs-dir certs/node-1   # and nodes 2 and 3
 //! kv --nodes 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003 put greeting hello
 //! kv --nodes … get greeting
+//! # Replacing node 1 by a new node 4 (see examples/README.md):
+//! kv certs --dir certs --add 4
+//! kv node --id 4 --join --peers 1=…,2=…,3=…,4=127.0.0.1:7004 --api 127.0.0.1:8004 …
+//! kv add-learner --id 4 --addr 127.0.0.1:7004
+//! kv promote --id 4
+//! kv remove --id 1
+//! kv members
 //! # Beyond loopback: HTTPS, and a client certificate from the cluster CA.
 //! kv node … --api 10.0.0.1:8001 --api-tls
 //! kv --nodes 10.0.0.1:8001,… --client-certs certs/client get greeting
@@ -26,6 +33,7 @@ use clap::{Parser, Subcommand};
 use raftkit::NodeId;
 use raftkit_examples::client::{ClientError, KvClient};
 use raftkit_examples::node::{LogKind, NetworkKind};
+use raftkit_examples::protocol::MembersReply;
 use raftkit_examples::serve::{NodeOptions, RunningNode, TlsPaths, load_config, parse_peers};
 use raftkit_quic::certs::ClientCerts;
 
@@ -41,8 +49,10 @@ struct Cli {
     )]
     nodes: Vec<SocketAddr>,
     /// How long a client command may take, retries included (e.g. `10s`, `500ms`, `1m 30s`).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    /// Default: 10s, and 60s for `add-learner`, `promote` and `remove` (which wait for the
+    /// change to commit, and add-learner for the learner to catch up).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
     /// Talk HTTPS to nodes started with --api-tls, authenticating with the client certificate
     /// in this directory (`DIR/client` made by `kv certs`: `ca.crt`, `client.crt`, `client.key`).
     #[arg(long, env = "KV_CLIENT_CERTS", conflicts_with_all = ["ca_cert", "client_cert", "client_key"])]
@@ -66,15 +76,25 @@ struct Cli {
 enum Command {
     /// Runs a node (with `--network mem`: the whole cluster, in this process).
     Node(NodeArgs),
-    /// Creates a cluster CA (DIR/ca), a directory per node (DIR/node-<id>, without the CA key)
-    /// and an API client certificate (DIR/client).
+    /// Creates a cluster CA (DIR/ca), a directory per node (DIR/node-ID, without the CA key)
+    /// and an API client certificate (DIR/client); with --add, issues certificates for new
+    /// nodes with the CA already in DIR/ca.
     Certs {
-        /// The directory to create them in (must not hold a CA already).
+        /// The directory to create them in (must not hold a CA already, unless --add).
         #[arg(long)]
         dir: PathBuf,
         /// The node ids, e.g. `1,2,3`.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "add",
+            conflicts_with = "add"
+        )]
         nodes: Vec<u64>,
+        /// New node ids, e.g. `4`: writes DIR/node-ID for each with the existing CA (its key
+        /// is read from DIR/ca and copied nowhere).
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<u64>,
     },
     /// Sets a key; prints the previous value.
     Put {
@@ -108,6 +128,33 @@ enum Command {
     /// Shows each node's role, term, leader, indexes, state digest, followers' lag (on the
     /// leader) and the error that stopped it, if any.
     Status,
+    /// Shows the cluster configuration as the leader sees it: the voters (two sets during a
+    /// joint change), the learners, each member's address and replication lag, and whether
+    /// the configuration is committed.
+    Members,
+    /// Adds a node as a learner (it receives the log but does not vote) and waits until it has
+    /// caught up. Start the node first, with `kv node --join`.
+    AddLearner {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its Raft (QUIC) address, `ip:port`, which every member learns from the
+        /// configuration. Not needed on an in-process cluster (`kv node --network mem`).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Makes a learner a voter (refused while it is behind the leader's log).
+    Promote {
+        /// The learner's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Removes a voter or a learner from the cluster (refused if it would leave no voters).
+    Remove {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -116,8 +163,13 @@ struct NodeArgs {
     #[arg(long)]
     id: u64,
     /// Every member's Raft (QUIC) address, this node's included: `1=host:port,2=host:port,…`.
+    /// With --join: the members of the cluster to join (this node's own address optional).
     #[arg(long, value_parser = parse_peers)]
     peers: std::collections::BTreeMap<NodeId, SocketAddr>,
+    /// Join an existing cluster: start with no configuration and wait until the leader adds
+    /// this node (`kv add-learner`). Once its log holds a configuration, the node uses that.
+    #[arg(long)]
+    join: bool,
     /// Where the QUIC endpoint listens (default: this node's address in --peers).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -187,14 +239,17 @@ async fn shutdown_signal() {
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {
+    let members: Vec<NodeId> =
+        if args.join { Vec::new() } else { args.peers.keys().copied().collect() };
     let raft = match &args.config {
-        Some(path) => Some(load_config(path, NodeId(args.id), &args.peers)?),
+        Some(path) => Some(load_config(path, NodeId(args.id), &members)?),
         None => None,
     };
     let opts = NodeOptions {
         id: NodeId(args.id),
         peers: args.peers,
         listen: args.listen,
+        join: args.join,
         api: args.api,
         peer_apis: args.peer_apis.unwrap_or_default(),
         data_dir: args.data_dir,
@@ -212,8 +267,46 @@ async fn run_node(args: NodeArgs) -> Result<()> {
     node.serve(shutdown_signal()).await
 }
 
+/// Prints a configuration: who sees it, the voters and learners, then one line per member.
+fn print_members(m: &MembersReply) {
+    let ids = |v: &[u64]| {
+        let v: Vec<String> = v.iter().map(u64::to_string).collect();
+        if v.is_empty() { "-".to_string() } else { v.join(",") }
+    };
+    let state = match (m.committed, m.joint) {
+        (true, false) => "committed",
+        (true, true) => "committed, joint: decisions need a majority of each voter set",
+        (false, false) => "not committed yet: a change is in progress",
+        (false, true) => "not committed yet, joint: a change is in progress",
+    };
+    if m.voters.is_empty() {
+        println!(
+            "node {} ({}) has no configuration yet: a node started with --join waits to be added",
+            m.id, m.role
+        );
+        return;
+    }
+    println!("configuration seen by node {} ({}): {state}", m.id, m.role);
+    let sets: Vec<String> = m.voters.iter().map(|v| ids(v)).collect();
+    println!("voters {}  learners {}", sets.join(" -> "), ids(&m.learners));
+    for n in &m.nodes {
+        let progress = match (n.matched, n.lag) {
+            (Some(matched), Some(lag)) => format!("  matched {matched:<8} lag {lag}"),
+            _ if n.id == m.id && m.role == "leader" => "  (leader)".to_string(),
+            _ => String::new(),
+        };
+        let addr = n.addr.as_deref().unwrap_or("-");
+        println!("node {:<4} {:<8} addr {addr:<22}{progress}", n.id, n.role);
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
-    let mut client = KvClient::new(cli.nodes, cli.timeout);
+    let changes = matches!(
+        cli.command,
+        Command::AddLearner { .. } | Command::Promote { .. } | Command::Remove { .. }
+    );
+    let default_timeout = Duration::from_secs(if changes { 60 } else { 10 });
+    let mut client = KvClient::new(cli.nodes, cli.timeout.unwrap_or(default_timeout));
     let certs =
         match (cli.client_certs, cli.ca_cert, cli.client_cert, cli.client_key) {
             (Some(dir), ..) => Some(ClientCerts::load_from_dir(&dir).with_context(|| {
@@ -229,7 +322,22 @@ async fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Node(args) => run_node(args).await?,
-        Command::Certs { dir, nodes } => {
+        Command::Certs { dir, nodes: _, add } if !add.is_empty() => {
+            for id in add {
+                if id == 0 {
+                    anyhow::bail!("node ids start at 1");
+                }
+                let n =
+                    raftkit_quic::certs::issue_node_files(&dir, NodeId(id)).with_context(|| {
+                        format!(
+                            "issuing a certificate for node {id} with the CA in {}",
+                            dir.display()
+                        )
+                    })?;
+                println!("node {id}: {} (for node {id} only)", n.dir.display());
+            }
+        }
+        Command::Certs { dir, nodes, add: _ } => {
             let ids: Vec<NodeId> = nodes.iter().map(|n| NodeId(*n)).collect();
             let files = raftkit_quic::generate_cluster(&dir, &ids)
                 .with_context(|| format!("creating certificates in {}", dir.display()))?;
@@ -291,6 +399,23 @@ async fn run(cli: Cli) -> Result<()> {
                     Err(e) => println!("{addr}  unreachable: {e}"),
                 }
             }
+        }
+        Command::Members => print_members(&client.members().await?),
+        Command::AddLearner { id, addr } => {
+            let addr = addr.map(|a| a.to_string());
+            let m = client.add_learner(id, addr.as_deref()).await?;
+            println!("node {id} is a learner and has caught up");
+            print_members(&m);
+        }
+        Command::Promote { id } => {
+            let m = client.promote(id).await?;
+            println!("node {id} is a voter");
+            print_members(&m);
+        }
+        Command::Remove { id } => {
+            let m = client.remove(id).await?;
+            println!("node {id} is no longer a member");
+            print_members(&m);
         }
     }
     Ok(())
