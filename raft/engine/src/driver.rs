@@ -502,6 +502,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             Exit::Shutdown(ack) => (NodeState::Shutdown, WriteError::Shutdown, ack),
             Exit::Failed(f) => {
                 let _ = self.shared.fatal.set(f.clone());
+                self.telemetry.failed(self.peers.values().map(|l| &l.metrics));
                 (NodeState::Failed(f.clone()), WriteError::Fatal(f), None)
             }
         };
