@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod faulty;
+mod nemesis;
 mod run;
 pub mod scenarios;
 pub mod workload;
@@ -14,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use raftkit::{Config, NodeId, Role};
+use raftkit::{Config, NodeId};
 
-use self::faulty::MessageFaults;
+pub use self::nemesis::FaultMix;
+use self::nemesis::nemesis_step;
 use self::run::Run;
 use self::workload::{ClientSettings, OpCounts, Workload};
 use crate::harness::{LogStoreHarness, NetworkHarness};
@@ -46,6 +48,8 @@ pub struct ClusterOptions {
     pub checkpoint_every: Duration,
     /// Adjusts every node's configuration (used to activate mutants).
     pub configure: Option<Configure>,
+    /// How often the nemesis picks each kind of fault.
+    pub faults: FaultMix,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +63,7 @@ impl Default for ClusterOptions {
             liveness_bound: Duration::from_secs(30),
             checkpoint_every: Duration::from_millis(700),
             configure: None,
+            faults: FaultMix::default(),
         }
     }
 }
@@ -312,7 +317,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         while start.elapsed() < self.opts.fault_time {
             tokio::time::sleep(rng.duration(Duration::from_millis(50), Duration::from_millis(600)))
                 .await;
-            nemesis_step(&mut run, &mut rng, &mut report).await;
+            nemesis_step(&mut run, &self.opts.faults, &mut rng, &mut report).await;
             if tokio::time::Instant::now() >= next_checkpoint {
                 run.checkpoint().await;
                 next_checkpoint = tokio::time::Instant::now() + self.opts.checkpoint_every;
@@ -369,127 +374,6 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         report.dump = dump;
         report
     }
-}
-
-/// One random fault (or the end of one), after restarting nodes whose downtime is over.
-async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
-    run: &mut Run<NH, LH>,
-    rng: &mut Rng,
-    report: &mut RunReport,
-) {
-    for id in run.due_for_restart() {
-        run.restart_node(id).await;
-    }
-    let ids = run.ids.clone();
-    let (faults, checker) = (run.faults.clone(), run.checker.clone());
-    let n = ids.len();
-    let mut count = |k: &'static str| *report.faults.entry(k).or_default() += 1;
-    match rng.below(13) {
-        0 | 1 if n > 1 => {
-            // Majority / minority partition.
-            let mut shuffled = ids.clone();
-            rng.shuffle(&mut shuffled);
-            let cut = 1 + rng.below(n as u64 - 1) as usize;
-            let (a, b) = shuffled.split_at(cut);
-            faults.set_blocked(cut_between(a, b));
-            checker.note(format!("nemesis: partition {a:?} | {b:?}"));
-            count("partition");
-        }
-        2 if n > 2 => {
-            // Bridge: one node sees both halves, which cannot see each other.
-            let mut shuffled = ids.clone();
-            rng.shuffle(&mut shuffled);
-            let bridge = shuffled[0];
-            let rest = &shuffled[1..];
-            let cut = 1 + rng.below(rest.len() as u64 - 1).min(rest.len() as u64 - 2) as usize;
-            let (a, b) = rest.split_at(cut.min(rest.len() - 1));
-            faults.set_blocked(cut_between(a, b));
-            checker.note(format!("nemesis: bridge {bridge} between {a:?} and {b:?}"));
-            count("bridge");
-        }
-        12 if n > 1 => {
-            let (a, b) = (*rng.pick(&ids), *rng.pick(&ids));
-            if a != b {
-                let latency = rng.duration(Duration::from_millis(300), Duration::from_millis(1500));
-                faults.slow_link(a, b, latency);
-                checker.note(format!("nemesis: slow link {a} -> {b} ({}ms)", latency.as_millis()));
-                count("slow-link");
-            }
-        }
-        3 if n > 1 => {
-            let (a, b) = (*rng.pick(&ids), *rng.pick(&ids));
-            if a != b {
-                faults.block(a, b);
-                checker.note(format!("nemesis: one-way block {a} -> {b}"));
-                count("one-way");
-            }
-        }
-        4 | 5 => {
-            faults.heal();
-            checker.note("nemesis: heal the network");
-            count("heal");
-        }
-        6 | 7 => {
-            let live = run.live();
-            let leader = live
-                .iter()
-                .find(|(_, n)| n.metrics().borrow().role == Role::Leader)
-                .map(|(id, _)| *id);
-            if !live.is_empty() {
-                // Half the time the leader: elections are where most bugs hide.
-                let victim = match leader {
-                    Some(l) if rng.chance(0.5) => l,
-                    _ => rng.pick(&live).0,
-                };
-                let down = rng.duration(Duration::from_millis(100), Duration::from_millis(2500));
-                checker.note(format!("nemesis: crash {victim} for {}ms", down.as_millis()));
-                run.crash_node(victim, Some(down)).await;
-                count("crash");
-            }
-        }
-        8 => {
-            let live = run.live();
-            if !live.is_empty() {
-                let (id, node) = rng.pick(&live).clone();
-                let d = rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
-                node.pause(d).await;
-                checker.note(format!("nemesis: pause {id} for {}ms", d.as_millis()));
-                count("pause");
-            }
-        }
-        9 | 10 => {
-            let f = MessageFaults {
-                drop: rng.below(20) as f64 / 100.0,
-                duplicate: rng.below(10) as f64 / 100.0,
-                delay: rng.chance(0.6).then(|| {
-                    (
-                        Duration::ZERO,
-                        rng.duration(Duration::from_millis(2), Duration::from_millis(40)),
-                    )
-                }),
-                stall: if rng.chance(0.4) { rng.below(30) as f64 / 100.0 } else { 0.0 },
-            };
-            faults.set_message_faults(f);
-            checker.note(format!("nemesis: message faults {f:?}"));
-            count("message-faults");
-        }
-        _ => {
-            faults.set_message_faults(MessageFaults::default());
-            checker.note("nemesis: message faults off");
-        }
-    }
-}
-
-/// Every directed link between the two groups.
-fn cut_between(a: &[NodeId], b: &[NodeId]) -> std::collections::BTreeSet<(NodeId, NodeId)> {
-    let mut links = std::collections::BTreeSet::new();
-    for x in a {
-        for y in b {
-            links.insert((*x, *y));
-            links.insert((*y, *x));
-        }
-    }
-    links
 }
 
 /// Expands to the cluster suite's tests for a network harness and a log-store harness: runs of

@@ -10,8 +10,9 @@ use std::time::Duration;
 use raftkit::{Config, NodeId};
 
 use super::checker::ChunkSent;
+use super::nemesis::cut_between;
 use super::run::Run;
-use super::{ClusterSuite, RunReport, cut_between};
+use super::{ClusterSuite, RunReport};
 use crate::harness::{LogStoreHarness, NetworkHarness};
 use crate::kv::{KvCommand, KvOp};
 
