@@ -1,22 +1,24 @@
 //! The invariant checker. It sees every node's protocol state after each driver turn (an
 //! [`Observer`]), every message a node sends (through the fault-injecting network), every entry
 //! applied (through the state machine), and the logs in the stores at checkpoints. Violations
-//! are recorded, not panicked on, so the run can finish and print a full report.
+//! are recorded, not panicked on, so the run can finish and print a full report. Each violation
+//! starts with the name of the check that fired, in plain words ("election safety: …").
 //!
 //! Checked: election safety (one leader per term, elected by a quorum of votes granted in that
 //! term, as seen on the wire); leader append-only (within its term a leader never changes or
 //! removes an entry it has: as seen in every AppendEntries it sends, and in its last log index
-//! between driver turns); one vote per node per term; term and commit
-//! never go backwards; the durable term and vote never go backwards, across restarts; a leader
+//! between driver turns); one vote per node per term; term, commit and applied never go
+//! backwards; the durable term, vote and commit never go backwards, across restarts; a leader
 //! advances its commit index only to entries of its own term (Raft §5.4.2); all nodes agree on
 //! what is committed; state-machine safety (the same entry at every index, applied in order
-//! without gaps, and the same whole state after the same entry, snapshots included); nothing
-//! that depends on durable state is sent before it is durable (when the
-//! store can tell); log matching; leader completeness; every committed entry durable on a
-//! quorum.
+//! without gaps, and the same whole state after the same entry, snapshots included); persist
+//! before send (nothing that depends on durable state is sent before it is durable, when the
+//! store can tell); store reads (a checkpoint's
+//! read of a store returns exactly the entries asked for, checked before anything is judged
+//! from it); log matching; leader completeness; durability (every committed entry is held
+//! durably on a quorum).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,60 +27,9 @@ use raftkit::{
     Observer, Role, Term,
 };
 
+pub use super::store_read::{NodeLog, StoreRead};
 use crate::harness::DurableView;
 use crate::kv::{ApplyRecorder, Fnv};
-
-/// What a checkpoint read from one node's store.
-#[derive(Clone, Debug, Default)]
-pub struct NodeLog {
-    /// The last purged id.
-    pub purged: LogId,
-    /// The entries after it, as (id, payload digest).
-    pub entries: Vec<(LogId, u64)>,
-}
-
-impl NodeLog {
-    /// Summarizes entries read from a store.
-    pub fn from_entries(purged: LogId, entries: &[Entry]) -> NodeLog {
-        let entries = entries
-            .iter()
-            .map(|e| {
-                let mut h = Fnv::default();
-                format!("{:?}", e.payload).hash(&mut h);
-                (e.log_id, h.finish())
-            })
-            .collect();
-        NodeLog { purged, entries }
-    }
-
-    fn get(&self, index: LogIndex) -> Option<(LogId, u64)> {
-        if index <= self.purged.index {
-            return None;
-        }
-        self.entries.get((index.0 - self.purged.index.0 - 1) as usize).copied()
-    }
-
-    fn last(&self) -> LogId {
-        self.entries.last().map_or(self.purged, |e| e.0)
-    }
-
-    /// A compact description: term runs with their index ranges.
-    pub fn summary(&self) -> String {
-        let mut out = format!("purged={} ", self.purged);
-        let mut i = 0;
-        while i < self.entries.len() {
-            let t = self.entries[i].0.term;
-            let start = self.entries[i].0.index;
-            let mut j = i;
-            while j + 1 < self.entries.len() && self.entries[j + 1].0.term == t {
-                j += 1;
-            }
-            let _ = write!(out, "[t{} {}..={}] ", t.0, start.0, self.entries[j].0.index.0);
-            i = j + 1;
-        }
-        out
-    }
-}
 
 #[derive(Default)]
 struct Track {
@@ -153,6 +104,7 @@ pub struct Checker {
     state: Mutex<State>,
     chunk_sent: tokio::sync::Notify,
     epoch: tokio::time::Instant,
+    nodes: usize,
     quorum: usize,
     max_violations: usize,
 }
@@ -164,6 +116,7 @@ impl Checker {
             state: Mutex::new(State::default()),
             chunk_sent: tokio::sync::Notify::new(),
             epoch: tokio::time::Instant::now(),
+            nodes,
             quorum: nodes / 2 + 1,
             max_violations: 50,
         }
@@ -246,18 +199,18 @@ impl Checker {
     fn check_durable_monotonic(&self, id: NodeId, prev: HardState, now: HardState, when: &str) {
         if now.term < prev.term {
             self.violation(format!(
-                "{id}: durable term went back from {} to {} ({when})",
+                "durable state: {id}'s durable term went back from {} to {} ({when})",
                 prev.term, now.term
             ));
         } else if now.term == prev.term && prev.vote.is_some() && now.vote != prev.vote {
             self.violation(format!(
-                "{id}: durable vote in {} changed from {:?} to {:?} ({when})",
+                "durable state: {id}'s durable vote in {} changed from {:?} to {:?} ({when})",
                 now.term, prev.vote, now.vote
             ));
         }
         if now.commit < prev.commit {
             self.violation(format!(
-                "{id}: durable commit went back from {} to {} ({when})",
+                "durable state: {id}'s durable commit went back from {} to {} ({when})",
                 prev.commit, now.commit
             ));
         }
@@ -304,24 +257,26 @@ impl Checker {
                 && st.commit <= st.last_log.index;
             if !ordered {
                 problems.push(format!(
-                    "{id}: purged {} <= snapshot {snap} <= applied {} <= commit {} <= last {} does not hold",
+                    "state order: on {id}, purged {} <= snapshot {snap} <= applied {} <= commit {} <= last {} does not hold",
                     st.purged, st.applied, st.commit, st.last_log
                 ));
             }
             if let Some(last) = t.last {
                 if st.term < last.term {
-                    problems
-                        .push(format!("{id}: term went back from {} to {}", last.term, st.term));
+                    problems.push(format!(
+                        "term: {id}'s term went back from {} to {}",
+                        last.term, st.term
+                    ));
                 }
                 if st.applied < last.applied {
                     problems.push(format!(
-                        "{id}: applied went back from {} to {}",
+                        "apply order: {id}'s applied index went back from {} to {}",
                         last.applied, st.applied
                     ));
                 }
                 if st.commit < last.commit {
                     problems.push(format!(
-                        "{id}: commit went back from {} to {}",
+                        "commit: {id}'s commit index went back from {} to {}",
                         last.commit, st.commit
                     ));
                 }
@@ -355,7 +310,10 @@ impl Checker {
             if st.role == Role::Leader {
                 match s.leaders.get(&st.term) {
                     Some(other) if *other != id => {
-                        problems.push(format!("two leaders in {}: {} and {id}", st.term, other));
+                        problems.push(format!(
+                            "election safety: two leaders in {}: {} and {id}",
+                            st.term, other
+                        ));
                     }
                     Some(_) => {}
                     None => {
@@ -371,8 +329,9 @@ impl Checker {
                             .count();
                         if others + 1 < self.quorum {
                             problems.push(format!(
-                                "{id} became leader of {} with {} vote(s) granted in that term \
-                                 (quorum {}): it counted votes from another term",
+                                "election safety: {id} became leader of {} with {} vote(s) \
+                                 granted in that term (quorum {}): it counted votes from another \
+                                 term",
                                 st.term,
                                 others + 1,
                                 self.quorum
@@ -384,8 +343,9 @@ impl Checker {
                     Some((term, start)) if term == st.term => {
                         if st.commit > start && st.commit_term != Some(st.term) {
                             problems.push(format!(
-                                "{id}, leader of {}, advanced its commit to {} whose term is {:?}: \
-                                 an earlier term's entry committed by counting (Figure 8)",
+                                "commit rule (Raft §5.4.2): {id}, leader of {}, advanced its \
+                                 commit to {} whose term is {:?}: an earlier term's entry \
+                                 committed by counting (Figure 8)",
                                 st.term, st.commit, st.commit_term
                             ));
                         }
@@ -400,7 +360,8 @@ impl Checker {
                     let id_here = LogId { term, index: st.commit };
                     match s.committed.get(&st.commit) {
                         Some(prev) if *prev != id_here => problems.push(format!(
-                            "{id} committed {id_here} but {prev} was committed at that index"
+                            "commit agreement: {id} committed {id_here} but {prev} was committed \
+                             at that index"
                         )),
                         Some(_) => {}
                         None => {
@@ -434,7 +395,7 @@ impl Checker {
             if let Some(next) = t.next_apply {
                 if i != next {
                     problems.push(format!(
-                        "{id} applied {log_id} but the next index to apply was {next}"
+                        "apply order: {id} applied {log_id} but the next index to apply was {next}"
                     ));
                 }
             }
@@ -489,7 +450,8 @@ impl Checker {
             if let Some(next) = t.next_apply {
                 if at.index.0 + 1 < next {
                     problems.push(format!(
-                        "{id} restored a snapshot at {at} after applying up to {}: its state went back",
+                        "apply order: {id} restored a snapshot at {at} after applying up to {}: \
+                         its state went back",
                         next - 1
                     ));
                 }
@@ -499,7 +461,8 @@ impl Checker {
             if let Some((other, _)) = s.applied.get(&at.index.0) {
                 if *other != at {
                     problems.push(format!(
-                        "{id} restored a snapshot at {at} but {other} was applied there"
+                        "state machine safety: {id} restored a snapshot at {at} but {other} was \
+                         applied there"
                     ));
                 }
             }
@@ -521,7 +484,9 @@ impl Checker {
                 .get(&(voter, term))
             {
                 Some(prev) if *prev != cand => {
-                    problems.push(format!("{voter} voted for {prev} and for {cand} in {term}"));
+                    problems.push(format!(
+                        "one vote per term: {voter} voted for {prev} and for {cand} in {term}"
+                    ));
                 }
                 _ => {
                     s.votes.insert((voter, term), cand);
@@ -568,7 +533,8 @@ impl Checker {
                         let hs = d.hard_state();
                         if hs.term < m.term || (hs.term == m.term && hs.vote != Some(from)) {
                             problems.push(format!(
-                                "{from} asked for votes in {} before its own vote was durable (durable {hs:?})",
+                                "persist before send: {from} asked for votes in {} before its own \
+                                 vote was durable (durable {hs:?})",
                                 m.term
                             ));
                         }
@@ -580,7 +546,8 @@ impl Checker {
                         let hs = d.hard_state();
                         if hs.term < m.term || (hs.term == m.term && hs.vote != Some(to)) {
                             problems.push(format!(
-                                "{from} granted its vote to {to} in {} before the vote was durable (durable {hs:?})",
+                                "persist before send: {from} granted its vote to {to} in {} before \
+                                 the vote was durable (durable {hs:?})",
                                 m.term
                             ));
                         }
@@ -604,12 +571,14 @@ impl Checker {
                         let hs = d.hard_state();
                         if hs.term < m.term {
                             problems.push(format!(
-                                "{from} answered in {} before that term was durable (durable {})",
+                                "persist before send: {from} answered in {} before that term was \
+                                 durable (durable {})",
                                 m.term, hs.term
                             ));
                         } else if hs.term == m.term && d.last().index < *match_index {
                             problems.push(format!(
-                                "{from} acknowledged entries up to {match_index} to {to} but only {} is durable",
+                                "persist before send: {from} acknowledged entries up to \
+                                 {match_index} to {to} but only {} is durable",
                                 d.last()
                             ));
                         }
@@ -661,11 +630,23 @@ impl Checker {
         }
     }
 
-    /// Checks the logs read from every store after [`begin_checkpoint`](Self::begin_checkpoint):
-    /// log matching, leader completeness, and that every entry applied (hence committed)
-    /// before the reads is durable on a quorum.
-    pub fn checkpoint(&self, base: &CheckpointBase, logs: &BTreeMap<NodeId, NodeLog>) {
+    /// Checks what was read from every store after [`begin_checkpoint`](Self::begin_checkpoint).
+    /// First the reads themselves: a store that returned other entries than asked for is a
+    /// store fault ("store read: …") and its log is judged no further. Then log matching and
+    /// leader completeness on the logs read, and durability: every entry applied (hence
+    /// committed) before the reads is held durably by a quorum, by each store's durable view
+    /// (or, for a node without one, by its log).
+    pub fn checkpoint(&self, base: &CheckpointBase, reads: &BTreeMap<NodeId, StoreRead>) {
         let mut problems = Vec::new();
+        let mut logs = BTreeMap::new();
+        for (id, read) in reads {
+            match read.check() {
+                Ok(log) => {
+                    logs.insert(*id, log);
+                }
+                Err(why) => problems.push(format!("store read: {id}'s store: {why}")),
+            }
+        }
         {
             let s = self.lock();
             // Log matching.
@@ -696,7 +677,7 @@ impl Checker {
             }
             // Leader completeness: a leader of term t has every entry committed before t (an
             // entry's commit term is when it became committed, not when it was created).
-            for (id, log) in logs {
+            for (id, log) in &logs {
                 let Some(term) = base.leaders.get(id).copied() else { continue };
                 let Some(bound) = base.commit_by_term.range(..term).map(|(_, c)| *c).max() else {
                     continue;
@@ -713,26 +694,28 @@ impl Checker {
                     }
                 }
             }
-            // Committed entries are durable on a quorum.
+            // Durability: committed entries are held durably by a quorum. A store's durable view
+            // needs no read; a node without one counts by its log, if that read was sound.
             for (i, lid) in &base.applied {
                 let i = LogIndex(*i);
-                let holders = logs
+                let holders = reads
                     .iter()
-                    .filter(|(id, log)| {
-                        if i <= log.purged.index {
+                    .filter(|(id, read)| {
+                        if i <= read.state.purged.index {
                             // Compacted away: covered by the node's snapshot.
                             return true;
                         }
                         match s.durable.get(id) {
                             Some(d) => d.term_at(i) == Some(lid.term),
-                            None => log.get(i).map(|e| e.0) == Some(*lid),
+                            None => logs.get(id).and_then(|l| l.get(i)).map(|e| e.0) == Some(*lid),
                         }
                     })
                     .count();
                 if holders < self.quorum {
                     problems.push(format!(
-                        "committed entry {lid} is durable on only {holders} nodes (quorum {})",
-                        self.quorum
+                        "durability: a committed entry is held durably by fewer than a quorum: \
+                         {lid} by {holders} of {} nodes (quorum {})",
+                        self.nodes, self.quorum
                     ));
                     break;
                 }
@@ -812,6 +795,37 @@ mod tests {
 
     fn start(c: &Checker, id: u64) -> u32 {
         c.start_incarnation(NodeId(id), HardState::default(), None)
+    }
+
+    /// A whole read of a log holding (term, index) entries after nothing purged.
+    fn read(ids: &[(u64, u64)]) -> StoreRead {
+        let last = ids.last().map_or(LogId::ZERO, |(t, i)| LogId::new(*t, *i));
+        StoreRead {
+            state: raftkit::LogState {
+                hard_state: HardState::default(),
+                purged: LogId::ZERO,
+                last,
+            },
+            entries: Ok(ids
+                .iter()
+                .map(|(t, i)| Entry::normal(LogId::new(*t, *i), format!("t{t}")))
+                .collect()),
+        }
+    }
+
+    /// A durable view of a store holding entries `1..=n` of term 1.
+    struct Upto(u64);
+
+    impl DurableView for Upto {
+        fn hard_state(&self) -> HardState {
+            HardState { term: Term(1), vote: Some(NodeId(1)), commit: LogIndex(0) }
+        }
+        fn last(&self) -> LogId {
+            LogId::new(1, self.0)
+        }
+        fn term_at(&self, index: LogIndex) -> Option<Term> {
+            (index.0 <= self.0).then_some(Term(1))
+        }
     }
 
     /// An AppendEntries in `term` after `prev` carrying (term, index, data) entries.
@@ -948,16 +962,9 @@ mod tests {
         grant(&c, 3, 1, 3);
         c.on_status(NodeId(1), a, &status(1, Role::Leader, 3, 6, 3));
         c.on_apply(NodeId(1), a, LogId::new(1, 6), 1);
-        let log = |ids: &[(u64, u64)]| NodeLog {
-            purged: LogId::ZERO,
-            entries: ids
-                .iter()
-                .map(|(t, i)| (LogId::new(*t, *i), if *t == 1 { 1 } else { 2 }))
-                .collect(),
-        };
         // Only n2's log matters here: it is the stale leader of t2 holding its own entry at 6.
         let logs =
-            BTreeMap::from([(NodeId(2), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]))]);
+            BTreeMap::from([(NodeId(2), read(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]))]);
         c.checkpoint(&c.begin_checkpoint(), &logs);
         assert!(
             !c.violations().iter().any(|v| v.contains("leader completeness")),
@@ -969,7 +976,7 @@ mod tests {
         grant(&c, 2, 3, 4);
         c.on_status(NodeId(3), d, &status(3, Role::Leader, 4, 5, 1));
         let logs =
-            BTreeMap::from([(NodeId(3), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (4, 6)]))]);
+            BTreeMap::from([(NodeId(3), read(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (4, 6)]))]);
         c.checkpoint(&c.begin_checkpoint(), &logs);
         assert!(
             c.violations().iter().any(|v| v.contains("leader completeness: n3")),
@@ -1011,5 +1018,61 @@ mod tests {
         };
         c.on_send(NodeId(2), NodeId(1), &rv);
         assert!(c.violations().iter().any(|v| v.contains("before its own vote was durable")));
+    }
+
+    /// A short read is reported as a store fault, not as lost committed entries, and the
+    /// durability check (by the stores' durable views) does not fire for it.
+    #[test]
+    fn a_short_read_is_a_store_fault_not_a_durability_violation() {
+        let c = Checker::new(3);
+        let view = || -> Option<Arc<dyn DurableView>> { Some(Arc::new(Upto(9))) };
+        let i = c.start_incarnation(NodeId(1), HardState::default(), view());
+        for id in 2..=3 {
+            c.start_incarnation(NodeId(id), HardState::default(), view());
+        }
+        for k in 1..=9 {
+            c.on_apply(NodeId(1), i, LogId::new(1, k), k);
+        }
+        let whole: Vec<(u64, u64)> = (1..=9).map(|k| (1, k)).collect();
+        let mut short = read(&whole);
+        short.entries.as_mut().expect("ok").truncate(4);
+        let reads = BTreeMap::from([
+            (NodeId(1), read(&whole)),
+            (NodeId(2), short.clone()),
+            (NodeId(3), short),
+        ]);
+        c.checkpoint(&c.begin_checkpoint(), &reads);
+        let v = c.violations();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v.iter().all(
+                |v| v.contains("store read: n") && v.contains("returned 4 entries for i1..=i9")
+            ),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_committed_entry_held_by_fewer_than_a_quorum_is_caught() {
+        let c = Checker::new(3);
+        // Only n1's store holds entries 6..=9 durably; the others stopped at 5.
+        let i = c.start_incarnation(NodeId(1), HardState::default(), Some(Arc::new(Upto(9))));
+        for id in 2..=3 {
+            c.start_incarnation(NodeId(id), HardState::default(), Some(Arc::new(Upto(5))));
+        }
+        for k in 1..=9 {
+            c.on_apply(NodeId(1), i, LogId::new(1, k), k);
+        }
+        let whole: Vec<(u64, u64)> = (1..=9).map(|k| (1, k)).collect();
+        // The logs read hold everything (not yet durable elsewhere): the views decide.
+        let reads: BTreeMap<_, _> = (1..=3).map(|id| (NodeId(id), read(&whole))).collect();
+        c.checkpoint(&c.begin_checkpoint(), &reads);
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains(
+                "durability: a committed entry is held durably by fewer than a quorum: 1-6 by 1 of 3 nodes"
+            )),
+            "{v:?}"
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod faulty;
 mod nemesis;
 mod run;
 pub mod scenarios;
+mod store_read;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -356,12 +357,16 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             // An undecided history fails the run too, but says so: a check that gave up must
             // not pass silently, and must not be mistaken for a found violation either.
             Ok(Verdict::Unknown { key }) => run.checker.violation(format!(
-                "linearizability of key {key:?} could not be decided within the checker's step \
+                "linearizability: key {key:?} could not be decided within the checker's step \
                  budget ({} operations in the history): inconclusive, not a proven violation",
                 history.len()
             )),
-            Ok(v) => run.checker.violation(format!("the client history is not linearizable:\n{v}")),
-            Err(e) => run.checker.violation(format!("the client history is malformed: {e:?}")),
+            Ok(v) => run.checker.violation(format!(
+                "linearizability: the client history is not linearizable:\n{v}"
+            )),
+            Err(e) => run
+                .checker
+                .violation(format!("linearizability: the client history is malformed: {e:?}")),
         }
 
         let (dump, max_term) = run.dump().await;

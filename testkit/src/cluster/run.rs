@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raftkit::{Config, LogStore, NodeId, Raft, RaftMetrics, Role};
 
-use super::checker::{Checker, NodeLog};
+use super::checker::{Checker, StoreRead};
 use super::faulty::{Faults, FaultyNetwork};
 use super::workload::{Node, NodeTable};
 use crate::harness::{LogStoreHarness, NetworkHarness};
@@ -80,7 +80,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         let loaded = match store.load().await {
             Ok(st) => st.hard_state,
             Err(e) => {
-                checker.violation(format!("{id}: cannot load its store: {e}"));
+                checker.violation(format!("store load: {id} cannot load its store: {e}"));
                 return;
             }
         };
@@ -93,7 +93,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
             Ok(node) => {
                 self.table.lock().unwrap_or_else(|p| p.into_inner()).insert(id, node);
             }
-            Err(e) => checker.violation(format!("{id}: cannot start from its store: {e}")),
+            Err(e) => checker.violation(format!("restart: {id} cannot start from its store: {e}")),
         }
     }
 
@@ -148,17 +148,17 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
     /// Reads every store's log and checks them.
     pub(crate) async fn checkpoint(&self) {
         let base = self.checker.begin_checkpoint();
-        let mut logs = BTreeMap::new();
+        let mut reads = BTreeMap::new();
         for (id, slot) in &self.slots {
             let Some(store) = &slot.store else { continue };
-            match read_log(store).await {
-                Ok(log) => {
-                    logs.insert(*id, log);
+            match StoreRead::of(store).await {
+                Ok(read) => {
+                    reads.insert(*id, read);
                 }
-                Err(e) => self.checker.violation(format!("{id}: reading its log failed: {e}")),
+                Err(e) => self.checker.violation(format!("store load: {id}'s store: {e}")),
             }
         }
-        self.checker.checkpoint(&base, &logs);
+        self.checker.checkpoint(&base, &reads);
     }
 
     /// A leader that a majority of the cluster follows, if any.
@@ -295,8 +295,16 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         }
         for (id, slot) in &self.slots {
             if let Some(store) = &slot.store {
-                if let Ok(log) = read_log(store).await {
-                    let _ = writeln!(dump, "  {id} log: {}", log.summary());
+                match StoreRead::of(store).await.map(|r| r.check()) {
+                    Ok(Ok(log)) => {
+                        let _ = writeln!(dump, "  {id} log: {}", log.summary());
+                    }
+                    Ok(Err(why)) => {
+                        let _ = writeln!(dump, "  {id} log: unreadable: {why}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(dump, "  {id} log: cannot load: {e}");
+                    }
                 }
             }
         }
@@ -323,14 +331,4 @@ pub(crate) fn metrics<N: raftkit::Network, L: LogStore + Clone>(
     nodes: &[(NodeId, Node<N, L>)],
 ) -> Vec<(NodeId, RaftMetrics)> {
     nodes.iter().map(|(id, n)| (*id, n.metrics().borrow().clone())).collect()
-}
-
-/// A store's whole log, summarized for the checker.
-pub(crate) async fn read_log<S: LogStore>(store: &S) -> Result<NodeLog, raftkit::StorageError> {
-    let st = store.load().await?;
-    if st.last.index <= st.purged.index {
-        return Ok(NodeLog { purged: st.purged, entries: Vec::new() });
-    }
-    let entries = store.read(st.purged.index.next(), st.last.index).await?;
-    Ok(NodeLog::from_entries(st.purged, &entries))
 }

@@ -135,7 +135,7 @@ async fn leader_and_follower<NH: NetworkHarness, LH: LogStoreHarness>(
 ) -> Option<(NodeId, NodeId)> {
     let first = KvCommand { key: "first".into(), op: KvOp::Put("x".into()) };
     if run.write(&first, deadline).await.is_none() {
-        run.checker.violation("no leader accepted the first write");
+        run.checker.violation("liveness: no leader accepted the first write");
         return None;
     }
     let (leader, _) = run.leader()?;
@@ -155,7 +155,9 @@ async fn write_all<NH: NetworkHarness, LH: LogStoreHarness>(
     let acked = run.write_many(prefix, count, value_len, 64, deadline).await;
     run.checker.note(format!("{acked} of {count} writes acknowledged"));
     if acked < count {
-        run.checker.violation(format!("only {acked} of {count} writes were acknowledged in time"));
+        run.checker.violation(format!(
+            "liveness: only {acked} of {count} writes were acknowledged in time"
+        ));
         return false;
     }
     true
@@ -179,7 +181,7 @@ async fn wait_until_purged_past<NH: NetworkHarness, LH: LogStoreHarness>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    run.checker.violation(format!("{leader} never purged past {follower_last}"));
+    run.checker.violation(format!("snapshot policy: {leader} never purged past {follower_last}"));
     false
 }
 
@@ -197,7 +199,9 @@ async fn catch_up<NH: NetworkHarness, LH: LogStoreHarness>(
     }
     run.restart_node(follower).await;
     if run.converge(deadline).await && run.checker.restores(follower).is_empty() {
-        run.checker.violation(format!("{follower} caught up without installing a snapshot"));
+        run.checker.violation(format!(
+            "snapshot catch-up: {follower} caught up without installing a snapshot"
+        ));
     }
 }
 
@@ -231,7 +235,8 @@ async fn interrupted_transfer<NH: NetworkHarness, LH: LogStoreHarness>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     if !started {
-        run.checker.violation(format!("the snapshot transfer to {follower} never got going"));
+        run.checker
+            .violation(format!("snapshot transfer: the transfer to {follower} never got going"));
         return;
     }
     run.faults.set_blocked(cut_between(&[follower], &others));
@@ -262,7 +267,8 @@ fn check_resumed<NH: NetworkHarness, LH: LogStoreHarness>(
         after.iter().find(|c| c.at_ms >= reconnect_ms && c.snapshot == last_before.snapshot);
     match resumed {
         Some(c) if c.offset == 0 => run.checker.violation(format!(
-            "the transfer to {follower} started over after the reconnect (first chunk: {c:?})"
+            "snapshot transfer: the transfer to {follower} started over after the reconnect \
+             (first chunk: {c:?})"
         )),
         Some(c) => run.checker.note(format!("the transfer resumed at offset {}", c.offset)),
         None => {
@@ -273,7 +279,10 @@ fn check_resumed<NH: NetworkHarness, LH: LogStoreHarness>(
     if !run.checker.restores(follower).contains(&last_before.snapshot)
         && after.iter().all(|c| c.snapshot == last_before.snapshot)
     {
-        run.checker.violation(format!("{follower} never installed {}", last_before.snapshot));
+        run.checker.violation(format!(
+            "snapshot transfer: {follower} never installed {}",
+            last_before.snapshot
+        ));
     }
 }
 
@@ -306,7 +315,7 @@ async fn crash_during_install<NH: NetworkHarness, LH: LogStoreHarness>(
     })
     .await;
     if done.is_err() {
-        run.checker.violation(format!("no snapshot was sent to {follower}"));
+        run.checker.violation(format!("snapshot transfer: no snapshot was sent to {follower}"));
         return;
     }
     // The final chunk was held back: deliver it now and crash the follower 0 to 3.5 ms later
