@@ -12,8 +12,8 @@
 //! advances its commit index only to entries of its own term (Raft §5.4.2); all nodes agree on
 //! what is committed; state-machine safety (the same entry at every index, applied in order
 //! without gaps, and the same whole state after the same entry, snapshots included); persist
-//! before send (nothing that depends on durable state is sent before it is durable, when the
-//! store can tell); store reads (a checkpoint's
+//! before send (nothing that depends on durable state is sent before it is durable, by the
+//! store's durable view); store reads (a checkpoint's
 //! read of a store returns exactly the entries asked for, checked before anything is judged
 //! from it); log matching; leader completeness; durability (every committed entry is held
 //! durably on a quorum).
@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use raftkit::store::LogShape;
 use raftkit::{
     AppendResponse, Entry, HardState, LogId, LogIndex, Message, MessageBody, NodeId, NodeStatus,
     Observer, Role, Term,
@@ -30,6 +31,30 @@ use raftkit::{
 pub use super::store_read::{NodeLog, StoreRead};
 use crate::harness::DurableView;
 use crate::kv::{ApplyRecorder, Fnv};
+
+/// What a node's store has acknowledged: by the `LogStore` contract, a write, purge or install
+/// that returned `Ok` is durable, so this is what the store holds durably, at the least.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The last hard state a write that returned `Ok` carried.
+    pub hard_state: HardState,
+    /// The shape of the log those writes, purges and installs left (the term of every index).
+    pub shape: LogShape,
+}
+
+impl DurableView for Acknowledged {
+    fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    fn last(&self) -> LogId {
+        self.shape.last()
+    }
+
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.shape.term_at(index)
+    }
+}
 
 #[derive(Default)]
 struct Track {

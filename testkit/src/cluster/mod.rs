@@ -1,6 +1,9 @@
 //! The cluster suite: N nodes on any network and log store, a nemesis, a client workload,
 //! invariant checks throughout, a linearizability check of the history, and a liveness phase.
 //! Every run derives from one seed; on an in-process network the run replays exactly.
+//!
+//! Every node's store is wrapped ([`tracked`]) to record what it acknowledged, which gives the
+//! checker a durable view of any store.
 
 pub mod checker;
 pub mod faulty;
@@ -8,6 +11,7 @@ mod nemesis;
 mod run;
 pub mod scenarios;
 mod store_read;
+mod tracked;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -90,6 +94,9 @@ pub struct RunReport {
     pub trace: Vec<String>,
     /// Each node's final state and log, for failure reports.
     pub dump: String,
+    /// Which durable view of the stores the checker used: the harness's
+    /// ([`LogStoreHarness::durable`]) or the one tracked from what the stores acknowledged.
+    pub durable_view: String,
 }
 
 impl RunReport {
@@ -118,12 +125,14 @@ impl RunReport {
         )
     }
 
-    /// The full failure report: violations, the end of the trace, and every node's log.
+    /// The full failure report: the durable view used, the violations, the end of the trace,
+    /// and every node's log.
     pub fn failure_report(&self) -> String {
         let mut out = format!(
-            "cluster run failed: {}\nreplay with RAFTKIT_SEED={}\n\nviolations:\n",
+            "cluster run failed: {}\nreplay with RAFTKIT_SEED={}\ndurable view: {}\n\nviolations:\n",
             self.summary(),
-            self.seed
+            self.seed,
+            self.durable_view
         );
         for v in &self.violations {
             let _ = writeln!(out, "  - {v}");
@@ -377,6 +386,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         report.violations = run.checker.violations();
         report.trace = run.checker.trace();
         report.dump = dump;
+        report.durable_view = run.durable_view();
         report
     }
 }

@@ -3,7 +3,7 @@
 //! was not durable) and restart nodes, check the stores' logs, wait for a leader and for the
 //! nodes to converge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,13 +12,19 @@ use raftkit::{Config, LogStore, NodeId, Raft, RaftMetrics, Role};
 
 use super::checker::{Checker, StoreRead};
 use super::faulty::{Faults, FaultyNetwork};
+use super::tracked::Tracked;
 use super::workload::{Node, NodeTable};
 use crate::harness::{LogStoreHarness, NetworkHarness};
 use crate::kv::{KvCommand, KvOp, KvOutput, TestKv};
 
-/// A running node of a [`Run`].
+/// A running node of a [`Run`]: on the harness's store, wrapped in a [`Tracked`].
 pub(crate) type RunNode<NH, LH> =
-    Node<<NH as NetworkHarness>::Network, <LH as LogStoreHarness>::Store>;
+    Node<<NH as NetworkHarness>::Network, Tracked<<LH as LogStoreHarness>::Store>>;
+
+/// Which durable view the checker used for a node's store.
+pub(crate) const HARNESS_VIEW: &str = "the harness's (LogStoreHarness::durable)";
+/// See [`HARNESS_VIEW`].
+pub(crate) const TRACKED_VIEW: &str = "tracked (what each store acknowledged)";
 
 /// A node's store, kept across its restarts.
 pub(crate) struct Slot<S, G> {
@@ -36,8 +42,10 @@ pub(crate) struct Run<NH: NetworkHarness, LH: LogStoreHarness> {
     pub(crate) checker: Arc<Checker>,
     pub(crate) faults: Arc<Faults>,
     pub(crate) cluster: NH::Cluster,
-    pub(crate) table: NodeTable<NH::Network, LH::Store>,
+    pub(crate) table: NodeTable<NH::Network, Tracked<LH::Store>>,
     pub(crate) slots: BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
+    /// The durable views the checker used (see [`HARNESS_VIEW`]).
+    pub(crate) views: Mutex<BTreeSet<&'static str>>,
 }
 
 impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
@@ -66,6 +74,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
             slots,
             configs,
             ids: ids.clone(),
+            views: Mutex::new(BTreeSet::new()),
         };
         for id in &ids {
             run.start_node(*id).await;
@@ -73,28 +82,58 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         run
     }
 
-    /// Starts `id` on its store (a new incarnation).
+    /// Starts `id` on its store (a new incarnation), wrapped in a fresh [`Tracked`] whose record
+    /// starts from what the store holds now.
     pub(crate) async fn start_node(&self, id: NodeId) {
         let checker = &self.checker;
         let store = self.slots[&id].store.clone().expect("the store is open");
-        let loaded = match store.load().await {
-            Ok(st) => st.hard_state,
+        let read = match StoreRead::of(&store).await {
+            Ok(read) => read,
             Err(e) => {
                 checker.violation(format!("store load: {id} cannot load its store: {e}"));
                 return;
             }
         };
-        let inc = checker.start_incarnation(id, loaded, self.logs.durable(&store));
+        let Some(acked) = read.acknowledged() else {
+            let why = read.check().err().unwrap_or_default();
+            checker.violation(format!("store read: {id}'s store, at start: {why}"));
+            return;
+        };
+        let loaded = read.state.hard_state;
+        drop(read);
+        let harness_view = self.logs.durable(&store);
+        let tracked = Tracked::new(store, acked);
+        let view = match harness_view {
+            Some(view) => {
+                self.note_view(HARNESS_VIEW);
+                view
+            }
+            None => {
+                self.note_view(TRACKED_VIEW);
+                tracked.view()
+            }
+        };
+        let inc = checker.start_incarnation(id, loaded, Some(view));
         let endpoint = self.net.endpoint(&self.cluster, id).await;
         let net = FaultyNetwork::new(endpoint, id, self.faults.clone(), checker.clone());
         let kv = TestKv::new(Some(checker.recorder(id, inc)));
         let cfg = self.configs[&id].clone();
-        match Raft::start_observed(cfg, net, store, kv, checker.observer(id, inc)).await {
+        match Raft::start_observed(cfg, net, tracked, kv, checker.observer(id, inc)).await {
             Ok(node) => {
                 self.table.lock().unwrap_or_else(|p| p.into_inner()).insert(id, node);
             }
             Err(e) => checker.violation(format!("restart: {id} cannot start from its store: {e}")),
         }
+    }
+
+    fn note_view(&self, view: &'static str) {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(view);
+    }
+
+    /// The durable views the checker used, for the report.
+    pub(crate) fn durable_view(&self) -> String {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.iter().copied().collect::<Vec<_>>().join(" and ")
     }
 
     /// Restarts a crashed node.

@@ -102,6 +102,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 violations: run.checker.violations(),
                 trace: run.checker.trace(),
                 dump,
+                durable_view: run.durable_view(),
                 ..RunReport::default()
             }
         })

@@ -7,8 +7,10 @@
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
-use raftkit::{Entry, LogId, LogIndex, LogState, LogStore, StorageError};
+use raftkit::store::LogShape;
+use raftkit::{Entry, LogId, LogIndex, LogState, LogStore, LogWrite, StorageError};
 
+use super::checker::Acknowledged;
 use crate::kv::Fnv;
 
 /// What a checkpoint read from one node's store: its state, and the entries it returned when
@@ -79,6 +81,21 @@ impl StoreRead {
             }
         }
         Ok(NodeLog::from_entries(self.state.purged, entries))
+    }
+
+    /// What this read shows the store holds, as acknowledged state: the starting point of a
+    /// tracker after the store was (re)opened. `None` if [`check`](Self::check) fails.
+    pub fn acknowledged(&self) -> Option<Acknowledged> {
+        self.check().ok()?;
+        let mut shape = LogShape::empty(self.state.purged);
+        if let Ok(entries) = &self.entries {
+            let ids = LogWrite {
+                entries: entries.iter().map(|e| Entry::blank(e.log_id)).collect(),
+                ..LogWrite::default()
+            };
+            shape.apply_write(&ids);
+        }
+        Some(Acknowledged { hard_state: self.state.hard_state, shape })
     }
 }
 
@@ -158,12 +175,15 @@ mod tests {
     fn a_short_or_wrong_read_is_a_store_fault() {
         let good = read(4, 7, &[(1, 5), (1, 6), (1, 7)]);
         assert_eq!(good.check().expect("a whole read").last(), LogId::new(1, 7));
+        let ack = good.acknowledged().expect("a whole read");
+        assert_eq!((ack.shape.purged(), ack.shape.last()), (LogId::new(1, 4), LogId::new(1, 7)));
 
         let short = read(4, 9, &[]);
         assert_eq!(
             short.check().unwrap_err(),
             "the store returned 0 entries for i5..=i9 (5 asked for)"
         );
+        assert!(short.acknowledged().is_none());
         let skipped = read(4, 7, &[(1, 5), (1, 7), (1, 8)]);
         let e = skipped.check().unwrap_err();
         assert!(e.contains("returned 1-7 where i6 was asked for"), "{e}");
