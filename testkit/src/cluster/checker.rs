@@ -1,6 +1,7 @@
 //! The invariant checker. It sees every node's protocol state after each driver turn (an
 //! [`Observer`]), every message a node sends (through the fault-injecting network), every entry
-//! applied (through the state machine), and the logs in the stores at checkpoints. Violations
+//! applied (through the state machine), what each node's store acknowledged and when it failed
+//! (through the tracking store wrapper), and the logs in the stores at checkpoints. Violations
 //! are recorded, not panicked on, so the run can finish and print a full report. Each violation
 //! starts with the name of the check that fired, in plain words ("election safety: …").
 //!
@@ -13,7 +14,8 @@
 //! what is committed; state-machine safety (the same entry at every index, applied in order
 //! without gaps, and the same whole state after the same entry, snapshots included); persist
 //! before send (nothing that depends on durable state is sent before it is durable, by the
-//! store's durable view); store reads (a checkpoint's
+//! store's durable view); a failed store (after a node's store failed, it acknowledges, votes
+//! and applies nothing beyond what the store had acknowledged); store reads (a checkpoint's
 //! read of a store returns exactly the entries asked for, checked before anything is judged
 //! from it); log matching; leader completeness; durability (every committed entry is held
 //! durably on a quorum).
@@ -66,6 +68,9 @@ struct Track {
     max_durable: HardState,
     /// The next index this incarnation must apply.
     next_apply: Option<u64>,
+    /// In this incarnation the store failed, having acknowledged this much: from then on the
+    /// node may rely on nothing more.
+    failed: Option<Acknowledged>,
 }
 
 #[derive(Default)]
@@ -101,6 +106,50 @@ fn payload_digest(e: &Entry) -> u64 {
         other => format!("{other:?}").hash(&mut h),
     }
     h.finish()
+}
+
+/// What is wrong with `m`, sent by `from` after its store failed having acknowledged `acked`:
+/// anything that relies on more than that (an acknowledgement of entries past it, a vote it
+/// does not hold durably).
+fn failed_store_sent(
+    from: NodeId,
+    to: NodeId,
+    m: &Message,
+    acked: &Acknowledged,
+) -> Option<String> {
+    let hs = acked.hard_state;
+    match &m.body {
+        MessageBody::AppendResponse(AppendResponse::Success { match_index })
+            if m.term > hs.term || *match_index > acked.shape.last().index =>
+        {
+            Some(format!(
+                "failed store: {from} acknowledged entries up to {match_index} to {to} in {} after \
+                 its store failed, but the store had acknowledged only up to {} in {}",
+                m.term,
+                acked.shape.last(),
+                hs.term
+            ))
+        }
+        MessageBody::VoteResponse(vr)
+            if vr.granted && !vr.pre_vote && (hs.term != m.term || hs.vote != Some(to)) =>
+        {
+            Some(format!(
+                "failed store: {from} granted its vote to {to} in {} after its store failed, but \
+                 the store had acknowledged {hs:?}",
+                m.term
+            ))
+        }
+        MessageBody::RequestVote(rv)
+            if !rv.pre_vote && (hs.term != m.term || hs.vote != Some(from)) =>
+        {
+            Some(format!(
+                "failed store: {from} asked for votes in {} after its store failed, but the store \
+                 had acknowledged {hs:?}",
+                m.term
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// A snapshot chunk a node sent (recorded before any network fault applies).
@@ -214,6 +263,7 @@ impl Checker {
         t.last = None;
         t.leader_since = None;
         t.next_apply = None;
+        t.failed = None;
         let prev = t.max_durable;
         let inc = t.incarnation;
         drop(s);
@@ -258,6 +308,30 @@ impl Checker {
     /// An apply recorder for one incarnation of a node.
     pub fn recorder(self: &Arc<Self>, id: NodeId, incarnation: u32) -> Arc<dyn ApplyRecorder> {
         Arc::new(NodeWatch { checker: self.clone(), id, incarnation })
+    }
+
+    /// The store of `id` (in `incarnation`) failed: its next write will not be acknowledged,
+    /// and it had acknowledged `acked`. From now on, until the node restarts, it must not
+    /// acknowledge entries, grant or ask for votes, or apply entries beyond `acked`.
+    pub fn on_store_failed(&self, id: NodeId, incarnation: u32, acked: Acknowledged) {
+        {
+            let mut s = self.lock();
+            let t = s.nodes.entry(id).or_default();
+            if t.incarnation != incarnation || t.failed.is_some() {
+                return;
+            }
+            t.failed = Some(acked.clone());
+        }
+        self.note(format!(
+            "{id}: its store failed, having acknowledged {:?} and the log up to {}",
+            acked.hard_state,
+            acked.shape.last()
+        ));
+    }
+
+    /// Whether the store of `id` failed in its current incarnation.
+    pub fn store_failed(&self, id: NodeId) -> bool {
+        self.lock().nodes.get(&id).is_some_and(|t| t.failed.is_some())
     }
 
     fn on_status(&self, id: NodeId, incarnation: u32, st: &NodeStatus) {
@@ -425,6 +499,21 @@ impl Checker {
                 }
             }
             t.next_apply = Some(i + 1);
+            if let Some(acked) = &t.failed {
+                if i > acked.shape.purged().index.0
+                    && acked.shape.term_at(log_id.index) != Some(log_id.term)
+                {
+                    problems.push(format!(
+                        "failed store: {id} applied {log_id} after its store failed, but the \
+                         store had acknowledged only up to {} ({} there)",
+                        acked.shape.last(),
+                        acked
+                            .shape
+                            .term_at(log_id.index)
+                            .map_or("nothing".to_string(), |t| format!("{t}"))
+                    ));
+                }
+            }
             match s.applied.get(&i) {
                 Some((other, d)) if (*other, *d) != (log_id, digest) => problems.push(format!(
                     "state machine safety: {id} applied {log_id} at {i}, another node applied {other}{}",
@@ -504,6 +593,11 @@ impl Checker {
         {
             let mut s = self.lock();
             let durable = s.durable.get(&from).cloned();
+            if let Some(acked) = s.nodes.get(&from).and_then(|t| t.failed.as_ref()) {
+                if let Some(p) = failed_store_sent(from, to, m, acked) {
+                    problems.push(p);
+                }
+            }
             let mut vote = |voter: NodeId, term: Term, cand: NodeId, s: &mut State| match s
                 .votes
                 .get(&(voter, term))
@@ -853,6 +947,12 @@ mod tests {
         }
     }
 
+    /// What a store acknowledged: `hs` and entries `1..=last` in term `term`.
+    fn acked(hs: HardState, term: u64, last: u64) -> Acknowledged {
+        let ids: Vec<(u64, u64)> = (1..=last).map(|i| (term, i)).collect();
+        Acknowledged { hard_state: hs, ..read(&ids).acknowledged().expect("a whole read") }
+    }
+
     /// An AppendEntries in `term` after `prev` carrying (term, index, data) entries.
     fn append(term: u64, prev: LogId, entries: &[(u64, u64, &'static str)]) -> Message {
         Message {
@@ -1099,5 +1199,43 @@ mod tests {
             )),
             "{v:?}"
         );
+    }
+
+    /// After its store failed, a node may send and apply only what the store acknowledged.
+    #[test]
+    fn a_node_relying_on_its_failed_store_is_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 2);
+        let hs = HardState { term: Term(2), vote: Some(NodeId(1)), commit: LogIndex(0) };
+        c.on_store_failed(NodeId(2), i, acked(hs, 2, 5));
+        assert!(c.store_failed(NodeId(2)));
+        let ack = |term: u64, m: u64| Message {
+            term: Term(term),
+            body: MessageBody::AppendResponse(AppendResponse::Success { match_index: LogIndex(m) }),
+        };
+        let vote = |term: u64, granted: bool| Message {
+            term: Term(term),
+            body: MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted }),
+        };
+        // Within what the store acknowledged: a repeated grant, an acknowledgement of 5, an
+        // entry applied, a refusal.
+        c.on_send(NodeId(2), NodeId(1), &vote(2, true));
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 5));
+        c.on_send(NodeId(2), NodeId(3), &vote(3, false));
+        c.on_apply(NodeId(2), i, LogId::new(2, 5), 5);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Beyond it: entry 6, a term the store never took, a new vote, applying entry 6.
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 6));
+        c.on_send(NodeId(2), NodeId(1), &ack(3, 5));
+        c.on_send(NodeId(2), NodeId(3), &vote(3, true));
+        c.on_apply(NodeId(2), i, LogId::new(2, 6), 6);
+        let v = c.violations();
+        assert_eq!(v.iter().filter(|v| v.contains("failed store: n2")).count(), 4, "{v:?}");
+        assert!(v.iter().any(|v| v.contains("acknowledged entries up to i6")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("granted its vote to n3 in t3")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("applied 2-6 after its store failed")), "{v:?}");
+        // A restart (a new disk) clears it.
+        start(&c, 2);
+        assert!(!c.store_failed(NodeId(2)));
     }
 }

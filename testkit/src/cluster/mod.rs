@@ -3,7 +3,7 @@
 //! Every run derives from one seed; on an in-process network the run replays exactly.
 //!
 //! Every node's store is wrapped ([`tracked`]) to record what it acknowledged, which gives the
-//! checker a durable view of any store.
+//! checker a durable view of any store, and to inject disk failures.
 
 pub mod checker;
 pub mod faulty;
@@ -288,8 +288,15 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         let configs = self.configs(&ids, &mut rng.fork(), seed);
         let t = configs[&ids[0]].clone();
         let fault_seed = rng.next_u64();
-        let mut run =
-            Run::start(self.net.clone(), self.logs.clone(), configs, seed, fault_seed).await;
+        let mut run = Run::start(
+            self.net.clone(),
+            self.logs.clone(),
+            configs,
+            seed,
+            fault_seed,
+            self.opts.liveness_bound,
+        )
+        .await;
         let mut report = RunReport { seed, nodes: n, ..RunReport::default() };
         run.checker.note(format!(
             "seed {seed}: {n} nodes, pre_vote={} check_quorum={} max_entries={} window={} cache={} snapshot_every={} keep={} chunk={}",
@@ -335,8 +342,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         }
 
         // Liveness: faults stop, everyone comes back.
-        run.checker.note("nemesis stops: heal, restart every node");
+        run.checker.note("nemesis stops: heal, replace failed disks, restart every node");
         run.faults.heal();
+        for id in run.failing_disks() {
+            run.replace_disk(id).await;
+        }
         for id in run.down() {
             run.restart_node(id).await;
         }

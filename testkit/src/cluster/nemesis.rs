@@ -36,6 +36,9 @@ pub struct FaultMix {
     pub message_faults_off: u32,
     /// One directed link made slow (a large fixed latency).
     pub slow_link: u32,
+    /// A node's disk failing: its store fails its next write and every later one (reads may
+    /// fail too); the disk is replaced later (a crash and restart on the store).
+    pub disk_failure: u32,
 }
 
 impl Default for FaultMix {
@@ -50,6 +53,7 @@ impl Default for FaultMix {
             message_faults: 2,
             message_faults_off: 1,
             slow_link: 1,
+            disk_failure: 1,
         }
     }
 }
@@ -66,10 +70,11 @@ enum Fault {
     MessageFaults,
     MessageFaultsOff,
     SlowLink,
+    DiskFailure,
 }
 
 impl FaultMix {
-    fn weights(&self) -> [(Fault, u32); 9] {
+    fn weights(&self) -> [(Fault, u32); 10] {
         [
             (Fault::Partition, self.partition),
             (Fault::Bridge, self.bridge),
@@ -80,6 +85,7 @@ impl FaultMix {
             (Fault::MessageFaults, self.message_faults),
             (Fault::MessageFaultsOff, self.message_faults_off),
             (Fault::SlowLink, self.slow_link),
+            (Fault::DiskFailure, self.disk_failure),
         ]
     }
 
@@ -110,6 +116,9 @@ pub(crate) async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
 ) {
     for id in run.due_for_restart() {
         run.restart_node(id).await;
+    }
+    for id in run.due_for_disk_replacement() {
+        run.replace_disk(id).await;
     }
     let ids = run.ids.clone();
     let (faults, checker) = (run.faults.clone(), run.checker.clone());
@@ -204,6 +213,20 @@ pub(crate) async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
             checker.note(format!("nemesis: message faults {f:?}"));
             count("message-faults");
         }
+        Fault::DiskFailure => {
+            // Disk failure: at most a minority at a time (one in a 1- or 2-node cluster), so
+            // the cluster can go on; the disk is replaced (crash, restart) some time later.
+            let failing = run.failing_disks();
+            let candidates: Vec<NodeId> =
+                run.live().iter().map(|(id, _)| *id).filter(|id| !failing.contains(id)).collect();
+            if failing.len() < ((n - 1) / 2).max(1) && !candidates.is_empty() {
+                let victim = *rng.pick(&candidates);
+                let replace_after =
+                    rng.duration(Duration::from_millis(300), Duration::from_millis(3000));
+                run.fail_disk(victim, rng, tokio::time::Instant::now() + replace_after);
+                count("disk-failure");
+            }
+        }
         // Message faults off, and any fault that does not apply to a cluster this small.
         _ => {
             faults.set_message_faults(MessageFaults::default());
@@ -241,6 +264,7 @@ mod tests {
             message_faults: 0,
             message_faults_off: 0,
             slow_link: 0,
+            disk_failure: 0,
         };
         assert!((0..100).all(|_| only_crashes.pick(&mut rng) == Fault::Crash));
         let none = FaultMix { crash: 0, ..only_crashes };

@@ -80,8 +80,15 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 .iter()
                 .map(|id| (*id, self.scenario_config(*id, &ids, scenario, seed)))
                 .collect::<BTreeMap<_, _>>();
-            let mut run =
-                Run::start(self.net.clone(), self.logs.clone(), configs, seed, seed).await;
+            let mut run = Run::start(
+                self.net.clone(),
+                self.logs.clone(),
+                configs,
+                seed,
+                seed,
+                self.opts.liveness_bound,
+            )
+            .await;
             run.checker.note(format!("{} (seed {seed}, {nodes} nodes)", scenario.name()));
             let deadline = tokio::time::Instant::now() + self.opts.liveness_bound * 4;
             match scenario {
