@@ -18,7 +18,8 @@
 //! and applies nothing beyond what the store had acknowledged); store reads (a checkpoint's
 //! read of a store returns exactly the entries asked for, checked before anything is judged
 //! from it); log matching; leader completeness; durability (every committed entry is held
-//! durably on a quorum).
+//! durably on a quorum); no livelock (messages sent without end while a paused clock stands
+//! still: reported, then the network drops everything so the run can end).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -93,7 +94,17 @@ struct State {
     /// Every entry each leader sent in its term, by index: (entry id, payload digest). A leader
     /// never changes what it holds at an index during its term.
     leader_logs: BTreeMap<(NodeId, Term), BTreeMap<u64, (LogId, u64)>>,
+    /// The instant of the last message sent, and how many were sent at it.
+    instant: Option<tokio::time::Instant>,
+    at_instant: u64,
+    /// Set once the nodes livelocked: from then on every message is dropped.
+    livelocked: bool,
 }
+
+/// How many messages sent at one instant of a paused clock make a livelock: fifty times the most
+/// seen in passing runs of the suite (about 2,000, a burst of catch-up traffic); a livelock
+/// sends them without end.
+pub const LIVELOCK_MESSAGES: u64 = 100_000;
 
 /// A digest of an entry's payload, cheap for application data.
 fn payload_digest(e: &Entry) -> u64 {
@@ -592,6 +603,9 @@ impl Checker {
         let mut problems = Vec::new();
         {
             let mut s = self.lock();
+            if let Some(p) = self.count_at_instant(&mut s) {
+                problems.push(p);
+            }
             let durable = s.durable.get(&from).cloned();
             if let Some(acked) = s.nodes.get(&from).and_then(|t| t.failed.as_ref()) {
                 if let Some(p) = failed_store_sent(from, to, m, acked) {
@@ -712,6 +726,36 @@ impl Checker {
         for p in problems {
             self.violation(p);
         }
+    }
+
+    /// Counts a message sent now. On a paused clock time moves only when every task waits, so
+    /// nodes that keep exchanging messages without end hold it still and the run would never
+    /// finish: past [`LIVELOCK_MESSAGES`] messages at one instant, that is reported (once) and
+    /// [`livelocked`](Self::livelocked) turns on.
+    fn count_at_instant(&self, s: &mut State) -> Option<String> {
+        let now = tokio::time::Instant::now();
+        if s.instant == Some(now) {
+            s.at_instant += 1;
+        } else {
+            s.instant = Some(now);
+            s.at_instant = 1;
+        }
+        if s.at_instant < LIVELOCK_MESSAGES || s.livelocked {
+            return None;
+        }
+        s.livelocked = true;
+        Some(format!(
+            "liveness: livelock: {} messages were sent at {}ms while time stood still; from now \
+             on every message is dropped so the run can end",
+            s.at_instant,
+            self.millis()
+        ))
+    }
+
+    /// Whether the nodes livelocked (see [`LIVELOCK_MESSAGES`]): the network then drops every
+    /// message.
+    pub fn livelocked(&self) -> bool {
+        self.lock().livelocked
     }
 
     /// Wakes every waiter whenever a snapshot chunk is sent (for scenarios that act at that
@@ -1237,5 +1281,26 @@ mod tests {
         // A restart (a new disk) clears it.
         start(&c, 2);
         assert!(!c.store_failed(NodeId(2)));
+    }
+
+    /// Nodes that exchange messages without end hold a paused clock still: the checker reports
+    /// it once and has the network drop everything from then on.
+    #[tokio::test(start_paused = true)]
+    async fn a_livelock_is_reported_and_stopped() {
+        let c = Checker::new(3);
+        let heartbeat = append(2, LogId::ZERO, &[]);
+        for _ in 1..LIVELOCK_MESSAGES {
+            c.on_send(NodeId(1), NodeId(2), &heartbeat);
+        }
+        assert!(!c.livelocked() && c.violations().is_empty(), "{:?}", c.violations());
+        // Time moving on starts the count again.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        for _ in 0..LIVELOCK_MESSAGES + 10 {
+            c.on_send(NodeId(1), NodeId(2), &heartbeat);
+        }
+        assert!(c.livelocked());
+        let v = c.violations();
+        assert_eq!(v.len(), 1, "reported once: {v:?}");
+        assert!(v[0].contains("liveness: livelock: 100000 messages"), "{v:?}");
     }
 }
