@@ -26,7 +26,7 @@ pub use self::nemesis::FaultMix;
 use self::nemesis::nemesis_step;
 use self::run::Run;
 use self::workload::{ClientSettings, OpCounts, Workload};
-use crate::harness::{LogStoreHarness, NetworkHarness};
+use crate::harness::{CrashModel, LogStoreHarness, NetworkHarness};
 use crate::linearizability::{self, Verdict};
 use crate::rng::Rng;
 
@@ -94,6 +94,8 @@ pub struct RunReport {
     pub trace: Vec<String>,
     /// Each node's final state and log, for failure reports.
     pub dump: String,
+    /// How the log-store harness crashes its store.
+    pub crash_model: Option<CrashModel>,
     /// Which durable view of the stores the checker used: the harness's
     /// ([`LogStoreHarness::durable`]) or the one tracked from what the stores acknowledged.
     pub durable_view: String,
@@ -125,13 +127,25 @@ impl RunReport {
         )
     }
 
-    /// The full failure report: the durable view used, the violations, the end of the trace,
-    /// and every node's log.
+    /// The crash model, and its warning if it has one, in one line each.
+    pub fn crash_model_lines(&self) -> String {
+        match self.crash_model {
+            Some(m) => match m.warning() {
+                Some(w) => format!("crash model: {m}\n{w}"),
+                None => format!("crash model: {m}"),
+            },
+            None => "crash model: unknown".to_string(),
+        }
+    }
+
+    /// The full failure report: the crash model and durable view, the violations, the end of
+    /// the trace, and every node's log.
     pub fn failure_report(&self) -> String {
         let mut out = format!(
-            "cluster run failed: {}\nreplay with RAFTKIT_SEED={}\ndurable view: {}\n\nviolations:\n",
+            "cluster run failed: {}\nreplay with RAFTKIT_SEED={}\n{}\ndurable view: {}\n\nviolations:\n",
             self.summary(),
             self.seed,
+            self.crash_model_lines(),
             self.durable_view
         );
         for v in &self.violations {
@@ -157,17 +171,54 @@ pub fn seeds_from_env(default: u64) -> Vec<u64> {
     (1..=count).collect()
 }
 
+/// The seeds of a passed check, for its one-line summary: "12 seeds (1..=12)", "1 seed (42)".
+pub fn describe_seeds(seeds: &[u64]) -> String {
+    let contiguous = seeds.windows(2).all(|w| w[1] == w[0] + 1);
+    let which = match seeds {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, .., last] if contiguous => format!("{first}..={last}"),
+        _ => seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+    };
+    let plural = if seeds.len() == 1 { "" } else { "s" };
+    format!("{} seed{plural} ({which})", seeds.len())
+}
+
 /// Runs the cluster suite on a network harness and a log-store harness.
 pub struct ClusterSuite<NH, LH> {
     net: Arc<NH>,
     logs: Arc<LH>,
     opts: ClusterOptions,
+    name: String,
 }
 
 impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     /// A suite with default options (3 nodes).
     pub fn new(net: NH, logs: LH) -> Self {
-        ClusterSuite { net: Arc::new(net), logs: Arc::new(logs), opts: ClusterOptions::default() }
+        ClusterSuite {
+            net: Arc::new(net),
+            logs: Arc::new(logs),
+            opts: ClusterOptions::default(),
+            name: "cluster".to_string(),
+        }
+    }
+
+    /// Names the suite in its summary line (the macro passes the test's name).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The line a passed check prints: its name, what passed (the seeds it ran, say), the
+    /// harness's crash model (and its warning, if any, on a line of its own) and the durable view
+    /// the checker used.
+    pub fn passed_line(&self, what: &str, durable_view: &str) -> String {
+        let model = self.logs.crash_model();
+        let warning = model.warning().map(|w| format!("\n{w}")).unwrap_or_default();
+        format!(
+            "{}: {what} passed, crash model {model}, durable view {durable_view}{warning}",
+            self.name
+        )
     }
 
     /// Sets the number of nodes.
@@ -228,8 +279,10 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         b.build().expect("tokio runtime")
     }
 
-    /// Runs `seeds` in order and panics with a full report at the first failure.
+    /// Runs `seeds` in order and panics with a full report at the first failure; prints a
+    /// one-line summary ([`passed_line`](Self::passed_line)) when all pass.
     pub fn check_seeds(&self, seeds: &[u64]) {
+        let mut view = String::new();
         for &seed in seeds {
             let report = self.run(seed);
             // A failure panics below with the seed and the report; passing runs are logged.
@@ -238,9 +291,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 tracing::debug!(seed, "event trace:\n{}", report.trace.join("\n"));
             }
             if !report.passed() {
-                panic!("{}", report.failure_report());
+                panic!("{}: {}", self.name, report.failure_report());
             }
+            view = report.durable_view;
         }
+        print_passed(&self.passed_line(&describe_seeds(seeds), &view));
     }
 
     /// A randomized configuration for this seed: protocol options and flow-control limits vary
@@ -297,7 +352,12 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             self.opts.liveness_bound,
         )
         .await;
-        let mut report = RunReport { seed, nodes: n, ..RunReport::default() };
+        let mut report = RunReport {
+            seed,
+            nodes: n,
+            crash_model: Some(self.logs.crash_model()),
+            ..RunReport::default()
+        };
         run.checker.note(format!(
             "seed {seed}: {n} nodes, pre_vote={} check_quorum={} max_entries={} window={} cache={} snapshot_every={} keep={} chunk={}",
             t.pre_vote,
@@ -401,6 +461,13 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     }
 }
 
+/// Prints a passed check's summary line. To stderr, as a test's own output: the test harness
+/// shows it with `--nocapture` (or `--show-output`) and keeps the test list readable otherwise.
+#[allow(clippy::print_stderr)]
+fn print_passed(line: &str) {
+    eprintln!("{line}");
+}
+
 /// Expands to the cluster suite's tests for a network harness and a log-store harness: runs of
 /// 1, 3 and 5 nodes over the seed budget (`RAFTKIT_SEEDS`, or one seed with `RAFTKIT_SEED`),
 /// and, with `replay`, a check that one seed run twice gives the same trace (for in-process
@@ -415,6 +482,7 @@ macro_rules! cluster_suite {
         #[test]
         fn cluster_1_node() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_1_node")
                 .nodes(1)
                 .check_default_seeds();
         }
@@ -422,6 +490,7 @@ macro_rules! cluster_suite {
         #[test]
         fn cluster_3_nodes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_3_nodes")
                 .nodes(3)
                 .check_default_seeds();
         }
@@ -429,6 +498,7 @@ macro_rules! cluster_suite {
         #[test]
         fn cluster_5_nodes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_5_nodes")
                 .nodes(5)
                 .check_default_seeds();
         }
@@ -436,26 +506,33 @@ macro_rules! cluster_suite {
         $(
             #[test]
             fn cluster_replays_exactly_from_a_seed() {
-                            let _ = stringify!($replay);
-                $crate::cluster::check_replay($crate::cluster::ClusterSuite::new($net, $logs).nodes(3));
+                let _ = stringify!($replay);
+                $crate::cluster::check_replay(
+                    $crate::cluster::ClusterSuite::new($net, $logs)
+                        .named("cluster_replays_exactly_from_a_seed")
+                        .nodes(3),
+                );
             }
         )?
 
         #[test]
         fn cluster_snapshot_catch_up() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_snapshot_catch_up")
                 .check_scenario($crate::cluster::scenarios::Scenario::SnapshotCatchUp);
         }
 
         #[test]
         fn cluster_interrupted_snapshot_transfer_resumes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_interrupted_snapshot_transfer_resumes")
                 .check_scenario($crate::cluster::scenarios::Scenario::InterruptedTransfer);
         }
 
         #[test]
         fn cluster_crash_during_snapshot_install() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_crash_during_snapshot_install")
                 .check_scenario($crate::cluster::scenarios::Scenario::CrashDuringInstall);
         }
     };
@@ -483,4 +560,30 @@ pub fn check_replay<NH: NetworkHarness, LH: LogStoreHarness>(suite: ClusterSuite
         );
     }
     assert_eq!((a.ops, a.applied, a.max_term), (b.ops, b.applied, b.max_term));
+    let what = format!("seed {seed} run twice ({} trace events alike)", a.trace.len());
+    print_passed(&suite.passed_line(&what, &a.durable_view));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_name_the_seeds_and_the_crash_model() {
+        assert_eq!(describe_seeds(&[1, 2, 3, 4]), "4 seeds (1..=4)");
+        assert_eq!(describe_seeds(&[42]), "1 seed (42)");
+        assert_eq!(describe_seeds(&[3, 7]), "2 seeds (3, 7)");
+        let report = RunReport {
+            seed: 9,
+            crash_model: Some(CrashModel::CleanReopenOnly),
+            durable_view: "tracked".into(),
+            violations: vec!["election safety: two leaders".into()],
+            ..RunReport::default()
+        };
+        let text = report.failure_report();
+        let header: Vec<&str> = text.lines().take(5).collect();
+        assert!(header[2].starts_with("crash model: CleanReopenOnly"), "{header:?}");
+        assert!(header[3].starts_with("WARNING: this harness's crash model"), "{header:?}");
+        assert_eq!(header[4], "durable view: tracked");
+    }
 }

@@ -57,7 +57,9 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             (true, _) => 2,
             (false, _) => 1,
         };
-        for seed in super::seeds_from_env(default) {
+        let seeds = super::seeds_from_env(default);
+        let mut view = String::new();
+        for &seed in &seeds {
             let report = self.run_scenario(scenario, seed);
             // A failure panics below with the seed and the report; passing runs are logged.
             tracing::info!(seed, "{}: {}", scenario.name(), report.summary());
@@ -65,9 +67,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 tracing::debug!(seed, "event trace:\n{}", report.trace.join("\n"));
             }
             if !report.passed() {
-                panic!("{}: {}", scenario.name(), report.failure_report());
+                panic!("{} ({}): {}", self.name, scenario.name(), report.failure_report());
             }
+            view = report.durable_view;
         }
+        super::print_passed(&self.passed_line(&super::describe_seeds(&seeds), &view));
     }
 
     /// Runs `scenario` once with `seed`.
@@ -109,6 +113,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 violations: run.checker.violations(),
                 trace: run.checker.trace(),
                 dump,
+                crash_model: Some(self.logs.crash_model()),
                 durable_view: run.durable_view(),
                 ..RunReport::default()
             }
