@@ -2,7 +2,7 @@
 //! invariant checks throughout, a linearizability check of the history, and a liveness phase.
 //! Every run derives from one seed; on an in-process network the run replays exactly.
 //!
-//! Every node's store is wrapped ([`tracked`]) to record what it acknowledged, which gives the
+//! Every node's store is wrapped (`tracked.rs`) to record what it acknowledged, which gives the
 //! checker a durable view of any store, and to inject disk failures.
 
 pub mod checker;
