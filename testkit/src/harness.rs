@@ -79,8 +79,11 @@ pub trait LogStoreHarness: Send + Sync + 'static {
     }
 
     /// A view of what `store` holds *durably* right now, if the store can tell (the in-memory
-    /// reference store can). With it, the cluster suite checks that nothing depending on
-    /// durable state is sent before it is durable.
+    /// reference store can). The cluster suite checks that nothing depending on durable state
+    /// is sent before it is durable with this view when given, and otherwise with what the
+    /// store has acknowledged (a write that returned `Ok` is durable by the contract), so the
+    /// check runs on every store; this exact view also catches what the store acknowledged
+    /// too early.
     fn durable(&self, _store: &Self::Store) -> Option<Arc<dyn DurableView>> {
         None
     }

@@ -572,6 +572,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
             Exit::Shutdown(ack) => (NodeState::Shutdown, WriteError::Shutdown, ack),
             Exit::Failed(f) => {
                 let _ = self.shared.fatal.set(f.clone());
+                self.telemetry.failed(self.peers.values().map(|l| &l.metrics));
                 (NodeState::Failed(f.clone()), WriteError::Fatal(f), None)
             }
         };
@@ -601,6 +602,13 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         // Let the writer finish the write it is in (all or nothing either way) so that nothing
         // touches the store after shutdown returns; then the apply worker.
         self.snapshot_tx = None;
+        // The helpers' events are handled no more: refuse new ones and drop those waiting. A
+        // request to install a received snapshot in the log carries the receiver's reply
+        // channel; left in the queue, it would keep the receiver waiting for ever, and the
+        // receiver holds the apply worker's queue open, so the wait for the apply worker below
+        // would never end either.
+        self.events.close();
+        while self.events.try_recv().is_ok() {}
         self.write_tx = None;
         if let Some(w) = self.writer.take() {
             let _ = w.await;

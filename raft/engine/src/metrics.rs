@@ -17,7 +17,8 @@ pub enum NodeState {
     /// Stopped by [`Raft::shutdown`](crate::Raft::shutdown).
     Shutdown,
     /// Stopped by a fatal error: the error itself, as client writes receive it in
-    /// [`WriteError::Fatal`](crate::WriteError::Fatal).
+    /// [`WriteError::Fatal`](crate::WriteError::Fatal). A failed node has stepped down: the
+    /// metrics show it as a follower with no leader known and no replication progress.
     Failed(Fatal),
 }
 
@@ -31,11 +32,11 @@ pub struct RaftMetrics {
     pub id: NodeId,
     /// Serving, shut down or failed.
     pub state: NodeState,
-    /// The protocol role.
+    /// The protocol role ([`Role::Follower`] once the node has [failed](NodeState::Failed)).
     pub role: Role,
     /// The current term.
     pub term: Term,
-    /// The leader of the current term, if known.
+    /// The leader of the current term, if known (`None` once the node has failed).
     pub leader: Option<NodeId>,
     /// The highest index known committed.
     pub commit: LogIndex,
@@ -148,16 +149,25 @@ impl RaftMetrics {
             self.state = state.clone();
             changed = true;
         }
-        set!(role, core.role());
+        // A failed node leads nothing any more (it sends no heartbeats and takes no writes),
+        // though the core keeps its last role: a client or balancer that routes writes by role
+        // must not keep sending them to a dead leader.
+        let failed = matches!(state, NodeState::Failed(_));
+        set!(role, if failed { Role::Follower } else { core.role() });
         set!(term, core.term());
-        set!(leader, core.leader());
+        set!(leader, if failed { None } else { core.leader() });
         set!(commit, core.commit_index());
         set!(applied, core.applied_index());
         set!(last_log, core.last_log_id());
         set!(stable, core.stable_index());
         set!(purged, core.purged_log_id());
         set!(snapshot, core.snapshot().map(|s| s.last_log_id));
-        if !core.match_index_iter().eq(self.replication.iter().map(|(k, v)| (*k, *v))) {
+        if failed {
+            if !self.replication.is_empty() {
+                self.replication.clear();
+                changed = true;
+            }
+        } else if !core.match_index_iter().eq(self.replication.iter().map(|(k, v)| (*k, *v))) {
             if core.match_index_iter().map(|(id, _)| id).eq(self.replication.keys().copied()) {
                 for (v, (_, m)) in self.replication.values_mut().zip(core.match_index_iter()) {
                     *v = m;

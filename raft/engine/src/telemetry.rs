@@ -249,6 +249,21 @@ impl Telemetry {
         }
     }
 
+    /// The node stopped for good on a fatal error: if it was leading, it no longer is (the
+    /// core keeps its last role, so `after_turn` would never see the change).
+    pub(crate) fn failed<'a>(&mut self, peers: impl Iterator<Item = &'a PeerMetrics>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        self.role = Role::Follower;
+        self.step_downs.increment(1);
+        self.is_leader.set(0.0);
+        for p in peers {
+            p.lag.set(0.0);
+        }
+        tracing::warn!(term = %self.term, "stepped down as leader: the node failed");
+    }
+
     fn role_changed(&mut self, core: &RaftCore, role: Role, term: Term) {
         let (old_role, old_term) = (self.role, self.term);
         self.role = role;

@@ -93,8 +93,12 @@ async fn a_storage_error_is_fatal_and_reported() {
     assert!(matches!(err, WriteError::Fatal(Fatal::LogStore(_))), "{err}");
     let m =
         node.wait_for(Duration::from_secs(1), |m| matches!(m.state, NodeState::Failed(_))).await;
+    let m = m.expect("metrics must report the failure");
+    // It stepped down: a balancer routing writes by role must not pick it.
+    assert_eq!((m.role, m.leader), (raftkit::Role::Follower, None), "{m:?}");
+    assert!(m.replication.is_empty(), "{m:?}");
     // The metrics carry the error itself, not its text.
-    match m.expect("metrics must report the failure").state {
+    match m.state {
         NodeState::Failed(Fatal::LogStore(e)) => {
             assert_eq!(e.kind(), StorageErrorKind::Io);
             assert!(e.is_retryable(), "an I/O error may pass");

@@ -1,22 +1,27 @@
 //! Guards the metrics a node records through the `metrics` facade (listed in the crate docs):
 //! a test recorder, installed before any node starts, collects them, and a scenario on a paused
-//! clock (writes, a follower that falls behind and comes back through a snapshot) checks that
-//! each moved as it should. One test per binary: the recorder is process-wide.
+//! clock (writes, a follower that falls behind and comes back through a snapshot, a leader whose
+//! log store fails) checks that each moved as it should. One test per binary: the recorder is
+//! process-wide.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::Cluster;
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use raftkit::NodeId;
-use raftkit_mem::KvCommand;
+use raftkit::{
+    Entry, LogId, LogIndex, LogState, LogStore, LogWrite, NodeId, NodeState, Raft, Role,
+    SnapshotStore, StorageError,
+};
+use raftkit_mem::{KvCommand, MemKv, MemLogStore, MemRouter};
 
 /// One registered metric: a counter's count, a gauge's value (as f64 bits) or a histogram's
 /// samples.
@@ -185,4 +190,52 @@ async fn a_node_records_its_metrics_through_the_facade() {
     assert_eq!(gauge(&lagging), 0.0, "a deposed leader still reports a lag");
     pending.abort();
     c.shutdown().await;
+
+    // A lone leader whose log store fails stops, and stops counting as a leader.
+    let store = FailingStore::default();
+    let id = NodeId(9);
+    let cfg = common::config(id, &[id], 9);
+    let node = Raft::start(cfg, MemRouter::new(9).network(id), store.clone(), MemKv::new())
+        .await
+        .expect("start");
+    node.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader).await.expect("leader");
+    assert_eq!(gauge("raftkit_is_leader{node=9}"), 1.0);
+    store.fail.store(true, Ordering::SeqCst);
+    assert!(node.client_write(KvCommand::put("a", "1")).await.is_err());
+    let failed = node.wait_for(Duration::from_secs(5), |m| matches!(m.state, NodeState::Failed(_)));
+    assert!(failed.await.is_some(), "the node did not fail");
+    assert_eq!(gauge("raftkit_is_leader{node=9}"), 0.0, "a failed node still counts as leader");
+    assert_eq!(counter("raftkit_step_downs_total{node=9}"), 1);
+}
+
+/// An in-memory log store whose writes fail once `fail` is set.
+#[derive(Clone, Default)]
+struct FailingStore {
+    inner: MemLogStore,
+    fail: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl LogStore for FailingStore {
+    async fn load(&self) -> Result<LogState, StorageError> {
+        self.inner.load().await
+    }
+    async fn write(&self, w: LogWrite) -> Result<(), StorageError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::io("disk on fire", std::io::Error::other("EIO")));
+        }
+        self.inner.write(w).await
+    }
+    async fn read(&self, first: LogIndex, last: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.inner.read(first, last).await
+    }
+    async fn purge(&self, up_to: LogId) -> Result<(), StorageError> {
+        self.inner.purge(up_to).await
+    }
+    async fn install_snapshot(&self, snapshot: LogId) -> Result<(), StorageError> {
+        self.inner.install_snapshot(snapshot).await
+    }
+    fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
+        self.inner.snapshot_store()
+    }
 }

@@ -1,82 +1,61 @@
 //! The invariant checker. It sees every node's protocol state after each driver turn (an
 //! [`Observer`]), every message a node sends (through the fault-injecting network), every entry
-//! applied (through the state machine), and the logs in the stores at checkpoints. Violations
-//! are recorded, not panicked on, so the run can finish and print a full report.
+//! applied (through the state machine), what each node's store acknowledged and when it failed
+//! (through the tracking store wrapper), and the logs in the stores at checkpoints. Violations
+//! are recorded, not panicked on, so the run can finish and print a full report. Each violation
+//! starts with the name of the check that fired, in plain words ("election safety: …").
 //!
 //! Checked: election safety (one leader per term, elected by a quorum of votes granted in that
 //! term, as seen on the wire); leader append-only (within its term a leader never changes or
 //! removes an entry it has: as seen in every AppendEntries it sends, and in its last log index
-//! between driver turns); one vote per node per term; term and commit
-//! never go backwards; the durable term and vote never go backwards, across restarts; a leader
+//! between driver turns); one vote per node per term; term, commit and applied never go
+//! backwards; the durable term, vote and commit never go backwards, across restarts; a leader
 //! advances its commit index only to entries of its own term (Raft §5.4.2); all nodes agree on
 //! what is committed; state-machine safety (the same entry at every index, applied in order
-//! without gaps, and the same whole state after the same entry, snapshots included); nothing
-//! that depends on durable state is sent before it is durable (when the
-//! store can tell); log matching; leader completeness; every committed entry durable on a
-//! quorum.
+//! without gaps, and the same whole state after the same entry, snapshots included); persist
+//! before send (nothing that depends on durable state is sent before it is durable, by the
+//! store's durable view); a failed store (after a node's store failed, it acknowledges, votes
+//! and applies nothing beyond what the store had acknowledged); store reads (a checkpoint's
+//! read of a store returns exactly the entries asked for, checked before anything is judged
+//! from it); log matching; leader completeness; durability (every committed entry is held
+//! durably on a quorum); no livelock (messages sent without end while a paused clock stands
+//! still: reported, then the network drops everything so the run can end).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use raftkit::store::LogShape;
 use raftkit::{
     AppendResponse, Entry, HardState, LogId, LogIndex, Message, MessageBody, NodeId, NodeStatus,
     Observer, Role, Term,
 };
 
+pub use super::store_read::{NodeLog, StoreRead};
 use crate::harness::DurableView;
 use crate::kv::{ApplyRecorder, Fnv};
 
-/// What a checkpoint read from one node's store.
-#[derive(Clone, Debug, Default)]
-pub struct NodeLog {
-    /// The last purged id.
-    pub purged: LogId,
-    /// The entries after it, as (id, payload digest).
-    pub entries: Vec<(LogId, u64)>,
+/// What a node's store has acknowledged: by the `LogStore` contract, a write, purge or install
+/// that returned `Ok` is durable, so this is what the store holds durably, at the least.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The last hard state a write that returned `Ok` carried.
+    pub hard_state: HardState,
+    /// The shape of the log those writes, purges and installs left (the term of every index).
+    pub shape: LogShape,
 }
 
-impl NodeLog {
-    /// Summarizes entries read from a store.
-    pub fn from_entries(purged: LogId, entries: &[Entry]) -> NodeLog {
-        let entries = entries
-            .iter()
-            .map(|e| {
-                let mut h = Fnv::default();
-                format!("{:?}", e.payload).hash(&mut h);
-                (e.log_id, h.finish())
-            })
-            .collect();
-        NodeLog { purged, entries }
-    }
-
-    fn get(&self, index: LogIndex) -> Option<(LogId, u64)> {
-        if index <= self.purged.index {
-            return None;
-        }
-        self.entries.get((index.0 - self.purged.index.0 - 1) as usize).copied()
+impl DurableView for Acknowledged {
+    fn hard_state(&self) -> HardState {
+        self.hard_state
     }
 
     fn last(&self) -> LogId {
-        self.entries.last().map_or(self.purged, |e| e.0)
+        self.shape.last()
     }
 
-    /// A compact description: term runs with their index ranges.
-    pub fn summary(&self) -> String {
-        let mut out = format!("purged={} ", self.purged);
-        let mut i = 0;
-        while i < self.entries.len() {
-            let t = self.entries[i].0.term;
-            let start = self.entries[i].0.index;
-            let mut j = i;
-            while j + 1 < self.entries.len() && self.entries[j + 1].0.term == t {
-                j += 1;
-            }
-            let _ = write!(out, "[t{} {}..={}] ", t.0, start.0, self.entries[j].0.index.0);
-            i = j + 1;
-        }
-        out
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.shape.term_at(index)
     }
 }
 
@@ -90,6 +69,9 @@ struct Track {
     max_durable: HardState,
     /// The next index this incarnation must apply.
     next_apply: Option<u64>,
+    /// In this incarnation the store failed, having acknowledged this much: from then on the
+    /// node may rely on nothing more.
+    failed: Option<Acknowledged>,
 }
 
 #[derive(Default)]
@@ -112,7 +94,17 @@ struct State {
     /// Every entry each leader sent in its term, by index: (entry id, payload digest). A leader
     /// never changes what it holds at an index during its term.
     leader_logs: BTreeMap<(NodeId, Term), BTreeMap<u64, (LogId, u64)>>,
+    /// The instant of the last message sent, and how many were sent at it.
+    instant: Option<tokio::time::Instant>,
+    at_instant: u64,
+    /// Set once the nodes livelocked: from then on every message is dropped.
+    livelocked: bool,
 }
+
+/// How many messages sent at one instant of a paused clock make a livelock: fifty times the most
+/// seen in passing runs of the suite (about 2,000, a burst of catch-up traffic); a livelock
+/// sends them without end.
+pub const LIVELOCK_MESSAGES: u64 = 100_000;
 
 /// A digest of an entry's payload, cheap for application data.
 fn payload_digest(e: &Entry) -> u64 {
@@ -125,6 +117,50 @@ fn payload_digest(e: &Entry) -> u64 {
         other => format!("{other:?}").hash(&mut h),
     }
     h.finish()
+}
+
+/// What is wrong with `m`, sent by `from` after its store failed having acknowledged `acked`:
+/// anything that relies on more than that (an acknowledgement of entries past it, a vote it
+/// does not hold durably).
+fn failed_store_sent(
+    from: NodeId,
+    to: NodeId,
+    m: &Message,
+    acked: &Acknowledged,
+) -> Option<String> {
+    let hs = acked.hard_state;
+    match &m.body {
+        MessageBody::AppendResponse(AppendResponse::Success { match_index })
+            if m.term > hs.term || *match_index > acked.shape.last().index =>
+        {
+            Some(format!(
+                "failed store: {from} acknowledged entries up to {match_index} to {to} in {} after \
+                 its store failed, but the store had acknowledged only up to {} in {}",
+                m.term,
+                acked.shape.last(),
+                hs.term
+            ))
+        }
+        MessageBody::VoteResponse(vr)
+            if vr.granted && !vr.pre_vote && (hs.term != m.term || hs.vote != Some(to)) =>
+        {
+            Some(format!(
+                "failed store: {from} granted its vote to {to} in {} after its store failed, but \
+                 the store had acknowledged {hs:?}",
+                m.term
+            ))
+        }
+        MessageBody::RequestVote(rv)
+            if !rv.pre_vote && (hs.term != m.term || hs.vote != Some(from)) =>
+        {
+            Some(format!(
+                "failed store: {from} asked for votes in {} after its store failed, but the store \
+                 had acknowledged {hs:?}",
+                m.term
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// A snapshot chunk a node sent (recorded before any network fault applies).
@@ -153,6 +189,7 @@ pub struct Checker {
     state: Mutex<State>,
     chunk_sent: tokio::sync::Notify,
     epoch: tokio::time::Instant,
+    nodes: usize,
     quorum: usize,
     max_violations: usize,
 }
@@ -164,6 +201,7 @@ impl Checker {
             state: Mutex::new(State::default()),
             chunk_sent: tokio::sync::Notify::new(),
             epoch: tokio::time::Instant::now(),
+            nodes,
             quorum: nodes / 2 + 1,
             max_violations: 50,
         }
@@ -236,6 +274,7 @@ impl Checker {
         t.last = None;
         t.leader_since = None;
         t.next_apply = None;
+        t.failed = None;
         let prev = t.max_durable;
         let inc = t.incarnation;
         drop(s);
@@ -246,18 +285,18 @@ impl Checker {
     fn check_durable_monotonic(&self, id: NodeId, prev: HardState, now: HardState, when: &str) {
         if now.term < prev.term {
             self.violation(format!(
-                "{id}: durable term went back from {} to {} ({when})",
+                "durable state: {id}'s durable term went back from {} to {} ({when})",
                 prev.term, now.term
             ));
         } else if now.term == prev.term && prev.vote.is_some() && now.vote != prev.vote {
             self.violation(format!(
-                "{id}: durable vote in {} changed from {:?} to {:?} ({when})",
+                "durable state: {id}'s durable vote in {} changed from {:?} to {:?} ({when})",
                 now.term, prev.vote, now.vote
             ));
         }
         if now.commit < prev.commit {
             self.violation(format!(
-                "{id}: durable commit went back from {} to {} ({when})",
+                "durable state: {id}'s durable commit went back from {} to {} ({when})",
                 prev.commit, now.commit
             ));
         }
@@ -282,6 +321,30 @@ impl Checker {
         Arc::new(NodeWatch { checker: self.clone(), id, incarnation })
     }
 
+    /// The store of `id` (in `incarnation`) failed: its next write will not be acknowledged,
+    /// and it had acknowledged `acked`. From now on, until the node restarts, it must not
+    /// acknowledge entries, grant or ask for votes, or apply entries beyond `acked`.
+    pub fn on_store_failed(&self, id: NodeId, incarnation: u32, acked: Acknowledged) {
+        {
+            let mut s = self.lock();
+            let t = s.nodes.entry(id).or_default();
+            if t.incarnation != incarnation || t.failed.is_some() {
+                return;
+            }
+            t.failed = Some(acked.clone());
+        }
+        self.note(format!(
+            "{id}: its store failed, having acknowledged {:?} and the log up to {}",
+            acked.hard_state,
+            acked.shape.last()
+        ));
+    }
+
+    /// Whether the store of `id` failed in its current incarnation.
+    pub fn store_failed(&self, id: NodeId) -> bool {
+        self.lock().nodes.get(&id).is_some_and(|t| t.failed.is_some())
+    }
+
     fn on_status(&self, id: NodeId, incarnation: u32, st: &NodeStatus) {
         let mut problems = Vec::new();
         let mut notes = Vec::new();
@@ -304,24 +367,26 @@ impl Checker {
                 && st.commit <= st.last_log.index;
             if !ordered {
                 problems.push(format!(
-                    "{id}: purged {} <= snapshot {snap} <= applied {} <= commit {} <= last {} does not hold",
+                    "state order: on {id}, purged {} <= snapshot {snap} <= applied {} <= commit {} <= last {} does not hold",
                     st.purged, st.applied, st.commit, st.last_log
                 ));
             }
             if let Some(last) = t.last {
                 if st.term < last.term {
-                    problems
-                        .push(format!("{id}: term went back from {} to {}", last.term, st.term));
+                    problems.push(format!(
+                        "term: {id}'s term went back from {} to {}",
+                        last.term, st.term
+                    ));
                 }
                 if st.applied < last.applied {
                     problems.push(format!(
-                        "{id}: applied went back from {} to {}",
+                        "apply order: {id}'s applied index went back from {} to {}",
                         last.applied, st.applied
                     ));
                 }
                 if st.commit < last.commit {
                     problems.push(format!(
-                        "{id}: commit went back from {} to {}",
+                        "commit: {id}'s commit index went back from {} to {}",
                         last.commit, st.commit
                     ));
                 }
@@ -355,7 +420,10 @@ impl Checker {
             if st.role == Role::Leader {
                 match s.leaders.get(&st.term) {
                     Some(other) if *other != id => {
-                        problems.push(format!("two leaders in {}: {} and {id}", st.term, other));
+                        problems.push(format!(
+                            "election safety: two leaders in {}: {} and {id}",
+                            st.term, other
+                        ));
                     }
                     Some(_) => {}
                     None => {
@@ -371,8 +439,9 @@ impl Checker {
                             .count();
                         if others + 1 < self.quorum {
                             problems.push(format!(
-                                "{id} became leader of {} with {} vote(s) granted in that term \
-                                 (quorum {}): it counted votes from another term",
+                                "election safety: {id} became leader of {} with {} vote(s) \
+                                 granted in that term (quorum {}): it counted votes from another \
+                                 term",
                                 st.term,
                                 others + 1,
                                 self.quorum
@@ -384,8 +453,9 @@ impl Checker {
                     Some((term, start)) if term == st.term => {
                         if st.commit > start && st.commit_term != Some(st.term) {
                             problems.push(format!(
-                                "{id}, leader of {}, advanced its commit to {} whose term is {:?}: \
-                                 an earlier term's entry committed by counting (Figure 8)",
+                                "commit rule (Raft §5.4.2): {id}, leader of {}, advanced its \
+                                 commit to {} whose term is {:?}: an earlier term's entry \
+                                 committed by counting (Figure 8)",
                                 st.term, st.commit, st.commit_term
                             ));
                         }
@@ -400,7 +470,8 @@ impl Checker {
                     let id_here = LogId { term, index: st.commit };
                     match s.committed.get(&st.commit) {
                         Some(prev) if *prev != id_here => problems.push(format!(
-                            "{id} committed {id_here} but {prev} was committed at that index"
+                            "commit agreement: {id} committed {id_here} but {prev} was committed \
+                             at that index"
                         )),
                         Some(_) => {}
                         None => {
@@ -434,11 +505,26 @@ impl Checker {
             if let Some(next) = t.next_apply {
                 if i != next {
                     problems.push(format!(
-                        "{id} applied {log_id} but the next index to apply was {next}"
+                        "apply order: {id} applied {log_id} but the next index to apply was {next}"
                     ));
                 }
             }
             t.next_apply = Some(i + 1);
+            if let Some(acked) = &t.failed {
+                if i > acked.shape.purged().index.0
+                    && acked.shape.term_at(log_id.index) != Some(log_id.term)
+                {
+                    problems.push(format!(
+                        "failed store: {id} applied {log_id} after its store failed, but the \
+                         store had acknowledged only up to {} ({} there)",
+                        acked.shape.last(),
+                        acked
+                            .shape
+                            .term_at(log_id.index)
+                            .map_or("nothing".to_string(), |t| format!("{t}"))
+                    ));
+                }
+            }
             match s.applied.get(&i) {
                 Some((other, d)) if (*other, *d) != (log_id, digest) => problems.push(format!(
                     "state machine safety: {id} applied {log_id} at {i}, another node applied {other}{}",
@@ -489,7 +575,8 @@ impl Checker {
             if let Some(next) = t.next_apply {
                 if at.index.0 + 1 < next {
                     problems.push(format!(
-                        "{id} restored a snapshot at {at} after applying up to {}: its state went back",
+                        "apply order: {id} restored a snapshot at {at} after applying up to {}: \
+                         its state went back",
                         next - 1
                     ));
                 }
@@ -499,7 +586,8 @@ impl Checker {
             if let Some((other, _)) = s.applied.get(&at.index.0) {
                 if *other != at {
                     problems.push(format!(
-                        "{id} restored a snapshot at {at} but {other} was applied there"
+                        "state machine safety: {id} restored a snapshot at {at} but {other} was \
+                         applied there"
                     ));
                 }
             }
@@ -515,13 +603,23 @@ impl Checker {
         let mut problems = Vec::new();
         {
             let mut s = self.lock();
+            if let Some(p) = self.count_at_instant(&mut s) {
+                problems.push(p);
+            }
             let durable = s.durable.get(&from).cloned();
+            if let Some(acked) = s.nodes.get(&from).and_then(|t| t.failed.as_ref()) {
+                if let Some(p) = failed_store_sent(from, to, m, acked) {
+                    problems.push(p);
+                }
+            }
             let mut vote = |voter: NodeId, term: Term, cand: NodeId, s: &mut State| match s
                 .votes
                 .get(&(voter, term))
             {
                 Some(prev) if *prev != cand => {
-                    problems.push(format!("{voter} voted for {prev} and for {cand} in {term}"));
+                    problems.push(format!(
+                        "one vote per term: {voter} voted for {prev} and for {cand} in {term}"
+                    ));
                 }
                 _ => {
                     s.votes.insert((voter, term), cand);
@@ -568,7 +666,8 @@ impl Checker {
                         let hs = d.hard_state();
                         if hs.term < m.term || (hs.term == m.term && hs.vote != Some(from)) {
                             problems.push(format!(
-                                "{from} asked for votes in {} before its own vote was durable (durable {hs:?})",
+                                "persist before send: {from} asked for votes in {} before its own \
+                                 vote was durable (durable {hs:?})",
                                 m.term
                             ));
                         }
@@ -580,7 +679,8 @@ impl Checker {
                         let hs = d.hard_state();
                         if hs.term < m.term || (hs.term == m.term && hs.vote != Some(to)) {
                             problems.push(format!(
-                                "{from} granted its vote to {to} in {} before the vote was durable (durable {hs:?})",
+                                "persist before send: {from} granted its vote to {to} in {} before \
+                                 the vote was durable (durable {hs:?})",
                                 m.term
                             ));
                         }
@@ -604,12 +704,14 @@ impl Checker {
                         let hs = d.hard_state();
                         if hs.term < m.term {
                             problems.push(format!(
-                                "{from} answered in {} before that term was durable (durable {})",
+                                "persist before send: {from} answered in {} before that term was \
+                                 durable (durable {})",
                                 m.term, hs.term
                             ));
                         } else if hs.term == m.term && d.last().index < *match_index {
                             problems.push(format!(
-                                "{from} acknowledged entries up to {match_index} to {to} but only {} is durable",
+                                "persist before send: {from} acknowledged entries up to \
+                                 {match_index} to {to} but only {} is durable",
                                 d.last()
                             ));
                         }
@@ -624,6 +726,36 @@ impl Checker {
         for p in problems {
             self.violation(p);
         }
+    }
+
+    /// Counts a message sent now. On a paused clock time moves only when every task waits, so
+    /// nodes that keep exchanging messages without end hold it still and the run would never
+    /// finish: past [`LIVELOCK_MESSAGES`] messages at one instant, that is reported (once) and
+    /// [`livelocked`](Self::livelocked) turns on.
+    fn count_at_instant(&self, s: &mut State) -> Option<String> {
+        let now = tokio::time::Instant::now();
+        if s.instant == Some(now) {
+            s.at_instant += 1;
+        } else {
+            s.instant = Some(now);
+            s.at_instant = 1;
+        }
+        if s.at_instant < LIVELOCK_MESSAGES || s.livelocked {
+            return None;
+        }
+        s.livelocked = true;
+        Some(format!(
+            "liveness: livelock: {} messages were sent at {}ms while time stood still; from now \
+             on every message is dropped so the run can end",
+            s.at_instant,
+            self.millis()
+        ))
+    }
+
+    /// Whether the nodes livelocked (see [`LIVELOCK_MESSAGES`]): the network then drops every
+    /// message.
+    pub fn livelocked(&self) -> bool {
+        self.lock().livelocked
     }
 
     /// Wakes every waiter whenever a snapshot chunk is sent (for scenarios that act at that
@@ -661,11 +793,23 @@ impl Checker {
         }
     }
 
-    /// Checks the logs read from every store after [`begin_checkpoint`](Self::begin_checkpoint):
-    /// log matching, leader completeness, and that every entry applied (hence committed)
-    /// before the reads is durable on a quorum.
-    pub fn checkpoint(&self, base: &CheckpointBase, logs: &BTreeMap<NodeId, NodeLog>) {
+    /// Checks what was read from every store after [`begin_checkpoint`](Self::begin_checkpoint).
+    /// First the reads themselves: a store that returned other entries than asked for is a
+    /// store fault ("store read: …") and its log is judged no further. Then log matching and
+    /// leader completeness on the logs read, and durability: every entry applied (hence
+    /// committed) before the reads is held durably by a quorum, by each store's durable view
+    /// (or, for a node without one, by its log).
+    pub fn checkpoint(&self, base: &CheckpointBase, reads: &BTreeMap<NodeId, StoreRead>) {
         let mut problems = Vec::new();
+        let mut logs = BTreeMap::new();
+        for (id, read) in reads {
+            match read.check() {
+                Ok(log) => {
+                    logs.insert(*id, log);
+                }
+                Err(why) => problems.push(format!("store read: {id}'s store: {why}")),
+            }
+        }
         {
             let s = self.lock();
             // Log matching.
@@ -696,7 +840,7 @@ impl Checker {
             }
             // Leader completeness: a leader of term t has every entry committed before t (an
             // entry's commit term is when it became committed, not when it was created).
-            for (id, log) in logs {
+            for (id, log) in &logs {
                 let Some(term) = base.leaders.get(id).copied() else { continue };
                 let Some(bound) = base.commit_by_term.range(..term).map(|(_, c)| *c).max() else {
                     continue;
@@ -713,26 +857,28 @@ impl Checker {
                     }
                 }
             }
-            // Committed entries are durable on a quorum.
+            // Durability: committed entries are held durably by a quorum. A store's durable view
+            // needs no read; a node without one counts by its log, if that read was sound.
             for (i, lid) in &base.applied {
                 let i = LogIndex(*i);
-                let holders = logs
+                let holders = reads
                     .iter()
-                    .filter(|(id, log)| {
-                        if i <= log.purged.index {
+                    .filter(|(id, read)| {
+                        if i <= read.state.purged.index {
                             // Compacted away: covered by the node's snapshot.
                             return true;
                         }
                         match s.durable.get(id) {
                             Some(d) => d.term_at(i) == Some(lid.term),
-                            None => log.get(i).map(|e| e.0) == Some(*lid),
+                            None => logs.get(id).and_then(|l| l.get(i)).map(|e| e.0) == Some(*lid),
                         }
                     })
                     .count();
                 if holders < self.quorum {
                     problems.push(format!(
-                        "committed entry {lid} is durable on only {holders} nodes (quorum {})",
-                        self.quorum
+                        "durability: a committed entry is held durably by fewer than a quorum: \
+                         {lid} by {holders} of {} nodes (quorum {})",
+                        self.nodes, self.quorum
                     ));
                     break;
                 }
@@ -812,6 +958,43 @@ mod tests {
 
     fn start(c: &Checker, id: u64) -> u32 {
         c.start_incarnation(NodeId(id), HardState::default(), None)
+    }
+
+    /// A whole read of a log holding (term, index) entries after nothing purged.
+    fn read(ids: &[(u64, u64)]) -> StoreRead {
+        let last = ids.last().map_or(LogId::ZERO, |(t, i)| LogId::new(*t, *i));
+        StoreRead {
+            state: raftkit::LogState {
+                hard_state: HardState::default(),
+                purged: LogId::ZERO,
+                last,
+            },
+            entries: Ok(ids
+                .iter()
+                .map(|(t, i)| Entry::normal(LogId::new(*t, *i), format!("t{t}")))
+                .collect()),
+        }
+    }
+
+    /// A durable view of a store holding entries `1..=n` of term 1.
+    struct Upto(u64);
+
+    impl DurableView for Upto {
+        fn hard_state(&self) -> HardState {
+            HardState { term: Term(1), vote: Some(NodeId(1)), commit: LogIndex(0) }
+        }
+        fn last(&self) -> LogId {
+            LogId::new(1, self.0)
+        }
+        fn term_at(&self, index: LogIndex) -> Option<Term> {
+            (index.0 <= self.0).then_some(Term(1))
+        }
+    }
+
+    /// What a store acknowledged: `hs` and entries `1..=last` in term `term`.
+    fn acked(hs: HardState, term: u64, last: u64) -> Acknowledged {
+        let ids: Vec<(u64, u64)> = (1..=last).map(|i| (term, i)).collect();
+        Acknowledged { hard_state: hs, ..read(&ids).acknowledged().expect("a whole read") }
     }
 
     /// An AppendEntries in `term` after `prev` carrying (term, index, data) entries.
@@ -948,16 +1131,9 @@ mod tests {
         grant(&c, 3, 1, 3);
         c.on_status(NodeId(1), a, &status(1, Role::Leader, 3, 6, 3));
         c.on_apply(NodeId(1), a, LogId::new(1, 6), 1);
-        let log = |ids: &[(u64, u64)]| NodeLog {
-            purged: LogId::ZERO,
-            entries: ids
-                .iter()
-                .map(|(t, i)| (LogId::new(*t, *i), if *t == 1 { 1 } else { 2 }))
-                .collect(),
-        };
         // Only n2's log matters here: it is the stale leader of t2 holding its own entry at 6.
         let logs =
-            BTreeMap::from([(NodeId(2), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]))]);
+            BTreeMap::from([(NodeId(2), read(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]))]);
         c.checkpoint(&c.begin_checkpoint(), &logs);
         assert!(
             !c.violations().iter().any(|v| v.contains("leader completeness")),
@@ -969,7 +1145,7 @@ mod tests {
         grant(&c, 2, 3, 4);
         c.on_status(NodeId(3), d, &status(3, Role::Leader, 4, 5, 1));
         let logs =
-            BTreeMap::from([(NodeId(3), log(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (4, 6)]))]);
+            BTreeMap::from([(NodeId(3), read(&[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (4, 6)]))]);
         c.checkpoint(&c.begin_checkpoint(), &logs);
         assert!(
             c.violations().iter().any(|v| v.contains("leader completeness: n3")),
@@ -1011,5 +1187,120 @@ mod tests {
         };
         c.on_send(NodeId(2), NodeId(1), &rv);
         assert!(c.violations().iter().any(|v| v.contains("before its own vote was durable")));
+    }
+
+    /// A short read is reported as a store fault, not as lost committed entries, and the
+    /// durability check (by the stores' durable views) does not fire for it.
+    #[test]
+    fn a_short_read_is_a_store_fault_not_a_durability_violation() {
+        let c = Checker::new(3);
+        let view = || -> Option<Arc<dyn DurableView>> { Some(Arc::new(Upto(9))) };
+        let i = c.start_incarnation(NodeId(1), HardState::default(), view());
+        for id in 2..=3 {
+            c.start_incarnation(NodeId(id), HardState::default(), view());
+        }
+        for k in 1..=9 {
+            c.on_apply(NodeId(1), i, LogId::new(1, k), k);
+        }
+        let whole: Vec<(u64, u64)> = (1..=9).map(|k| (1, k)).collect();
+        let mut short = read(&whole);
+        short.entries.as_mut().expect("ok").truncate(4);
+        let reads = BTreeMap::from([
+            (NodeId(1), read(&whole)),
+            (NodeId(2), short.clone()),
+            (NodeId(3), short),
+        ]);
+        c.checkpoint(&c.begin_checkpoint(), &reads);
+        let v = c.violations();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v.iter().all(
+                |v| v.contains("store read: n") && v.contains("returned 4 entries for i1..=i9")
+            ),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_committed_entry_held_by_fewer_than_a_quorum_is_caught() {
+        let c = Checker::new(3);
+        // Only n1's store holds entries 6..=9 durably; the others stopped at 5.
+        let i = c.start_incarnation(NodeId(1), HardState::default(), Some(Arc::new(Upto(9))));
+        for id in 2..=3 {
+            c.start_incarnation(NodeId(id), HardState::default(), Some(Arc::new(Upto(5))));
+        }
+        for k in 1..=9 {
+            c.on_apply(NodeId(1), i, LogId::new(1, k), k);
+        }
+        let whole: Vec<(u64, u64)> = (1..=9).map(|k| (1, k)).collect();
+        // The logs read hold everything (not yet durable elsewhere): the views decide.
+        let reads: BTreeMap<_, _> = (1..=3).map(|id| (NodeId(id), read(&whole))).collect();
+        c.checkpoint(&c.begin_checkpoint(), &reads);
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains(
+                "durability: a committed entry is held durably by fewer than a quorum: 1-6 by 1 of 3 nodes"
+            )),
+            "{v:?}"
+        );
+    }
+
+    /// After its store failed, a node may send and apply only what the store acknowledged.
+    #[test]
+    fn a_node_relying_on_its_failed_store_is_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 2);
+        let hs = HardState { term: Term(2), vote: Some(NodeId(1)), commit: LogIndex(0) };
+        c.on_store_failed(NodeId(2), i, acked(hs, 2, 5));
+        assert!(c.store_failed(NodeId(2)));
+        let ack = |term: u64, m: u64| Message {
+            term: Term(term),
+            body: MessageBody::AppendResponse(AppendResponse::Success { match_index: LogIndex(m) }),
+        };
+        let vote = |term: u64, granted: bool| Message {
+            term: Term(term),
+            body: MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted }),
+        };
+        // Within what the store acknowledged: a repeated grant, an acknowledgement of 5, an
+        // entry applied, a refusal.
+        c.on_send(NodeId(2), NodeId(1), &vote(2, true));
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 5));
+        c.on_send(NodeId(2), NodeId(3), &vote(3, false));
+        c.on_apply(NodeId(2), i, LogId::new(2, 5), 5);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Beyond it: entry 6, a term the store never took, a new vote, applying entry 6.
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 6));
+        c.on_send(NodeId(2), NodeId(1), &ack(3, 5));
+        c.on_send(NodeId(2), NodeId(3), &vote(3, true));
+        c.on_apply(NodeId(2), i, LogId::new(2, 6), 6);
+        let v = c.violations();
+        assert_eq!(v.iter().filter(|v| v.contains("failed store: n2")).count(), 4, "{v:?}");
+        assert!(v.iter().any(|v| v.contains("acknowledged entries up to i6")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("granted its vote to n3 in t3")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("applied 2-6 after its store failed")), "{v:?}");
+        // A restart (a new disk) clears it.
+        start(&c, 2);
+        assert!(!c.store_failed(NodeId(2)));
+    }
+
+    /// Nodes that exchange messages without end hold a paused clock still: the checker reports
+    /// it once and has the network drop everything from then on.
+    #[tokio::test(start_paused = true)]
+    async fn a_livelock_is_reported_and_stopped() {
+        let c = Checker::new(3);
+        let heartbeat = append(2, LogId::ZERO, &[]);
+        for _ in 1..LIVELOCK_MESSAGES {
+            c.on_send(NodeId(1), NodeId(2), &heartbeat);
+        }
+        assert!(!c.livelocked() && c.violations().is_empty(), "{:?}", c.violations());
+        // Time moving on starts the count again.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        for _ in 0..LIVELOCK_MESSAGES + 10 {
+            c.on_send(NodeId(1), NodeId(2), &heartbeat);
+        }
+        assert!(c.livelocked());
+        let v = c.violations();
+        assert_eq!(v.len(), 1, "reported once: {v:?}");
+        assert!(v[0].contains("liveness: livelock: 100000 messages"), "{v:?}");
     }
 }

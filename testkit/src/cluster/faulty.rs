@@ -184,6 +184,10 @@ impl<N: Network> Network for FaultyNetwork<N> {
         let mut now = Vec::with_capacity(messages.len());
         for m in messages {
             self.checker.on_send(self.id, to, &m);
+            if self.checker.livelocked() {
+                // The checker reported it; dropping everything lets time move and the run end.
+                continue;
+            }
             if self.faults.hold(to, &m) {
                 let inner = self.inner.clone();
                 let deliver: Delivery = Box::new(move || {

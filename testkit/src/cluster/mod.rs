@@ -1,11 +1,17 @@
 //! The cluster suite: N nodes on any network and log store, a nemesis, a client workload,
 //! invariant checks throughout, a linearizability check of the history, and a liveness phase.
 //! Every run derives from one seed; on an in-process network the run replays exactly.
+//!
+//! Every node's store is wrapped (`tracked.rs`) to record what it acknowledged, which gives the
+//! checker a durable view of any store, and to inject disk failures.
 
 pub mod checker;
 pub mod faulty;
+mod nemesis;
 mod run;
 pub mod scenarios;
+mod store_read;
+mod tracked;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -14,12 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use raftkit::{Config, NodeId, Role};
+use raftkit::{Config, NodeId};
 
-use self::faulty::MessageFaults;
+pub use self::nemesis::FaultMix;
+use self::nemesis::nemesis_step;
 use self::run::Run;
 use self::workload::{ClientSettings, OpCounts, Workload};
-use crate::harness::{LogStoreHarness, NetworkHarness};
+use crate::harness::{CrashModel, LogStoreHarness, NetworkHarness};
 use crate::linearizability::{self, Verdict};
 use crate::rng::Rng;
 
@@ -46,6 +53,8 @@ pub struct ClusterOptions {
     pub checkpoint_every: Duration,
     /// Adjusts every node's configuration (used to activate mutants).
     pub configure: Option<Configure>,
+    /// How often the nemesis picks each kind of fault.
+    pub faults: FaultMix,
 }
 
 impl Default for ClusterOptions {
@@ -59,6 +68,7 @@ impl Default for ClusterOptions {
             liveness_bound: Duration::from_secs(30),
             checkpoint_every: Duration::from_millis(700),
             configure: None,
+            faults: FaultMix::default(),
         }
     }
 }
@@ -84,6 +94,11 @@ pub struct RunReport {
     pub trace: Vec<String>,
     /// Each node's final state and log, for failure reports.
     pub dump: String,
+    /// How the log-store harness crashes its store.
+    pub crash_model: Option<CrashModel>,
+    /// Which durable view of the stores the checker used: the harness's
+    /// ([`LogStoreHarness::durable`]) or the one tracked from what the stores acknowledged.
+    pub durable_view: String,
 }
 
 impl RunReport {
@@ -112,12 +127,26 @@ impl RunReport {
         )
     }
 
-    /// The full failure report: violations, the end of the trace, and every node's log.
+    /// The crash model, and its warning if it has one, in one line each.
+    pub fn crash_model_lines(&self) -> String {
+        match self.crash_model {
+            Some(m) => match m.warning() {
+                Some(w) => format!("crash model: {m}\n{w}"),
+                None => format!("crash model: {m}"),
+            },
+            None => "crash model: unknown".to_string(),
+        }
+    }
+
+    /// The full failure report: the crash model and durable view, the violations, the end of
+    /// the trace, and every node's log.
     pub fn failure_report(&self) -> String {
         let mut out = format!(
-            "cluster run failed: {}\nreplay with RAFTKIT_SEED={}\n\nviolations:\n",
+            "cluster run failed: {}\nreplay with RAFTKIT_SEED={}\n{}\ndurable view: {}\n\nviolations:\n",
             self.summary(),
-            self.seed
+            self.seed,
+            self.crash_model_lines(),
+            self.durable_view
         );
         for v in &self.violations {
             let _ = writeln!(out, "  - {v}");
@@ -142,17 +171,54 @@ pub fn seeds_from_env(default: u64) -> Vec<u64> {
     (1..=count).collect()
 }
 
+/// The seeds of a passed check, for its one-line summary: "12 seeds (1..=12)", "1 seed (42)".
+pub fn describe_seeds(seeds: &[u64]) -> String {
+    let contiguous = seeds.windows(2).all(|w| w[1] == w[0] + 1);
+    let which = match seeds {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, .., last] if contiguous => format!("{first}..={last}"),
+        _ => seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+    };
+    let plural = if seeds.len() == 1 { "" } else { "s" };
+    format!("{} seed{plural} ({which})", seeds.len())
+}
+
 /// Runs the cluster suite on a network harness and a log-store harness.
 pub struct ClusterSuite<NH, LH> {
     net: Arc<NH>,
     logs: Arc<LH>,
     opts: ClusterOptions,
+    name: String,
 }
 
 impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     /// A suite with default options (3 nodes).
     pub fn new(net: NH, logs: LH) -> Self {
-        ClusterSuite { net: Arc::new(net), logs: Arc::new(logs), opts: ClusterOptions::default() }
+        ClusterSuite {
+            net: Arc::new(net),
+            logs: Arc::new(logs),
+            opts: ClusterOptions::default(),
+            name: "cluster".to_string(),
+        }
+    }
+
+    /// Names the suite in its summary line (the macro passes the test's name).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The line a passed check prints: its name, what passed (the seeds it ran, say), the
+    /// harness's crash model (and its warning, if any, on a line of its own) and the durable view
+    /// the checker used.
+    pub fn passed_line(&self, what: &str, durable_view: &str) -> String {
+        let model = self.logs.crash_model();
+        let warning = model.warning().map(|w| format!("\n{w}")).unwrap_or_default();
+        format!(
+            "{}: {what} passed, crash model {model}, durable view {durable_view}{warning}",
+            self.name
+        )
     }
 
     /// Sets the number of nodes.
@@ -213,8 +279,10 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         b.build().expect("tokio runtime")
     }
 
-    /// Runs `seeds` in order and panics with a full report at the first failure.
+    /// Runs `seeds` in order and panics with a full report at the first failure; prints a
+    /// one-line summary ([`passed_line`](Self::passed_line)) when all pass.
     pub fn check_seeds(&self, seeds: &[u64]) {
+        let mut view = String::new();
         for &seed in seeds {
             let report = self.run(seed);
             // A failure panics below with the seed and the report; passing runs are logged.
@@ -223,9 +291,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 tracing::debug!(seed, "event trace:\n{}", report.trace.join("\n"));
             }
             if !report.passed() {
-                panic!("{}", report.failure_report());
+                panic!("{}: {}", self.name, report.failure_report());
             }
+            view = report.durable_view;
         }
+        print_passed(&self.passed_line(&describe_seeds(seeds), &view));
     }
 
     /// A randomized configuration for this seed: protocol options and flow-control limits vary
@@ -273,9 +343,21 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         let configs = self.configs(&ids, &mut rng.fork(), seed);
         let t = configs[&ids[0]].clone();
         let fault_seed = rng.next_u64();
-        let mut run =
-            Run::start(self.net.clone(), self.logs.clone(), configs, seed, fault_seed).await;
-        let mut report = RunReport { seed, nodes: n, ..RunReport::default() };
+        let mut run = Run::start(
+            self.net.clone(),
+            self.logs.clone(),
+            configs,
+            seed,
+            fault_seed,
+            self.opts.liveness_bound,
+        )
+        .await;
+        let mut report = RunReport {
+            seed,
+            nodes: n,
+            crash_model: Some(self.logs.crash_model()),
+            ..RunReport::default()
+        };
         run.checker.note(format!(
             "seed {seed}: {n} nodes, pre_vote={} check_quorum={} max_entries={} window={} cache={} snapshot_every={} keep={} chunk={}",
             t.pre_vote,
@@ -312,7 +394,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         while start.elapsed() < self.opts.fault_time {
             tokio::time::sleep(rng.duration(Duration::from_millis(50), Duration::from_millis(600)))
                 .await;
-            nemesis_step(&mut run, &mut rng, &mut report).await;
+            nemesis_step(&mut run, &self.opts.faults, &mut rng, &mut report).await;
             if tokio::time::Instant::now() >= next_checkpoint {
                 run.checkpoint().await;
                 next_checkpoint = tokio::time::Instant::now() + self.opts.checkpoint_every;
@@ -320,8 +402,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         }
 
         // Liveness: faults stop, everyone comes back.
-        run.checker.note("nemesis stops: heal, restart every node");
+        run.checker.note("nemesis stops: heal, replace failed disks, restart every node");
         run.faults.heal();
+        for id in run.failing_disks() {
+            run.replace_disk(id).await;
+        }
         for id in run.down() {
             run.restart_node(id).await;
         }
@@ -351,12 +436,16 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             // An undecided history fails the run too, but says so: a check that gave up must
             // not pass silently, and must not be mistaken for a found violation either.
             Ok(Verdict::Unknown { key }) => run.checker.violation(format!(
-                "linearizability of key {key:?} could not be decided within the checker's step \
+                "linearizability: key {key:?} could not be decided within the checker's step \
                  budget ({} operations in the history): inconclusive, not a proven violation",
                 history.len()
             )),
-            Ok(v) => run.checker.violation(format!("the client history is not linearizable:\n{v}")),
-            Err(e) => run.checker.violation(format!("the client history is malformed: {e:?}")),
+            Ok(v) => run.checker.violation(format!(
+                "linearizability: the client history is not linearizable:\n{v}"
+            )),
+            Err(e) => run
+                .checker
+                .violation(format!("linearizability: the client history is malformed: {e:?}")),
         }
 
         let (dump, max_term) = run.dump().await;
@@ -367,129 +456,16 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         report.violations = run.checker.violations();
         report.trace = run.checker.trace();
         report.dump = dump;
+        report.durable_view = run.durable_view();
         report
     }
 }
 
-/// One random fault (or the end of one), after restarting nodes whose downtime is over.
-async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
-    run: &mut Run<NH, LH>,
-    rng: &mut Rng,
-    report: &mut RunReport,
-) {
-    for id in run.due_for_restart() {
-        run.restart_node(id).await;
-    }
-    let ids = run.ids.clone();
-    let (faults, checker) = (run.faults.clone(), run.checker.clone());
-    let n = ids.len();
-    let mut count = |k: &'static str| *report.faults.entry(k).or_default() += 1;
-    match rng.below(13) {
-        0 | 1 if n > 1 => {
-            // Majority / minority partition.
-            let mut shuffled = ids.clone();
-            rng.shuffle(&mut shuffled);
-            let cut = 1 + rng.below(n as u64 - 1) as usize;
-            let (a, b) = shuffled.split_at(cut);
-            faults.set_blocked(cut_between(a, b));
-            checker.note(format!("nemesis: partition {a:?} | {b:?}"));
-            count("partition");
-        }
-        2 if n > 2 => {
-            // Bridge: one node sees both halves, which cannot see each other.
-            let mut shuffled = ids.clone();
-            rng.shuffle(&mut shuffled);
-            let bridge = shuffled[0];
-            let rest = &shuffled[1..];
-            let cut = 1 + rng.below(rest.len() as u64 - 1).min(rest.len() as u64 - 2) as usize;
-            let (a, b) = rest.split_at(cut.min(rest.len() - 1));
-            faults.set_blocked(cut_between(a, b));
-            checker.note(format!("nemesis: bridge {bridge} between {a:?} and {b:?}"));
-            count("bridge");
-        }
-        12 if n > 1 => {
-            let (a, b) = (*rng.pick(&ids), *rng.pick(&ids));
-            if a != b {
-                let latency = rng.duration(Duration::from_millis(300), Duration::from_millis(1500));
-                faults.slow_link(a, b, latency);
-                checker.note(format!("nemesis: slow link {a} -> {b} ({}ms)", latency.as_millis()));
-                count("slow-link");
-            }
-        }
-        3 if n > 1 => {
-            let (a, b) = (*rng.pick(&ids), *rng.pick(&ids));
-            if a != b {
-                faults.block(a, b);
-                checker.note(format!("nemesis: one-way block {a} -> {b}"));
-                count("one-way");
-            }
-        }
-        4 | 5 => {
-            faults.heal();
-            checker.note("nemesis: heal the network");
-            count("heal");
-        }
-        6 | 7 => {
-            let live = run.live();
-            let leader = live
-                .iter()
-                .find(|(_, n)| n.metrics().borrow().role == Role::Leader)
-                .map(|(id, _)| *id);
-            if !live.is_empty() {
-                // Half the time the leader: elections are where most bugs hide.
-                let victim = match leader {
-                    Some(l) if rng.chance(0.5) => l,
-                    _ => rng.pick(&live).0,
-                };
-                let down = rng.duration(Duration::from_millis(100), Duration::from_millis(2500));
-                checker.note(format!("nemesis: crash {victim} for {}ms", down.as_millis()));
-                run.crash_node(victim, Some(down)).await;
-                count("crash");
-            }
-        }
-        8 => {
-            let live = run.live();
-            if !live.is_empty() {
-                let (id, node) = rng.pick(&live).clone();
-                let d = rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
-                node.pause(d).await;
-                checker.note(format!("nemesis: pause {id} for {}ms", d.as_millis()));
-                count("pause");
-            }
-        }
-        9 | 10 => {
-            let f = MessageFaults {
-                drop: rng.below(20) as f64 / 100.0,
-                duplicate: rng.below(10) as f64 / 100.0,
-                delay: rng.chance(0.6).then(|| {
-                    (
-                        Duration::ZERO,
-                        rng.duration(Duration::from_millis(2), Duration::from_millis(40)),
-                    )
-                }),
-                stall: if rng.chance(0.4) { rng.below(30) as f64 / 100.0 } else { 0.0 },
-            };
-            faults.set_message_faults(f);
-            checker.note(format!("nemesis: message faults {f:?}"));
-            count("message-faults");
-        }
-        _ => {
-            faults.set_message_faults(MessageFaults::default());
-            checker.note("nemesis: message faults off");
-        }
-    }
-}
-
-/// Every directed link between the two groups.
-fn cut_between(a: &[NodeId], b: &[NodeId]) -> std::collections::BTreeSet<(NodeId, NodeId)> {
-    let mut links = std::collections::BTreeSet::new();
-    for x in a {
-        for y in b {
-            links.insert((*x, *y));
-            links.insert((*y, *x));
-        }
-    }
-    links
+/// Prints a passed check's summary line. To stderr, as a test's own output: the test harness
+/// shows it with `--nocapture` (or `--show-output`) and keeps the test list readable otherwise.
+#[allow(clippy::print_stderr)]
+fn print_passed(line: &str) {
+    eprintln!("{line}");
 }
 
 /// Expands to the cluster suite's tests for a network harness and a log-store harness: runs of
@@ -506,6 +482,7 @@ macro_rules! cluster_suite {
         #[test]
         fn cluster_1_node() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_1_node")
                 .nodes(1)
                 .check_default_seeds();
         }
@@ -513,6 +490,7 @@ macro_rules! cluster_suite {
         #[test]
         fn cluster_3_nodes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_3_nodes")
                 .nodes(3)
                 .check_default_seeds();
         }
@@ -520,6 +498,7 @@ macro_rules! cluster_suite {
         #[test]
         fn cluster_5_nodes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_5_nodes")
                 .nodes(5)
                 .check_default_seeds();
         }
@@ -527,26 +506,33 @@ macro_rules! cluster_suite {
         $(
             #[test]
             fn cluster_replays_exactly_from_a_seed() {
-                            let _ = stringify!($replay);
-                $crate::cluster::check_replay($crate::cluster::ClusterSuite::new($net, $logs).nodes(3));
+                let _ = stringify!($replay);
+                $crate::cluster::check_replay(
+                    $crate::cluster::ClusterSuite::new($net, $logs)
+                        .named("cluster_replays_exactly_from_a_seed")
+                        .nodes(3),
+                );
             }
         )?
 
         #[test]
         fn cluster_snapshot_catch_up() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_snapshot_catch_up")
                 .check_scenario($crate::cluster::scenarios::Scenario::SnapshotCatchUp);
         }
 
         #[test]
         fn cluster_interrupted_snapshot_transfer_resumes() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_interrupted_snapshot_transfer_resumes")
                 .check_scenario($crate::cluster::scenarios::Scenario::InterruptedTransfer);
         }
 
         #[test]
         fn cluster_crash_during_snapshot_install() {
             $crate::cluster::ClusterSuite::new($net, $logs)
+                .named("cluster_crash_during_snapshot_install")
                 .check_scenario($crate::cluster::scenarios::Scenario::CrashDuringInstall);
         }
     };
@@ -574,4 +560,30 @@ pub fn check_replay<NH: NetworkHarness, LH: LogStoreHarness>(suite: ClusterSuite
         );
     }
     assert_eq!((a.ops, a.applied, a.max_term), (b.ops, b.applied, b.max_term));
+    let what = format!("seed {seed} run twice ({} trace events alike)", a.trace.len());
+    print_passed(&suite.passed_line(&what, &a.durable_view));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_name_the_seeds_and_the_crash_model() {
+        assert_eq!(describe_seeds(&[1, 2, 3, 4]), "4 seeds (1..=4)");
+        assert_eq!(describe_seeds(&[42]), "1 seed (42)");
+        assert_eq!(describe_seeds(&[3, 7]), "2 seeds (3, 7)");
+        let report = RunReport {
+            seed: 9,
+            crash_model: Some(CrashModel::CleanReopenOnly),
+            durable_view: "tracked".into(),
+            violations: vec!["election safety: two leaders".into()],
+            ..RunReport::default()
+        };
+        let text = report.failure_report();
+        let header: Vec<&str> = text.lines().take(5).collect();
+        assert!(header[2].starts_with("crash model: CleanReopenOnly"), "{header:?}");
+        assert!(header[3].starts_with("WARNING: this harness's crash model"), "{header:?}");
+        assert_eq!(header[4], "durable view: tracked");
+    }
 }

@@ -1,30 +1,44 @@
 //! [`Run`]: one cluster being exercised — its nodes, their stores, the checker and the faults —
 //! with the operations the randomized suite and the scenarios share: start, crash (losing what
-//! was not durable) and restart nodes, check the stores' logs, wait for a leader and for the
-//! nodes to converge.
+//! was not durable) and restart nodes, fail and replace their disks, check the stores' logs,
+//! wait for a leader and for the nodes to converge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkit::{Config, LogStore, NodeId, Raft, RaftMetrics, Role};
+use raftkit::{
+    Config, Fatal, LogStore, NodeId, NodeState, Raft, RaftMetrics, Role, StorageErrorKind,
+    WriteError,
+};
 
-use super::checker::{Checker, NodeLog};
+use super::checker::{Checker, StoreRead};
 use super::faulty::{Faults, FaultyNetwork};
+use super::tracked::Tracked;
 use super::workload::{Node, NodeTable};
 use crate::harness::{LogStoreHarness, NetworkHarness};
 use crate::kv::{KvCommand, KvOp, KvOutput, TestKv};
+use crate::rng::Rng;
 
-/// A running node of a [`Run`].
+/// A running node of a [`Run`]: on the harness's store, wrapped in a [`Tracked`].
 pub(crate) type RunNode<NH, LH> =
-    Node<<NH as NetworkHarness>::Network, <LH as LogStoreHarness>::Store>;
+    Node<<NH as NetworkHarness>::Network, Tracked<<LH as LogStoreHarness>::Store>>;
+
+/// Which durable view the checker used for a node's store.
+pub(crate) const HARNESS_VIEW: &str = "the harness's (LogStoreHarness::durable)";
+/// See [`HARNESS_VIEW`].
+pub(crate) const TRACKED_VIEW: &str = "tracked (what each store acknowledged)";
 
 /// A node's store, kept across its restarts.
 pub(crate) struct Slot<S, G> {
     pub(crate) store: Option<S>,
+    /// The running incarnation's wrapper of `store` (`None` while the node is down).
+    pub(crate) tracked: Option<Tracked<S>>,
     pub(crate) guard: G,
     pub(crate) down_until: Option<tokio::time::Instant>,
+    /// The disk failed (or will at its next write) and is to be replaced at this time.
+    pub(crate) replace_disk_at: Option<tokio::time::Instant>,
 }
 
 /// One cluster being exercised.
@@ -36,8 +50,12 @@ pub(crate) struct Run<NH: NetworkHarness, LH: LogStoreHarness> {
     pub(crate) checker: Arc<Checker>,
     pub(crate) faults: Arc<Faults>,
     pub(crate) cluster: NH::Cluster,
-    pub(crate) table: NodeTable<NH::Network, LH::Store>,
+    pub(crate) table: NodeTable<NH::Network, Tracked<LH::Store>>,
     pub(crate) slots: BTreeMap<NodeId, Slot<LH::Store, LH::Guard>>,
+    /// How long a node whose disk failed has to report the failure.
+    pub(crate) bound: Duration,
+    /// The durable views the checker used (see [`HARNESS_VIEW`]).
+    pub(crate) views: Mutex<BTreeSet<&'static str>>,
 }
 
 impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
@@ -48,15 +66,25 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         configs: BTreeMap<NodeId, Config>,
         seed: u64,
         fault_seed: u64,
+        bound: Duration,
     ) -> Self {
         let ids: Vec<NodeId> = configs.keys().copied().collect();
         let cluster = net.cluster(&ids, seed).await;
         let mut slots = BTreeMap::new();
         for id in &ids {
             let (store, guard) = logs.build().await;
-            slots.insert(*id, Slot { store: Some(store), guard, down_until: None });
+            slots.insert(
+                *id,
+                Slot {
+                    store: Some(store),
+                    tracked: None,
+                    guard,
+                    down_until: None,
+                    replace_disk_at: None,
+                },
+            );
         }
-        let run = Run {
+        let mut run = Run {
             net,
             logs,
             checker: Arc::new(Checker::new(ids.len())),
@@ -66,6 +94,8 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
             slots,
             configs,
             ids: ids.clone(),
+            bound,
+            views: Mutex::new(BTreeSet::new()),
         };
         for id in &ids {
             run.start_node(*id).await;
@@ -73,28 +103,61 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         run
     }
 
-    /// Starts `id` on its store (a new incarnation).
-    pub(crate) async fn start_node(&self, id: NodeId) {
-        let checker = &self.checker;
+    /// Starts `id` on its store (a new incarnation), wrapped in a fresh [`Tracked`] whose record
+    /// starts from what the store holds now.
+    pub(crate) async fn start_node(&mut self, id: NodeId) {
+        let checker = self.checker.clone();
         let store = self.slots[&id].store.clone().expect("the store is open");
-        let loaded = match store.load().await {
-            Ok(st) => st.hard_state,
+        let read = match StoreRead::of(&store).await {
+            Ok(read) => read,
             Err(e) => {
-                checker.violation(format!("{id}: cannot load its store: {e}"));
+                checker.violation(format!("store load: {id} cannot load its store: {e}"));
                 return;
             }
         };
-        let inc = checker.start_incarnation(id, loaded, self.logs.durable(&store));
+        let Some(acked) = read.acknowledged() else {
+            let why = read.check().err().unwrap_or_default();
+            checker.violation(format!("store read: {id}'s store, at start: {why}"));
+            return;
+        };
+        let loaded = read.state.hard_state;
+        drop(read);
+        let harness_view = self.logs.durable(&store);
+        let tracked = Tracked::new(store, acked);
+        let view = match harness_view {
+            Some(view) => {
+                self.note_view(HARNESS_VIEW);
+                view
+            }
+            None => {
+                self.note_view(TRACKED_VIEW);
+                tracked.view()
+            }
+        };
+        let inc = checker.start_incarnation(id, loaded, Some(view));
+        tracked.watch(checker.clone(), id, inc);
         let endpoint = self.net.endpoint(&self.cluster, id).await;
         let net = FaultyNetwork::new(endpoint, id, self.faults.clone(), checker.clone());
         let kv = TestKv::new(Some(checker.recorder(id, inc)));
         let cfg = self.configs[&id].clone();
-        match Raft::start_observed(cfg, net, store, kv, checker.observer(id, inc)).await {
+        let observer = checker.observer(id, inc);
+        match Raft::start_observed(cfg, net, tracked.clone(), kv, observer).await {
             Ok(node) => {
+                self.slots.get_mut(&id).expect("slot").tracked = Some(tracked);
                 self.table.lock().unwrap_or_else(|p| p.into_inner()).insert(id, node);
             }
-            Err(e) => checker.violation(format!("{id}: cannot start from its store: {e}")),
+            Err(e) => checker.violation(format!("restart: {id} cannot start from its store: {e}")),
         }
+    }
+
+    fn note_view(&self, view: &'static str) {
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).insert(view);
+    }
+
+    /// The durable views the checker used, for the report.
+    pub(crate) fn durable_view(&self) -> String {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views.iter().copied().collect::<Vec<_>>().join(" and ")
     }
 
     /// Restarts a crashed node.
@@ -104,15 +167,106 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         self.start_node(id).await;
     }
 
+    /// Arms a disk failure on `id`: its store's next write fails, and every later one. The
+    /// disk is replaced at `replace_at` ([`due_for_disk_replacement`](Self::due_for_disk_replacement)).
+    pub(crate) fn fail_disk(
+        &mut self,
+        id: NodeId,
+        rng: &mut Rng,
+        replace_at: tokio::time::Instant,
+    ) {
+        let slot = self.slots.get_mut(&id).expect("slot");
+        let Some(tracked) = &slot.tracked else { return };
+        let what = tracked.fail_disk(rng);
+        slot.replace_disk_at = Some(replace_at);
+        self.checker.note(format!("nemesis: disk failure on {id}: {what}"));
+    }
+
+    /// Nodes whose failed disk is due for replacement.
+    pub(crate) fn due_for_disk_replacement(&self) -> Vec<NodeId> {
+        let now = tokio::time::Instant::now();
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.replace_disk_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Nodes with a failed (or failing) disk.
+    pub(crate) fn failing_disks(&self) -> Vec<NodeId> {
+        self.slots.iter().filter(|(_, s)| s.replace_disk_at.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    /// Replaces the failed disk of `id`: the node is crashed (after checking that it stopped
+    /// serving, if the failure was met) and restarted on its store as the harness reopens it
+    /// after a crash, with a healthy disk.
+    pub(crate) async fn replace_disk(&mut self, id: NodeId) {
+        let failed = self.slots[&id].tracked.as_ref().is_some_and(|t| t.disk_failed());
+        self.checker.note(format!(
+            "nemesis: replace the disk of {id}{}",
+            if failed { "" } else { " (no write had reached it: it had not failed yet)" }
+        ));
+        self.crash_node(id, None).await;
+        self.restart_node(id).await;
+    }
+
+    /// After the disk of `id` failed, the node must stop serving: within the bound its metrics
+    /// show it failed with the storage error (no longer leading), and a client write is refused
+    /// with that error. Records a violation otherwise.
+    async fn check_stopped(&self, id: NodeId, node: &RunNode<NH, LH>) {
+        let m = node.wait_for(self.bound, |m| m.state != NodeState::Running).await;
+        let m = m.unwrap_or_else(|| node.metrics().borrow().clone());
+        let storage_kind = |f: &Fatal| match f {
+            Fatal::LogStore(e) => Some(e.kind()),
+            _ => None,
+        };
+        match &m.state {
+            NodeState::Failed(f)
+                if matches!(
+                    storage_kind(f),
+                    Some(StorageErrorKind::Io | StorageErrorKind::Poisoned)
+                ) =>
+            {
+                self.checker.note(format!("{id} stopped: {f}"));
+            }
+            other => self.checker.violation(format!(
+                "failed store: {id} did not stop with its storage error within {:?} after its \
+                 store failed (state {other:?}, {} in {}, applied {})",
+                self.bound, m.role, m.term, m.applied
+            )),
+        }
+        if m.role == Role::Leader || m.leader == Some(id) {
+            self.checker.violation(format!(
+                "failed store: {id} still shows itself as leader ({} in {}) after it stopped",
+                m.role, m.term
+            ));
+        }
+        let cmd = KvCommand { key: "disk-check".into(), op: KvOp::Get };
+        match tokio::time::timeout(self.bound, node.client_write(cmd)).await {
+            Ok(Err(WriteError::Fatal(Fatal::LogStore(_)))) => {}
+            other => self.checker.violation(format!(
+                "failed store: {id} did not refuse a client write with its storage error after \
+                 its store failed: {other:?}"
+            )),
+        }
+    }
+
     /// Crashes `id` as power loss would: the process dies at once and its store keeps only
     /// what was durable. It stays down until `down` has passed (the nemesis restarts it then)
-    /// or, with `None`, until restarted by hand.
+    /// or, with `None`, until restarted by hand. A node whose disk failed is first checked to
+    /// have stopped serving; the crash also replaces its disk.
     pub(crate) async fn crash_node(&mut self, id: NodeId, down: Option<Duration>) {
         let node = self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let failed = self.slots[&id].tracked.as_ref().is_some_and(|t| t.disk_failed());
         if let Some(node) = node {
+            if failed {
+                self.check_stopped(id, &node).await;
+            }
             node.kill().await;
         }
         let slot = self.slots.get_mut(&id).expect("slot");
+        slot.tracked = None;
+        slot.replace_disk_at = None;
         let store = slot.store.take().expect("the store is open");
         slot.store = Some(self.logs.crash(store, &slot.guard).await);
         slot.down_until =
@@ -145,20 +299,21 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    /// Reads every store's log and checks them.
+    /// Reads every store's log (past any injected fault: the checker inspects the store
+    /// itself) and checks them.
     pub(crate) async fn checkpoint(&self) {
         let base = self.checker.begin_checkpoint();
-        let mut logs = BTreeMap::new();
+        let mut reads = BTreeMap::new();
         for (id, slot) in &self.slots {
             let Some(store) = &slot.store else { continue };
-            match read_log(store).await {
-                Ok(log) => {
-                    logs.insert(*id, log);
+            match StoreRead::of(store).await {
+                Ok(read) => {
+                    reads.insert(*id, read);
                 }
-                Err(e) => self.checker.violation(format!("{id}: reading its log failed: {e}")),
+                Err(e) => self.checker.violation(format!("store load: {id}'s store: {e}")),
             }
         }
-        self.checker.checkpoint(&base, &logs);
+        self.checker.checkpoint(&base, &reads);
     }
 
     /// A leader that a majority of the cluster follows, if any.
@@ -295,8 +450,16 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         }
         for (id, slot) in &self.slots {
             if let Some(store) = &slot.store {
-                if let Ok(log) = read_log(store).await {
-                    let _ = writeln!(dump, "  {id} log: {}", log.summary());
+                match StoreRead::of(store).await.map(|r| r.check()) {
+                    Ok(Ok(log)) => {
+                        let _ = writeln!(dump, "  {id} log: {}", log.summary());
+                    }
+                    Ok(Err(why)) => {
+                        let _ = writeln!(dump, "  {id} log: unreadable: {why}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(dump, "  {id} log: cannot load: {e}");
+                    }
                 }
             }
         }
@@ -323,14 +486,4 @@ pub(crate) fn metrics<N: raftkit::Network, L: LogStore + Clone>(
     nodes: &[(NodeId, Node<N, L>)],
 ) -> Vec<(NodeId, RaftMetrics)> {
     nodes.iter().map(|(id, n)| (*id, n.metrics().borrow().clone())).collect()
-}
-
-/// A store's whole log, summarized for the checker.
-pub(crate) async fn read_log<S: LogStore>(store: &S) -> Result<NodeLog, raftkit::StorageError> {
-    let st = store.load().await?;
-    if st.last.index <= st.purged.index {
-        return Ok(NodeLog { purged: st.purged, entries: Vec::new() });
-    }
-    let entries = store.read(st.purged.index.next(), st.last.index).await?;
-    Ok(NodeLog::from_entries(st.purged, &entries))
 }

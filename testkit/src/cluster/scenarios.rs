@@ -10,8 +10,9 @@ use std::time::Duration;
 use raftkit::{Config, NodeId};
 
 use super::checker::ChunkSent;
+use super::nemesis::cut_between;
 use super::run::Run;
-use super::{ClusterSuite, RunReport, cut_between};
+use super::{ClusterSuite, RunReport};
 use crate::harness::{LogStoreHarness, NetworkHarness};
 use crate::kv::{KvCommand, KvOp};
 
@@ -56,7 +57,9 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             (true, _) => 2,
             (false, _) => 1,
         };
-        for seed in super::seeds_from_env(default) {
+        let seeds = super::seeds_from_env(default);
+        let mut view = String::new();
+        for &seed in &seeds {
             let report = self.run_scenario(scenario, seed);
             // A failure panics below with the seed and the report; passing runs are logged.
             tracing::info!(seed, "{}: {}", scenario.name(), report.summary());
@@ -64,9 +67,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 tracing::debug!(seed, "event trace:\n{}", report.trace.join("\n"));
             }
             if !report.passed() {
-                panic!("{}: {}", scenario.name(), report.failure_report());
+                panic!("{} ({}): {}", self.name, scenario.name(), report.failure_report());
             }
+            view = report.durable_view;
         }
+        super::print_passed(&self.passed_line(&super::describe_seeds(&seeds), &view));
     }
 
     /// Runs `scenario` once with `seed`.
@@ -79,8 +84,15 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 .iter()
                 .map(|id| (*id, self.scenario_config(*id, &ids, scenario, seed)))
                 .collect::<BTreeMap<_, _>>();
-            let mut run =
-                Run::start(self.net.clone(), self.logs.clone(), configs, seed, seed).await;
+            let mut run = Run::start(
+                self.net.clone(),
+                self.logs.clone(),
+                configs,
+                seed,
+                seed,
+                self.opts.liveness_bound,
+            )
+            .await;
             run.checker.note(format!("{} (seed {seed}, {nodes} nodes)", scenario.name()));
             let deadline = tokio::time::Instant::now() + self.opts.liveness_bound * 4;
             match scenario {
@@ -101,6 +113,8 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                 violations: run.checker.violations(),
                 trace: run.checker.trace(),
                 dump,
+                crash_model: Some(self.logs.crash_model()),
+                durable_view: run.durable_view(),
                 ..RunReport::default()
             }
         })
@@ -134,7 +148,7 @@ async fn leader_and_follower<NH: NetworkHarness, LH: LogStoreHarness>(
 ) -> Option<(NodeId, NodeId)> {
     let first = KvCommand { key: "first".into(), op: KvOp::Put("x".into()) };
     if run.write(&first, deadline).await.is_none() {
-        run.checker.violation("no leader accepted the first write");
+        run.checker.violation("liveness: no leader accepted the first write");
         return None;
     }
     let (leader, _) = run.leader()?;
@@ -154,7 +168,9 @@ async fn write_all<NH: NetworkHarness, LH: LogStoreHarness>(
     let acked = run.write_many(prefix, count, value_len, 64, deadline).await;
     run.checker.note(format!("{acked} of {count} writes acknowledged"));
     if acked < count {
-        run.checker.violation(format!("only {acked} of {count} writes were acknowledged in time"));
+        run.checker.violation(format!(
+            "liveness: only {acked} of {count} writes were acknowledged in time"
+        ));
         return false;
     }
     true
@@ -178,7 +194,7 @@ async fn wait_until_purged_past<NH: NetworkHarness, LH: LogStoreHarness>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    run.checker.violation(format!("{leader} never purged past {follower_last}"));
+    run.checker.violation(format!("snapshot policy: {leader} never purged past {follower_last}"));
     false
 }
 
@@ -196,7 +212,9 @@ async fn catch_up<NH: NetworkHarness, LH: LogStoreHarness>(
     }
     run.restart_node(follower).await;
     if run.converge(deadline).await && run.checker.restores(follower).is_empty() {
-        run.checker.violation(format!("{follower} caught up without installing a snapshot"));
+        run.checker.violation(format!(
+            "snapshot catch-up: {follower} caught up without installing a snapshot"
+        ));
     }
 }
 
@@ -230,7 +248,8 @@ async fn interrupted_transfer<NH: NetworkHarness, LH: LogStoreHarness>(
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     if !started {
-        run.checker.violation(format!("the snapshot transfer to {follower} never got going"));
+        run.checker
+            .violation(format!("snapshot transfer: the transfer to {follower} never got going"));
         return;
     }
     run.faults.set_blocked(cut_between(&[follower], &others));
@@ -261,7 +280,8 @@ fn check_resumed<NH: NetworkHarness, LH: LogStoreHarness>(
         after.iter().find(|c| c.at_ms >= reconnect_ms && c.snapshot == last_before.snapshot);
     match resumed {
         Some(c) if c.offset == 0 => run.checker.violation(format!(
-            "the transfer to {follower} started over after the reconnect (first chunk: {c:?})"
+            "snapshot transfer: the transfer to {follower} started over after the reconnect \
+             (first chunk: {c:?})"
         )),
         Some(c) => run.checker.note(format!("the transfer resumed at offset {}", c.offset)),
         None => {
@@ -272,7 +292,10 @@ fn check_resumed<NH: NetworkHarness, LH: LogStoreHarness>(
     if !run.checker.restores(follower).contains(&last_before.snapshot)
         && after.iter().all(|c| c.snapshot == last_before.snapshot)
     {
-        run.checker.violation(format!("{follower} never installed {}", last_before.snapshot));
+        run.checker.violation(format!(
+            "snapshot transfer: {follower} never installed {}",
+            last_before.snapshot
+        ));
     }
 }
 
@@ -305,7 +328,7 @@ async fn crash_during_install<NH: NetworkHarness, LH: LogStoreHarness>(
     })
     .await;
     if done.is_err() {
-        run.checker.violation(format!("no snapshot was sent to {follower}"));
+        run.checker.violation(format!("snapshot transfer: no snapshot was sent to {follower}"));
         return;
     }
     // The final chunk was held back: deliver it now and crash the follower 0 to 3.5 ms later
