@@ -421,15 +421,11 @@ impl<S: StateMachine> RaftHandle<S> {
         options: ChangeOptions,
     ) -> Result<Membership, ChangeMembershipError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || match self.inner.shared.fatal.get() {
-            Some(f) => ChangeMembershipError::Fatal(f.clone()),
-            None => ChangeMembershipError::Shutdown,
-        };
         if self.inner.control.send(Control::ChangeMembership { change, options, tx }).await.is_err()
         {
-            return Err(stopped());
+            return Err(self.change_stopped());
         }
-        rx.await.unwrap_or_else(|_| Err(stopped()))
+        rx.await.unwrap_or_else(|_| Err(self.change_stopped()))
     }
 
     /// Adds `id` as a learner (a member that receives the log but does not vote), with its
@@ -465,21 +461,25 @@ impl<S: StateMachine> RaftHandle<S> {
             match caught_up {
                 // Leadership lost while waiting: the learner is added (the configuration
                 // committed), but this node can no longer tell when it has caught up.
-                Ok(m) if m.role != raftkit_core::Role::Leader
-                    && matches!(m.state, crate::NodeState::Running) =>
+                Ok(m)
+                    if m.role != raftkit_core::Role::Leader
+                        && matches!(m.state, crate::NodeState::Running) =>
                 {
                     return Err(ChangeMembershipError::NotLeader { leader: m.leader });
                 }
                 Ok(m) if matches!(m.state, crate::NodeState::Running) => {}
-                _ => {
-                    return Err(match self.inner.shared.fatal.get() {
-                        Some(f) => ChangeMembershipError::Fatal(f.clone()),
-                        None => ChangeMembershipError::Shutdown,
-                    });
-                }
+                _ => return Err(self.change_stopped()),
             }
         }
         Ok(membership)
+    }
+
+    /// What a membership change gets from a node that has stopped.
+    fn change_stopped(&self) -> ChangeMembershipError {
+        match self.inner.shared.fatal.get() {
+            Some(f) => ChangeMembershipError::Fatal(f.clone()),
+            None => ChangeMembershipError::Shutdown,
+        }
     }
 
     fn stopped(&self) -> WriteError {

@@ -158,6 +158,24 @@ pub struct SimNode {
 }
 
 impl SimNode {
+    /// A node with an empty store, started at `now`.
+    fn fresh(cfg: Config, now: Instant) -> SimNode {
+        let core = RaftCore::new(cfg.clone(), InitialState::default(), now).expect("valid config");
+        SimNode {
+            id: cfg.id,
+            cfg,
+            core: Some(core),
+            store: SimStore::default(),
+            writes: VecDeque::new(),
+            snapshot: None,
+            incoming: None,
+            applied: Vec::new(),
+            max_term_seen: Term(0),
+            commit_seen: LogIndex(0),
+            was_leader_in: None,
+        }
+    }
+
     pub fn core(&self) -> &RaftCore {
         self.core.as_ref().expect("node is crashed")
     }
@@ -222,24 +240,7 @@ impl Sim {
             cfg.election_timeout_max = Duration::from_millis(200);
             cfg.seed = seed;
             tweak(&mut cfg);
-            let core = RaftCore::new(cfg.clone(), InitialState::default(), Instant::ZERO)
-                .expect("valid config");
-            nodes.insert(
-                *id,
-                SimNode {
-                    id: *id,
-                    cfg,
-                    core: Some(core),
-                    store: SimStore::default(),
-                    writes: VecDeque::new(),
-                    snapshot: None,
-                    incoming: None,
-                    applied: Vec::new(),
-                    max_term_seen: Term(0),
-                    commit_seen: LogIndex(0),
-                    was_leader_in: None,
-                },
-            );
+            nodes.insert(*id, SimNode::fresh(cfg, Instant::ZERO));
         }
         let mut sim = Sim {
             now: Instant::ZERO,
@@ -280,24 +281,7 @@ impl Sim {
         let mut cfg = template;
         cfg.id = NodeId(id);
         cfg.members = Vec::new();
-        let core = RaftCore::new(cfg.clone(), InitialState::default(), self.now)
-            .expect("a joining node starts");
-        self.nodes.insert(
-            NodeId(id),
-            SimNode {
-                id: NodeId(id),
-                cfg,
-                core: Some(core),
-                store: SimStore::default(),
-                writes: VecDeque::new(),
-                snapshot: None,
-                incoming: None,
-                applied: Vec::new(),
-                max_term_seen: Term(0),
-                commit_seen: LogIndex(0),
-                was_leader_in: None,
-            },
-        );
+        self.nodes.insert(NodeId(id), SimNode::fresh(cfg, self.now));
         self.drain(NodeId(id));
     }
 
