@@ -20,6 +20,8 @@
 //! - [`cluster`]: starting a 3-node cluster of any combination and reading its store counters.
 //! - [`load`]: the closed-loop client load generator for one measurement point.
 //! - [`noop`]: an empty state machine for the openraft comparison.
+//! - `openraft_baseline` (feature `openraft`): the same setup on openraft, measured in the
+//!   same run.
 //! - [`core_sim`]: three `RaftCore`s wired together without IO (the core-alone measure).
 //! - [`machine`]: what the machine is, its fsync latency and its loopback QUIC round trip.
 //! - [`process`]: CPU time and resident memory of this process.
@@ -33,6 +35,8 @@ pub mod core_sim;
 pub mod load;
 pub mod machine;
 pub mod noop;
+#[cfg(feature = "openraft")]
+pub mod openraft_baseline;
 pub mod plot;
 pub mod process;
 pub mod report;

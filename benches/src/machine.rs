@@ -234,3 +234,39 @@ mod tests {
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 }
+
+/// How this binary was built: both sides of the openraft comparison are in it, so they share
+/// these settings. Recorded by the build script (`benches/build.rs`, which says where each
+/// value comes from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildProfile {
+    /// The cargo profile (`dev` or `release`).
+    pub name: &'static str,
+    /// `opt-level`.
+    pub opt_level: &'static str,
+    /// Debug info (`DEBUG` as cargo gives it to build scripts).
+    pub debug: &'static str,
+    /// `lto`, with where the value came from.
+    pub lto: &'static str,
+    /// `codegen-units`, with where the value came from.
+    pub codegen_units: &'static str,
+}
+
+/// This binary's build profile.
+pub const BUILD: BuildProfile = BuildProfile {
+    name: env!("RAFTKIT_BENCH_PROFILE"),
+    opt_level: env!("RAFTKIT_BENCH_OPT_LEVEL"),
+    debug: env!("RAFTKIT_BENCH_DEBUG"),
+    lto: env!("RAFTKIT_BENCH_LTO"),
+    codegen_units: env!("RAFTKIT_BENCH_CODEGEN_UNITS"),
+};
+
+impl std::fmt::Display for BuildProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "profile `{}`: opt-level {}, debug info {}, LTO {}, codegen units {}",
+            self.name, self.opt_level, self.debug, self.lto, self.codegen_units
+        )
+    }
+}

@@ -23,6 +23,22 @@ fn main() -> ExitCode {
 fn real_main() -> Result<()> {
     let args = Args::parse();
     let plan = args.plan()?;
+    if let Some(commits) = plan.commits {
+        for r in run::fixed_commits(&plan, plan.framework, commits)? {
+            println!(
+                "{:?}: {} clients, {} commits in {:.3} s ({:.0}/s); {} redirects, {} errors, term rose by {}",
+                plan.framework,
+                r.clients,
+                r.commits,
+                r.elapsed.as_secs_f64(),
+                r.commits as f64 / r.elapsed.as_secs_f64().max(1e-9),
+                r.redirects,
+                r.errors,
+                r.term_increase
+            );
+        }
+        return Ok(());
+    }
     let command_line = std::iter::once("raftkit-bench".to_string())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()

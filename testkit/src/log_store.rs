@@ -218,14 +218,12 @@ pub async fn hard_state_save_and_load<H: LogStoreHarness>(h: &H) {
     for (step, state) in states.into_iter().enumerate() {
         write(&s, LogWrite { hard_state: Some(state), ..LogWrite::default() }).await;
         let loaded = s.load().await.unwrap().hard_state;
-        store_eq!(
-            loaded, state,
-            "step {step}: the store loads {loaded:?}, it was given {state:?}"
-        );
+        store_eq!(loaded, state, "step {step}: the store loads {loaded:?}, it was given {state:?}");
         s = h.reopen(s, &g).await;
         let loaded = s.load().await.unwrap().hard_state;
         store_eq!(
-            loaded, state,
+            loaded,
+            state,
             "step {step}: after a reopen the store loads {loaded:?}, the last hard state written \
              (and acknowledged) was {state:?}"
         );
