@@ -22,7 +22,7 @@ use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{
-    self, ApplyJob, Event, PeerItem, Queued, SendFuture, StoreFuture, Waiter, WriterOp,
+    self, ApplyJob, Event, PeerItem, Queued, SendFuture, StoreFuture, Waiter, WaiterQueue, WriterOp,
 };
 
 /// A client command on its way to the driver.
@@ -102,7 +102,7 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) events: mpsc::UnboundedReceiver<Event>,
     pub(crate) snapshot_tx: Option<mpsc::UnboundedSender<ReceiveSnapshot>>,
     pub(crate) peers: BTreeMap<NodeId, PeerLink>,
-    pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
+    pub(crate) waiters: WaiterQueue<S::Output>,
     /// Proposals gathered in one loop turn, proposed together.
     pub(crate) batch: Vec<Proposal<S::Output>>,
     pub(crate) failure: Option<Fatal>,
@@ -257,7 +257,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 for (i, p) in batch.drain(..).enumerate() {
                     let log_id = LogId { term: first.term, index: first.index.plus(i as u64) };
                     let waiter = Waiter { log_id, tx: p.tx };
-                    if let Some(old) = self.waiters.insert(log_id.index, waiter) {
+                    if let Some(old) = self.waiters.insert(waiter) {
                         // The new entry replaced an older one at this index (a leadership
                         // change in between): the old command can never be applied.
                         let _ = old.tx.send(Err(WriteError::Overwritten { log_id: old.log_id }));
@@ -315,8 +315,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 if installed {
                     // Commands this node appended (as an earlier leader) up to the snapshot
                     // will not be applied here one by one: whether they made it is unknown.
-                    let rest = self.waiters.split_off(&covered.next());
-                    for (_, w) in std::mem::replace(&mut self.waiters, rest) {
+                    for w in self.waiters.take_to(covered) {
                         let _ = w.tx.send(Err(WriteError::OutcomeUnknown { log_id: w.log_id }));
                     }
                 }
@@ -409,8 +408,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Action::Send(out) => self.send_to_peer(out.to, PeerItem::Msg(out.message)),
                 Action::SendFromLog(req) => self.send_to_peer(req.to, PeerItem::FromLog(req)),
                 Action::Apply(req) => {
-                    let rest = self.waiters.split_off(&req.last.index.next());
-                    let waiters = std::mem::replace(&mut self.waiters, rest);
+                    let waiters = self.waiters.take_to(req.last.index);
                     self.send_to_applier(ApplyJob::Entries { req, waiters });
                 }
             }
@@ -514,7 +512,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         while let Ok(p) = self.proposals.try_recv() {
             let _ = p.tx.send(Err(reason.clone()));
         }
-        for (_, w) in std::mem::take(&mut self.waiters) {
+        for w in self.waiters.take_all() {
             let _ = w.tx.send(Err(reason.clone()));
         }
         for (_, link) in std::mem::take(&mut self.peers) {

@@ -2,7 +2,7 @@
 //! sender per peer, and the snapshot receiver. They keep slow IO off the driver: a slow disk
 //! delays acknowledgements, not message handling; a slow peer delays only itself.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
@@ -45,18 +45,60 @@ pub(crate) enum Event {
 }
 
 /// A client waiting for its command at `log_id` to be applied.
-/// The clients waiting for entries, by index.
-pub(crate) type Waiters<O> = BTreeMap<LogIndex, Waiter<O>>;
-
 pub(crate) struct Waiter<O> {
     pub(crate) log_id: LogId,
     pub(crate) tx: oneshot::Sender<Result<O, WriteError>>,
 }
 
+/// The clients waiting for their entries, in index order, at most one per index.
+///
+/// A queue rather than a map: a leader's proposals take increasing indexes, so a new waiter
+/// goes at the back and waiters leave from the front as their entries are applied, both
+/// without allocating per waiter. Only after a leadership change can a new waiter take an
+/// index at or below the last one (the log was truncated there); that rare case is a
+/// binary search and an insert.
+pub(crate) struct WaiterQueue<O>(VecDeque<Waiter<O>>);
+
+impl<O> Default for WaiterQueue<O> {
+    fn default() -> Self {
+        WaiterQueue(VecDeque::new())
+    }
+}
+
+impl<O> WaiterQueue<O> {
+    /// Adds `w`, keeping index order; returns the waiter it replaces at the same index (whose
+    /// entry was overwritten), if any.
+    pub(crate) fn insert(&mut self, w: Waiter<O>) -> Option<Waiter<O>> {
+        let index = w.log_id.index;
+        if self.0.back().is_none_or(|b| b.log_id.index < index) {
+            self.0.push_back(w);
+            return None;
+        }
+        let pos = self.0.partition_point(|x| x.log_id.index < index);
+        if self.0[pos].log_id.index == index {
+            return Some(std::mem::replace(&mut self.0[pos], w));
+        }
+        self.0.insert(pos, w);
+        None
+    }
+
+    /// Removes and returns every waiter at or below `up_to`, in index order.
+    pub(crate) fn take_to(&mut self, up_to: LogIndex) -> Vec<Waiter<O>> {
+        let n = self.0.partition_point(|x| x.log_id.index <= up_to);
+        self.0.drain(..n).collect()
+    }
+
+    /// Removes and returns every waiter.
+    pub(crate) fn take_all(&mut self) -> Vec<Waiter<O>> {
+        self.0.drain(..).collect()
+    }
+}
+
 /// Work for the apply worker, which owns the state machine.
 pub(crate) enum ApplyJob<O> {
     /// Entries to apply and the clients waiting on them.
-    Entries { req: ApplyRequest, waiters: Waiters<O> },
+    /// `waiters` are those of the entries in `req`, in index order.
+    Entries { req: ApplyRequest, waiters: Vec<Waiter<O>> },
     /// Take a snapshot of the state machine and store it.
     BuildSnapshot { membership: Membership, chunk_bytes: usize },
     /// Replace the state with a stored snapshot's.
@@ -373,12 +415,12 @@ fn entry_count(req: &ApplyRequest) -> usize {
 async fn apply_jobs<L: LogStore, S: StateMachine>(
     sm: &mut S,
     log: &L,
-    jobs: Vec<(ApplyRequest, Waiters<S::Output>)>,
+    jobs: Vec<(ApplyRequest, Vec<Waiter<S::Output>>)>,
 ) -> Result<LogIndex, Fatal> {
     let mut entries: Vec<Entry> = Vec::new();
     // Each job's waiters lie within its own range (the driver splits them off at the job's
     // end), and the jobs come in log order: chained, they are in index order.
-    let mut all_waiters = Vec::with_capacity(jobs.len());
+    let mut all_waiters: Vec<Waiter<S::Output>> = Vec::new();
     for (req, job_waiters) in jobs {
         let batch = match req.entries {
             Some(e) => e,
@@ -400,9 +442,13 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
         } else {
             entries.extend(batch);
         }
-        all_waiters.push(job_waiters);
+        if all_waiters.is_empty() {
+            all_waiters = job_waiters;
+        } else {
+            all_waiters.extend(job_waiters);
+        }
     }
-    let mut waiters = all_waiters.into_iter().flatten().peekable();
+    let mut waiters = all_waiters.into_iter().peekable();
     let last = entries.last().map_or(LogIndex(0), Entry::index);
     let mut items = Vec::with_capacity(entries.len());
     let mut commands = 0;
@@ -432,8 +478,8 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
             EntryPayload::Normal(_) => Some(outputs.next().expect("counted above")),
             _ => None,
         };
-        while let Some((index, w)) = waiters.next_if(|(index, _)| *index <= e.index()) {
-            let reply = if index < e.index() {
+        while let Some(w) = waiters.next_if(|w| w.log_id.index <= e.index()) {
+            let reply = if w.log_id.index < e.index() {
                 // Below what is applied here (entries are contiguous, so below the first): a
                 // snapshot from the leader covered it.
                 Err(WriteError::OutcomeUnknown { log_id: w.log_id })
@@ -448,7 +494,7 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
         }
     }
     // None are left past the last entry (the driver splits waiters off at a job's end).
-    for (_, w) in waiters {
+    for w in waiters {
         let _ = w.tx.send(Err(WriteError::Overwritten { log_id: w.log_id }));
     }
     Ok(last)
