@@ -250,6 +250,17 @@ impl RaftLog {
         }
     }
 
+    /// Removes and returns the cached entries from the front up to `up_to`, which must be
+    /// durable (as for [`release`](Self::release), whose effect this has).
+    pub(crate) fn take_front(&mut self, up_to: LogIndex) -> Vec<Entry> {
+        debug_assert!(up_to <= self.stable, "only durable entries leave the cache");
+        let up_to = up_to.min(self.stable);
+        let n = self.cache.partition_point(|e| e.index() <= up_to);
+        let taken: Vec<Entry> = self.cache.drain(..n).collect();
+        self.cache_bytes -= taken.iter().map(Entry::size_hint).sum::<usize>();
+        taken
+    }
+
     /// Drops cached entries from the front while over the limit; never drops entries that are
     /// not yet durable (the store could not serve them).
     fn evict(&mut self) {
@@ -364,6 +375,20 @@ mod tests {
         assert_eq!(log.cache_first(), LogIndex(2));
         assert!(log.cached(LogIndex(1), 10, 10).is_none());
         assert_eq!(log.cached(LogIndex(2), 10, 10).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn take_front_hands_over_what_release_would_drop() {
+        let mut log = log_with(&[1, 1, 1, 2]);
+        log.mark_stable(LogIndex(4));
+        let taken = log.take_front(LogIndex(2));
+        assert_eq!(taken.iter().map(|e| e.index().0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(log.cache_first(), LogIndex(3));
+        assert_eq!(log.cached_len(), 2);
+        // The byte count follows, so eviction and the average size stay right.
+        let rest: usize = log.cache.iter().map(Entry::size_hint).sum();
+        assert_eq!(log.cache_bytes, rest);
+        assert!(log.take_front(LogIndex(2)).is_empty());
     }
 
     #[test]
