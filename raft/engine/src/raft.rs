@@ -349,9 +349,9 @@ impl<S: StateMachine> RaftHandle<S> {
     /// # Errors
     /// See [`WriteError`]; [`WriteError::is_retryable`] tells which may be retried.
     pub async fn client_write(&self, command: S::Command) -> Result<S::Output, WriteError> {
-        let data = codec::encode(&command).map_err(WriteError::Encode)?;
+        let data = codec::encode_bytes(&command).map_err(WriteError::Encode)?;
         let (tx, rx) = oneshot::channel();
-        let proposal = Proposal { data: data.into(), tx };
+        let proposal = Proposal { data, tx };
         if self.inner.proposals.send(proposal).await.is_err() {
             return Err(self.stopped());
         }
