@@ -62,6 +62,10 @@ pub struct Args {
     /// minute). Default: 1.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub repeat: usize,
+    /// A remark on the conditions of the run, printed at the top of the report (for example
+    /// that other builds shared the machine).
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
     /// Profiling mode: for each --compare-clients count, start the comparison's cluster
     /// (mem+mem, empty commands), run exactly N writes, stop, and exit without a report. Run it
     /// under `valgrind --tool=callgrind` to count instructions per commit.
@@ -131,6 +135,8 @@ pub struct Plan {
     pub seed: u64,
     /// Runs per matrix and comparison point (the median is reported).
     pub repeat: usize,
+    /// The remark printed at the top of the report.
+    pub note: Option<String>,
     /// The fixed-commit profiling mode, if asked for: this many writes per client count.
     pub commits: Option<u64>,
     /// The framework the fixed-commit mode drives.
@@ -298,6 +304,7 @@ impl Args {
             parts,
             threads,
             seed: self.seed,
+            note: self.note.clone(),
             commits: self.commits,
             framework: self.framework,
             repeat: match self.repeat {

@@ -368,6 +368,8 @@ pub struct FixedRun {
     pub errors: u64,
     /// How much the highest term rose during the run.
     pub term_increase: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
 }
 
 /// Runs `clients` closed-loop clients through `writer` until exactly `total` writes have been
@@ -423,6 +425,9 @@ pub async fn run_commits<W: Writer>(
         r.commits += o.ok;
         r.errors += o.errors;
         r.redirects += o.redirects;
+        if o.last_error.is_some() {
+            r.last_error = o.last_error;
+        }
     }
     r.elapsed = t0.elapsed();
     r.term_increase = probe.max_term().saturating_sub(term0);

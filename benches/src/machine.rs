@@ -58,6 +58,16 @@ pub struct Machine {
     pub quic_rtt: Latency,
     /// `release` or `debug` (debug assertions on).
     pub profile: &'static str,
+    /// The system's 1-, 5- and 15-minute load averages (`/proc/loadavg`) when the run started
+    /// and when it ended: above the core count, something else competed for the CPU.
+    pub load: (String, String),
+}
+
+/// The 1-, 5- and 15-minute load averages from `/proc/loadavg` ("?" if unreadable).
+pub fn load_average() -> String {
+    let l = read("/proc/loadavg");
+    let v: Vec<&str> = l.split_whitespace().take(3).collect();
+    if v.len() == 3 { v.join(" ") } else { "?".into() }
 }
 
 fn read(path: &str) -> String {
@@ -94,6 +104,7 @@ pub fn describe(data_dir: &Path) -> Machine {
         fsync_concurrent: Latency::default(),
         quic_rtt: Latency::default(),
         profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+        load: (load_average(), String::new()),
     }
 }
 

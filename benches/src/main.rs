@@ -36,6 +36,9 @@ fn real_main() -> Result<()> {
                 r.errors,
                 r.term_increase
             );
+            if let Some(e) = &r.last_error {
+                println!("  last error: {e}");
+            }
         }
         return Ok(());
     }

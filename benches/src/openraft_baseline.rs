@@ -195,19 +195,23 @@ struct SmState {
 }
 
 /// A state machine for empty commands: it remembers the last applied id and membership, and
-/// keeps its latest snapshot (metadata only; the data is empty).
+/// keeps its latest snapshot (metadata only; the data is empty), whether built here or
+/// received from the leader: openraft asks for it (`get_current_snapshot`) to send it to a
+/// follower that needs purged entries.
 #[derive(Debug, Default)]
 pub struct EmptySm {
     state: SmState,
-    snapshot: Option<SnapshotMeta<u64, BasicNode>>,
+    snapshot: Arc<Mutex<Option<SnapshotMeta<u64, BasicNode>>>>,
     snapshots_built: u64,
 }
 
-/// Builds a snapshot of an [`EmptySm`]'s state as it was when the builder was made.
+/// Builds a snapshot of an [`EmptySm`]'s state as it was when the builder was made, and makes
+/// it the state machine's current snapshot.
 #[derive(Debug)]
 pub struct EmptySnapshotBuilder {
     state: SmState,
     id: u64,
+    current: Arc<Mutex<Option<SnapshotMeta<u64, BasicNode>>>>,
 }
 
 impl RaftSnapshotBuilder<Tc> for EmptySnapshotBuilder {
@@ -217,6 +221,7 @@ impl RaftSnapshotBuilder<Tc> for EmptySnapshotBuilder {
             last_membership: self.state.membership.clone(),
             snapshot_id: format!("{}-{}", self.state.applied.map_or(0, |l| l.index), self.id),
         };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
@@ -249,7 +254,11 @@ impl RaftStateMachine<Tc> for EmptySm {
 
     async fn get_snapshot_builder(&mut self) -> EmptySnapshotBuilder {
         self.snapshots_built += 1;
-        EmptySnapshotBuilder { state: self.state.clone(), id: self.snapshots_built }
+        EmptySnapshotBuilder {
+            state: self.state.clone(),
+            id: self.snapshots_built,
+            current: self.snapshot.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(
@@ -265,15 +274,13 @@ impl RaftStateMachine<Tc> for EmptySm {
     ) -> Result<(), StorageError<u64>> {
         self.state =
             SmState { applied: meta.last_log_id, membership: meta.last_membership.clone() };
-        self.snapshot = Some(meta.clone());
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Tc>>, StorageError<u64>> {
-        Ok(self
-            .snapshot
-            .clone()
-            .map(|meta| Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) }))
+        let current = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(current.map(|meta| Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) }))
     }
 }
 
@@ -376,7 +383,12 @@ impl Cluster {
     /// Starts three nodes on the current Tokio runtime and initializes the cluster from
     /// node 1 (which then campaigns).
     pub async fn start() -> Result<Cluster> {
-        let config = Arc::new(config()?);
+        Cluster::start_with(config()?).await
+    }
+
+    /// [`start`](Self::start) with another configuration (tests use a short snapshot period).
+    pub async fn start_with(config: openraft::Config) -> Result<Cluster> {
+        let config = Arc::new(config);
         let router = Router::default();
         let mut nodes = Vec::new();
         let mut logs = Vec::new();
@@ -490,6 +502,41 @@ mod tests {
             let follower = (leader + 1) % 3;
             assert_eq!(w.write(follower, 0).await, Outcome::Redirect(Some(leader)));
             assert!(c.counters().entries.unwrap() >= 30, "{:?}", c.counters());
+            c.shutdown().await.unwrap();
+        });
+    }
+
+    /// Past several snapshots and log purges, with followers that must catch up from them, the
+    /// cluster keeps committing (the state machine hands out the snapshot it built).
+    #[test]
+    fn baseline_cluster_commits_across_snapshots() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut cfg = config().unwrap();
+            cfg.snapshot_policy = SnapshotPolicy::LogsSinceLast(100);
+            cfg.max_in_snapshot_log_to_keep = 0;
+            let c = Cluster::start_with(cfg.validate().unwrap()).await.unwrap();
+            let leader = c.wait_leader(Duration::from_secs(15)).await.unwrap();
+            let w = Arc::new(c.writer());
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let w = w.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..100 {
+                            assert_eq!(w.write(leader, i).await, Outcome::Ok);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+            }
+            let m = c.nodes[leader].metrics().borrow().clone();
+            assert!(m.snapshot.is_some() && m.purged.is_some(), "{m:?}");
             c.shutdown().await.unwrap();
         });
     }

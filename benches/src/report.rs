@@ -199,6 +199,8 @@ pub struct Results {
     pub started: Option<SystemTime>,
     /// How the harness was invoked.
     pub command_line: String,
+    /// The conditions of the run as whoever ran it described them (`--note`).
+    pub note: Option<String>,
     /// Quick mode.
     pub quick: bool,
     /// Measured time per point.
@@ -542,6 +544,9 @@ impl Results {
             self.machine.profile,
             self.wall.as_secs_f64()
         );
+        if let Some(note) = &self.note {
+            let _ = writeln!(s, "> Conditions, as noted by whoever ran it: {note}\n");
+        }
         if self.repeat > 1 {
             let _ = writeln!(
                 s,
@@ -599,7 +604,12 @@ impl Results {
             dur(m.quic_rtt.min),
             m.quic_rtt.samples
         );
-        let _ = writeln!(s, "| build profile | {} |\n", m.profile);
+        let _ = writeln!(
+            s,
+            "| load average (1, 5, 15 min) at the start and the end of the run | {} / {} |",
+            m.load.0, m.load.1
+        );
+        let _ = writeln!(s, "| build profile | {} |\n", crate::machine::BUILD);
     }
 
     fn targets_section(&self, s: &mut String) {

@@ -117,6 +117,7 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
     let mut results = Results {
         started: Some(started),
         command_line,
+        note: plan.note.clone(),
         quick: plan.quick,
         measure: plan.measure,
         warmup: plan.warmup,
@@ -207,6 +208,7 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
     rt.shutdown_timeout(Duration::from_secs(5));
     data.close().context("removing the data directory")?;
     bar.finish_and_clear();
+    results.machine.load.1 = machine::load_average();
     results.wall = clock.elapsed();
     Ok(results)
 }
