@@ -231,7 +231,9 @@ impl RaftCore {
                 }
                 self.truncate_local(first_new);
             }
-            let new: Vec<_> = ae.entries.drain(pos..).collect();
+            // All of them, usually: the message's own vector then goes on to the log.
+            let new =
+                if pos == 0 { std::mem::take(&mut ae.entries) } else { ae.entries.split_off(pos) };
             self.append_local(new);
         }
         let commit = ae.leader_commit.min(last_new);

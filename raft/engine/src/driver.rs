@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::error::{Fatal, StorageError, WriteError};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
+use crate::proposals::ProposalReceiver;
 use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{
@@ -85,7 +86,7 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) log: Arc<L>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) inbox: mpsc::Receiver<Inbound>,
-    pub(crate) proposals: mpsc::Receiver<Proposal<S::Output>>,
+    pub(crate) proposals: ProposalReceiver<S::Output>,
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) metrics: watch::Sender<RaftMetrics>,
     pub(crate) write_tx: Option<mpsc::UnboundedSender<WriterOp>>,

@@ -135,6 +135,7 @@ mod driver;
 mod error;
 pub mod fs;
 mod metrics;
+mod proposals;
 mod raft;
 mod snapshot_store;
 mod startup;

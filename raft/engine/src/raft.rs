@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::driver::{Control, Driver, Proposal, Shared};
 use crate::error::{Fatal, StartError, WriteError};
 use crate::metrics::{NodeState, Observer, RaftMetrics};
+use crate::proposals::{self, ProposalSender};
 use crate::startup;
 use crate::telemetry::{self, Telemetry};
 use crate::traits::{Inbox, LogStore, Network, StateMachine};
@@ -68,7 +69,7 @@ pub struct RaftHandle<S: StateMachine> {
 
 struct Inner<S: StateMachine> {
     id: NodeId,
-    proposals: mpsc::Sender<Proposal<S::Output>>,
+    proposals: ProposalSender<S::Output>,
     control: mpsc::Sender<Control>,
     metrics: watch::Receiver<RaftMetrics>,
     shared: Arc<Shared>,
@@ -155,7 +156,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
         network.start(inbox).await.map_err(StartError::Network)?;
 
-        let (proposals_tx, proposals_rx) = mpsc::channel(config.max_proposal_batch.max(64) * 4);
+        let (proposals_tx, proposals_rx) = proposals::queue(config.max_proposal_batch.max(64) * 4);
         let (control_tx, control_rx) = mpsc::channel(4);
         let (metrics_tx, metrics_rx) =
             watch::channel(RaftMetrics::from_core(&core, NodeState::Running));
