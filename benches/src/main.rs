@@ -42,8 +42,15 @@ fn real_main() -> Result<()> {
         }
         return Ok(());
     }
+    // Arguments with spaces (a `--note`) quoted, so the line can be run again as shown.
     let command_line = std::iter::once("raftkit-bench".to_string())
-        .chain(std::env::args().skip(1))
+        .chain(std::env::args().skip(1).map(|a| {
+            if a.contains(char::is_whitespace) {
+                format!("\"{}\"", a.replace('"', "\\\""))
+            } else {
+                a
+            }
+        }))
         .collect::<Vec<_>>()
         .join(" ");
     for c in &plan.skipped {

@@ -1,5 +1,5 @@
-//! [`NoopSm`]: a state machine whose commands are empty, for the like-for-like comparison with
-//! openraft's benchmark (which applies empty requests to a memory store).
+//! [`NoopSm`]: a state machine whose commands are empty, raftkit's side of the comparison with
+//! openraft (whose side, `openraft_baseline::EmptySm`, applies `()` commands).
 
 use std::io::Read;
 
