@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, Instant, LogId, LogIndex, Message, NodeId, PersistRequest, ProposeError, RaftCore,
-    ReceiveSnapshot, WriteId,
+    Action, ApplyRequest, Instant, LogId, LogIndex, Message, NodeId, PersistRequest, ProposeError,
+    RaftCore, ReceiveSnapshot, WriteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,7 +23,8 @@ use crate::proposals::ProposalReceiver;
 use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{
-    self, ApplyJob, Event, PeerItem, Queued, SendFuture, StoreFuture, Waiter, WaiterQueue, WriterOp,
+    self, ApplyFuture, ApplyJob, Event, PeerItem, Queued, SendFuture, SharedSm, StoreFuture,
+    Waiter, WaiterQueue, WriterOp,
 };
 
 /// A client command on its way to the driver.
@@ -97,6 +98,14 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) write_done: mpsc::UnboundedReceiver<Result<(WriteId, usize), StorageError>>,
     pub(crate) writer: Option<JoinHandle<()>>,
     pub(crate) apply_tx: Option<mpsc::UnboundedSender<ApplyJob<S::Output>>>,
+    /// The state machine, shared with the apply worker (see `StateMachine::inline_apply`).
+    pub(crate) state_machine: SharedSm<S>,
+    /// `StateMachine::inline_apply`, read at start.
+    pub(crate) inline_apply: bool,
+    /// What the apply worker has been handed and not finished.
+    pub(crate) apply_queued: Queued,
+    /// The highest index the driver applied itself this turn.
+    pub(crate) applied_now: Option<LogIndex>,
     pub(crate) apply_done: mpsc::UnboundedReceiver<Result<LogIndex, Fatal>>,
     pub(crate) applier: Option<JoinHandle<()>>,
     pub(crate) events_tx: mpsc::UnboundedSender<Event>,
@@ -340,6 +349,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     }
 
     fn send_to_applier(&mut self, job: ApplyJob<S::Output>) {
+        self.apply_queued.add();
         if self.apply_tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
             self.fail(Fatal::StateMachine(StorageError::new(
                 crate::StorageErrorKind::Closed,
@@ -371,18 +381,44 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
     }
 
+    /// Applies committed entries: right here (for a state machine that applies at once, when
+    /// the apply worker is idle and the entries came from the cache), or through the worker.
+    fn apply(&mut self, req: ApplyRequest, waiters: Vec<Waiter<S::Output>>) {
+        if !self.inline_apply || req.entries.is_none() || !self.apply_queued.is_idle() {
+            self.send_to_applier(ApplyJob::Entries { req, waiters });
+            return;
+        }
+        let (sm, log) = (self.state_machine.clone(), self.log.clone());
+        let mut apply: ApplyFuture = Box::pin(async move {
+            let mut sm = sm.lock_owned().await;
+            workers::apply_jobs(&mut *sm, &*log, vec![(req, waiters)]).await
+        });
+        match poll_once(&mut apply) {
+            Some(Ok(index)) => {
+                self.applied_now = Some(self.applied_now.map_or(index, |i| i.max(index)));
+            }
+            Some(Err(f)) => self.fail(f),
+            None => self.send_to_applier(ApplyJob::Started(apply)),
+        }
+    }
+
     fn carry_out_actions(&mut self) {
         loop {
             self.carry_out_core_actions();
             self.flush_outboxes();
-            // Writes finished here are reported at once, which may release more actions (the
-            // acknowledgements that had to wait for them).
+            // Writes and applies finished here are reported at once, which may release more
+            // actions (the acknowledgements that had to wait for a write, further applies).
+            let applied = self.applied_now.take();
+            if let Some(index) = applied {
+                self.core.handle_applied(index);
+            }
             match self.persisted_now.take() {
                 Some(id) => {
                     let now = self.now();
                     self.core.handle_persisted(now, id);
                 }
-                None => break,
+                None if applied.is_none() => break,
+                None => {}
             }
         }
     }
@@ -410,7 +446,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Action::SendFromLog(req) => self.send_to_peer(req.to, PeerItem::FromLog(req)),
                 Action::Apply(req) => {
                     let waiters = self.waiters.take_to(req.last.index);
-                    self.send_to_applier(ApplyJob::Entries { req, waiters });
+                    self.apply(req, waiters);
                 }
             }
         }

@@ -176,12 +176,16 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (apply_done_tx, apply_done_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let inline_apply = state_machine.inline_apply();
+        let state_machine: workers::SharedSm<S> = Arc::new(Mutex::new(state_machine));
+        let apply_queued = workers::Queued::default();
         let applier = tokio::spawn(
             workers::apply_worker(
-                state_machine,
+                state_machine.clone(),
                 log.clone(),
                 config.max_apply_batch,
                 apply_rx,
+                apply_queued.clone(),
                 apply_done_tx,
                 events_tx.clone(),
             )
@@ -218,6 +222,10 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             write_done: write_done_rx,
             writer: Some(writer),
             apply_tx: Some(apply_tx),
+            state_machine,
+            inline_apply,
+            apply_queued,
+            applied_now: None,
             apply_done: apply_done_rx,
             applier: Some(applier),
             events_tx,

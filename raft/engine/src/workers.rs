@@ -103,7 +103,19 @@ pub(crate) enum ApplyJob<O> {
     BuildSnapshot { membership: Membership, chunk_bytes: usize },
     /// Replace the state with a stored snapshot's.
     Restore { meta: SnapshotMeta, reply: oneshot::Sender<Result<(), StorageError>> },
+    /// An apply the driver started while this worker was idle and that did not finish on its
+    /// first poll: finish it and report it.
+    Started(ApplyFuture),
 }
+
+/// An apply (see [`apply_jobs`]) the driver started itself.
+pub(crate) type ApplyFuture = Pin<Box<dyn Future<Output = Result<LogIndex, Fatal>> + Send>>;
+
+/// The state machine, shared by the apply worker and (for a state machine that applies at
+/// once, [`StateMachine::INLINE_APPLY`]) the driver. Each takes the lock for a whole job, so
+/// jobs stay one at a time; the driver applies only while the worker has nothing queued, so
+/// they stay in order too.
+pub(crate) type SharedSm<S> = Arc<tokio::sync::Mutex<S>>;
 
 /// A log store call the driver started itself and that did not finish on its first poll.
 pub(crate) type StoreFuture = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
@@ -248,10 +260,11 @@ fn merge_writes(writes: Vec<PersistRequest>) -> raftkit_core::LogWrite {
 /// Applies committed entries to the state machine in order and answers the waiting clients;
 /// takes snapshots and restores them, in the same order.
 pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
-    mut sm: S,
+    sm: SharedSm<S>,
     log: Arc<L>,
     max_batch: usize,
     mut rx: mpsc::UnboundedReceiver<ApplyJob<S::Output>>,
+    queued: Queued,
     done: mpsc::UnboundedSender<Result<LogIndex, Fatal>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -285,7 +298,17 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                         Err(_) => break,
                     }
                 }
-                let result = apply_jobs(&mut sm, &*log, batch).await;
+                let jobs = batch.len();
+                let result = apply_jobs(&mut *sm.lock().await, &*log, batch).await;
+                queued.done(jobs);
+                let failed = result.is_err();
+                if done.send(result).is_err() || failed {
+                    return;
+                }
+            }
+            ApplyJob::Started(apply) => {
+                let result = apply.await;
+                queued.done(1);
                 let failed = result.is_err();
                 if done.send(result).is_err() || failed {
                     return;
@@ -293,11 +316,13 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
             }
             ApplyJob::BuildSnapshot { membership, chunk_bytes } => {
                 let taken = async {
+                    let mut sm = sm.lock().await;
                     let applied = sm.applied().await?;
                     let source = sm.snapshot().await?;
                     Ok::<_, StorageError>((applied, source))
                 }
                 .await;
+                queued.done(1);
                 match taken {
                     Ok((Some(applied), source)) => {
                         // Written out in its own task: applying goes on meanwhile.
@@ -341,9 +366,8 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                         continue;
                     }
                 };
-                match restore_blocking(sm, meta, data).await {
-                    Ok((back, r)) => {
-                        sm = back;
+                match restore_blocking(sm.clone().lock_owned().await, meta, data).await {
+                    Ok((_guard, r)) => {
                         let _ = reply.send(r);
                     }
                     Err(e) => {
@@ -365,11 +389,15 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
 ///
 /// # Errors
 /// Only if the restore panicked; the state machine is lost with it.
-pub(crate) async fn restore_blocking<S: StateMachine>(
-    mut sm: S,
+pub(crate) async fn restore_blocking<S, H>(
+    mut sm: H,
     meta: SnapshotMeta,
     data: Box<dyn Read + Send>,
-) -> Result<(S, Result<(), StorageError>), StorageError> {
+) -> Result<(H, Result<(), StorageError>), StorageError>
+where
+    S: StateMachine,
+    H: std::ops::DerefMut<Target = S> + Send + 'static,
+{
     let runtime = tokio::runtime::Handle::current();
     let last = meta.last_log_id;
     tokio::task::spawn_blocking(move || {
@@ -412,7 +440,9 @@ fn entry_count(req: &ApplyRequest) -> usize {
     (req.last.index.0 + 1 - req.first.0) as usize
 }
 
-async fn apply_jobs<L: LogStore, S: StateMachine>(
+/// Applies the entries of `jobs` (in log order) in one call to the state machine and answers
+/// their waiters; returns the last index applied.
+pub(crate) async fn apply_jobs<L: LogStore, S: StateMachine>(
     sm: &mut S,
     log: &L,
     jobs: Vec<(ApplyRequest, Vec<Waiter<S::Output>>)>,
