@@ -151,17 +151,21 @@ impl RaftLog {
         LogId { term: run.term, index: end.min(index) }
     }
 
-    /// Appends entries that follow `last` directly. Entries are cached until evicted.
-    pub(crate) fn append(&mut self, entries: &[Entry]) {
+    /// Appends entries that follow `last` directly. Entries are cached until evicted. Returns
+    /// their size (the sum of their `size_hint`s).
+    pub(crate) fn append(&mut self, entries: &[Entry]) -> usize {
+        let mut bytes = 0;
         for e in entries {
             debug_assert_eq!(e.index(), self.last.index.next(), "append must be contiguous");
             if self.runs.last().is_none_or(|r| r.term != e.term()) {
                 self.runs.push(e.log_id);
             }
             self.last = e.log_id;
-            self.cache_bytes += e.size_hint();
+            bytes += e.size_hint();
             self.cache.push_back(e.clone());
         }
+        self.cache_bytes += bytes;
+        bytes
     }
 
     /// Removes every entry at or after `from`.
@@ -389,6 +393,13 @@ mod tests {
         let rest: usize = log.cache.iter().map(Entry::size_hint).sum();
         assert_eq!(log.cache_bytes, rest);
         assert!(log.take_front(LogIndex(2)).is_empty());
+        // Everything left.
+        let rest = log.take_front(LogIndex(4));
+        assert_eq!(rest.iter().map(|e| e.index().0).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!((log.cached_len(), log.cache_bytes), (0, 0));
+        assert_eq!(log.cache_first(), LogIndex(5));
+        log.append(&[Entry::blank(LogId::new(2, 5))]);
+        assert_eq!(log.cache_first(), LogIndex(5));
     }
 
     #[test]

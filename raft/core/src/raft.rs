@@ -554,8 +554,7 @@ impl RaftCore {
 
     /// Appends entries to the in-memory log and the pending write.
     pub(crate) fn append_local(&mut self, entries: Vec<Entry>) {
-        self.bytes_since_snapshot += entries.iter().map(|e| e.size_hint() as u64).sum::<u64>();
-        self.log.append(&entries);
+        self.bytes_since_snapshot += self.log.append(&entries) as u64;
         self.pending.merge(LogWrite { entries, ..LogWrite::default() });
         self.dirty = true;
     }
