@@ -41,8 +41,8 @@ pub struct Args {
     /// decimal: 1000 and 1000000). Default: 16,256,4KiB (quick: 256).
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',')]
     pub payloads: Option<Vec<String>>,
-    /// Client counts of the openraft comparison (mem+mem, empty payload). Default: 1,256,4096
-    /// (quick: 1,256).
+    /// Client counts of the openraft comparison (mem+mem, empty payload). Default:
+    /// 1,64,256,4096 (quick: 1,256).
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     pub compare_clients: Option<Vec<String>>,
     /// Length of the memory check (a long mem+redb run). Default: 40 s (quick: 3 s).
@@ -62,6 +62,18 @@ pub struct Args {
     /// minute). Default: 1.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub repeat: usize,
+    /// A remark on the conditions of the run, printed at the top of the report (for example
+    /// that other builds shared the machine).
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// Profiling mode: for each --compare-clients count, start the comparison's cluster
+    /// (mem+mem, empty commands), run exactly N writes, stop, and exit without a report. Run it
+    /// under `valgrind --tool=callgrind` to count instructions per commit.
+    #[arg(long, value_name = "N")]
+    pub commits: Option<u64>,
+    /// Which framework --commits drives (openraft needs --features openraft).
+    #[arg(long, value_enum, default_value = "raftkit")]
+    pub framework: crate::run::Framework,
 }
 
 /// The most runs per point `--repeat` takes.
@@ -123,6 +135,12 @@ pub struct Plan {
     pub seed: u64,
     /// Runs per matrix and comparison point (the median is reported).
     pub repeat: usize,
+    /// The remark printed at the top of the report.
+    pub note: Option<String>,
+    /// The fixed-commit profiling mode, if asked for: this many writes per client count.
+    pub commits: Option<u64>,
+    /// The framework the fixed-commit mode drives.
+    pub framework: crate::run::Framework,
 }
 
 impl Plan {
@@ -224,7 +242,7 @@ impl Args {
         )?;
         let compare_clients = list(
             self.compare_clients.as_deref(),
-            if q { &[1, 256][..] } else { &[1, 256, 4096][..] },
+            if q { &[1, 256][..] } else { &[1, 64, 256, 4096][..] },
             |s| parse_count("compare-clients", s),
         )?;
         let parts = match &self.parts {
@@ -239,6 +257,14 @@ impl Args {
                 v
             }
         };
+        if self.commits == Some(0) {
+            bail!("--commits: give at least one commit");
+        }
+        if self.framework == crate::run::Framework::Openraft && crate::run::OPENRAFT.is_none() {
+            bail!(
+                "--framework openraft: the openraft baseline is not built (build with --features openraft)"
+            );
+        }
         if clients.is_empty() || payloads.is_empty() || compare_clients.is_empty() {
             bail!("--clients, --payloads and --compare-clients need at least one value each");
         }
@@ -278,6 +304,9 @@ impl Args {
             parts,
             threads,
             seed: self.seed,
+            note: self.note.clone(),
+            commits: self.commits,
+            framework: self.framework,
             repeat: match self.repeat {
                 n @ 1..=MAX_REPEAT => n,
                 n => bail!("--repeat: {n} is out of range (1 to {MAX_REPEAT})"),

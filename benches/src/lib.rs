@@ -2,14 +2,16 @@
 //!
 //! The `raftkit-bench` binary starts a 3-node cluster for each adapter combination (network ×
 //! log store), drives it with concurrent clients, and writes a dated markdown report and two SVG
-//! plots to `bench-results/`. It also runs a like-for-like comparison with openraft's
-//! in-process benchmark, a measure of the protocol core alone, and a memory check. Targets are
-//! reported as met or not met with the measured figure; nothing is asserted.
+//! plots to `bench-results/`. It also compares raftkit with openraft in the same setup, both
+//! measured in the same run (the openraft side with the `openraft` feature), measures the
+//! protocol core alone, and checks memory. Targets are reported as met or not met with the
+//! measured figure; nothing is asserted.
 //!
 //! ```sh
 //! cargo run --release -p raftkit-bench                # full run (all compiled-in combinations)
 //! cargo run -p raftkit-bench -- --quick               # smoke check, under two minutes
 //! cargo run --release -p raftkit-bench --features rocksdb -- --only quic+rocksdb
+//! cargo run --release -p raftkit-bench --features openraft -- --parts compare --repeat 3
 //! cargo bench -p raftkit-bench                        # criterion micro-benchmarks
 //! ```
 //!
@@ -20,6 +22,8 @@
 //! - [`cluster`]: starting a 3-node cluster of any combination and reading its store counters.
 //! - [`load`]: the closed-loop client load generator for one measurement point.
 //! - [`noop`]: an empty state machine for the openraft comparison.
+//! - `openraft_baseline` (feature `openraft`): the same setup on openraft, measured in the
+//!   same run.
 //! - [`core_sim`]: three `RaftCore`s wired together without IO (the core-alone measure).
 //! - [`machine`]: what the machine is, its fsync latency and its loopback QUIC round trip.
 //! - [`process`]: CPU time and resident memory of this process.
@@ -33,6 +37,8 @@ pub mod core_sim;
 pub mod load;
 pub mod machine;
 pub mod noop;
+#[cfg(feature = "openraft")]
+pub mod openraft_baseline;
 pub mod plot;
 pub mod process;
 pub mod report;

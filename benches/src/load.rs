@@ -1,13 +1,14 @@
 //! The load generator: closed-loop clients writing to the leader, one measurement point at a
 //! time.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use raftkit::{Network, Raft, StateMachine, WriteError};
+use raftkit::{LogStore, Network, Raft, StateMachine, WriteError};
 
 use crate::cluster::{BenchStore, Cluster, MEMBERS, StoreCounters};
 use crate::process;
@@ -161,13 +162,97 @@ struct ClientOutcome {
     last_error: Option<String>,
 }
 
-/// One client: writes `command(id)` in a loop to whoever it believes leads, following
-/// `NotLeader` redirects, until told to stop. Latencies are recorded while measuring.
-async fn client<N: Network, L: BenchStore, S: StateMachine>(
-    id: usize,
-    nodes: Arc<Vec<Raft<N, L, S>>>,
-    mut leader: usize,
+/// What one write came back with, as a closed-loop client sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed and applied on the node written to.
+    Ok,
+    /// The node is not the leader (raftkit's `NotLeader`, openraft's `ForwardToLeader`), with
+    /// the position of the leader it named, if any.
+    Redirect(Option<usize>),
+    /// Any other failure, in words.
+    Failed(String),
+}
+
+/// The client side of a cluster under test, whatever the framework: how a client writes
+/// to one node. The load generator is the same for every framework, so only this differs.
+pub trait Writer: Send + Sync + 'static {
+    /// How many nodes there are (positions `0..nodes()`).
+    fn nodes(&self) -> usize;
+
+    /// Writes client `client`'s next command through node `node` and waits for the answer.
+    fn write(&self, node: usize, client: usize) -> impl Future<Output = Outcome> + Send;
+}
+
+/// The measuring side of a cluster under test: counters read before and after a window.
+pub trait Probe {
+    /// The stores' counters summed over the nodes.
+    fn counters(&self) -> StoreCounters;
+
+    /// The highest current term among the nodes (it rises with every election).
+    fn max_term(&self) -> u64;
+}
+
+/// raftkit's side of [`Writer`]: the nodes and how each client makes its commands.
+pub struct RaftkitWriter<N: Network, L: LogStore, S: StateMachine> {
+    nodes: Vec<Raft<N, L, S>>,
     command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
+}
+
+impl<N: Network, L: LogStore, S: StateMachine> RaftkitWriter<N, L, S> {
+    /// Clients of `nodes`; `command(client)` makes each command.
+    pub fn new(
+        nodes: Vec<Raft<N, L, S>>,
+        command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
+    ) -> Self {
+        RaftkitWriter { nodes, command }
+    }
+}
+
+impl<N: Network, L: LogStore, S: StateMachine> Writer for RaftkitWriter<N, L, S> {
+    fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    async fn write(&self, node: usize, client: usize) -> Outcome {
+        match self.nodes[node].client_write((self.command)(client)).await {
+            Ok(_) => Outcome::Ok,
+            Err(WriteError::NotLeader { leader }) => {
+                Outcome::Redirect(leader.and_then(|l| MEMBERS.iter().position(|m| *m == l)))
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+impl<N: Network, L: BenchStore, S: StateMachine> Probe for Cluster<N, L, S> {
+    fn counters(&self) -> StoreCounters {
+        Cluster::counters(self)
+    }
+
+    fn max_term(&self) -> u64 {
+        Cluster::max_term(self)
+    }
+}
+
+/// Follows a redirect: to the named leader, or (none named, or the one just tried: an
+/// election) to the next node after a short pause.
+async fn follow(leader: &mut usize, hint: Option<usize>, nodes: usize) {
+    match hint {
+        Some(pos) if pos != *leader && pos < nodes => *leader = pos,
+        _ => {
+            *leader = (*leader + 1) % nodes;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// One client: writes in a loop to whoever it believes leads, following redirects, until told
+/// to stop. Latencies are recorded while measuring.
+async fn client<W: Writer>(
+    id: usize,
+    writer: Arc<W>,
+    mut leader: usize,
     phase: Arc<AtomicU8>,
     hist: Arc<Mutex<Histogram<u64>>>,
 ) -> Result<ClientOutcome> {
@@ -178,63 +263,60 @@ async fn client<N: Network, L: BenchStore, S: StateMachine>(
             latencies.flush();
             return Ok(out);
         }
-        let cmd = command(id);
         let t = Instant::now();
-        match nodes[leader].client_write(cmd).await {
-            Ok(_) => {
-                if phase.load(Ordering::Relaxed) == MEASURE {
+        let outcome = writer.write(leader, id).await;
+        let measuring = phase.load(Ordering::Relaxed) == MEASURE;
+        match outcome {
+            Outcome::Ok => {
+                if measuring {
                     let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
                     latencies.record(us);
                     out.ok += 1;
                 }
             }
-            Err(WriteError::NotLeader { leader: hint }) => {
-                out.redirects += 1;
-                match hint.and_then(|l| MEMBERS.iter().position(|m| *m == l)) {
-                    Some(pos) if pos != leader => leader = pos,
-                    _ => {
-                        // No leader known yet (an election): try the next node shortly.
-                        leader = (leader + 1) % nodes.len();
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+            Outcome::Redirect(hint) => {
+                if measuring {
+                    out.redirects += 1;
                 }
+                follow(&mut leader, hint, writer.nodes()).await;
             }
-            Err(e) => {
-                out.errors += 1;
-                out.last_error = Some(e.to_string());
+            Outcome::Failed(e) => {
+                if measuring {
+                    out.errors += 1;
+                    out.last_error = Some(e);
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     }
 }
 
-/// Runs `clients` closed-loop clients against `cluster` for `warmup` (unmeasured) then
+/// Runs `clients` closed-loop clients through `writer` for `warmup` (unmeasured) then
 /// `measure`, and reports throughput, latency, store commits, CPU time and peak memory of the
-/// measured window. `command(client)` makes each command; `payload` is only recorded.
-pub async fn run_point<N: Network, L: BenchStore, S: StateMachine>(
-    cluster: &Cluster<N, L, S>,
+/// measured window, reading counters from `probe`. `payload` is only recorded. Redirects and
+/// errors are counted in the measured window only, like commits.
+pub async fn run_point<W: Writer>(
+    writer: Arc<W>,
+    probe: &impl Probe,
     leader: usize,
     clients: usize,
     payload: usize,
-    command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
     warmup: Duration,
     measure: Duration,
 ) -> Result<PointResult> {
-    let nodes = Arc::new(cluster.nodes.clone());
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let hist = Arc::new(Mutex::new(histogram()?));
     let tasks: Vec<_> = (0..clients)
         .map(|id| {
-            let (nodes, command, phase, hist) =
-                (nodes.clone(), command.clone(), phase.clone(), hist.clone());
-            tokio::spawn(client(id, nodes, leader, command, phase, hist))
+            let (writer, phase, hist) = (writer.clone(), phase.clone(), hist.clone());
+            tokio::spawn(client(id, writer, leader, phase, hist))
         })
         .collect();
     tokio::time::sleep(warmup).await;
 
     let scoped = process::reset_peak_rss();
-    let term0 = cluster.max_term();
-    let before: StoreCounters = cluster.counters();
+    let term0 = probe.max_term();
+    let before: StoreCounters = probe.counters();
     let cpu0 = process::cpu_time();
     let t0 = Instant::now();
     phase.store(MEASURE, Ordering::Relaxed);
@@ -242,8 +324,8 @@ pub async fn run_point<N: Network, L: BenchStore, S: StateMachine>(
     phase.store(STOP, Ordering::Relaxed);
     let elapsed = t0.elapsed();
     let cpu = process::cpu_time().saturating_sub(cpu0);
-    let after = cluster.counters();
-    let term_increase = cluster.max_term().saturating_sub(term0);
+    let after = probe.counters();
+    let term_increase = probe.max_term().saturating_sub(term0);
     let peak_rss = process::peak_rss();
 
     let mut r = PointResult {
@@ -268,5 +350,86 @@ pub async fn run_point<N: Network, L: BenchStore, S: StateMachine>(
         }
     }
     r.latency = LatencyUs::of(&hist.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(r)
+}
+
+/// The result of [`run_commits`]: a fixed number of commits, however long they took.
+#[derive(Clone, Debug, Default)]
+pub struct FixedRun {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Writes acknowledged (exactly the number asked for, unless the run failed).
+    pub commits: u64,
+    /// From the first write to the last answer.
+    pub elapsed: Duration,
+    /// Redirects followed.
+    pub redirects: u64,
+    /// Writes that failed other than redirects (each was retried).
+    pub errors: u64,
+    /// How much the highest term rose during the run.
+    pub term_increase: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Runs `clients` closed-loop clients through `writer` until exactly `total` writes have been
+/// acknowledged, then stops them. Each client takes a ticket before each write and retries
+/// that write (after a redirect or an error) until it is acknowledged, so the commits are
+/// exactly `total`: whole-process instruction counts (callgrind) divided by `total` are the
+/// cost per commit, start-up included.
+pub async fn run_commits<W: Writer>(
+    writer: Arc<W>,
+    probe: &impl Probe,
+    leader: usize,
+    clients: usize,
+    total: u64,
+) -> Result<FixedRun> {
+    let tickets = Arc::new(AtomicU64::new(total));
+    let term0 = probe.max_term();
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|id| {
+            let (writer, tickets) = (writer.clone(), tickets.clone());
+            tokio::spawn(async move {
+                let mut leader = leader;
+                let mut out = ClientOutcome { ok: 0, errors: 0, redirects: 0, last_error: None };
+                while tickets
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1))
+                    .is_ok()
+                {
+                    loop {
+                        match writer.write(leader, id).await {
+                            Outcome::Ok => {
+                                out.ok += 1;
+                                break;
+                            }
+                            Outcome::Redirect(hint) => {
+                                out.redirects += 1;
+                                follow(&mut leader, hint, writer.nodes()).await;
+                            }
+                            Outcome::Failed(e) => {
+                                out.errors += 1;
+                                out.last_error = Some(e);
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut r = FixedRun { clients, ..FixedRun::default() };
+    for t in tasks {
+        let o = t.await.context("a client task panicked")?;
+        r.commits += o.ok;
+        r.errors += o.errors;
+        r.redirects += o.redirects;
+        if o.last_error.is_some() {
+            r.last_error = o.last_error;
+        }
+    }
+    r.elapsed = t0.elapsed();
+    r.term_increase = probe.max_term().saturating_sub(term0);
     Ok(r)
 }

@@ -58,6 +58,16 @@ pub struct Machine {
     pub quic_rtt: Latency,
     /// `release` or `debug` (debug assertions on).
     pub profile: &'static str,
+    /// The system's 1-, 5- and 15-minute load averages (`/proc/loadavg`) when the run started
+    /// and when it ended: above the core count, something else competed for the CPU.
+    pub load: (String, String),
+}
+
+/// The 1-, 5- and 15-minute load averages from `/proc/loadavg` ("?" if unreadable).
+pub fn load_average() -> String {
+    let l = read("/proc/loadavg");
+    let v: Vec<&str> = l.split_whitespace().take(3).collect();
+    if v.len() == 3 { v.join(" ") } else { "?".into() }
 }
 
 fn read(path: &str) -> String {
@@ -94,6 +104,7 @@ pub fn describe(data_dir: &Path) -> Machine {
         fsync_concurrent: Latency::default(),
         quic_rtt: Latency::default(),
         profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+        load: (load_average(), String::new()),
     }
 }
 
@@ -232,5 +243,41 @@ mod tests {
         let l = measure_fsync_concurrent(dir.path(), 3, 3).unwrap();
         assert_eq!(l.samples, 9);
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+}
+
+/// How this binary was built: both sides of the openraft comparison are in it, so they share
+/// these settings. Recorded by the build script (`benches/build.rs`, which says where each
+/// value comes from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildProfile {
+    /// The cargo profile (`dev` or `release`).
+    pub name: &'static str,
+    /// `opt-level`.
+    pub opt_level: &'static str,
+    /// Debug info (`DEBUG` as cargo gives it to build scripts).
+    pub debug: &'static str,
+    /// `lto`, with where the value came from.
+    pub lto: &'static str,
+    /// `codegen-units`, with where the value came from.
+    pub codegen_units: &'static str,
+}
+
+/// This binary's build profile.
+pub const BUILD: BuildProfile = BuildProfile {
+    name: env!("RAFTKIT_BENCH_PROFILE"),
+    opt_level: env!("RAFTKIT_BENCH_OPT_LEVEL"),
+    debug: env!("RAFTKIT_BENCH_DEBUG"),
+    lto: env!("RAFTKIT_BENCH_LTO"),
+    codegen_units: env!("RAFTKIT_BENCH_CODEGEN_UNITS"),
+};
+
+impl std::fmt::Display for BuildProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "profile `{}`: opt-level {}, debug info {}, LTO {}, codegen units {}",
+            self.name, self.opt_level, self.debug, self.lto, self.codegen_units
+        )
     }
 }

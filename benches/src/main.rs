@@ -23,8 +23,34 @@ fn main() -> ExitCode {
 fn real_main() -> Result<()> {
     let args = Args::parse();
     let plan = args.plan()?;
+    if let Some(commits) = plan.commits {
+        for r in run::fixed_commits(&plan, plan.framework, commits)? {
+            println!(
+                "{:?}: {} clients, {} commits in {:.3} s ({:.0}/s); {} redirects, {} errors, term rose by {}",
+                plan.framework,
+                r.clients,
+                r.commits,
+                r.elapsed.as_secs_f64(),
+                r.commits as f64 / r.elapsed.as_secs_f64().max(1e-9),
+                r.redirects,
+                r.errors,
+                r.term_increase
+            );
+            if let Some(e) = &r.last_error {
+                println!("  last error: {e}");
+            }
+        }
+        return Ok(());
+    }
+    // Arguments with spaces (a `--note`) quoted, so the line can be run again as shown.
     let command_line = std::iter::once("raftkit-bench".to_string())
-        .chain(std::env::args().skip(1))
+        .chain(std::env::args().skip(1).map(|a| {
+            if a.contains(char::is_whitespace) {
+                format!("\"{}\"", a.replace('"', "\\\""))
+            } else {
+                a
+            }
+        }))
         .collect::<Vec<_>>()
         .join(" ");
     for c in &plan.skipped {

@@ -1,5 +1,5 @@
-//! [`NoopSm`]: a state machine whose commands are empty, for the like-for-like comparison with
-//! openraft's benchmark (which applies empty requests to a memory store).
+//! [`NoopSm`]: a state machine whose commands are empty, raftkit's side of the comparison with
+//! openraft (whose side, `openraft_baseline::EmptySm`, applies `()` commands).
 
 use std::io::Read;
 
@@ -36,6 +36,11 @@ impl StateMachine for NoopSm {
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.applied)
+    }
+
+    /// Applying is a counter: it finishes at once, so the driver applies itself.
+    fn inline_apply(&self) -> bool {
+        true
     }
 
     async fn apply(&mut self, entries: Vec<ApplyEntry<()>>) -> Result<Vec<()>, StorageError> {

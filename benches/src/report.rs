@@ -8,12 +8,11 @@ use crate::load::PointResult;
 use crate::machine::Machine;
 use crate::process::mib;
 
-/// openraft's in-process benchmark (3 nodes, memory store, function-call network, empty
-/// payload) on a 2-core machine: (clients, commits/s).
-pub const OPENRAFT_REFERENCE: [(usize, f64); 3] =
-    [(1, 16_000.0), (256, 640_000.0), (4096, 690_000.0)];
-/// Our targets for the same setup: (clients, commits/s).
-pub const COMPARE_TARGETS: [(usize, f64); 2] = [(1, 32_000.0), (256, 950_000.0)];
+/// raftkit must commit at least this many times as many entries per second as openraft,
+/// both measured in the same run with the same harness (mem+mem, empty payload).
+pub const COMPARE_FACTOR: f64 = 2.0;
+/// The client counts the comparison target is judged at.
+pub const COMPARE_TARGET_CLIENTS: [usize; 4] = [1, 64, 256, 4096];
 /// The core alone must commit at least this many 256 B entries per second.
 pub const CORE_TARGET: f64 = 2_000_000.0;
 /// The batch size the core target is judged at (what 256 clients give one driver turn).
@@ -25,6 +24,37 @@ pub const GROUP_COMMIT_FACTOR: f64 = 50.0;
 /// The memory check calls RSS flat when the last quartile's mean is within this factor of the
 /// first quartile's.
 pub const FLAT_FACTOR: f64 = 1.10;
+
+/// One client count of the openraft comparison: both frameworks, measured alternately in the
+/// same run.
+#[derive(Clone, Debug, Default)]
+pub struct ComparePoint {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// raftkit's median run (with every run's throughput in `runs`).
+    pub raftkit: PointResult,
+    /// openraft's median run; `None` when the baseline is not built.
+    pub openraft: Option<PointResult>,
+}
+
+impl ComparePoint {
+    /// raftkit's median throughput over openraft's, with the least and most favourable pairing
+    /// of their runs (raftkit's slowest over openraft's fastest, and the reverse).
+    pub fn ratio(&self) -> Option<(f64, f64, f64)> {
+        let o = self.openraft.as_ref().filter(|o| o.commits > 0)?;
+        let (r_lo, r_hi) = range(&self.raftkit);
+        let (o_lo, o_hi) = range(o);
+        Some((self.raftkit.throughput() / o.throughput(), r_lo / o_hi, r_hi / o_lo.max(1e-9)))
+    }
+}
+
+/// The lowest and highest throughput of a point's runs (its own, for a single run).
+fn range(p: &PointResult) -> (f64, f64) {
+    match (p.runs.first(), p.runs.last()) {
+        (Some(lo), Some(hi)) => (*lo, *hi),
+        _ => (p.throughput(), p.throughput()),
+    }
+}
 
 /// One combination's points.
 #[derive(Clone, Debug, Default)]
@@ -169,12 +199,16 @@ pub struct Results {
     pub started: Option<SystemTime>,
     /// How the harness was invoked.
     pub command_line: String,
+    /// The conditions of the run as whoever ran it described them (`--note`).
+    pub note: Option<String>,
     /// Quick mode.
     pub quick: bool,
     /// Measured time per point.
     pub measure: Duration,
     /// Warm-up per point.
     pub warmup: Duration,
+    /// Tokio worker threads shared by the nodes and the clients.
+    pub threads: usize,
     /// Runs per matrix and comparison point (the median is reported); 0 is read as 1.
     pub repeat: usize,
     /// The machine.
@@ -184,7 +218,9 @@ pub struct Results {
     /// The matrix.
     pub combos: Vec<ComboResult>,
     /// The openraft comparison.
-    pub compare: Vec<PointResult>,
+    pub compare: Vec<ComparePoint>,
+    /// The openraft version of the baseline, if this build has it (feature `openraft`).
+    pub openraft: Option<&'static str>,
     /// Why the comparison failed, if it did.
     pub compare_error: Option<String>,
     /// The core alone.
@@ -208,8 +244,8 @@ pub enum Verdict {
     NotMet,
     /// Not measured in this run (part not run, point not in the plan, or it failed).
     NotMeasured,
-    /// Needs a feature this build lacks.
-    Skipped,
+    /// Needs a feature this build lacks (named).
+    Skipped(&'static str),
 }
 
 impl Verdict {
@@ -223,7 +259,9 @@ impl Verdict {
             Verdict::Met => "**met**",
             Verdict::NotMet => "**not met**",
             Verdict::NotMeasured => "not measured",
-            Verdict::Skipped => "skipped (build with `--features rocksdb`)",
+            Verdict::Skipped("rocksdb") => "skipped (build with `--features rocksdb`)",
+            Verdict::Skipped("openraft") => "skipped (build with `--features openraft`)",
+            Verdict::Skipped(_) => "skipped (needs a feature this build lacks)",
         }
     }
 }
@@ -311,26 +349,32 @@ impl Results {
     /// Every target with its verdict.
     pub fn targets(&self) -> Vec<Target> {
         let mut t = Vec::new();
-        for (clients, target) in COMPARE_TARGETS {
-            let reference = OPENRAFT_REFERENCE.iter().find(|r| r.0 == clients).map_or(0.0, |r| r.1);
+        for clients in COMPARE_TARGET_CLIENTS {
             let what = format!(
-                "mem+mem, empty payload, {clients} client{}: ≥ {} commits/s ({:.1}× openraft's {})",
+                "mem+mem, empty payload, {clients} client{}: raftkit ≥ {COMPARE_FACTOR}× openraft \
+                 (both measured in this run)",
                 if clients == 1 { "" } else { "s" },
-                thousands(target),
-                target / reference,
-                thousands(reference)
             );
-            t.push(match point(&self.compare, clients, 0) {
-                Some(p) => Target {
+            let found = self.compare.iter().find(|p| p.clients == clients);
+            t.push(match found.map(|p| (p, p.ratio())) {
+                _ if self.compare.is_empty() => {
+                    Target { what, figure: "—".into(), verdict: Verdict::NotMeasured }
+                }
+                _ if self.openraft.is_none() => Target {
+                    what,
+                    figure: "openraft baseline not built".into(),
+                    verdict: Verdict::Skipped("openraft"),
+                },
+                Some((p, Some((ratio, lo, hi)))) => Target {
                     what,
                     figure: format!(
-                        "{} commits/s ({:.2}× openraft)",
-                        thousands(p.throughput()),
-                        p.throughput() / reference
+                        "{ratio:.2}× ({} vs {} commits/s; {lo:.2}–{hi:.2}× over all runs)",
+                        thousands(p.raftkit.throughput()),
+                        thousands(p.openraft.as_ref().map_or(0.0, PointResult::throughput)),
                     ),
-                    verdict: Verdict::of(p.throughput() >= target),
+                    verdict: Verdict::of(ratio >= COMPARE_FACTOR),
                 },
-                None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+                _ => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
             });
         }
         let what = format!(
@@ -366,7 +410,9 @@ impl Results {
                     micros(bound(fsync))
                 );
                 t.push(match (single, skipped) {
-                    (_, true) => Target { what, figure: "—".into(), verdict: Verdict::Skipped },
+                    (_, true) => {
+                        Target { what, figure: "—".into(), verdict: Verdict::Skipped("rocksdb") }
+                    }
                     (Some(p), _) => Target {
                         what,
                         figure: format!("p50 {}", micros(p.latency.p50 as f64)),
@@ -382,7 +428,9 @@ impl Results {
             );
             let many = found.zip(payload).and_then(|(c, pl)| point(&c.points, 256, pl));
             t.push(match (single, many, skipped) {
-                (_, _, true) => Target { what, figure: "—".into(), verdict: Verdict::Skipped },
+                (_, _, true) => {
+                    Target { what, figure: "—".into(), verdict: Verdict::Skipped("rocksdb") }
+                }
                 (Some(one), Some(many), _) => {
                     let ratio = many.throughput() / one.throughput().max(1e-9);
                     Target {
@@ -496,6 +544,9 @@ impl Results {
             self.machine.profile,
             self.wall.as_secs_f64()
         );
+        if let Some(note) = &self.note {
+            let _ = writeln!(s, "> Conditions, as noted by whoever ran it: {note}\n");
+        }
         if self.repeat > 1 {
             let _ = writeln!(
                 s,
@@ -553,7 +604,12 @@ impl Results {
             dur(m.quic_rtt.min),
             m.quic_rtt.samples
         );
-        let _ = writeln!(s, "| build profile | {} |\n", m.profile);
+        let _ = writeln!(
+            s,
+            "| load average (1, 5, 15 min) at the start and the end of the run | {} / {} |",
+            m.load.0, m.load.1
+        );
+        let _ = writeln!(s, "| build profile | {} |\n", crate::machine::BUILD);
     }
 
     fn targets_section(&self, s: &mut String) {
@@ -566,15 +622,48 @@ impl Results {
     }
 
     fn compare_section(&self, s: &mut String) {
+        let build = crate::machine::BUILD;
         let _ = writeln!(
             s,
-            "## Like-for-like with openraft\n\nSame setup as openraft's in-process benchmark: 3 \
-             nodes, memory log store, in-process network (`MemNetwork`, messages passed by \
-             value), empty commands (`NoopSm`, a command is the codec's single version byte), \
-             closed-loop clients writing to the leader. openraft's figures are its published \
-             reference on a 2-core machine, not re-measured here. *CPU*: cores busy (the \
-             whole process); *entries/write*: entries per log-store write, averaged over the \
-             nodes (how much the engine batches).\n"
+            "## Like-for-like with openraft\n\nBoth frameworks in one process, one after the other \
+             in the same run, with the same load generator: 3 nodes, an in-memory log store, an \
+             in-process network passing messages by value, empty commands, closed-loop clients \
+             calling `client_write` on the leader and following redirects, all on the same \
+             Tokio runtime ({} worker threads), {} s of warm-up then {} s measured per run. \
+             raftkit: `MemNetwork`, `MemLogStore`, `NoopSm` (a command is the codec's single \
+             version byte), `Config::new` defaults. openraft: `benches/src/openraft_baseline.rs` \
+             (an in-memory `RaftLogStorage`, a network calling the target node's `Raft` handle \
+             directly, an empty `RaftStateMachine`, `()` commands), with raftkit's timings and \
+             per-message entry limit. Both clusters run for the whole part (the idle one only \
+             sends heartbeats). For each client count the two are measured alternately, the \
+             order swapped every round (raftkit, openraft, openraft, raftkit, …).\n\nBuild, \
+             the same for both (one binary): {build}.\n",
+            self.threads,
+            self.warmup.as_secs_f64(),
+            self.measure.as_secs_f64(),
+        );
+        match self.openraft {
+            Some(v) => {
+                let _ = writeln!(s, "openraft version: {v} (crates.io).\n");
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "**The openraft baseline was not built** (build with `--features openraft`): \
+                     raftkit alone, no ratio.\n"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "*commits/s*: the median run, with the slowest and fastest in brackets. *ratio*: \
+             raftkit's median over openraft's, and in brackets raftkit's slowest over \
+             openraft's fastest and the reverse. *CPU*: cores busy (the whole process). \
+             *entries/write*: entries per log-store write (raftkit `write`, openraft `append`), \
+             averaged over the nodes. *elections*: how much the highest term rose during the \
+             measured window of the median run (each election raises it); *redirects*: \
+             `NotLeader` / `ForwardToLeader` answers; *errors*: other failed writes — all \
+             counted in the measured window of the median run.\n"
         );
         if let Some(e) = &self.compare_error {
             let _ = writeln!(s, "Failed: {e}\n");
@@ -585,24 +674,42 @@ impl Results {
         }
         let _ = writeln!(
             s,
-            "| clients | raftkit commits/s | p50 | p99 | CPU | entries/write | openraft commits/s | raftkit / openraft | our target |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "| clients | framework | commits/s | p50 | p99 | CPU | entries/write | elections | redirects | errors | raftkit ÷ openraft |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
-        for p in &self.compare {
-            let reference = OPENRAFT_REFERENCE.iter().find(|r| r.0 == p.clients).map(|r| r.1);
-            let target = COMPARE_TARGETS.iter().find(|r| r.0 == p.clients).map(|r| r.1);
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {:.2} | {:.1} | {} | {} | {} |",
-                p.clients,
-                commits_cell(p),
-                micros(p.latency.p50 as f64),
-                micros(p.latency.p99 as f64),
-                p.cpu_cores(),
-                p.entries_per_sync(),
-                reference.map_or("—".into(), thousands),
-                reference.map_or("—".into(), |r| format!("{:.2}×", p.throughput() / r)),
-                target.map_or("—".into(), |t| format!("≥ {}", thousands(t))),
-            );
+        for c in &self.compare {
+            let ratio = match c.ratio() {
+                Some((r, lo, hi)) => format!("{r:.2}× ({lo:.2}–{hi:.2}×)"),
+                None => "—".into(),
+            };
+            let sides = std::iter::once(("raftkit", Some(&c.raftkit)))
+                .chain(self.openraft.map(|_| ("openraft", c.openraft.as_ref())));
+            for (i, (name, p)) in sides.enumerate() {
+                let row = match p {
+                    Some(p) => format!(
+                        "{} | {} | {} | {:.2} | {:.1} | {} | {} | {}",
+                        commits_cell(p),
+                        micros(p.latency.p50 as f64),
+                        micros(p.latency.p99 as f64),
+                        p.cpu_cores(),
+                        p.entries_per_sync(),
+                        p.term_increase,
+                        p.redirects,
+                        p.errors,
+                    ),
+                    None => "not measured | | | | | | |".into(),
+                };
+                let last = if i == 0 { ratio.as_str() } else { "" };
+                let _ = writeln!(s, "| {} | {name} | {row} | {last} |", c.clients);
+            }
+        }
+        let _ = writeln!(s);
+        for c in &self.compare {
+            let sides = [("raftkit", Some(&c.raftkit)), ("openraft", c.openraft.as_ref())];
+            for (name, p) in sides {
+                if let Some(e) = p.and_then(|p| p.last_error.as_ref()) {
+                    let _ = writeln!(s, "- {} clients, {name}: last error: {e}", c.clients);
+                }
+            }
         }
         let _ = writeln!(s);
     }
@@ -901,6 +1008,48 @@ mod tests {
         assert_eq!(judge(600).verdict, Verdict::Met, "{}", judge(600).figure);
         assert_eq!(judge(700).verdict, Verdict::NotMet, "{}", judge(700).figure);
         assert!(judge(600).figure.contains("peak 600.0 MiB"), "{}", judge(600).figure);
+    }
+
+    #[test]
+    fn comparison_is_judged_on_both_sides_measured_in_the_run() {
+        let run = |commits: u64, runs: Vec<f64>| PointResult {
+            clients: 256,
+            commits,
+            elapsed: Duration::from_secs(1),
+            runs,
+            redirects: 3,
+            ..PointResult::default()
+        };
+        let point = ComparePoint {
+            clients: 256,
+            raftkit: run(1000, vec![900.0, 1000.0, 1100.0]),
+            openraft: Some(run(400, vec![300.0, 400.0, 500.0])),
+        };
+        let (ratio, lo, hi) = point.ratio().unwrap();
+        assert_eq!(ratio, 2.5);
+        assert_eq!((lo, hi), (900.0 / 500.0, 1100.0 / 300.0));
+        let with = Results {
+            compare: vec![point.clone()],
+            openraft: Some("0.9.25"),
+            ..Default::default()
+        };
+        let t =
+            with.targets().into_iter().find(|t| t.what.contains("256 clients: raftkit")).unwrap();
+        assert_eq!(t.verdict, Verdict::Met, "{}", t.figure);
+        let md = with.markdown();
+        assert!(md.contains("| 256 | openraft | 400 (300–500)"), "{md}");
+        assert!(md.contains("2.50× (1.80–3.67×)"), "{md}");
+        // Without the baseline: raftkit alone, no ratio, the target skipped.
+        let without = Results {
+            compare: vec![ComparePoint { openraft: None, ..point }],
+            openraft: None,
+            ..Default::default()
+        };
+        let t = without.targets().into_iter().find(|t| t.what.contains("256 clients")).unwrap();
+        assert_eq!(t.verdict, Verdict::Skipped("openraft"));
+        let md = without.markdown();
+        assert!(md.contains("openraft baseline was not built"), "{md}");
+        assert!(!md.contains("| openraft |"), "{md}");
     }
 
     #[test]

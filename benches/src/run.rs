@@ -17,11 +17,18 @@ use crate::cli::{Part, Plan};
 use crate::cluster::{self, BenchStore, Cluster};
 use crate::combo::{Combo, Net, Store};
 use crate::core_sim::CoreCluster;
-use crate::load::{self, PointResult};
+use crate::load::{self, FixedRun, PointResult, RaftkitWriter};
 use crate::machine;
 use crate::noop::NoopSm;
 use crate::process;
-use crate::report::{ComboResult, CoreResult, MemoryResult, MemorySample, Results};
+use crate::report::{ComboResult, ComparePoint, CoreResult, MemoryResult, MemorySample, Results};
+
+/// The openraft version of the baseline, if this build has it.
+#[cfg(feature = "openraft")]
+pub const OPENRAFT: Option<&str> = Some(crate::openraft_baseline::OPENRAFT_VERSION);
+/// The openraft version of the baseline, if this build has it.
+#[cfg(not(feature = "openraft"))]
+pub const OPENRAFT: Option<&str> = None;
 
 /// How long a new cluster may take to elect a leader.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(15);
@@ -110,10 +117,12 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
     let mut results = Results {
         started: Some(started),
         command_line,
+        note: plan.note.clone(),
         quick: plan.quick,
         measure: plan.measure,
         warmup: plan.warmup,
         repeat: plan.repeat,
+        threads: plan.threads,
         machine,
         skipped: plan.skipped.clone(),
         ..Results::default()
@@ -163,6 +172,7 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
     }
 
     if plan.runs(Part::Compare) {
+        results.openraft = OPENRAFT;
         let r = rt.block_on(compare(plan, &bar));
         match r {
             Ok(points) => results.compare = points,
@@ -198,6 +208,7 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
     rt.shutdown_timeout(Duration::from_secs(5));
     data.close().context("removing the data directory")?;
     bar.finish_and_clear();
+    results.machine.load.1 = machine::load_average();
     results.wall = clock.elapsed();
     Ok(results)
 }
@@ -317,14 +328,15 @@ async fn repeated<N: Network, L: BenchStore, S: StateMachine>(
     payload: usize,
     command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
 ) -> Result<PointResult> {
+    let writer = Arc::new(RaftkitWriter::new(cluster.nodes.clone(), command));
     let mut runs = Vec::with_capacity(plan.repeat);
     for _ in 0..plan.repeat {
         let p = load::run_point(
+            writer.clone(),
             cluster,
             *leader,
             clients,
             payload,
-            command.clone(),
             plan.warmup,
             plan.measure,
         )
@@ -335,32 +347,159 @@ async fn repeated<N: Network, L: BenchStore, S: StateMachine>(
     load::median_run(runs).context("no run of the point")
 }
 
-/// The like-for-like openraft comparison: mem+mem, empty commands.
-async fn compare(plan: &Plan, bar: &ProgressBar) -> Result<Vec<PointResult>> {
-    bar.set_message("openraft comparison: starting mem+mem with empty commands");
-    let dir = std::env::temp_dir();
-    let cluster = Cluster::<MemNetwork, MemLogStore, NoopSm>::start(
+/// raftkit's side of the comparison: mem+mem, empty commands (`NoopSm`).
+type CompareCluster = Cluster<MemNetwork, MemLogStore, NoopSm>;
+
+async fn start_compare_cluster(plan: &Plan) -> Result<(CompareCluster, usize)> {
+    let cluster = CompareCluster::start(
         cluster::mem_networks(plan.seed),
-        &dir,
+        &std::env::temp_dir(),
         plan.seed,
         NoopSm::new,
     )
     .await?;
-    let mut leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    let leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
+    Ok((cluster, leader))
+}
+
+/// The comparison with openraft: mem+mem with empty commands on raftkit, the same setup on
+/// openraft (when built with it), both running side by side for the whole part. For each
+/// client count the two are measured alternately, `plan.repeat` rounds, the order swapped
+/// every round (raftkit, openraft, openraft, raftkit, …) so a drift of the machine's speed
+/// during a point weighs on both alike.
+async fn compare(plan: &Plan, bar: &ProgressBar) -> Result<Vec<ComparePoint>> {
+    bar.set_message("openraft comparison: starting raftkit (mem+mem, empty commands)");
+    let (rk, mut rk_leader) = start_compare_cluster(plan).await?;
+    let rk_writer = Arc::new(RaftkitWriter::new(rk.nodes.clone(), Arc::new(|_c: usize| ())));
+    #[cfg(feature = "openraft")]
+    let (or, mut or_leader) = {
+        bar.set_message("openraft comparison: starting the openraft baseline");
+        let or = crate::openraft_baseline::Cluster::start().await?;
+        let leader = or.wait_leader(ELECTION_TIMEOUT).await?;
+        (or, leader)
+    };
+    #[cfg(feature = "openraft")]
+    let or_writer = Arc::new(or.writer());
     let mut points = Vec::new();
     for &clients in &plan.compare_clients {
-        bar.set_message(format!("openraft comparison: {clients} clients, empty payload"));
-        let command = Arc::new(|_c: usize| ());
-        let p = repeated(plan, &cluster, &mut leader, clients, 0, command)
-            .await
-            .with_context(|| format!("{clients} clients, empty payload"))?;
-        say(bar, point_line("compare", &p));
-        points.push(p);
+        let mut rk_runs = Vec::with_capacity(plan.repeat);
+        #[cfg_attr(not(feature = "openraft"), allow(unused_mut))]
+        let mut or_runs: Vec<PointResult> = Vec::with_capacity(plan.repeat);
+        for round in 0..plan.repeat {
+            let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+            for raftkit_turn in order {
+                if raftkit_turn {
+                    bar.set_message(format!(
+                        "openraft comparison: raftkit, {clients} clients, round {}/{}",
+                        round + 1,
+                        plan.repeat
+                    ));
+                    let p = load::run_point(
+                        rk_writer.clone(),
+                        &rk,
+                        rk_leader,
+                        clients,
+                        0,
+                        plan.warmup,
+                        plan.measure,
+                    )
+                    .await
+                    .with_context(|| format!("raftkit, {clients} clients"))?;
+                    say(bar, point_line("raftkit", &p));
+                    rk_runs.push(p);
+                    rk_leader = rk.wait_leader(ELECTION_TIMEOUT).await?;
+                } else {
+                    #[cfg(feature = "openraft")]
+                    {
+                        bar.set_message(format!(
+                            "openraft comparison: openraft, {clients} clients, round {}/{}",
+                            round + 1,
+                            plan.repeat
+                        ));
+                        let p = load::run_point(
+                            or_writer.clone(),
+                            &or,
+                            or_leader,
+                            clients,
+                            0,
+                            plan.warmup,
+                            plan.measure,
+                        )
+                        .await
+                        .with_context(|| format!("openraft, {clients} clients"))?;
+                        say(bar, point_line("openraft", &p));
+                        or_runs.push(p);
+                        or_leader = or.wait_leader(ELECTION_TIMEOUT).await?;
+                    }
+                }
+            }
+        }
+        points.push(ComparePoint {
+            clients,
+            raftkit: load::median_run(rk_runs).context("no raftkit run")?,
+            openraft: load::median_run(or_runs),
+        });
         bar.inc(1);
-        leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
     }
-    cluster.shutdown().await?;
+    rk.shutdown().await?;
+    #[cfg(feature = "openraft")]
+    or.shutdown().await?;
     Ok(points)
+}
+
+/// Which framework the fixed-commit mode drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Framework {
+    /// raftkit, mem+mem, empty commands.
+    Raftkit,
+    /// The openraft baseline (needs `--features openraft`).
+    Openraft,
+}
+
+/// The fixed-commit mode (`--commits N`): for each comparison client count, start the
+/// comparison's cluster of `framework` (one at a time, nothing else running), run exactly
+/// `commits` writes, stop it. No machine measures, no report: what runs is the cluster and its
+/// clients only, so a whole-process instruction count (callgrind) divided by `commits` is the
+/// cost of a commit, start-up and shutdown included.
+pub fn fixed_commits(plan: &Plan, framework: Framework, commits: u64) -> Result<Vec<FixedRun>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.threads)
+        .enable_all()
+        .build()
+        .context("starting the Tokio runtime")?;
+    let mut out = Vec::new();
+    for &clients in &plan.compare_clients {
+        let r = rt.block_on(async {
+            match framework {
+                Framework::Raftkit => {
+                    let (rk, leader) = start_compare_cluster(plan).await?;
+                    let w =
+                        Arc::new(RaftkitWriter::new(rk.nodes.clone(), Arc::new(|_c: usize| ())));
+                    let r = load::run_commits(w, &rk, leader, clients, commits).await;
+                    rk.shutdown().await?;
+                    r
+                }
+                #[cfg(feature = "openraft")]
+                Framework::Openraft => {
+                    let or = crate::openraft_baseline::Cluster::start().await?;
+                    let leader = or.wait_leader(ELECTION_TIMEOUT).await?;
+                    let r = load::run_commits(Arc::new(or.writer()), &or, leader, clients, commits)
+                        .await;
+                    or.shutdown().await?;
+                    r
+                }
+                #[cfg(not(feature = "openraft"))]
+                Framework::Openraft => {
+                    anyhow::bail!(
+                        "the openraft baseline is not built (build with --features openraft)"
+                    )
+                }
+            }
+        })?;
+        out.push(r);
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(out)
 }
 
 /// The core alone at one batch size.
@@ -408,13 +547,14 @@ async fn memory_check(plan: &Plan, dir: &Path, bar: &ProgressBar) -> Result<Memo
         }
         samples
     };
+    let writer = Arc::new(RaftkitWriter::new(cluster.nodes.clone(), command));
     let (point, samples) = tokio::join!(
         load::run_point(
+            writer,
             &cluster,
             leader,
             MEMORY_CLIENTS,
             MEMORY_PAYLOAD,
-            command,
             Duration::from_millis(1),
             plan.memory,
         ),

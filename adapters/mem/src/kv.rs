@@ -183,6 +183,11 @@ impl StateMachine for MemKv {
         Ok(self.lock().applied)
     }
 
+    /// A map in memory: applying finishes at once, so the driver applies itself.
+    fn inline_apply(&self) -> bool {
+        true
+    }
+
     async fn apply(
         &mut self,
         entries: Vec<ApplyEntry<KvCommand>>,

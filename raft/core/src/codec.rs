@@ -16,6 +16,7 @@
 //! 1 GiB payload is a [`CodecError::Malformed`] error before anything is reserved. (Sequences are
 //! preallocated by serde at most 1 MiB ahead of what was actually read, whatever they claim.)
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -105,6 +106,44 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// The longest encoding [`encode_bytes`] keeps inline, in one allocation with its reference
+/// count.
+pub const INLINE_BYTES: usize = 56;
+
+/// An encoding short enough to live inside the allocation `Bytes::from_owner` makes anyway.
+struct Inline {
+    len: u8,
+    buf: [u8; INLINE_BYTES],
+}
+
+impl AsRef<[u8]> for Inline {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// [`encode`] into [`Bytes`], in as few allocations as the size allows: an encoding of up to
+/// [`INLINE_BYTES`] bytes takes one allocation, holding the bytes and their reference count,
+/// where a `Vec` turned into `Bytes` takes two (its buffer, then a shared count once it is
+/// cloned or its capacity is not its length). Larger values go through [`encode`]. The bytes
+/// are the same either way.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
+    let mut inline = Inline { len: 0, buf: [0; INLINE_BYTES] };
+    inline.buf[0] = VERSION;
+    match bincode::serde::encode_into_slice(value, &mut inline.buf[1..], encode_config()) {
+        Ok(n) => {
+            // `n + 1 <= INLINE_BYTES`, which fits a `u8`.
+            inline.len = u8::try_from(n + 1).unwrap_or(u8::MAX);
+            Ok(Bytes::from_owner(inline))
+        }
+        Err(bincode::error::EncodeError::UnexpectedEnd) => Ok(Bytes::from(encode(value)?)),
+        Err(e) => Err(CodecError::Encode(e.to_string())),
+    }
+}
+
 /// Appends the encoding of a value, version byte first, to `out`.
 pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
     out.push(VERSION);
@@ -143,6 +182,22 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `encode_bytes` writes what `encode` writes, inline or not, right at the boundary too.
+    #[test]
+    fn encode_bytes_matches_encode() {
+        for len in [0, 1, INLINE_BYTES - 3, INLINE_BYTES - 2, INLINE_BYTES - 1, INLINE_BYTES, 4096]
+        {
+            let value = "x".repeat(len);
+            let bytes = encode_bytes(&value).unwrap();
+            assert_eq!(&bytes[..], &encode(&value).unwrap()[..], "{len} bytes");
+            assert_eq!(decode::<String>(&bytes).unwrap(), value);
+            let copy = bytes.clone();
+            drop(bytes);
+            assert_eq!(decode::<String>(&copy).unwrap(), value);
+        }
+        assert_eq!(&encode_bytes(&()).unwrap()[..], &[VERSION]);
+    }
     use crate::message::{AppendEntries, MessageBody};
     use crate::types::{Entry, LogId, LogIndex, Term};
 

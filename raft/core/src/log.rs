@@ -151,17 +151,21 @@ impl RaftLog {
         LogId { term: run.term, index: end.min(index) }
     }
 
-    /// Appends entries that follow `last` directly. Entries are cached until evicted.
-    pub(crate) fn append(&mut self, entries: &[Entry]) {
+    /// Appends entries that follow `last` directly. Entries are cached until evicted. Returns
+    /// their size (the sum of their `size_hint`s).
+    pub(crate) fn append(&mut self, entries: &[Entry]) -> usize {
+        let mut bytes = 0;
         for e in entries {
             debug_assert_eq!(e.index(), self.last.index.next(), "append must be contiguous");
             if self.runs.last().is_none_or(|r| r.term != e.term()) {
                 self.runs.push(e.log_id);
             }
             self.last = e.log_id;
-            self.cache_bytes += e.size_hint();
+            bytes += e.size_hint();
             self.cache.push_back(e.clone());
         }
+        self.cache_bytes += bytes;
+        bytes
     }
 
     /// Removes every entry at or after `from`.
@@ -248,6 +252,17 @@ impl RaftLog {
             self.cache_bytes -= e.size_hint();
             self.cache.pop_front();
         }
+    }
+
+    /// Removes and returns the cached entries from the front up to `up_to`, which must be
+    /// durable (as for [`release`](Self::release), whose effect this has).
+    pub(crate) fn take_front(&mut self, up_to: LogIndex) -> Vec<Entry> {
+        debug_assert!(up_to <= self.stable, "only durable entries leave the cache");
+        let up_to = up_to.min(self.stable);
+        let n = self.cache.partition_point(|e| e.index() <= up_to);
+        let taken: Vec<Entry> = self.cache.drain(..n).collect();
+        self.cache_bytes -= taken.iter().map(Entry::size_hint).sum::<usize>();
+        taken
     }
 
     /// Drops cached entries from the front while over the limit; never drops entries that are
@@ -364,6 +379,27 @@ mod tests {
         assert_eq!(log.cache_first(), LogIndex(2));
         assert!(log.cached(LogIndex(1), 10, 10).is_none());
         assert_eq!(log.cached(LogIndex(2), 10, 10).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn take_front_hands_over_what_release_would_drop() {
+        let mut log = log_with(&[1, 1, 1, 2]);
+        log.mark_stable(LogIndex(4));
+        let taken = log.take_front(LogIndex(2));
+        assert_eq!(taken.iter().map(|e| e.index().0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(log.cache_first(), LogIndex(3));
+        assert_eq!(log.cached_len(), 2);
+        // The byte count follows, so eviction and the average size stay right.
+        let rest: usize = log.cache.iter().map(Entry::size_hint).sum();
+        assert_eq!(log.cache_bytes, rest);
+        assert!(log.take_front(LogIndex(2)).is_empty());
+        // Everything left.
+        let rest = log.take_front(LogIndex(4));
+        assert_eq!(rest.iter().map(|e| e.index().0).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!((log.cached_len(), log.cache_bytes), (0, 0));
+        assert_eq!(log.cache_first(), LogIndex(5));
+        log.append(&[Entry::blank(LogId::new(2, 5))]);
+        assert_eq!(log.cache_first(), LogIndex(5));
     }
 
     #[test]

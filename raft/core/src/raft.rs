@@ -603,8 +603,7 @@ impl RaftCore {
 
     /// Appends entries to the in-memory log and the pending write.
     pub(crate) fn append_local(&mut self, entries: Vec<Entry>) {
-        self.bytes_since_snapshot += entries.iter().map(|e| e.size_hint() as u64).sum::<u64>();
-        self.log.append(&entries);
+        self.bytes_since_snapshot += self.log.append(&entries) as u64;
         self.conf_appended(&entries);
         self.pending.merge(LogWrite { entries, ..LogWrite::default() });
         self.dirty = true;
@@ -753,9 +752,16 @@ impl RaftCore {
     /// next purge, and keeps memory small. A node that falls behind keeps the entries after its
     /// match index cached (up to the cache limit); what is dropped stays in the store.
     fn release_cache(&mut self) {
-        let lowest_match = self.progress.values().map(|p| p.match_index).min();
         let done = self.apply_next.prev();
-        self.log.release(lowest_match.map_or(done, |m| m.min(done)));
+        self.log.release(self.releasable(done));
+    }
+
+    /// Up to where cached entries may be dropped once everything up to `applied` is handed to
+    /// the state machine: every other node has acknowledged them (on a leader; a follower has
+    /// no one to send them to).
+    fn releasable(&self, applied: LogIndex) -> LogIndex {
+        let lowest_match = self.progress.values().map(|p| p.match_index).min();
+        lowest_match.map_or(applied, |m| m.min(applied))
     }
 
     fn emit_apply(&mut self) {
@@ -773,17 +779,24 @@ impl RaftCore {
             let first = self.apply_next;
             let max = self.cfg.max_apply_batch as u64;
             let mut last_index = LogIndex(ready.0.min(first.0 + max - 1));
-            let entries = if first >= self.log.cache_first() {
-                let (entries, _) = self
-                    .log
-                    .cached(first, (last_index.0 - first.0 + 1) as usize, usize::MAX)
-                    .expect("range is in the cache");
-                Some(entries)
-            } else {
-                // Read the part below the cache from storage; the rest comes in the next batch.
-                last_index = last_index.min(self.log.cache_first().prev());
-                None
-            };
+            let entries =
+                if first == self.log.cache_first() && self.releasable(last_index) >= last_index {
+                    // `release_cache` would drop these right after this (nothing else will read
+                    // them from the cache): hand them over instead of copies. Handed-out entries
+                    // are committed and durable (`ready` is at most `stable`), as released ones
+                    // must be.
+                    Some(self.log.take_front(last_index))
+                } else if first >= self.log.cache_first() {
+                    let (entries, _) = self
+                        .log
+                        .cached(first, (last_index.0 - first.0 + 1) as usize, usize::MAX)
+                        .expect("range is in the cache");
+                    Some(entries)
+                } else {
+                    // Read the part below the cache from storage; the rest comes in the next batch.
+                    last_index = last_index.min(self.log.cache_first().prev());
+                    None
+                };
             let last = self.log.id_at(last_index).expect("committed entries are in the log");
             self.actions.push_back(Action::Apply(ApplyRequest { first, last, entries }));
             self.apply_next = last_index.next();

@@ -222,7 +222,15 @@ impl RaftCore {
         }
         // The first entry our log does not already have decides where ours ends and theirs
         // begins; everything after a conflict is removed (Raft §5.3).
-        if let Some(pos) = ae.entries.iter().position(|e| !self.log.has(e.log_id)) {
+        // Entries are contiguous from `prev_log_id` (`Message::validate`), which the log has:
+        // when it is our last entry, every entry lies past our log (the common case) and no
+        // entry needs looking up.
+        let first_new = if ae.prev_log_id.index >= self.log.last().index {
+            (!ae.entries.is_empty()).then_some(0)
+        } else {
+            ae.entries.iter().position(|e| !self.log.has(e.log_id))
+        };
+        if let Some(pos) = first_new {
             let first_new = ae.entries[pos].index();
             if first_new <= self.log.last().index {
                 if first_new <= self.commit {
@@ -231,7 +239,9 @@ impl RaftCore {
                 }
                 self.truncate_local(first_new);
             }
-            let new: Vec<_> = ae.entries.drain(pos..).collect();
+            // All of them, usually: the message's own vector then goes on to the log.
+            let new =
+                if pos == 0 { std::mem::take(&mut ae.entries) } else { ae.entries.split_off(pos) };
             self.append_local(new);
         }
         let commit = ae.leader_commit.min(last_new);

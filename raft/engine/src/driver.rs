@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, Instant, LogId, LogIndex, Membership, Message, NodeId, PersistRequest, ProposeError,
-    RaftCore, ReceiveSnapshot, WriteId,
+    Action, ApplyRequest, Instant, LogId, LogIndex, Membership, Message, NodeId, PersistRequest,
+    ProposeError, RaftCore, ReceiveSnapshot, WriteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -20,10 +20,12 @@ use tracing::Instrument;
 use crate::error::{Fatal, StorageError, WriteError};
 use crate::membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
+use crate::proposals::ProposalReceiver;
 use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{
-    self, ApplyJob, Event, PeerItem, Queued, SendFuture, StoreFuture, Waiter, WriterOp,
+    self, ApplyFuture, ApplyJob, Event, PeerItem, Queued, SendFuture, SharedSm, StoreFuture,
+    Waiter, WaiterQueue, WriterOp,
 };
 
 /// A client command on its way to the driver.
@@ -94,7 +96,7 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) log: Arc<L>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) inbox: mpsc::Receiver<Inbound>,
-    pub(crate) proposals: mpsc::Receiver<Proposal<S::Output>>,
+    pub(crate) proposals: ProposalReceiver<S::Output>,
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) metrics: watch::Sender<RaftMetrics>,
     pub(crate) write_tx: Option<mpsc::UnboundedSender<WriterOp>>,
@@ -105,13 +107,21 @@ pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) write_done: mpsc::UnboundedReceiver<Result<(WriteId, usize), StorageError>>,
     pub(crate) writer: Option<JoinHandle<()>>,
     pub(crate) apply_tx: Option<mpsc::UnboundedSender<ApplyJob<S::Output>>>,
+    /// The state machine, shared with the apply worker (see `StateMachine::inline_apply`).
+    pub(crate) state_machine: SharedSm<S>,
+    /// `StateMachine::inline_apply`, read at start.
+    pub(crate) inline_apply: bool,
+    /// What the apply worker has been handed and not finished.
+    pub(crate) apply_queued: Queued,
+    /// The highest index the driver applied itself this turn.
+    pub(crate) applied_now: Option<LogIndex>,
     pub(crate) apply_done: mpsc::UnboundedReceiver<Result<LogIndex, Fatal>>,
     pub(crate) applier: Option<JoinHandle<()>>,
     pub(crate) events_tx: mpsc::UnboundedSender<Event>,
     pub(crate) events: mpsc::UnboundedReceiver<Event>,
     pub(crate) snapshot_tx: Option<mpsc::UnboundedSender<ReceiveSnapshot>>,
     pub(crate) peers: BTreeMap<NodeId, PeerLink>,
-    pub(crate) waiters: BTreeMap<LogIndex, Waiter<S::Output>>,
+    pub(crate) waiters: WaiterQueue<S::Output>,
     /// Proposals gathered in one loop turn, proposed together.
     pub(crate) batch: Vec<Proposal<S::Output>>,
     pub(crate) failure: Option<Fatal>,
@@ -273,7 +283,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 for (i, p) in batch.drain(..).enumerate() {
                     let log_id = LogId { term: first.term, index: first.index.plus(i as u64) };
                     let waiter = Waiter { log_id, tx: p.tx };
-                    if let Some(old) = self.waiters.insert(log_id.index, waiter) {
+                    if let Some(old) = self.waiters.insert(waiter) {
                         // The new entry replaced an older one at this index (a leadership
                         // change in between): the old command can never be applied.
                         let _ = old.tx.send(Err(WriteError::Overwritten { log_id: old.log_id }));
@@ -381,8 +391,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 if installed {
                     // Commands this node appended (as an earlier leader) up to the snapshot
                     // will not be applied here one by one: whether they made it is unknown.
-                    let rest = self.waiters.split_off(&covered.next());
-                    for (_, w) in std::mem::replace(&mut self.waiters, rest) {
+                    for w in self.waiters.take_to(covered) {
                         let _ = w.tx.send(Err(WriteError::OutcomeUnknown { log_id: w.log_id }));
                     }
                 }
@@ -406,6 +415,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     }
 
     fn send_to_applier(&mut self, job: ApplyJob<S::Output>) {
+        self.apply_queued.add();
         if self.apply_tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
             self.fail(Fatal::StateMachine(StorageError::new(
                 crate::StorageErrorKind::Closed,
@@ -437,18 +447,44 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
     }
 
+    /// Applies committed entries: right here (for a state machine that applies at once, when
+    /// the apply worker is idle and the entries came from the cache), or through the worker.
+    fn apply(&mut self, req: ApplyRequest, waiters: Vec<Waiter<S::Output>>) {
+        if !self.inline_apply || req.entries.is_none() || !self.apply_queued.is_idle() {
+            self.send_to_applier(ApplyJob::Entries { req, waiters });
+            return;
+        }
+        let (sm, log) = (self.state_machine.clone(), self.log.clone());
+        let mut apply: ApplyFuture = Box::pin(async move {
+            let mut sm = sm.lock_owned().await;
+            workers::apply_jobs(&mut *sm, &*log, vec![(req, waiters)]).await
+        });
+        match poll_once(&mut apply) {
+            Some(Ok(index)) => {
+                self.applied_now = Some(self.applied_now.map_or(index, |i| i.max(index)));
+            }
+            Some(Err(f)) => self.fail(f),
+            None => self.send_to_applier(ApplyJob::Started(apply)),
+        }
+    }
+
     fn carry_out_actions(&mut self) {
         loop {
             self.carry_out_core_actions();
             self.flush_outboxes();
-            // Writes finished here are reported at once, which may release more actions (the
-            // acknowledgements that had to wait for them).
+            // Writes and applies finished here are reported at once, which may release more
+            // actions (the acknowledgements that had to wait for a write, further applies).
+            let applied = self.applied_now.take();
+            if let Some(index) = applied {
+                self.core.handle_applied(index);
+            }
             match self.persisted_now.take() {
                 Some(id) => {
                     let now = self.now();
                     self.core.handle_persisted(now, id);
                 }
-                None => break,
+                None if applied.is_none() => break,
+                None => {}
             }
         }
     }
@@ -477,9 +513,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Action::Send(out) => self.send_to_peer(out.to, PeerItem::Msg(out.message)),
                 Action::SendFromLog(req) => self.send_to_peer(req.to, PeerItem::FromLog(req)),
                 Action::Apply(req) => {
-                    let rest = self.waiters.split_off(&req.last.index.next());
-                    let waiters = std::mem::replace(&mut self.waiters, rest);
-                    self.send_to_applier(ApplyJob::Entries { req, waiters });
+                    let waiters = self.waiters.take_to(req.last.index);
+                    self.apply(req, waiters);
                 }
             }
         }
@@ -585,7 +620,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         while let Ok(p) = self.proposals.try_recv() {
             let _ = p.tx.send(Err(reason.clone()));
         }
-        for (_, w) in std::mem::take(&mut self.waiters) {
+        for w in self.waiters.take_all() {
             let _ = w.tx.send(Err(reason.clone()));
         }
         let change_reason = match &reason {

@@ -21,10 +21,11 @@
 //!   counts itself toward a quorum only once its write is durable.
 //!
 //! Adapters whose calls finish at once (in-memory ones) can say so
-//! ([`LogStore::inline_write`], [`Network::inline_send`]): the driver then makes the call itself
-//! whenever the helper task is idle, and hands it over only if it did not finish, which takes
-//! task switches off the path of every commit. Either way calls to the store stay one at a time
-//! and sends to a peer stay one at a time, in order. The driver also lets a burst of proposals
+//! ([`LogStore::inline_write`], [`Network::inline_send`], [`StateMachine::inline_apply`]): the
+//! driver then makes the call itself whenever the helper task is idle, and hands it over only if
+//! it did not finish, which takes task switches off the path of every commit. Either way calls
+//! to the store stay one at a time, sends to a peer stay one at a time, in order, and so do
+//! applies. The driver also lets a burst of proposals
 //! gather before proposing them together, so one loop turn, one write and one message per peer
 //! cover many client writes.
 //!
@@ -168,6 +169,7 @@ mod error;
 pub mod fs;
 mod membership;
 mod metrics;
+mod proposals;
 mod raft;
 mod snapshot_store;
 mod startup;

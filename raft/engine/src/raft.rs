@@ -13,6 +13,7 @@ use crate::driver::{Control, Driver, Proposal, Shared};
 use crate::error::{Fatal, StartError, WriteError};
 use crate::membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 use crate::metrics::{NodeState, Observer, RaftMetrics};
+use crate::proposals::{self, ProposalSender};
 use crate::startup;
 use crate::telemetry::{self, Telemetry};
 use crate::traits::{Inbox, LogStore, Network, StateMachine};
@@ -69,7 +70,7 @@ pub struct RaftHandle<S: StateMachine> {
 
 struct Inner<S: StateMachine> {
     id: NodeId,
-    proposals: mpsc::Sender<Proposal<S::Output>>,
+    proposals: ProposalSender<S::Output>,
     control: mpsc::Sender<Control>,
     metrics: watch::Receiver<RaftMetrics>,
     shared: Arc<Shared>,
@@ -169,7 +170,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let (inbox, inbox_rx) = Inbox::channel(INBOX_CAPACITY);
         network.start(inbox).await.map_err(StartError::Network)?;
 
-        let (proposals_tx, proposals_rx) = mpsc::channel(config.max_proposal_batch.max(64) * 4);
+        let (proposals_tx, proposals_rx) = proposals::queue(config.max_proposal_batch.max(64) * 4);
         let (control_tx, control_rx) = mpsc::channel(4);
         let (metrics_tx, metrics_rx) =
             watch::channel(RaftMetrics::from_core(&core, NodeState::Running));
@@ -189,12 +190,16 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let (apply_done_tx, apply_done_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let inline_apply = state_machine.inline_apply();
+        let state_machine: workers::SharedSm<S> = Arc::new(Mutex::new(state_machine));
+        let apply_queued = workers::Queued::default();
         let applier = tokio::spawn(
             workers::apply_worker(
-                state_machine,
+                state_machine.clone(),
                 log.clone(),
                 config.max_apply_batch,
                 apply_rx,
+                apply_queued.clone(),
                 apply_done_tx,
                 events_tx.clone(),
             )
@@ -231,6 +236,10 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             write_done: write_done_rx,
             writer: Some(writer),
             apply_tx: Some(apply_tx),
+            state_machine,
+            inline_apply,
+            apply_queued,
+            applied_now: None,
             apply_done: apply_done_rx,
             applier: Some(applier),
             events_tx,
@@ -389,9 +398,9 @@ impl<S: StateMachine> RaftHandle<S> {
     /// # Errors
     /// See [`WriteError`]; [`WriteError::is_retryable`] tells which may be retried.
     pub async fn client_write(&self, command: S::Command) -> Result<S::Output, WriteError> {
-        let data = codec::encode(&command).map_err(WriteError::Encode)?;
+        let data = codec::encode_bytes(&command).map_err(WriteError::Encode)?;
         let (tx, rx) = oneshot::channel();
-        let proposal = Proposal { data: data.into(), tx };
+        let proposal = Proposal { data, tx };
         if self.inner.proposals.send(proposal).await.is_err() {
             return Err(self.stopped());
         }

@@ -120,10 +120,10 @@ pub(crate) async fn initial_state<L: LogStore, S: StateMachine>(
         }
         tracing::info!(snapshot = %s, "restoring the state machine from the snapshot");
         let data = snapshots.open(snap).await.map_err(|e| start_err(e, "opening the snapshot"))?;
-        let (back, restored) = restore_blocking(sm, snap.clone(), data)
+        let (back, restored) = restore_blocking(Box::new(sm), snap.clone(), data)
             .await
             .map_err(|e| start_err(e, "restoring the snapshot"))?;
-        sm = back;
+        sm = *back;
         match restored {
             Ok(()) => {
                 applied = Some(s);

@@ -2,7 +2,7 @@
 //! sender per peer, and the snapshot receiver. They keep slow IO off the driver: a slow disk
 //! delays acknowledgements, not message handling; a slow peer delays only itself.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
@@ -45,23 +45,77 @@ pub(crate) enum Event {
 }
 
 /// A client waiting for its command at `log_id` to be applied.
-/// The clients waiting for entries, by index.
-pub(crate) type Waiters<O> = BTreeMap<LogIndex, Waiter<O>>;
-
 pub(crate) struct Waiter<O> {
     pub(crate) log_id: LogId,
     pub(crate) tx: oneshot::Sender<Result<O, WriteError>>,
 }
 
+/// The clients waiting for their entries, in index order, at most one per index.
+///
+/// A queue rather than a map: a leader's proposals take increasing indexes, so a new waiter
+/// goes at the back and waiters leave from the front as their entries are applied, both
+/// without allocating per waiter. Only after a leadership change can a new waiter take an
+/// index at or below the last one (the log was truncated there); that rare case is a
+/// binary search and an insert.
+pub(crate) struct WaiterQueue<O>(VecDeque<Waiter<O>>);
+
+impl<O> Default for WaiterQueue<O> {
+    fn default() -> Self {
+        WaiterQueue(VecDeque::new())
+    }
+}
+
+impl<O> WaiterQueue<O> {
+    /// Adds `w`, keeping index order; returns the waiter it replaces at the same index (whose
+    /// entry was overwritten), if any.
+    pub(crate) fn insert(&mut self, w: Waiter<O>) -> Option<Waiter<O>> {
+        let index = w.log_id.index;
+        if self.0.back().is_none_or(|b| b.log_id.index < index) {
+            self.0.push_back(w);
+            return None;
+        }
+        let pos = self.0.partition_point(|x| x.log_id.index < index);
+        if self.0[pos].log_id.index == index {
+            return Some(std::mem::replace(&mut self.0[pos], w));
+        }
+        self.0.insert(pos, w);
+        None
+    }
+
+    /// Removes and returns every waiter at or below `up_to`, in index order.
+    pub(crate) fn take_to(&mut self, up_to: LogIndex) -> Vec<Waiter<O>> {
+        let n = self.0.partition_point(|x| x.log_id.index <= up_to);
+        self.0.drain(..n).collect()
+    }
+
+    /// Removes and returns every waiter.
+    pub(crate) fn take_all(&mut self) -> Vec<Waiter<O>> {
+        self.0.drain(..).collect()
+    }
+}
+
 /// Work for the apply worker, which owns the state machine.
 pub(crate) enum ApplyJob<O> {
     /// Entries to apply and the clients waiting on them.
-    Entries { req: ApplyRequest, waiters: Waiters<O> },
+    /// `waiters` are those of the entries in `req`, in index order.
+    Entries { req: ApplyRequest, waiters: Vec<Waiter<O>> },
     /// Take a snapshot of the state machine and store it.
     BuildSnapshot { memberships: Vec<(LogId, Membership)>, chunk_bytes: usize },
     /// Replace the state with a stored snapshot's.
     Restore { meta: SnapshotMeta, reply: oneshot::Sender<Result<(), StorageError>> },
+    /// An apply the driver started while this worker was idle and that did not finish on its
+    /// first poll: finish it and report it.
+    Started(ApplyFuture),
 }
+
+/// An apply (see [`apply_jobs`]) the driver started itself.
+pub(crate) type ApplyFuture = Pin<Box<dyn Future<Output = Result<LogIndex, Fatal>> + Send>>;
+
+/// The state machine, shared by the apply worker and (for a state machine that applies at
+/// once, [`StateMachine::INLINE_APPLY`]) the driver. Each takes the lock for a whole job, so
+/// jobs stay one at a time; the driver applies only while the worker has nothing queued, so
+/// they stay in order too.
+pub(crate) type SharedSm<S> = Arc<tokio::sync::Mutex<S>>;
 
 /// A log store call the driver started itself and that did not finish on its first poll.
 pub(crate) type StoreFuture = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
@@ -206,10 +260,11 @@ fn merge_writes(writes: Vec<PersistRequest>) -> raftkit_core::LogWrite {
 /// Applies committed entries to the state machine in order and answers the waiting clients;
 /// takes snapshots and restores them, in the same order.
 pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
-    mut sm: S,
+    sm: SharedSm<S>,
     log: Arc<L>,
     max_batch: usize,
     mut rx: mpsc::UnboundedReceiver<ApplyJob<S::Output>>,
+    queued: Queued,
     done: mpsc::UnboundedSender<Result<LogIndex, Fatal>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -243,7 +298,17 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                         Err(_) => break,
                     }
                 }
-                let result = apply_jobs(&mut sm, &*log, batch).await;
+                let jobs = batch.len();
+                let result = apply_jobs(&mut *sm.lock().await, &*log, batch).await;
+                queued.done(jobs);
+                let failed = result.is_err();
+                if done.send(result).is_err() || failed {
+                    return;
+                }
+            }
+            ApplyJob::Started(apply) => {
+                let result = apply.await;
+                queued.done(1);
                 let failed = result.is_err();
                 if done.send(result).is_err() || failed {
                     return;
@@ -251,11 +316,13 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
             }
             ApplyJob::BuildSnapshot { memberships, chunk_bytes } => {
                 let taken = async {
+                    let mut sm = sm.lock().await;
                     let applied = sm.applied().await?;
                     let source = sm.snapshot().await?;
                     Ok::<_, StorageError>((applied, source))
                 }
                 .await;
+                queued.done(1);
                 match taken {
                     Ok((Some(applied), source)) => {
                         // The configuration in force at the snapshot's last entry.
@@ -307,9 +374,8 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                         continue;
                     }
                 };
-                match restore_blocking(sm, meta, data).await {
-                    Ok((back, r)) => {
-                        sm = back;
+                match restore_blocking(sm.clone().lock_owned().await, meta, data).await {
+                    Ok((_guard, r)) => {
                         let _ = reply.send(r);
                     }
                     Err(e) => {
@@ -331,11 +397,15 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
 ///
 /// # Errors
 /// Only if the restore panicked; the state machine is lost with it.
-pub(crate) async fn restore_blocking<S: StateMachine>(
-    mut sm: S,
+pub(crate) async fn restore_blocking<S, H>(
+    mut sm: H,
     meta: SnapshotMeta,
     data: Box<dyn Read + Send>,
-) -> Result<(S, Result<(), StorageError>), StorageError> {
+) -> Result<(H, Result<(), StorageError>), StorageError>
+where
+    S: StateMachine,
+    H: std::ops::DerefMut<Target = S> + Send + 'static,
+{
     let runtime = tokio::runtime::Handle::current();
     let last = meta.last_log_id;
     tokio::task::spawn_blocking(move || {
@@ -378,15 +448,17 @@ fn entry_count(req: &ApplyRequest) -> usize {
     (req.last.index.0 + 1 - req.first.0) as usize
 }
 
-async fn apply_jobs<L: LogStore, S: StateMachine>(
+/// Applies the entries of `jobs` (in log order) in one call to the state machine and answers
+/// their waiters; returns the last index applied.
+pub(crate) async fn apply_jobs<L: LogStore, S: StateMachine>(
     sm: &mut S,
     log: &L,
-    jobs: Vec<(ApplyRequest, Waiters<S::Output>)>,
+    jobs: Vec<(ApplyRequest, Vec<Waiter<S::Output>>)>,
 ) -> Result<LogIndex, Fatal> {
     let mut entries: Vec<Entry> = Vec::new();
     // Each job's waiters lie within its own range (the driver splits them off at the job's
     // end), and the jobs come in log order: chained, they are in index order.
-    let mut all_waiters = Vec::with_capacity(jobs.len());
+    let mut all_waiters: Vec<Waiter<S::Output>> = Vec::new();
     for (req, job_waiters) in jobs {
         let batch = match req.entries {
             Some(e) => e,
@@ -408,9 +480,13 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
         } else {
             entries.extend(batch);
         }
-        all_waiters.push(job_waiters);
+        if all_waiters.is_empty() {
+            all_waiters = job_waiters;
+        } else {
+            all_waiters.extend(job_waiters);
+        }
     }
-    let mut waiters = all_waiters.into_iter().flatten().peekable();
+    let mut waiters = all_waiters.into_iter().peekable();
     let last = entries.last().map_or(LogIndex(0), Entry::index);
     let mut items = Vec::with_capacity(entries.len());
     let mut commands = 0;
@@ -440,8 +516,8 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
             EntryPayload::Normal(_) => Some(outputs.next().expect("counted above")),
             _ => None,
         };
-        while let Some((index, w)) = waiters.next_if(|(index, _)| *index <= e.index()) {
-            let reply = if index < e.index() {
+        while let Some(w) = waiters.next_if(|w| w.log_id.index <= e.index()) {
+            let reply = if w.log_id.index < e.index() {
                 // Below what is applied here (entries are contiguous, so below the first): a
                 // snapshot from the leader covered it.
                 Err(WriteError::OutcomeUnknown { log_id: w.log_id })
@@ -456,7 +532,7 @@ async fn apply_jobs<L: LogStore, S: StateMachine>(
         }
     }
     // None are left past the last entry (the driver splits waiters off at a job's end).
-    for (_, w) in waiters {
+    for w in waiters {
         let _ = w.tx.send(Err(WriteError::Overwritten { log_id: w.log_id }));
     }
     Ok(last)
