@@ -9,7 +9,10 @@
 //! term, as seen on the wire, counted in the configuration the leader was elected under);
 //! membership (a node that is not a voter of its configuration never becomes leader; learners
 //! never grant votes or pre-votes; at most one uncommitted configuration entry in a leader's
-//! log); leader append-only (within its term a leader never changes or
+//! log, appended only once an entry of its term is committed; a leader steps down once a
+//! configuration without it commits); commit quorum (a leader's commit is acknowledged on the
+//! wire by a quorum of its configuration, and its latest configuration's entry by a quorum of
+//! that configuration); leader append-only (within its term a leader never changes or
 //! removes an entry it has: as seen in every AppendEntries it sends, and in its last log index
 //! between driver turns); one vote per node per term; term, commit and applied never go
 //! backwards; the durable term, vote and commit never go backwards, across restarts; a leader
@@ -109,6 +112,10 @@ struct State {
     /// said it was no voter: a violation if its next status says so too (a node may become a
     /// voter and vote within one driver turn, before its status is published).
     suspect_votes: BTreeMap<NodeId, Vec<(NodeId, Term, bool)>>,
+    /// The highest index each node acknowledged to each leader in its term (an append's match
+    /// index, or an installed snapshot's last index), by (leader, term): what a leader may
+    /// count toward a commit, at most (not every acknowledgement sent is received).
+    acks: BTreeMap<(NodeId, Term), BTreeMap<NodeId, LogIndex>>,
 }
 
 impl State {
@@ -436,6 +443,7 @@ impl Checker {
                 }
             }
             let t = s.nodes.entry(id).or_default();
+            let last_status = t.last;
             // purged <= snapshot <= applied <= commit <= last.
             let snap = st.snapshot.map_or(LogIndex(0), |s| s.index);
             let ordered = (st.snapshot.is_some() || st.purged.index.0 == 0)
@@ -542,6 +550,92 @@ impl Checker {
                                  configuration (entry {}) was never seen",
                                 st.term, st.membership
                             )),
+                        }
+                    }
+                }
+                // A leader that is not a voter of its configuration leads only until that
+                // configuration commits: it steps down in the same turn.
+                if !st.voter && st.membership.index <= st.commit {
+                    problems.push(format!(
+                        "removed leader: {id}, leader of {}, is not a voter of its committed \
+                         configuration (entry {}, commit {}) but did not step down",
+                        st.term, st.membership, st.commit
+                    ));
+                }
+                // A leader appends a configuration entry only once an entry of its term is
+                // committed (its own configuration entries are those of its term).
+                if st.membership.term == st.term
+                    && st.membership.index > st.commit
+                    && st.commit_term.is_some_and(|t| t != st.term)
+                {
+                    problems.push(format!(
+                        "change before commit: {id}, leader of {}, appended configuration entry \
+                         {} while its commit {} is of {:?}: no entry of its term was committed",
+                        st.term, st.membership, st.commit, st.commit_term
+                    ));
+                }
+                // A leader advances its commit only to what a quorum of its configuration (in
+                // force before or after this turn) acknowledged, itself included.
+                if let Some(l) = last_status
+                    .filter(|l| l.role == Role::Leader && l.term == st.term && st.commit > l.commit)
+                {
+                    let acks = s.acks.get(&(id, st.term));
+                    let has = |n: NodeId| {
+                        if n == id {
+                            st.stable >= st.commit
+                        } else {
+                            acks.and_then(|a| a.get(&n)).is_some_and(|m| *m >= st.commit)
+                        }
+                    };
+                    let now = s.config_of(&self.initial, st.membership);
+                    let before = s.config_of(&self.initial, l.membership);
+                    // The commit that first reaches the latest configuration's own entry is
+                    // computed under that configuration (no other can be appended while it is
+                    // uncommitted): a quorum of it acknowledged its entry.
+                    let kb = l.membership.index;
+                    if let Some(b) = before.as_ref().filter(|_| l.commit < kb && kb <= st.commit) {
+                        let has_kb = |n: NodeId| {
+                            if n == id {
+                                st.stable >= kb
+                            } else {
+                                acks.and_then(|a| a.get(&n)).is_some_and(|m| *m >= kb)
+                            }
+                        };
+                        if !b.has_quorum(has_kb) {
+                            let holders: Vec<String> = b
+                                .nodes()
+                                .into_iter()
+                                .filter(|n| has_kb(*n))
+                                .map(|n| n.to_string())
+                                .collect();
+                            problems.push(format!(
+                                "commit quorum: {id}, leader of {}, committed its configuration \
+                                 entry {} but only [{}] had acknowledged it: not a quorum of that \
+                                 configuration ({})",
+                                st.term,
+                                l.membership,
+                                holders.join(", "),
+                                voters_in_words(b)
+                            ));
+                        }
+                    }
+                    if let (Some(a), Some(b)) = (now, before) {
+                        if !a.has_quorum(has) && !b.has_quorum(has) {
+                            let holders: Vec<String> = a
+                                .nodes()
+                                .into_iter()
+                                .filter(|n| has(*n))
+                                .map(|n| n.to_string())
+                                .collect();
+                            problems.push(format!(
+                                "commit quorum: {id}, leader of {}, advanced its commit to {} \
+                                 but only [{}] had acknowledged it: not a quorum of its \
+                                 configuration ({})",
+                                st.term,
+                                st.commit,
+                                holders.join(", "),
+                                voters_in_words(&a)
+                            ));
                         }
                     }
                 }
@@ -821,6 +915,10 @@ impl Checker {
                 {
                     s.suspect_votes.entry(from).or_default().push((to, m.term, true));
                 }
+                MessageBody::SnapshotResponse(r) if r.installed => {
+                    let ack = s.acks.entry((to, m.term)).or_default().entry(from).or_default();
+                    *ack = (*ack).max(r.snapshot.index);
+                }
                 MessageBody::InstallSnapshot(c) => {
                     configs.push((c.meta.last_log_id, c.meta.membership.clone()));
                     let at_ms = self.millis();
@@ -836,6 +934,8 @@ impl Checker {
                     });
                 }
                 MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
+                    let ack = s.acks.entry((to, m.term)).or_default().entry(from).or_default();
+                    *ack = (*ack).max(*match_index);
                     if let Some(d) = &durable {
                         let hs = d.hard_state();
                         if hs.term < m.term {
@@ -1544,26 +1644,117 @@ mod tests {
         let c = Checker::new(3);
         let i = start(&c, 1);
         grant(&c, 2, 1, 2);
-        let mut st = status(1, Role::Leader, 2, 0, 0);
+        let mut st = status(1, Role::Leader, 2, 1, 2);
         c.on_status(NodeId(1), i, &st);
-        c.on_send(NodeId(1), NodeId(2), &append_configs(2, &[(2, 1, &[1, 2, 3, 4])]));
-        st.membership = LogId::new(2, 1);
-        st.last_log = LogId::new(2, 1);
+        c.on_send(NodeId(1), NodeId(2), &append_configs(2, &[(2, 2, &[1, 2, 3, 4])]));
+        st.membership = LogId::new(2, 2);
+        st.last_log = LogId::new(2, 2);
         c.on_status(NodeId(1), i, &st);
         assert!(c.violations().is_empty(), "{:?}", c.violations());
         c.on_send(
             NodeId(1),
             NodeId(2),
-            &append_configs(2, &[(2, 1, &[1, 2, 3, 4]), (2, 2, &[1, 2, 3, 4, 5])]),
+            &append_configs(2, &[(2, 2, &[1, 2, 3, 4]), (2, 3, &[1, 2, 3, 4, 5])]),
         );
-        st.membership = LogId::new(2, 2);
-        st.last_log = LogId::new(2, 2);
+        st.membership = LogId::new(2, 3);
+        st.last_log = LogId::new(2, 3);
         c.on_status(NodeId(1), i, &st);
         let v = c.violations();
         assert!(
-            v.iter().any(|v| v.contains("one change at a time: n1") && v.contains("(at i1, i2)")),
+            v.iter().any(|v| v.contains("one change at a time: n1") && v.contains("(at i2, i3)")),
             "{v:?}"
         );
+    }
+
+    /// A leader not in its committed configuration must have stepped down; one that proposes
+    /// a change before an entry of its term is committed is caught.
+    #[test]
+    fn a_removed_leader_that_stays_and_an_early_change_are_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 2);
+        let mut st = status(1, Role::Leader, 2, 4, 2);
+        c.on_status(NodeId(1), i, &st);
+        // Removed (entry 5), not yet committed: it still leads.
+        st.voter = false;
+        st.membership = LogId::new(2, 5);
+        st.last_log = LogId::new(2, 5);
+        c.on_status(NodeId(1), i, &st);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Committed, and still leader.
+        st.commit = LogIndex(5);
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 5));
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("removed leader: n1, leader of t2")), "{v:?}");
+
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 3);
+        let mut st = status(1, Role::Leader, 3, 4, 2);
+        c.on_status(NodeId(1), i, &st);
+        st.membership = LogId::new(3, 6);
+        st.last_log = LogId::new(3, 6);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("change before commit: n1, leader of t3")), "{v:?}");
+    }
+
+    fn ack(term: u64, m: u64) -> Message {
+        Message {
+            term: Term(term),
+            body: MessageBody::AppendResponse(AppendResponse::Success { match_index: LogIndex(m) }),
+        }
+    }
+
+    /// Under a joint configuration a commit needs a majority of each half: acknowledgements
+    /// from a majority of the new half alone are not enough.
+    #[test]
+    fn a_commit_without_a_joint_quorum_is_caught() {
+        let joint = Membership::joint([1, 2, 3].map(NodeId), [1, 4, 5].map(NodeId), [], true)
+            .expect("joint");
+        let setup = || {
+            let c = Checker::new(3);
+            let i = start(&c, 1);
+            grant(&c, 2, 1, 2);
+            let mut st = status(1, Role::Leader, 2, 6, 2);
+            c.on_status(NodeId(1), i, &st);
+            let m = Message {
+                term: Term(2),
+                body: MessageBody::AppendEntries(raftkit::AppendEntries {
+                    prev_log_id: LogId::new(2, 6),
+                    entries: vec![Entry {
+                        log_id: LogId::new(2, 7),
+                        payload: EntryPayload::Membership(joint.clone()),
+                    }],
+                    leader_commit: LogIndex(6),
+                }),
+            };
+            c.on_send(NodeId(1), NodeId(4), &m);
+            st.membership = LogId::new(2, 7);
+            st.last_log = LogId::new(2, 8);
+            st.stable = LogIndex(8);
+            c.on_status(NodeId(1), i, &st);
+            (c, i, st)
+        };
+        let (c, i, mut st) = setup();
+        c.on_send(NodeId(4), NodeId(1), &ack(2, 8));
+        st.commit = LogIndex(7);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains(
+                "commit quorum: n1, leader of t2, advanced its commit to i7 but only [n1, n4]"
+            )),
+            "{v:?}"
+        );
+        // With n2 too (a majority of n1, n2, n3), it is a quorum of each half.
+        let (c, i, mut st) = setup();
+        c.on_send(NodeId(4), NodeId(1), &ack(2, 8));
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 7));
+        st.commit = LogIndex(7);
+        c.on_status(NodeId(1), i, &st);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
     }
 
     /// After n1..n3 are replaced by n4..n6 (a later configuration), an entry is durable if a

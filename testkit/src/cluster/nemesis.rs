@@ -257,7 +257,8 @@ enum Change {
     Grow,
 }
 
-/// How long the nemesis waits for a membership change to complete.
+/// The longest the nemesis waits for a membership change to complete (it draws how long each
+/// time, so a change is sometimes still in progress at its next step).
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Asks `node` (the leader) for `change`; returns the configuration it led to, or `None` if
@@ -269,10 +270,11 @@ async fn ask<N: raftkit::Network, L: raftkit::LogStore + Clone>(
     change: ChangeMembers,
     joint: JointPolicy,
     checker: &super::checker::Checker,
+    wait: Duration,
 ) -> Option<Membership> {
     checker.note(format!("nemesis: membership: {what}"));
     let options = ChangeOptions { joint, ..ChangeOptions::default() };
-    match tokio::time::timeout(CHANGE_TIMEOUT, node.change_membership(change, options)).await {
+    match tokio::time::timeout(wait, node.change_membership(change, options)).await {
         Ok(Ok(m)) => {
             checker.note(format!(
                 "nemesis: membership: {what}: done, voters {:?} learners {:?}",
@@ -290,8 +292,7 @@ async fn ask<N: raftkit::Network, L: raftkit::LogStore + Clone>(
         }
         Err(_) => {
             checker.note(format!(
-                "nemesis: membership: {what}: not done within {CHANGE_TIMEOUT:?} (it may still \
-                 complete)"
+                "nemesis: membership: {what}: not done within {wait:?} (it may still complete)"
             ));
             None
         }
@@ -310,11 +311,15 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
     let checker = run.checker.clone();
     let Some((leader, node)) = run.leader() else { return };
     let m = node.metrics().borrow().clone();
-    if !m.membership_committed || m.membership.is_joint() {
+    let conf = m.membership.clone();
+    if m.membership_committed && !conf.is_joint() {
+        run.retire_removed(&conf).await;
+    } else if !rng.chance(0.3) {
+        // A change is in progress: most of the time wait for it; now and then ask anyway (the
+        // leader must refuse a second change while one is uncommitted).
         return;
     }
-    let conf = m.membership.clone();
-    run.retire_removed(&conf).await;
+    let wait = rng.duration(Duration::from_millis(100), CHANGE_TIMEOUT);
     let voters: BTreeSet<NodeId> = conf.voters();
     let learners: Vec<NodeId> = conf.learners().iter().copied().collect();
     let live: BTreeSet<NodeId> = run.live().iter().map(|(id, _)| *id).collect();
@@ -366,6 +371,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 ChangeMembers::AddLearners(blank(&[id])),
                 JointPolicy::Auto,
                 &checker,
+                wait,
             )
             .await;
             ("member-add-learner", r, vec![])
@@ -383,6 +389,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 ChangeMembers::PromoteLearners([id].into()),
                 JointPolicy::Auto,
                 &checker,
+                wait,
             )
             .await;
             ("member-promote", r, vec![])
@@ -399,6 +406,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                     ChangeMembers::RemoveVoters([id].into()),
                     JointPolicy::Auto,
                     &checker,
+                    wait,
                 )
                 .await;
                 (if id == leader { "member-remove-leader" } else { "member-remove" }, r, vec![id])
@@ -409,6 +417,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                     ChangeMembers::DemoteVoters([id].into()),
                     JointPolicy::Auto,
                     &checker,
+                    wait,
                 )
                 .await;
                 ("member-demote", r, vec![])
@@ -428,7 +437,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
             checker.note(format!(
                 "nemesis: membership: replace {old} by {new}: add {new} as a learner"
             ));
-            let added = tokio::time::timeout(CHANGE_TIMEOUT, node.add_learner(new, "", true)).await;
+            let added = tokio::time::timeout(wait, node.add_learner(new, "", true)).await;
             if !matches!(added, Ok(Ok(_))) {
                 checker.note(format!("nemesis: membership: adding {new} failed: {added:?}"));
                 *report.faults.entry("member-refused").or_default() += 1;
@@ -444,6 +453,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 change,
                 JointPolicy::JointAutoLeave,
                 &checker,
+                wait,
             )
             .await;
             ("member-replace", r, vec![old])
@@ -461,6 +471,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 ChangeMembers::RemoveVoters(gone.into()),
                 JointPolicy::JointAutoLeave,
                 &checker,
+                wait,
             )
             .await;
             ("member-shrink", r, gone.to_vec())
@@ -480,6 +491,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 ChangeMembers::PromoteLearners(two),
                 JointPolicy::JointAutoLeave,
                 &checker,
+                wait,
             )
             .await;
             ("member-grow", r, vec![])
