@@ -159,6 +159,53 @@ fn focus(mutant: Mutant) -> Focus {
             },
             ..suite
         },
+        // A leader must be asked for a change between its election and the commit of an
+        // entry of its term: membership changes often, new leaders often (the leader crashed
+        // half the time, partitions), and one-way blocks that keep a leader's followers from
+        // acknowledging its first entry while they already follow it.
+        Mutant::ChangeBeforeOwnTermCommit => Focus {
+            faults: FaultMix {
+                membership: 10,
+                one_way: 4,
+                crash: 3,
+                partition: 2,
+                disk_failure: 0,
+                ..FaultMix::default()
+            },
+            ..suite
+        },
+        // A change must be asked for while another is uncommitted: membership changes often,
+        // with partitions and message faults that keep changes from committing.
+        Mutant::TwoUncommittedChanges => Focus {
+            faults: FaultMix {
+                membership: 10,
+                partition: 3,
+                message_faults: 3,
+                slow_link: 2,
+                disk_failure: 0,
+                ..FaultMix::default()
+            },
+            ..suite
+        },
+        // Joint configurations (replace, shrink, grow) whose halves acknowledge at different
+        // speeds: membership changes often, message delays and slow links.
+        Mutant::JointQuorumNewOnly => Focus {
+            faults: FaultMix {
+                membership: 10,
+                message_faults: 4,
+                slow_link: 2,
+                crash: 1,
+                disk_failure: 0,
+                ..FaultMix::default()
+            },
+            ..suite
+        },
+        // The leader must be removed (it is, half the time a voter is removed, and in shrinks):
+        // membership changes often.
+        Mutant::RemovedLeaderStays => Focus {
+            faults: FaultMix { membership: 10, crash: 1, disk_failure: 0, ..FaultMix::default() },
+            ..suite
+        },
         _ => suite,
     }
 }
@@ -319,6 +366,10 @@ mutant_tests! {
     skip_log_consistency_check => SkipLogConsistencyCheck,
     truncate_matching_suffix => TruncateMatchingSuffix,
     install_stale_snapshot => InstallStaleSnapshot,
+    change_before_own_term_commit => ChangeBeforeOwnTermCommit,
+    two_uncommitted_changes => TwoUncommittedChanges,
+    joint_quorum_new_only => JointQuorumNewOnly,
+    removed_leader_stays => RemovedLeaderStays,
 }
 
 /// A vote sent before it is durable is caught on a store whose harness cannot show what is

@@ -319,9 +319,18 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
         // leader must refuse a second change while one is uncommitted).
         return;
     }
+    run.was_member.extend(conf.nodes());
     let wait = rng.duration(Duration::from_millis(100), CHANGE_TIMEOUT);
     let voters: BTreeSet<NodeId> = conf.voters();
     let learners: Vec<NodeId> = conf.learners().iter().copied().collect();
+    // Learners the leader has replicated to nearly up to its commit: only those are promoted,
+    // as a careful operator would (a voter that has none of the log cannot vote usefully, and
+    // one that does not know it is a voter cannot vote at all).
+    let ready: Vec<NodeId> = learners
+        .iter()
+        .copied()
+        .filter(|l| m.replication.get(l).is_some_and(|x| x.0 + 64 >= m.commit.0))
+        .collect();
     let live: BTreeSet<NodeId> = run.live().iter().map(|(id, _)| *id).collect();
     let fresh: Vec<NodeId> = run
         .ids
@@ -335,7 +344,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
     if !fresh.is_empty() && learners.len() < 2 {
         kinds.push(Change::AddLearner);
     }
-    if !learners.is_empty() && voters.len() < 5 {
+    if !ready.is_empty() && voters.len() < 5 {
         kinds.push(Change::Promote);
     }
     if voters.len() > 3 {
@@ -347,7 +356,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
     if voters.len() == 5 {
         kinds.push(Change::Shrink);
     }
-    if voters.len() == 3 && learners.len() >= 2 {
+    if voters.len() == 3 && ready.len() >= 2 {
         kinds.push(Change::Grow);
     }
     if kinds.is_empty() {
@@ -362,6 +371,29 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
         ids.iter().map(|id| (*id, String::new())).collect()
     };
     let kind = *rng.pick(&kinds);
+    // Now and then a second administrator adds a fresh node as a learner at the same moment:
+    // one of the two changes must be refused while the other is uncommitted.
+    let concurrent = if !matches!(kind, Change::AddLearner | Change::Replace)
+        && !fresh.is_empty()
+        && rng.chance(0.25)
+    {
+        let id = *rng.pick(&fresh);
+        checker.note(format!("nemesis: membership: add learner {id} (concurrently)"));
+        let (node, checker) = (node.clone(), checker.clone());
+        let change = ChangeMembers::AddLearners([(id, String::new())].into());
+        let task = tokio::spawn(async move {
+            let r = tokio::time::timeout(
+                wait,
+                node.change_membership(change, ChangeOptions::default()),
+            )
+            .await;
+            checker.note(format!("nemesis: membership: add learner {id} (concurrently): {r:?}"));
+        });
+        tokio::task::yield_now().await;
+        Some(task)
+    } else {
+        None
+    };
     let (label, done, retire): (&'static str, Option<Membership>, Vec<NodeId>) = match kind {
         Change::AddLearner => {
             let id = *rng.pick(&fresh);
@@ -377,7 +409,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
             ("member-add-learner", r, vec![])
         }
         Change::Promote => {
-            let id = *rng.pick(&learners);
+            let id = *rng.pick(&ready);
             let mut next = voters.clone();
             next.insert(id);
             if !runs(&next) {
@@ -477,7 +509,7 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
             ("member-shrink", r, gone.to_vec())
         }
         Change::Grow => {
-            let mut ls = learners.clone();
+            let mut ls = ready.clone();
             rng.shuffle(&mut ls);
             let two: BTreeSet<NodeId> = ls.into_iter().take(2).collect();
             let mut next = voters.clone();
@@ -497,6 +529,10 @@ async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
             ("member-grow", r, vec![])
         }
     };
+    if let Some(task) = concurrent {
+        let _ = task.await;
+        *report.faults.entry("member-concurrent").or_default() += 1;
+    }
     match done {
         Some(m) => {
             *report.faults.entry(label).or_default() += 1;
