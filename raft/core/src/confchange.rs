@@ -266,15 +266,28 @@ impl RaftCore {
         Ok(self.append_membership(next))
     }
 
+    /// The configuration commits and elections are counted in: the one in force (with the
+    /// `JointQuorumNewOnly` mutant, only the new half of a joint one).
+    pub(crate) fn quorum_membership(&self) -> std::borrow::Cow<'_, Membership> {
+        if mutant!(self, JointQuorumNewOnly) && self.membership.is_joint() {
+            if let Ok(m) = Membership::new(self.membership.configs()[1].iter().copied()) {
+                return std::borrow::Cow::Owned(m);
+            }
+        }
+        std::borrow::Cow::Borrowed(&self.membership)
+    }
+
     fn check_can_change(&self) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
-        if self.log.term_at(self.commit) != Some(self.term) {
+        if self.log.term_at(self.commit) != Some(self.term)
+            && !mutant!(self, ChangeBeforeOwnTermCommit)
+        {
             return Err(ChangeError::LeaderNotReady.into());
         }
         let latest = self.confs.latest().0.index;
-        if latest > self.commit {
+        if latest > self.commit && !mutant!(self, TwoUncommittedChanges) {
             return Err(ChangeError::InProgress { index: latest }.into());
         }
         Ok(())
@@ -331,7 +344,7 @@ impl RaftCore {
         if self.role != Role::Leader || !self.membership_committed() {
             return;
         }
-        if !self.membership.is_voter(self.id) {
+        if !self.membership.is_voter(self.id) && !mutant!(self, RemovedLeaderStays) {
             tracing::info!(node = %self.id, term = %self.term, "removed from the configuration; stepping down");
             let (now, term) = (self.clock, self.term);
             self.become_follower(now, term, None);

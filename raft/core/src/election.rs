@@ -330,7 +330,7 @@ impl RaftCore {
             _ => return,
         };
         let result = self
-            .membership
+            .quorum_membership()
             .vote_result(|n| if n == id { self_vote } else { votes.get(&n).copied() });
         match (result, self.role) {
             (VoteResult::Won, Role::PreCandidate) => self.become_candidate(now),

@@ -43,4 +43,13 @@ catalogue! {
     /// Install a snapshot from the leader without checking that it is newer than what the node
     /// already has.
     InstallStaleSnapshot,
+    /// Propose a configuration change before an entry of the leader's own term is committed
+    /// (the 2015 single-server membership bug; pitfall P2).
+    ChangeBeforeOwnTermCommit,
+    /// Allow a second configuration change while one is uncommitted (pitfall P16).
+    TwoUncommittedChanges,
+    /// Count commits and elections under a joint configuration on its new half only.
+    JointQuorumNewOnly,
+    /// A leader removed from the configuration stays leader once the change commits.
+    RemovedLeaderStays,
 }

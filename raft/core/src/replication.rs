@@ -170,7 +170,7 @@ impl RaftCore {
     /// the current term. Entries of earlier terms commit only indirectly (Raft §5.4.2).
     pub(crate) fn maybe_commit(&mut self) {
         let (id, stable, progress) = (self.id, self.log.stable(), &self.progress);
-        let quorum_index = self.membership.committed_index(|n| {
+        let quorum_index = self.quorum_membership().committed_index(|n| {
             if n == id { stable } else { progress.get(&n).map_or(LogIndex(0), |p| p.match_index) }
         });
         let current_term = self.log.term_at(quorum_index) == Some(self.term);

@@ -95,6 +95,13 @@ pub struct NodeStatus {
     pub purged: LogId,
     /// The last entry covered by the latest snapshot.
     pub snapshot: Option<LogId>,
+    /// The id of the entry of the latest configuration in the local log (the configuration in
+    /// force): the snapshot's last id when the log holds no configuration entry after it, and
+    /// [`LogId::ZERO`] for the initial configuration (or none, on a node waiting to join).
+    pub membership: LogId,
+    /// Whether this node is a voter of the configuration in force (of either half during a
+    /// joint change). False on a learner, a removed node and a node waiting to join.
+    pub voter: bool,
 }
 
 impl NodeStatus {
@@ -113,6 +120,8 @@ impl NodeStatus {
             durable: core.durable_hard_state(),
             purged: core.purged_log_id(),
             snapshot: core.snapshot().map(|s| s.last_log_id),
+            membership: core.membership_log_id(),
+            voter: core.membership().is_voter(core.id()),
         }
     }
 }

@@ -6,7 +6,13 @@
 //! starts with the name of the check that fired, in plain words ("election safety: …").
 //!
 //! Checked: election safety (one leader per term, elected by a quorum of votes granted in that
-//! term, as seen on the wire); leader append-only (within its term a leader never changes or
+//! term, as seen on the wire, counted in the configuration the leader was elected under);
+//! membership (a node that is not a voter of its configuration never becomes leader; learners
+//! never grant votes or pre-votes; at most one uncommitted configuration entry in a leader's
+//! log, appended only once an entry of its term is committed; a leader steps down once a
+//! configuration without it commits); commit quorum (a leader's commit is acknowledged on the
+//! wire by a quorum of its configuration, and its latest configuration's entry by a quorum of
+//! that configuration); leader append-only (within its term a leader never changes or
 //! removes an entry it has: as seen in every AppendEntries it sends, and in its last log index
 //! between driver turns); one vote per node per term; term, commit and applied never go
 //! backwards; the durable term, vote and commit never go backwards, across restarts; a leader
@@ -18,7 +24,7 @@
 //! and applies nothing beyond what the store had acknowledged); store reads (a checkpoint's
 //! read of a store returns exactly the entries asked for, checked before anything is judged
 //! from it); log matching; leader completeness; durability (every committed entry is held
-//! durably on a quorum); no livelock (messages sent without end while a paused clock stands
+//! durably on a quorum of the configuration in force at it, or of a later one); no livelock (messages sent without end while a paused clock stands
 //! still: reported, then the network drops everything so the run can end).
 
 use std::collections::BTreeMap;
@@ -27,8 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use raftkit::store::LogShape;
 use raftkit::{
-    AppendResponse, Entry, HardState, LogId, LogIndex, Message, MessageBody, NodeId, NodeStatus,
-    Observer, Role, Term,
+    AppendResponse, Entry, EntryPayload, HardState, LogId, LogIndex, Membership, Message,
+    MessageBody, NodeId, NodeStatus, Observer, Role, Term,
 };
 
 pub use super::store_read::{NodeLog, StoreRead};
@@ -99,6 +105,64 @@ struct State {
     at_instant: u64,
     /// Set once the nodes livelocked: from then on every message is dropped.
     livelocked: bool,
+    /// Every configuration entry seen on the wire (in AppendEntries, or as a snapshot's
+    /// configuration, keyed by the snapshot's last id), by (index, term).
+    configs: BTreeMap<(LogIndex, Term), Membership>,
+    /// Vote grants (voter -> [(candidate, term, pre-vote)]) a node sent while its last status
+    /// said it was no voter: a violation if its next status says so too (a node may become a
+    /// voter and vote within one driver turn, before its status is published).
+    suspect_votes: BTreeMap<NodeId, Vec<(NodeId, Term, bool)>>,
+    /// The highest index each node acknowledged to each leader in its term (an append's match
+    /// index, or an installed snapshot's last index), by (leader, term): what a leader may
+    /// count toward a commit, at most (not every acknowledgement sent is received).
+    acks: BTreeMap<(NodeId, Term), BTreeMap<NodeId, LogIndex>>,
+}
+
+impl State {
+    /// The configuration a status's `membership` id names, if known: the configuration entry
+    /// seen on the wire with that id; for [`LogId::ZERO`] the initial one; for a snapshot's id
+    /// (a log holding no configuration entry after its snapshot), the latest configuration
+    /// committed (applied anywhere) at or before it, or the initial one.
+    fn config_of(&self, initial: &Membership, id: LogId) -> Option<Membership> {
+        if let Some(m) = self.configs.get(&(id.index, id.term)) {
+            return Some(m.clone());
+        }
+        if id == LogId::ZERO {
+            return Some(initial.clone());
+        }
+        if self.applied.get(&id.index.0).is_none_or(|(applied, _)| *applied != id) {
+            // Neither a configuration entry seen nor a committed entry (a snapshot's last id
+            // is committed): unknown.
+            return None;
+        }
+        Some(self.committed_config_at(initial, id.index))
+    }
+
+    /// The configuration in force at `index` of the committed log: the latest configuration
+    /// entry at or before it that was applied somewhere, else the initial one.
+    fn committed_config_at(&self, initial: &Membership, index: LogIndex) -> Membership {
+        self.configs
+            .range(..=(index, Term(u64::MAX)))
+            .rev()
+            .find(|((i, t), _)| {
+                self.applied.get(&i.0).is_some_and(|(id, _)| id.index == *i && id.term == *t)
+            })
+            .map_or_else(|| initial.clone(), |(_, m)| m.clone())
+    }
+
+    /// Whether any configuration other than the initial one was seen.
+    fn membership_changed(&self, initial: &Membership) -> bool {
+        self.configs.values().any(|m| m != initial)
+    }
+}
+
+/// The voters of `m`, in words ("n1, n2, n3", or "n1, n2, n3 and n3, n4, n5" when joint).
+fn voters_in_words(m: &Membership) -> String {
+    m.configs()
+        .iter()
+        .map(|c| c.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// How many messages sent at one instant of a paused clock make a livelock: fifty times the most
@@ -189,22 +253,30 @@ pub struct Checker {
     state: Mutex<State>,
     chunk_sent: tokio::sync::Notify,
     epoch: tokio::time::Instant,
-    nodes: usize,
-    quorum: usize,
+    /// The initial configuration (nodes `1..=nodes`, all voters).
+    initial: Membership,
     max_violations: usize,
 }
 
 impl Checker {
-    /// A checker for a cluster of `nodes` voters.
+    /// A checker for a cluster whose initial configuration is `nodes` voters, `n1..=n{nodes}`
+    /// (nodes with higher ids may join later; configuration changes are learned from the
+    /// configuration entries and snapshots the nodes send).
     pub fn new(nodes: usize) -> Checker {
+        let initial = Membership::new((1..=nodes as u64).map(NodeId)).expect("at least one voter");
         Checker {
             state: Mutex::new(State::default()),
             chunk_sent: tokio::sync::Notify::new(),
             epoch: tokio::time::Instant::now(),
-            nodes,
-            quorum: nodes / 2 + 1,
+            initial,
             max_violations: 50,
         }
+    }
+
+    /// Whether a configuration other than the initial one was seen (the run changed
+    /// membership).
+    pub fn membership_changed(&self) -> bool {
+        self.lock().membership_changed(&self.initial)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -269,6 +341,7 @@ impl Checker {
                 s.durable.remove(&id);
             }
         }
+        s.suspect_votes.remove(&id);
         let t = s.nodes.entry(id).or_default();
         t.incarnation += 1;
         t.last = None;
@@ -357,6 +430,20 @@ impl Checker {
                 return;
             }
             prev_durable = t.max_durable;
+            if let Some(grants) = s.suspect_votes.remove(&id) {
+                if !st.voter {
+                    for (cand, term, pre) in grants {
+                        problems.push(format!(
+                            "learners never vote: {id} granted its {}vote to {cand} in {term} \
+                             while not a voter of its configuration (entry {})",
+                            if pre { "pre-" } else { "" },
+                            st.membership
+                        ));
+                    }
+                }
+            }
+            let t = s.nodes.entry(id).or_default();
+            let last_status = t.last;
             // purged <= snapshot <= applied <= commit <= last.
             let snap = st.snapshot.map_or(LogIndex(0), |s| s.index);
             let ordered = (st.snapshot.is_some() || st.purged.index.0 == 0)
@@ -428,27 +515,156 @@ impl Checker {
                     Some(_) => {}
                     None => {
                         s.leaders.insert(st.term, id);
-                        // A leader must hold a quorum of votes cast *in its term*: its own and
-                        // grants that voters actually sent in that term.
-                        let others = s
+                        if !st.voter {
+                            problems.push(format!(
+                                "removed leader: {id} became leader of {} while not a voter of \
+                                 its configuration (entry {})",
+                                st.term, st.membership
+                            ));
+                        }
+                        // A leader must hold a quorum, in the configuration it was elected
+                        // under, of votes cast *in its term*: its own and grants that voters
+                        // actually sent in that term.
+                        let granted: Vec<NodeId> = s
                             .votes
                             .iter()
-                            .filter(|((voter, term), cand)| {
-                                *term == st.term && **cand == id && *voter != id
-                            })
-                            .count();
-                        if others + 1 < self.quorum {
+                            .filter(|((_, term), cand)| *term == st.term && **cand == id)
+                            .map(|((voter, _), _)| *voter)
+                            .chain(std::iter::once(id))
+                            .collect();
+                        match s.config_of(&self.initial, st.membership) {
+                            Some(m) if !m.has_quorum(|n| granted.contains(&n)) => {
+                                problems.push(format!(
+                                    "election safety: {id} became leader of {} with {} vote(s) \
+                                     granted in that term, not a quorum of its configuration \
+                                     ({}; entry {}): it counted votes from another term",
+                                    st.term,
+                                    granted.iter().filter(|n| m.is_voter(**n)).count(),
+                                    voters_in_words(&m),
+                                    st.membership
+                                ));
+                            }
+                            Some(_) => {}
+                            None => notes.push(format!(
+                                "election safety: {id}'s votes in {} not counted: its \
+                                 configuration (entry {}) was never seen",
+                                st.term, st.membership
+                            )),
+                        }
+                    }
+                }
+                // A leader that is not a voter of its configuration leads only until that
+                // configuration commits: it steps down in the same turn.
+                if !st.voter && st.membership.index <= st.commit {
+                    problems.push(format!(
+                        "removed leader: {id}, leader of {}, is not a voter of its committed \
+                         configuration (entry {}, commit {}) but did not step down",
+                        st.term, st.membership, st.commit
+                    ));
+                }
+                // A leader appends a configuration entry only once an entry of its term is
+                // committed (its own configuration entries are those of its term).
+                if st.membership.term == st.term
+                    && st.membership.index > st.commit
+                    && st.commit_term.is_some_and(|t| t != st.term)
+                {
+                    problems.push(format!(
+                        "change before commit: {id}, leader of {}, appended configuration entry \
+                         {} while its commit {} is of {:?}: no entry of its term was committed",
+                        st.term, st.membership, st.commit, st.commit_term
+                    ));
+                }
+                // A leader advances its commit only to what a quorum of its configuration (in
+                // force before or after this turn) acknowledged, itself included.
+                if let Some(l) = last_status
+                    .filter(|l| l.role == Role::Leader && l.term == st.term && st.commit > l.commit)
+                {
+                    let acks = s.acks.get(&(id, st.term));
+                    let has = |n: NodeId| {
+                        if n == id {
+                            st.stable >= st.commit
+                        } else {
+                            acks.and_then(|a| a.get(&n)).is_some_and(|m| *m >= st.commit)
+                        }
+                    };
+                    let now = s.config_of(&self.initial, st.membership);
+                    let before = s.config_of(&self.initial, l.membership);
+                    // The commit that first reaches the latest configuration's own entry is
+                    // computed under that configuration (no other can be appended while it is
+                    // uncommitted): a quorum of it acknowledged its entry.
+                    let kb = l.membership.index;
+                    if let Some(b) = before.as_ref().filter(|_| l.commit < kb && kb <= st.commit) {
+                        let has_kb = |n: NodeId| {
+                            if n == id {
+                                st.stable >= kb
+                            } else {
+                                acks.and_then(|a| a.get(&n)).is_some_and(|m| *m >= kb)
+                            }
+                        };
+                        if !b.has_quorum(has_kb) {
+                            let holders: Vec<String> = b
+                                .nodes()
+                                .into_iter()
+                                .filter(|n| has_kb(*n))
+                                .map(|n| n.to_string())
+                                .collect();
                             problems.push(format!(
-                                "election safety: {id} became leader of {} with {} vote(s) \
-                                 granted in that term (quorum {}): it counted votes from another \
-                                 term",
+                                "commit quorum: {id}, leader of {}, committed its configuration \
+                                 entry {} but only [{}] had acknowledged it: not a quorum of that \
+                                 configuration ({})",
                                 st.term,
-                                others + 1,
-                                self.quorum
+                                l.membership,
+                                holders.join(", "),
+                                voters_in_words(b)
+                            ));
+                        }
+                    }
+                    if let (Some(a), Some(b)) = (now, before) {
+                        if !a.has_quorum(has) && !b.has_quorum(has) {
+                            let holders: Vec<String> = a
+                                .nodes()
+                                .into_iter()
+                                .filter(|n| has(*n))
+                                .map(|n| n.to_string())
+                                .collect();
+                            problems.push(format!(
+                                "commit quorum: {id}, leader of {}, advanced its commit to {} \
+                                 but only [{}] had acknowledged it: not a quorum of its \
+                                 configuration ({})",
+                                st.term,
+                                st.commit,
+                                holders.join(", "),
+                                voters_in_words(&a)
                             ));
                         }
                     }
                 }
+                // At most one uncommitted configuration entry in a leader's log: those it
+                // sent in this term, and its latest.
+                let mut pending: Vec<(LogIndex, Term)> = s
+                    .leader_logs
+                    .get(&(id, st.term))
+                    .into_iter()
+                    .flat_map(|log| log.range(st.commit.0 + 1..))
+                    .map(|(_, (lid, _))| (lid.index, lid.term))
+                    .filter(|k| s.configs.contains_key(k))
+                    .collect();
+                if st.membership.index > st.commit {
+                    pending.push((st.membership.index, st.membership.term));
+                }
+                pending.sort();
+                pending.dedup();
+                if pending.len() > 1 {
+                    problems.push(format!(
+                        "one change at a time: {id}, leader of {} with commit {}, has {} \
+                         uncommitted configuration entries (at {})",
+                        st.term,
+                        st.commit,
+                        pending.len(),
+                        pending.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                let t = s.nodes.entry(id).or_default();
                 match t.leader_since {
                     Some((term, start)) if term == st.term => {
                         if st.commit > start && st.commit_term != Some(st.term) {
@@ -625,6 +841,7 @@ impl Checker {
                     s.votes.insert((voter, term), cand);
                 }
             };
+            let mut configs = Vec::new();
             match &m.body {
                 MessageBody::AppendEntries(ae) => {
                     let log = s.leader_logs.entry((from, m.term)).or_default();
@@ -639,6 +856,9 @@ impl Checker {
                         }
                     }
                     for e in &ae.entries {
+                        if let EntryPayload::Membership(m) = &e.payload {
+                            configs.push((e.log_id, m.clone()));
+                        }
                         let here = (e.log_id, payload_digest(e));
                         match log.get(&e.index().0) {
                             Some(had) if *had != here => {
@@ -674,6 +894,9 @@ impl Checker {
                     }
                 }
                 MessageBody::VoteResponse(vr) if vr.granted && !vr.pre_vote => {
+                    if s.nodes.get(&from).and_then(|t| t.last).is_some_and(|st| !st.voter) {
+                        s.suspect_votes.entry(from).or_default().push((to, m.term, false));
+                    }
                     vote(from, m.term, to, &mut s);
                     if let Some(d) = &durable {
                         let hs = d.hard_state();
@@ -686,7 +909,18 @@ impl Checker {
                         }
                     }
                 }
+                MessageBody::VoteResponse(vr)
+                    if vr.granted
+                        && s.nodes.get(&from).and_then(|t| t.last).is_some_and(|st| !st.voter) =>
+                {
+                    s.suspect_votes.entry(from).or_default().push((to, m.term, true));
+                }
+                MessageBody::SnapshotResponse(r) if r.installed => {
+                    let ack = s.acks.entry((to, m.term)).or_default().entry(from).or_default();
+                    *ack = (*ack).max(r.snapshot.index);
+                }
                 MessageBody::InstallSnapshot(c) => {
+                    configs.push((c.meta.last_log_id, c.meta.membership.clone()));
                     let at_ms = self.millis();
                     s.chunks.push(ChunkSent {
                         at_ms,
@@ -700,6 +934,8 @@ impl Checker {
                     });
                 }
                 MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
+                    let ack = s.acks.entry((to, m.term)).or_default().entry(from).or_default();
+                    *ack = (*ack).max(*match_index);
                     if let Some(d) = &durable {
                         let hs = d.hard_state();
                         if hs.term < m.term {
@@ -718,6 +954,9 @@ impl Checker {
                     }
                 }
                 _ => {}
+            }
+            for (id, m) in configs {
+                s.configs.entry((id.index, id.term)).or_insert(m);
             }
         }
         if matches!(m.body, MessageBody::InstallSnapshot(_)) {
@@ -858,27 +1097,47 @@ impl Checker {
                 }
             }
             // Durability: committed entries are held durably by a quorum. A store's durable view
-            // needs no read; a node without one counts by its log, if that read was sound.
+            // needs no read; a node without one counts by its log, if that read was sound. A
+            // leader commits an entry under its latest configuration, which is the one in force
+            // at the entry or one appended after it: so an entry must be held by a quorum (a
+            // majority of each half, if joint) of the configuration in force at it in the
+            // committed log, or of some configuration seen after it. With no membership change
+            // that is the initial configuration alone.
+            let later: Vec<(LogIndex, &Membership)> =
+                s.configs.iter().map(|((i, _), m)| (*i, m)).collect();
             for (i, lid) in &base.applied {
                 let i = LogIndex(*i);
-                let holders = reads
-                    .iter()
-                    .filter(|(id, read)| {
-                        if i <= read.state.purged.index {
-                            // Compacted away: covered by the node's snapshot.
-                            return true;
-                        }
-                        match s.durable.get(id) {
-                            Some(d) => d.term_at(i) == Some(lid.term),
-                            None => logs.get(id).and_then(|l| l.get(i)).map(|e| e.0) == Some(*lid),
-                        }
-                    })
-                    .count();
-                if holders < self.quorum {
+                let holds = |id: &NodeId| {
+                    let Some(read) = reads.get(id) else { return false };
+                    if i <= read.state.purged.index {
+                        // Compacted away: covered by the node's snapshot.
+                        return true;
+                    }
+                    match s.durable.get(id) {
+                        Some(d) => d.term_at(i) == Some(lid.term),
+                        None => logs.get(id).and_then(|l| l.get(i)).map(|e| e.0) == Some(*lid),
+                    }
+                };
+                let in_force = s.committed_config_at(&self.initial, i);
+                let held = in_force.has_quorum(|n| holds(&n))
+                    || later
+                        .iter()
+                        .filter(|(at, _)| *at > i)
+                        .any(|(_, m)| m.has_quorum(|n| holds(&n)));
+                if !held {
+                    let voters = in_force.voters();
+                    let holders = voters.iter().filter(|n| holds(n)).count();
+                    let quorum = if in_force.is_joint() {
+                        "a majority of each half".to_string()
+                    } else {
+                        format!("quorum {}", voters.len() / 2 + 1)
+                    };
                     problems.push(format!(
                         "durability: a committed entry is held durably by fewer than a quorum: \
-                         {lid} by {holders} of {} nodes (quorum {})",
-                        self.nodes, self.quorum
+                         {lid} by {holders} of {} nodes ({quorum}) of its configuration ({}), \
+                         and by no quorum of a later one",
+                        voters.len(),
+                        voters_in_words(&in_force)
                     ));
                     break;
                 }
@@ -945,6 +1204,8 @@ mod tests {
             durable: HardState { term: Term(term), vote: None, commit: LogIndex(0) },
             purged: LogId::ZERO,
             snapshot: None,
+            membership: LogId::ZERO,
+            voter: true,
         }
     }
 
@@ -1281,6 +1542,252 @@ mod tests {
         // A restart (a new disk) clears it.
         start(&c, 2);
         assert!(!c.store_failed(NodeId(2)));
+    }
+
+    fn members(voters: &[u64]) -> Membership {
+        Membership::new(voters.iter().map(|n| NodeId(*n))).expect("voters")
+    }
+
+    /// An AppendEntries in `term` from nothing carrying configuration entries (term, index,
+    /// voters).
+    fn append_configs(term: u64, confs: &[(u64, u64, &[u64])]) -> Message {
+        Message {
+            term: Term(term),
+            body: MessageBody::AppendEntries(raftkit::AppendEntries {
+                prev_log_id: LogId::ZERO,
+                entries: confs
+                    .iter()
+                    .map(|(t, i, v)| Entry {
+                        log_id: LogId::new(*t, *i),
+                        payload: EntryPayload::Membership(members(v)),
+                    })
+                    .collect(),
+                leader_commit: LogIndex(0),
+            }),
+        }
+    }
+
+    /// A leader elected under a configuration of five voters needs three of their votes, not
+    /// two (a quorum of the initial three).
+    #[test]
+    fn a_leader_needs_a_quorum_of_the_configuration_it_was_elected_under() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        c.on_send(NodeId(2), NodeId(1), &append_configs(1, &[(1, 1, &[1, 2, 3, 4, 5])]));
+        assert!(c.membership_changed());
+        grant(&c, 2, 1, 5);
+        let mut st = status(1, Role::Leader, 5, 0, 0);
+        st.membership = LogId::new(1, 1);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains("election safety: n1 became leader of t5 with 2 vote(s)")
+                && v.contains("n1, n2, n3, n4, n5")),
+            "{v:?}"
+        );
+        // Three grants of the five suffice.
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        c.on_send(NodeId(2), NodeId(1), &append_configs(1, &[(1, 1, &[1, 2, 3, 4, 5])]));
+        grant(&c, 2, 1, 5);
+        grant(&c, 4, 1, 5);
+        c.on_status(NodeId(1), i, &st);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        assert!(!Checker::new(3).membership_changed());
+    }
+
+    #[test]
+    fn a_removed_node_that_becomes_leader_is_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 5);
+        let mut st = status(1, Role::Leader, 5, 0, 0);
+        st.voter = false;
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("removed leader: n1 became leader of t5")), "{v:?}");
+    }
+
+    /// A grant sent by a node whose statuses before and after say it is no voter is caught; one
+    /// sent in the turn that made it a voter is not.
+    #[test]
+    fn a_learner_that_votes_is_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 4);
+        let mut learner = status(4, Role::Learner, 5, 0, 0);
+        learner.voter = false;
+        c.on_status(NodeId(4), i, &learner);
+        grant(&c, 4, 1, 6);
+        let mut promoted = status(4, Role::Follower, 6, 0, 0);
+        c.on_status(NodeId(4), i, &promoted);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        promoted.voter = false;
+        promoted.term = Term(7);
+        c.on_status(NodeId(4), i, &promoted);
+        let pre = Message {
+            term: Term(8),
+            body: MessageBody::VoteResponse(VoteResponse { pre_vote: true, granted: true }),
+        };
+        c.on_send(NodeId(4), NodeId(2), &pre);
+        promoted.term = Term(8);
+        c.on_status(NodeId(4), i, &promoted);
+        let v = c.violations();
+        assert!(
+            v.iter()
+                .any(|v| v.contains("learners never vote: n4 granted its pre-vote to n2 in t8")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_leader_with_two_uncommitted_configuration_entries_is_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 2);
+        let mut st = status(1, Role::Leader, 2, 1, 2);
+        c.on_status(NodeId(1), i, &st);
+        c.on_send(NodeId(1), NodeId(2), &append_configs(2, &[(2, 2, &[1, 2, 3, 4])]));
+        st.membership = LogId::new(2, 2);
+        st.last_log = LogId::new(2, 2);
+        c.on_status(NodeId(1), i, &st);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        c.on_send(
+            NodeId(1),
+            NodeId(2),
+            &append_configs(2, &[(2, 2, &[1, 2, 3, 4]), (2, 3, &[1, 2, 3, 4, 5])]),
+        );
+        st.membership = LogId::new(2, 3);
+        st.last_log = LogId::new(2, 3);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains("one change at a time: n1") && v.contains("(at i2, i3)")),
+            "{v:?}"
+        );
+    }
+
+    /// A leader not in its committed configuration must have stepped down; one that proposes
+    /// a change before an entry of its term is committed is caught.
+    #[test]
+    fn a_removed_leader_that_stays_and_an_early_change_are_caught() {
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 2);
+        let mut st = status(1, Role::Leader, 2, 4, 2);
+        c.on_status(NodeId(1), i, &st);
+        // Removed (entry 5), not yet committed: it still leads.
+        st.voter = false;
+        st.membership = LogId::new(2, 5);
+        st.last_log = LogId::new(2, 5);
+        c.on_status(NodeId(1), i, &st);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Committed, and still leader.
+        st.commit = LogIndex(5);
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 5));
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("removed leader: n1, leader of t2")), "{v:?}");
+
+        let c = Checker::new(3);
+        let i = start(&c, 1);
+        grant(&c, 2, 1, 3);
+        let mut st = status(1, Role::Leader, 3, 4, 2);
+        c.on_status(NodeId(1), i, &st);
+        st.membership = LogId::new(3, 6);
+        st.last_log = LogId::new(3, 6);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(v.iter().any(|v| v.contains("change before commit: n1, leader of t3")), "{v:?}");
+    }
+
+    fn ack(term: u64, m: u64) -> Message {
+        Message {
+            term: Term(term),
+            body: MessageBody::AppendResponse(AppendResponse::Success { match_index: LogIndex(m) }),
+        }
+    }
+
+    /// Under a joint configuration a commit needs a majority of each half: acknowledgements
+    /// from a majority of the new half alone are not enough.
+    #[test]
+    fn a_commit_without_a_joint_quorum_is_caught() {
+        let joint = Membership::joint([1, 2, 3].map(NodeId), [1, 4, 5].map(NodeId), [], true)
+            .expect("joint");
+        let setup = || {
+            let c = Checker::new(3);
+            let i = start(&c, 1);
+            grant(&c, 2, 1, 2);
+            let mut st = status(1, Role::Leader, 2, 6, 2);
+            c.on_status(NodeId(1), i, &st);
+            let m = Message {
+                term: Term(2),
+                body: MessageBody::AppendEntries(raftkit::AppendEntries {
+                    prev_log_id: LogId::new(2, 6),
+                    entries: vec![Entry {
+                        log_id: LogId::new(2, 7),
+                        payload: EntryPayload::Membership(joint.clone()),
+                    }],
+                    leader_commit: LogIndex(6),
+                }),
+            };
+            c.on_send(NodeId(1), NodeId(4), &m);
+            st.membership = LogId::new(2, 7);
+            st.last_log = LogId::new(2, 8);
+            st.stable = LogIndex(8);
+            c.on_status(NodeId(1), i, &st);
+            (c, i, st)
+        };
+        let (c, i, mut st) = setup();
+        c.on_send(NodeId(4), NodeId(1), &ack(2, 8));
+        st.commit = LogIndex(7);
+        c.on_status(NodeId(1), i, &st);
+        let v = c.violations();
+        assert!(
+            v.iter().any(|v| v.contains(
+                "commit quorum: n1, leader of t2, advanced its commit to i7 but only [n1, n4]"
+            )),
+            "{v:?}"
+        );
+        // With n2 too (a majority of n1, n2, n3), it is a quorum of each half.
+        let (c, i, mut st) = setup();
+        c.on_send(NodeId(4), NodeId(1), &ack(2, 8));
+        c.on_send(NodeId(2), NodeId(1), &ack(2, 7));
+        st.commit = LogIndex(7);
+        c.on_status(NodeId(1), i, &st);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+
+    /// After n1..n3 are replaced by n4..n6 (a later configuration), an entry is durable if a
+    /// quorum of the new configuration holds it, though no quorum of the old one does; if no
+    /// configuration's quorum holds it, that is a violation.
+    #[test]
+    fn durability_counts_the_configurations_that_may_have_committed_an_entry() {
+        let check = |new_holders: &[u64]| {
+            let c = Checker::new(3);
+            let mut inc = BTreeMap::new();
+            for id in 1..=6 {
+                let upto = if id == 1 || new_holders.contains(&id) { 9 } else { 0 };
+                let view: Arc<dyn DurableView> = Arc::new(Upto(upto));
+                inc.insert(id, c.start_incarnation(NodeId(id), HardState::default(), Some(view)));
+            }
+            c.on_send(NodeId(1), NodeId(4), &append_configs(1, &[(1, 9, &[4, 5, 6])]));
+            for k in 1..=9 {
+                c.on_apply(NodeId(1), inc[&1], LogId::new(1, k), k);
+            }
+            let whole: Vec<(u64, u64)> = (1..=9).map(|k| (1, k)).collect();
+            let reads: BTreeMap<_, _> = (1..=6).map(|id| (NodeId(id), read(&whole))).collect();
+            c.checkpoint(&c.begin_checkpoint(), &reads);
+            c.violations()
+        };
+        assert!(check(&[4, 5]).is_empty(), "{:?}", check(&[4, 5]));
+        let v = check(&[4]);
+        assert!(
+            v.iter().any(|v| v.contains(
+                "durability: a committed entry is held durably by fewer \
+                than a quorum: 1-1 by 1 of 3 nodes (quorum 2) of its configuration (n1, n2, n3)"
+            )),
+            "{v:?}"
+        );
     }
 
     /// Nodes that exchange messages without end hold a paused clock still: the checker reports

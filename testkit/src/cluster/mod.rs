@@ -30,6 +30,10 @@ use crate::harness::{CrashModel, LogStoreHarness, NetworkHarness};
 use crate::linearizability::{self, Verdict};
 use crate::rng::Rng;
 
+/// How many spare nodes (ids after the initial voters', started waiting to join) a run with
+/// membership changes has: each fresh node the nemesis adds is one of them.
+pub const SPARES: usize = 4;
+
 /// A hook that adjusts each node's configuration (after the suite's own randomization).
 pub type Configure = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
@@ -340,7 +344,18 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         let n = self.opts.nodes;
         let ids: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
         let mut rng = Rng::new(seed);
-        let configs = self.configs(&ids, &mut rng.fork(), seed);
+        let mut configs = self.configs(&ids, &mut rng.fork(), seed);
+        // Spare nodes waiting to join (no configuration of their own), for the nemesis's
+        // membership changes.
+        if self.opts.faults.membership > 0 && n >= 3 {
+            let template = configs[&ids[0]].clone();
+            for k in 1..=SPARES as u64 {
+                let mut c = template.clone();
+                c.id = NodeId(n as u64 + k);
+                c.members = Vec::new();
+                configs.insert(c.id, c);
+            }
+        }
         let t = configs[&ids[0]].clone();
         let fault_seed = rng.next_u64();
         let mut run = Run::start(
@@ -412,6 +427,11 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         }
         let deadline = tokio::time::Instant::now() + self.opts.liveness_bound;
         if run.elect_and_write(seed, deadline).await {
+            // Nodes a change removed (one that completed after the nemesis gave up waiting)
+            // are stopped, as an operator would; the rest converge.
+            if let Some(m) = run.final_membership(deadline).await {
+                run.retire_removed(&m).await;
+            }
             // Convergence is judged with the clients stopped: with writes in flight, some node
             // is always an entry behind.
             workload.stop.store(true, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use raftkit::{NodeId, Role};
+use raftkit::{ChangeMembers, ChangeOptions, JointPolicy, Membership, NodeId, Role};
 
 use super::RunReport;
 use super::faulty::MessageFaults;
@@ -39,6 +39,12 @@ pub struct FaultMix {
     /// A node's disk failing: its store fails its next write and every later one (reads may
     /// fail too); the disk is replaced later (a crash and restart on the store).
     pub disk_failure: u32,
+    /// A membership change on the current leader: add a spare node as a learner, promote a
+    /// learner, remove a voter (the leader half the time), demote a voter, replace a voter by
+    /// a fresh node (through a joint configuration), shrink five voters to three or grow three
+    /// to five (both joint). Only in clusters of three nodes or more, which then start with
+    /// spare nodes waiting to join.
+    pub membership: u32,
 }
 
 impl Default for FaultMix {
@@ -54,6 +60,7 @@ impl Default for FaultMix {
             message_faults_off: 1,
             slow_link: 1,
             disk_failure: 1,
+            membership: 3,
         }
     }
 }
@@ -71,10 +78,11 @@ enum Fault {
     MessageFaultsOff,
     SlowLink,
     DiskFailure,
+    Membership,
 }
 
 impl FaultMix {
-    fn weights(&self) -> [(Fault, u32); 10] {
+    fn weights(&self) -> [(Fault, u32); 11] {
         [
             (Fault::Partition, self.partition),
             (Fault::Bridge, self.bridge),
@@ -86,6 +94,7 @@ impl FaultMix {
             (Fault::MessageFaultsOff, self.message_faults_off),
             (Fault::SlowLink, self.slow_link),
             (Fault::DiskFailure, self.disk_failure),
+            (Fault::Membership, self.membership),
         ]
     }
 
@@ -227,11 +236,312 @@ pub(crate) async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 count("disk-failure");
             }
         }
+        Fault::Membership if run.spares => membership_step(run, rng, report).await,
         // Message faults off, and any fault that does not apply to a cluster this small.
         _ => {
             faults.set_message_faults(MessageFaults::default());
             checker.note("nemesis: message faults off");
         }
+    }
+}
+
+/// The membership changes the nemesis makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    AddLearner,
+    Promote,
+    Remove,
+    Demote,
+    Replace,
+    Shrink,
+    Grow,
+}
+
+/// The longest the nemesis waits for a membership change to complete (it draws how long each
+/// time, so a change is sometimes still in progress at its next step).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks `node` (the leader) for `change`; returns the configuration it led to, or `None` if
+/// it was refused (a retryable refusal is expected: the leader changed, a change is in
+/// progress, a learner lags) or did not complete in time (it may still complete later).
+async fn ask<N: raftkit::Network, L: raftkit::LogStore + Clone>(
+    node: &super::workload::Node<N, L>,
+    what: &str,
+    change: ChangeMembers,
+    joint: JointPolicy,
+    checker: &super::checker::Checker,
+    wait: Duration,
+) -> Option<Membership> {
+    checker.note(format!("nemesis: membership: {what}"));
+    let options = ChangeOptions { joint, ..ChangeOptions::default() };
+    match tokio::time::timeout(wait, node.change_membership(change, options)).await {
+        Ok(Ok(m)) => {
+            checker.note(format!(
+                "nemesis: membership: {what}: done, voters {:?} learners {:?}",
+                m.configs(),
+                m.learners()
+            ));
+            Some(m)
+        }
+        Ok(Err(e)) => {
+            checker.note(format!(
+                "nemesis: membership: {what}: refused ({}): {e}",
+                if e.is_retryable() { "retryable" } else { "not retryable" }
+            ));
+            None
+        }
+        Err(_) => {
+            checker.note(format!(
+                "nemesis: membership: {what}: not done within {wait:?} (it may still complete)"
+            ));
+            None
+        }
+    }
+}
+
+/// One membership change on the current leader, if its configuration is committed and not
+/// joint. Keeps at least three voters and at most five, and never makes a configuration in
+/// which fewer than a majority of the voters are running. Nodes removed by a change (once it
+/// is committed) are stopped for good, as an operator would.
+async fn membership_step<NH: NetworkHarness, LH: LogStoreHarness>(
+    run: &mut Run<NH, LH>,
+    rng: &mut Rng,
+    report: &mut RunReport,
+) {
+    let checker = run.checker.clone();
+    let Some((leader, node)) = run.leader() else { return };
+    let m = node.metrics().borrow().clone();
+    let conf = m.membership.clone();
+    if m.membership_committed && !conf.is_joint() {
+        run.retire_removed(&conf).await;
+    } else if !rng.chance(0.3) {
+        // A change is in progress: most of the time wait for it; now and then ask anyway (the
+        // leader must refuse a second change while one is uncommitted).
+        return;
+    }
+    run.was_member.extend(conf.nodes());
+    let wait = rng.duration(Duration::from_millis(100), CHANGE_TIMEOUT);
+    let voters: BTreeSet<NodeId> = conf.voters();
+    let learners: Vec<NodeId> = conf.learners().iter().copied().collect();
+    // Learners the leader has replicated to nearly up to its commit: only those are promoted,
+    // as a careful operator would (a voter that has none of the log cannot vote usefully, and
+    // one that does not know it is a voter cannot vote at all).
+    let ready: Vec<NodeId> = learners
+        .iter()
+        .copied()
+        .filter(|l| m.replication.get(l).is_some_and(|x| x.0 + 64 >= m.commit.0))
+        .collect();
+    let live: BTreeSet<NodeId> = run.live().iter().map(|(id, _)| *id).collect();
+    let fresh: Vec<NodeId> = run
+        .ids
+        .iter()
+        .copied()
+        .filter(|id| !run.was_member.contains(id) && live.contains(id))
+        .collect();
+    let runs =
+        |next: &BTreeSet<NodeId>| next.iter().filter(|n| live.contains(n)).count() * 2 > next.len();
+    let mut kinds = Vec::new();
+    if !fresh.is_empty() && learners.len() < 2 {
+        kinds.push(Change::AddLearner);
+    }
+    if !ready.is_empty() && voters.len() < 5 {
+        kinds.push(Change::Promote);
+    }
+    if voters.len() > 3 {
+        kinds.extend([Change::Remove, Change::Demote]);
+    }
+    if !fresh.is_empty() {
+        kinds.push(Change::Replace);
+    }
+    if voters.len() == 5 {
+        kinds.push(Change::Shrink);
+    }
+    if voters.len() == 3 && ready.len() >= 2 {
+        kinds.push(Change::Grow);
+    }
+    if kinds.is_empty() {
+        return;
+    }
+    let others: Vec<NodeId> = voters.iter().copied().filter(|v| *v != leader).collect();
+    let pick_voter = |rng: &mut Rng| if rng.chance(0.5) { leader } else { *rng.pick(&others) };
+    let without = |gone: &[NodeId]| -> BTreeSet<NodeId> {
+        voters.iter().copied().filter(|v| !gone.contains(v)).collect()
+    };
+    let blank = |ids: &[NodeId]| -> std::collections::BTreeMap<NodeId, String> {
+        ids.iter().map(|id| (*id, String::new())).collect()
+    };
+    let kind = *rng.pick(&kinds);
+    // Now and then a second administrator adds a fresh node as a learner at the same moment:
+    // one of the two changes must be refused while the other is uncommitted.
+    let concurrent = if !matches!(kind, Change::AddLearner | Change::Replace)
+        && !fresh.is_empty()
+        && rng.chance(0.25)
+    {
+        let id = *rng.pick(&fresh);
+        checker.note(format!("nemesis: membership: add learner {id} (concurrently)"));
+        let (node, checker) = (node.clone(), checker.clone());
+        let change = ChangeMembers::AddLearners([(id, String::new())].into());
+        let task = tokio::spawn(async move {
+            let r = tokio::time::timeout(
+                wait,
+                node.change_membership(change, ChangeOptions::default()),
+            )
+            .await;
+            checker.note(format!("nemesis: membership: add learner {id} (concurrently): {r:?}"));
+        });
+        tokio::task::yield_now().await;
+        Some(task)
+    } else {
+        None
+    };
+    let (label, done, retire): (&'static str, Option<Membership>, Vec<NodeId>) = match kind {
+        Change::AddLearner => {
+            let id = *rng.pick(&fresh);
+            let r = ask(
+                &node,
+                &format!("add learner {id}"),
+                ChangeMembers::AddLearners(blank(&[id])),
+                JointPolicy::Auto,
+                &checker,
+                wait,
+            )
+            .await;
+            ("member-add-learner", r, vec![])
+        }
+        Change::Promote => {
+            let id = *rng.pick(&ready);
+            let mut next = voters.clone();
+            next.insert(id);
+            if !runs(&next) {
+                return;
+            }
+            let r = ask(
+                &node,
+                &format!("promote {id}"),
+                ChangeMembers::PromoteLearners([id].into()),
+                JointPolicy::Auto,
+                &checker,
+                wait,
+            )
+            .await;
+            ("member-promote", r, vec![])
+        }
+        Change::Remove | Change::Demote => {
+            let id = pick_voter(rng);
+            if !runs(&without(&[id])) {
+                return;
+            }
+            if kind == Change::Remove {
+                let r = ask(
+                    &node,
+                    &format!("remove voter {id}"),
+                    ChangeMembers::RemoveVoters([id].into()),
+                    JointPolicy::Auto,
+                    &checker,
+                    wait,
+                )
+                .await;
+                (if id == leader { "member-remove-leader" } else { "member-remove" }, r, vec![id])
+            } else {
+                let r = ask(
+                    &node,
+                    &format!("demote {id}"),
+                    ChangeMembers::DemoteVoters([id].into()),
+                    JointPolicy::Auto,
+                    &checker,
+                    wait,
+                )
+                .await;
+                ("member-demote", r, vec![])
+            }
+        }
+        Change::Replace => {
+            // A fresh node joins as a learner, catches up, then takes the place of a voter (a
+            // down one if any) in one joint change.
+            let new = *rng.pick(&fresh);
+            let down: Vec<NodeId> = voters.iter().copied().filter(|v| !live.contains(v)).collect();
+            let old = if down.is_empty() { pick_voter(rng) } else { *rng.pick(&down) };
+            let mut next = without(&[old]);
+            next.insert(new);
+            if !runs(&next) {
+                return;
+            }
+            checker.note(format!(
+                "nemesis: membership: replace {old} by {new}: add {new} as a learner"
+            ));
+            let added = tokio::time::timeout(wait, node.add_learner(new, "", true)).await;
+            if !matches!(added, Ok(Ok(_))) {
+                checker.note(format!("nemesis: membership: adding {new} failed: {added:?}"));
+                *report.faults.entry("member-refused").or_default() += 1;
+                return;
+            }
+            let mut keep: Vec<NodeId> = learners.clone();
+            keep.retain(|l| *l != new);
+            let vs: Vec<NodeId> = next.iter().copied().collect();
+            let change = ChangeMembers::ReplaceAll { voters: blank(&vs), learners: blank(&keep) };
+            let r = ask(
+                &node,
+                &format!("replace {old} by {new} (joint)"),
+                change,
+                JointPolicy::JointAutoLeave,
+                &checker,
+                wait,
+            )
+            .await;
+            ("member-replace", r, vec![old])
+        }
+        Change::Shrink => {
+            let first = pick_voter(rng);
+            let rest: Vec<NodeId> = voters.iter().copied().filter(|v| *v != first).collect();
+            let gone = [first, *rng.pick(&rest)];
+            if !runs(&without(&gone)) {
+                return;
+            }
+            let r = ask(
+                &node,
+                &format!("shrink: remove {gone:?} (joint)"),
+                ChangeMembers::RemoveVoters(gone.into()),
+                JointPolicy::JointAutoLeave,
+                &checker,
+                wait,
+            )
+            .await;
+            ("member-shrink", r, gone.to_vec())
+        }
+        Change::Grow => {
+            let mut ls = ready.clone();
+            rng.shuffle(&mut ls);
+            let two: BTreeSet<NodeId> = ls.into_iter().take(2).collect();
+            let mut next = voters.clone();
+            next.extend(two.iter().copied());
+            if !runs(&next) {
+                return;
+            }
+            let r = ask(
+                &node,
+                &format!("grow: promote {two:?} (joint)"),
+                ChangeMembers::PromoteLearners(two),
+                JointPolicy::JointAutoLeave,
+                &checker,
+                wait,
+            )
+            .await;
+            ("member-grow", r, vec![])
+        }
+    };
+    if let Some(task) = concurrent {
+        let _ = task.await;
+        *report.faults.entry("member-concurrent").or_default() += 1;
+    }
+    match done {
+        Some(m) => {
+            *report.faults.entry(label).or_default() += 1;
+            run.was_member.extend(m.nodes());
+            for id in retire.into_iter().filter(|id| !m.contains(*id)) {
+                run.retire(id).await;
+            }
+        }
+        None => *report.faults.entry("member-refused").or_default() += 1,
     }
 }
 
@@ -265,6 +575,7 @@ mod tests {
             message_faults_off: 0,
             slow_link: 0,
             disk_failure: 0,
+            membership: 0,
         };
         assert!((0..100).all(|_| only_crashes.pick(&mut rng) == Fault::Crash));
         let none = FaultMix { crash: 0, ..only_crashes };

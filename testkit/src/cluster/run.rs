@@ -56,6 +56,13 @@ pub(crate) struct Run<NH: NetworkHarness, LH: LogStoreHarness> {
     pub(crate) bound: Duration,
     /// The durable views the checker used (see [`HARNESS_VIEW`]).
     pub(crate) views: Mutex<BTreeSet<&'static str>>,
+    /// Whether the run has spare nodes (started waiting to join, `Config::members` empty), so
+    /// the nemesis may change the membership.
+    pub(crate) spares: bool,
+    /// Every node that was ever a member (voter or learner) of a configuration seen.
+    pub(crate) was_member: BTreeSet<NodeId>,
+    /// Nodes removed from the configuration and stopped for good (no longer in `ids`).
+    pub(crate) retired: BTreeSet<NodeId>,
 }
 
 impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
@@ -69,6 +76,9 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         bound: Duration,
     ) -> Self {
         let ids: Vec<NodeId> = configs.keys().copied().collect();
+        let was_member: BTreeSet<NodeId> =
+            configs.values().flat_map(|c| c.members.iter().copied()).collect();
+        let spares = was_member.len() < ids.len();
         let cluster = net.cluster(&ids, seed).await;
         let mut slots = BTreeMap::new();
         for id in &ids {
@@ -87,7 +97,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         let mut run = Run {
             net,
             logs,
-            checker: Arc::new(Checker::new(ids.len())),
+            checker: Arc::new(Checker::new(was_member.len())),
             faults: Arc::new(Faults::new(fault_seed)),
             cluster,
             table: Arc::new(Mutex::new(BTreeMap::new())),
@@ -96,6 +106,9 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
             ids: ids.clone(),
             bound,
             views: Mutex::new(BTreeSet::new()),
+            spares,
+            was_member,
+            retired: BTreeSet::new(),
         };
         for id in &ids {
             run.start_node(*id).await;
@@ -274,6 +287,33 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         self.checker.note(format!("crash {id}"));
     }
 
+    /// Stops `id` for good: it was removed from the configuration (a crash, never followed by
+    /// a restart; its store stays for the checkpoints).
+    pub(crate) async fn retire(&mut self, id: NodeId) {
+        if !self.retired.insert(id) {
+            return;
+        }
+        self.checker.note(format!("nemesis: {id} was removed from the cluster: stop it for good"));
+        self.crash_node(id, None).await;
+        let slot = self.slots.get_mut(&id).expect("slot");
+        slot.down_until = None;
+        self.ids.retain(|n| *n != id);
+    }
+
+    /// Stops for good every node that was a member but is not one of `committed` (a
+    /// committed configuration).
+    pub(crate) async fn retire_removed(&mut self, committed: &raftkit::Membership) {
+        let gone: Vec<NodeId> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| self.was_member.contains(id) && !committed.contains(*id))
+            .collect();
+        for id in gone {
+            self.retire(id).await;
+        }
+    }
+
     /// Nodes that are down, whose downtime is over.
     pub(crate) fn due_for_restart(&self) -> Vec<NodeId> {
         let now = tokio::time::Instant::now();
@@ -320,9 +360,12 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
     pub(crate) fn leader(&self) -> Option<(NodeId, RunNode<NH, LH>)> {
         let ns = self.live();
         let ms = metrics(&ns);
+        // A quorum of the leader's configuration (a majority of all nodes when the membership
+        // never changed) follows it.
         let lid = ms.iter().find(|(id, m)| {
             m.role == Role::Leader
-                && ms.iter().filter(|(_, o)| o.leader == Some(*id)).count() * 2 > self.ids.len()
+                && m.membership
+                    .has_quorum(|n| ms.iter().any(|(o, om)| *o == n && om.leader == Some(*id)))
         })?;
         ns.into_iter().find(|(id, _)| *id == lid.0)
     }
@@ -404,12 +447,38 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         }
     }
 
+    /// The configuration of a leader that a quorum follows, once it is committed and not
+    /// joint (waiting for that until `deadline`).
+    pub(crate) async fn final_membership(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Option<raftkit::Membership> {
+        while tokio::time::Instant::now() < deadline {
+            if let Some((_, node)) = self.leader() {
+                let m = node.metrics().borrow().clone();
+                if m.membership_committed && !m.membership.is_joint() {
+                    return Some(m.membership);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Every node reaches the same last entry, commits and applies it, before `deadline`.
     pub(crate) async fn converge(&self, deadline: tokio::time::Instant) -> bool {
         loop {
             let ms = metrics(&self.live());
+            // The members of the leader's configuration (every node if the membership never
+            // changed); nodes never added, or removed, are left out.
+            let members: BTreeSet<NodeId> = ms
+                .iter()
+                .find(|(_, m)| m.role == Role::Leader)
+                .map_or_else(|| self.ids.iter().copied().collect(), |(_, m)| m.membership.nodes());
+            let ms: Vec<(NodeId, RaftMetrics)> =
+                ms.into_iter().filter(|(id, _)| members.contains(id)).collect();
             let last = ms.first().map(|(_, m)| m.last_log);
-            let done = ms.len() == self.ids.len()
+            let done = ms.len() == members.len()
                 && ms.iter().all(|(_, m)| {
                     Some(m.last_log) == last
                         && m.commit == m.last_log.index
