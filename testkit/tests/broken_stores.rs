@@ -2,7 +2,8 @@
 //! here is a store with one planted defect, and a named case of `log_store_suite!` must fail on
 //! it (while the same store without the defect passes that case). Every defect here used to pass
 //! every case of the suite. The fixtures run on the testkit's `SimFs` (`CrashModel::LossyFs`),
-//! as a store author's harness would.
+//! as a store author's harness would. The defects a crash between writes exposes are failed by
+//! the cluster suite too.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -14,6 +15,8 @@ use raftkit::{
     Entry, EntryPayload, FileSnapshotStore, HardState, LogId, LogIndex, LogState, LogStore,
     LogWrite, MemSnapshotStore, SnapshotStore, StorageError, codec,
 };
+use raftkit_mem::harness::MemNetHarness;
+use raftkit_testkit::cluster::ClusterSuite;
 use raftkit_testkit::fs::SimFs;
 use raftkit_testkit::log_store::{self as suite, LogModel, block_on};
 use raftkit_testkit::{CrashModel, LogStoreHarness};
@@ -70,7 +73,19 @@ fn state_path() -> &'static Path {
 }
 
 impl ModelStore {
+    /// Opens the store on `fs`, with snapshots in a file store under `snapshots_dir`.
     fn open(fs: SimFs, defect: Defect, snapshots_dir: &Path) -> ModelStore {
+        let snapshots: Arc<dyn SnapshotStore> = if defect == Defect::SnapshotsInMemoryOnly {
+            Arc::new(MemSnapshotStore::new())
+        } else {
+            Arc::new(FileSnapshotStore::open(snapshots_dir).expect("snapshot store"))
+        };
+        ModelStore::open_with(fs, defect, snapshots)
+    }
+
+    /// Opens the store on `fs`, with `snapshots` as its (durable) snapshot store — except for
+    /// `SnapshotsInMemoryOnly`, which starts an empty one every time.
+    fn open_with(fs: SimFs, defect: Defect, snapshots: Arc<dyn SnapshotStore>) -> ModelStore {
         fs.create_dir_all(Path::new("/store")).expect("mkdir");
         let mut m = LogModel::default();
         match fs.read(state_path()) {
@@ -87,7 +102,7 @@ impl ModelStore {
         let snapshots: Arc<dyn SnapshotStore> = if defect == Defect::SnapshotsInMemoryOnly {
             Arc::new(MemSnapshotStore::new())
         } else {
-            Arc::new(FileSnapshotStore::open(snapshots_dir).expect("snapshot store"))
+            snapshots
         };
         ModelStore { fs, mem: Arc::new(Mutex::new((m, false))), defect, snapshots }
     }
@@ -405,4 +420,116 @@ fn a_store_that_keeps_snapshots_in_memory_fails_snapshots_survive_crashes() {
         |h| block_on(suite::snapshots_survive_crashes(h)),
         &["published snapshots must be durable"],
     );
+}
+
+/// The cluster suite's harness for the fixtures: each node's disk is a `SimFs` and a snapshot
+/// store that survives crashes (in memory, so that runs stay deterministic).
+struct ClusterHarness(Defect);
+
+/// A node's disk in the cluster suite.
+struct ClusterDisk {
+    fs: Mutex<SimFs>,
+    snapshots: Arc<MemSnapshotStore>,
+}
+
+impl ClusterDisk {
+    fn open(&self, defect: Defect) -> ModelStore {
+        let fs = self.fs.lock().unwrap().clone();
+        ModelStore::open_with(fs, defect, self.snapshots.clone())
+    }
+}
+
+#[async_trait]
+impl LogStoreHarness for ClusterHarness {
+    type Store = ModelStore;
+    type Guard = ClusterDisk;
+
+    fn crash_model(&self) -> CrashModel {
+        CrashModel::LossyFs
+    }
+
+    async fn build(&self) -> (ModelStore, ClusterDisk) {
+        let disk = ClusterDisk {
+            fs: Mutex::new(SimFs::new(7)),
+            snapshots: Arc::new(MemSnapshotStore::new()),
+        };
+        (disk.open(self.0), disk)
+    }
+
+    async fn reopen(&self, store: ModelStore, disk: &ClusterDisk) -> ModelStore {
+        drop(store);
+        disk.open(self.0)
+    }
+
+    async fn crash(&self, store: ModelStore, disk: &ClusterDisk) -> ModelStore {
+        drop(store);
+        {
+            let mut current = disk.fs.lock().unwrap();
+            *current = current.crash();
+        }
+        disk.open(self.0)
+    }
+
+    fn sim_fs(&self, disk: &ClusterDisk) -> Option<SimFs> {
+        Some(disk.fs.lock().unwrap().clone())
+    }
+
+    fn deterministic(&self) -> bool {
+        true
+    }
+}
+
+/// Cluster seeds each defect gets (the first failing one ends the search).
+const CLUSTER_SEEDS: std::ops::RangeInclusive<u64> = 1..=6;
+
+/// Runs the cluster suite (3 nodes, crashes among its faults) on stores with `defect`, seed by
+/// seed; returns the first failing seed's violations.
+fn cluster_failure(defect: Defect) -> Option<(u64, Vec<String>)> {
+    let suite = ClusterSuite::new(MemNetHarness, ClusterHarness(defect))
+        .named(format!("{defect:?}"))
+        .with(|o| o.fault_time = std::time::Duration::from_secs(8));
+    CLUSTER_SEEDS.map(|seed| suite.run(seed)).find(|r| !r.passed()).map(|r| (r.seed, r.violations))
+}
+
+/// The cluster suite fails `defect` within [`CLUSTER_SEEDS`], and one of its violations holds
+/// one of `why`.
+fn cluster_fails_because(defect: Defect, why: &[&str]) {
+    match cluster_failure(defect) {
+        None => panic!("{defect:?} passes the cluster suite on seeds {CLUSTER_SEEDS:?}"),
+        Some((seed, violations)) => {
+            eprintln!("{defect:?}: caught on seed {seed}: {}", violations[0]);
+            assert!(
+                violations.iter().any(|v| why.iter().any(|w| v.contains(w))),
+                "{defect:?} fails the cluster suite (seed {seed}), but not for its defect: \
+                 {violations:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_control_store_passes_the_cluster_suite() {
+    if let Some((seed, violations)) = cluster_failure(Defect::None) {
+        panic!("the control store fails the cluster suite on seed {seed}: {violations:#?}");
+    }
+}
+
+#[test]
+fn the_cluster_suite_fails_a_store_that_acknowledges_before_durable() {
+    cluster_fails_because(Defect::AcksBeforeDurable, &["durable", "acknowledged"]);
+}
+
+#[test]
+fn the_cluster_suite_fails_a_store_that_keeps_commit_only_with_term_or_vote() {
+    cluster_fails_because(Defect::CommitOnlyWithTermOrVote, &["commit", "durable"]);
+}
+
+#[test]
+fn the_cluster_suite_fails_a_store_that_keeps_snapshots_in_memory() {
+    cluster_fails_because(Defect::SnapshotsInMemoryOnly, &["snapshot", "durable", "store"]);
+}
+
+#[test]
+fn the_cluster_suite_fails_a_store_that_forgets_the_vote_on_reopen() {
+    cluster_fails_because(Defect::ForgetsVoteOnReopen, &["vote", "durable", "term"]);
 }

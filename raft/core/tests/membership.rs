@@ -479,3 +479,85 @@ fn a_node_added_after_compaction_learns_the_configuration_from_the_snapshot() {
     let snap = sim.core(4).snapshot().expect("a snapshot").clone();
     assert_eq!(&snap.membership, sim.core(l).membership_at(snap.last_log_id.index));
 }
+
+/// Runs until a leader other than `not` exists; returns it.
+fn leader_other_than(sim: &mut Sim, not: u64) -> u64 {
+    let found = |s: &Sim| {
+        s.nodes
+            .values()
+            .filter_map(|n| n.core.as_ref())
+            .find(|c| c.role() == Role::Leader && c.id() != NodeId(not))
+            .map(|c| c.id().0)
+    };
+    assert!(sim.run_until(Duration::from_secs(10), |s| found(s).is_some()), "a new leader");
+    found(sim).expect("a new leader")
+}
+
+#[test]
+fn s4_3_a_partition_during_the_joint_phase_ends_in_one_configuration() {
+    // C_old = {l, a, b} becomes C_new = {a, 4, 5}; the leader is cut off while C_old,new is
+    // uncommitted. Two cases: the joint entry reached nobody (it is truncated on the old
+    // leader and C_old stays), or it reached every follower (the next leader has it, commits
+    // it with a majority of both halves and leaves to C_new by itself).
+    for reached_followers in [false, true] {
+        for seed in 1..=5 {
+            eprintln!("reached_followers {reached_followers} seed {seed}");
+            let mut sim = Sim::new(3, 40 + seed);
+            sim.propose_on_leader(b"x");
+            sim.add_node(4);
+            sim.add_node(5);
+            let l = change_on_leader(&mut sim, &change(&[1, 2, 3], &[4, 5]));
+            wait_config(&mut sim, l, &[1, 2, 3], &[4, 5]);
+            assert!(sim.run_until(Duration::from_secs(5), |s| caught_up(s, 4) && caught_up(s, 5)));
+            // Let the learners' acknowledgements reach the leader: a peer it has not heard from
+            // is probed one message at a time, and the filter below drops every answer.
+            sim.run_for(Duration::from_millis(100));
+            let l = sim.wait_leader().0;
+            let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != l).collect();
+            let (a, b) = (others[0], others[1]);
+            let new_voters = [a, 4, 5];
+            if reached_followers {
+                // The followers receive everything, the leader hears nothing back: the joint
+                // entry is everywhere but cannot commit on the old leader.
+                sim.set_filter(move |_, to, _| to != NodeId(l));
+            } else {
+                sim.isolate(l);
+            }
+            let joint_id = sim.change(l, change(&new_voters, &[])).expect("change accepted");
+            assert!(sim.core(l).membership().is_joint());
+            if reached_followers {
+                let ok = sim.run_until(Duration::from_secs(2), |s| {
+                    [a, b, 4, 5].iter().all(|n| s.core(*n).last_log_id() >= joint_id)
+                });
+                assert!(
+                    ok,
+                    "the joint entry {joint_id:?} reaches every follower: {:?}, leader {:?} {:?}",
+                    [a, b, 4, 5].map(|n| sim.core(n).last_log_id()),
+                    sim.core(l).role(),
+                    sim.core(l).last_log_id()
+                );
+                assert!(sim.core(l).commit_index() < joint_id.index);
+                sim.clear_filter();
+                sim.isolate(l);
+            }
+            let nl = leader_other_than(&mut sim, l);
+            if reached_followers {
+                // The new leader finishes the change: C_old,new commits, then C_new.
+                wait_config(&mut sim, nl, &new_voters, &[]);
+                for n in new_voters {
+                    wait_config(&mut sim, n, &new_voters, &[]);
+                }
+            } else {
+                assert!(!sim.core(nl).membership().is_joint(), "the rest never saw the change");
+                sim.heal();
+                // The old leader's joint entry is overwritten: it falls back to C_old.
+                for n in [1, 2, 3] {
+                    wait_config(&mut sim, n, &[1, 2, 3], &[4, 5]);
+                }
+            }
+            sim.heal();
+            sim.run_for(Duration::from_secs(1));
+            sim.check_log_matching();
+        }
+    }
+}
