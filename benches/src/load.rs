@@ -1,21 +1,24 @@
 //! The load generator: closed-loop clients writing to the leader, one measurement point at a
 //! time.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use raftkit::{LogStore, Network, Raft, StateMachine, WriteError};
 
-use crate::cluster::{BenchStore, Cluster, MEMBERS, StoreCounters};
+use crate::cluster::{BenchStore, Cluster, StoreCounters};
 use crate::process;
 
 const WARMUP: u8 = 0;
 const MEASURE: u8 = 1;
 const STOP: u8 = 2;
+/// Measuring, inside a span marked by a [`Marker`].
+const MARKED: u8 = 3;
 
 /// The result of one point: a number of clients writing payloads of one size for a while.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +37,8 @@ pub struct PointResult {
     pub errors: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// The failed writes counted in `errors`, by kind.
+    pub failures: Failures,
     /// `NotLeader` answers followed.
     pub redirects: u64,
     /// How much the highest term among the nodes rose during the window (0: no election).
@@ -48,6 +53,8 @@ pub struct PointResult {
     pub peak_rss: Option<u64>,
     /// Whether `peak_rss` covers only this window (the peak could be reset) or the whole run.
     pub peak_rss_scoped: bool,
+    /// The span marked inside the window (see [`Marker`]), if one was.
+    pub marked: Option<Span>,
     /// With `--repeat`: the throughput of every run of this point, lowest first (this result
     /// is the median one). Empty for a single run.
     pub runs: Vec<f64>,
@@ -86,6 +93,90 @@ pub fn median_run(mut runs: Vec<PointResult>) -> Option<PointResult> {
     let mut median = runs.swap_remove(all.len() / 2);
     median.runs = all;
     Some(median)
+}
+
+/// The writes of a span marked inside a measured window: those acknowledged between
+/// [`Marker::begin`] and [`Marker::end`].
+#[derive(Clone, Debug, Default)]
+pub struct Span {
+    /// Where the span started, from the start of the window.
+    pub at: Duration,
+    /// How long it lasted.
+    pub elapsed: Duration,
+    /// Writes acknowledged in it.
+    pub commits: u64,
+    /// Their latencies.
+    pub latency: LatencyUs,
+    /// Writes that failed in it (other than redirects).
+    pub errors: u64,
+}
+
+impl Span {
+    /// Commits per second.
+    pub fn throughput(&self) -> f64 {
+        self.commits as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Marks one span inside a measured window, for [`run_window`]'s `during`: the writes
+/// acknowledged from [`begin`](Self::begin) to [`end`](Self::end) are also counted and timed
+/// on their own ([`PointResult::marked`]). A span not ended ends with the window.
+#[derive(Clone)]
+pub struct Marker {
+    phase: Arc<AtomicU8>,
+    bounds: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+}
+
+impl Marker {
+    /// Starts the span (once; later calls do nothing).
+    pub fn begin(&self) {
+        let mut b = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
+        if b.0.is_none()
+            && self
+                .phase
+                .compare_exchange(MEASURE, MARKED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            b.0 = Some(Instant::now());
+        }
+    }
+
+    /// Ends the span.
+    pub fn end(&self) {
+        let mut b = self.bounds.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .phase
+            .compare_exchange(MARKED, MEASURE, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            b.1 = Some(Instant::now());
+        }
+    }
+}
+
+/// Failed writes of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindCount {
+    /// How many.
+    pub count: u64,
+    /// Whether the framework documents this kind as retryable (for raftkit,
+    /// [`WriteError::is_retryable`]).
+    pub retryable: bool,
+    /// The last one, in words.
+    pub last: String,
+}
+
+/// Failed writes by kind (the error's variant name, such as `Overwritten`).
+pub type Failures = BTreeMap<&'static str, KindCount>;
+
+/// Adds `from`'s counts to `into`.
+fn merge_failures(into: &mut Failures, from: Failures) {
+    for (kind, c) in from {
+        let e = into.entry(kind).or_default();
+        e.count += c.count;
+        e.retryable = c.retryable;
+        e.last = c.last;
+    }
 }
 
 /// Latency percentiles, in microseconds (zero when nothing was measured).
@@ -147,6 +238,9 @@ impl Latencies {
     }
 
     fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
         let mut h = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         for &us in &self.buf {
             h.saturating_record(u64::from(us));
@@ -155,11 +249,56 @@ impl Latencies {
     }
 }
 
+#[derive(Default)]
 struct ClientOutcome {
     ok: u64,
     errors: u64,
     redirects: u64,
     last_error: Option<String>,
+    failures: Failures,
+    /// Writes acknowledged in the marked span.
+    marked_ok: u64,
+    /// Writes failed in the marked span.
+    marked_errors: u64,
+}
+
+impl ClientOutcome {
+    /// Counts a failed write.
+    fn failed(&mut self, failure: WriteFailure) {
+        self.errors += 1;
+        let e = self.failures.entry(failure.kind).or_default();
+        e.count += 1;
+        e.retryable = failure.retryable;
+        e.last.clone_from(&failure.message);
+        self.last_error = Some(failure.message);
+    }
+}
+
+/// A failed write, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// The kind of error: its variant name, such as `Overwritten`.
+    pub kind: &'static str,
+    /// Whether the framework documents it as retryable.
+    pub retryable: bool,
+    /// The error, in words.
+    pub message: String,
+}
+
+impl WriteFailure {
+    /// A raftkit write error, classified by [`WriteError::is_retryable`].
+    pub fn of(e: &WriteError) -> WriteFailure {
+        let kind = match e {
+            WriteError::NotLeader { .. } => "NotLeader",
+            WriteError::Overwritten { .. } => "Overwritten",
+            WriteError::OutcomeUnknown { .. } => "OutcomeUnknown",
+            WriteError::Encode(_) => "Encode",
+            WriteError::Shutdown => "Shutdown",
+            WriteError::Fatal(_) => "Fatal",
+            _ => "other",
+        };
+        WriteFailure { kind, retryable: e.is_retryable(), message: e.to_string() }
+    }
 }
 
 /// What one write came back with, as a closed-loop client sees it.
@@ -170,8 +309,11 @@ pub enum Outcome {
     /// The node is not the leader (raftkit's `NotLeader`, openraft's `ForwardToLeader`), with
     /// the position of the leader it named, if any.
     Redirect(Option<usize>),
-    /// Any other failure, in words.
+    /// Any other failure, in words (not classified: counted as kind `unclassified`, not
+    /// retryable).
     Failed(String),
+    /// Any other failure, classified.
+    Error(WriteFailure),
 }
 
 /// The client side of a cluster under test, whatever the framework: how a client writes
@@ -194,18 +336,54 @@ pub trait Probe {
 }
 
 /// raftkit's side of [`Writer`]: the nodes and how each client makes its commands.
+///
+/// Node positions are slots: position `i` is node id `i + 1`. A writer can be made with spare
+/// slots for nodes that join later ([`with_spare`](Self::with_spare), [`add`](Self::add));
+/// a write to a slot not filled yet is answered like a redirect naming no leader (the client
+/// moves on to the next node).
 pub struct RaftkitWriter<N: Network, L: LogStore, S: StateMachine> {
-    nodes: Vec<Raft<N, L, S>>,
+    nodes: Vec<OnceLock<Raft<N, L, S>>>,
     command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
 }
 
 impl<N: Network, L: LogStore, S: StateMachine> RaftkitWriter<N, L, S> {
-    /// Clients of `nodes`; `command(client)` makes each command.
+    /// Clients of `nodes` (in id order, ids 1, 2, …); `command(client)` makes each command.
     pub fn new(
         nodes: Vec<Raft<N, L, S>>,
         command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
     ) -> Self {
-        RaftkitWriter { nodes, command }
+        Self::with_spare(nodes, 0, command)
+    }
+
+    /// Like [`new`](Self::new), with `spare` empty slots for nodes added later.
+    pub fn with_spare(
+        nodes: Vec<Raft<N, L, S>>,
+        spare: usize,
+        command: Arc<dyn Fn(usize) -> S::Command + Send + Sync>,
+    ) -> Self {
+        let mut slots: Vec<OnceLock<Raft<N, L, S>>> =
+            nodes.into_iter().map(OnceLock::from).collect();
+        slots.extend((0..spare).map(|_| OnceLock::new()));
+        RaftkitWriter { nodes: slots, command }
+    }
+
+    /// Fills the slot of `node` (position `id - 1`), so clients can write to it.
+    ///
+    /// # Errors
+    /// If there is no slot for its id or the slot is taken.
+    pub fn add(&self, node: Raft<N, L, S>) -> Result<()> {
+        let id = node.id();
+        let slot = usize::try_from(id.0)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|pos| self.nodes.get(pos))
+            .with_context(|| format!("no slot for node {id}"))?;
+        slot.set(node).map_err(|_| anyhow::anyhow!("the slot of node {id} is taken"))
+    }
+
+    /// The position of node `id`, if it has a slot.
+    fn position(&self, id: raftkit::NodeId) -> Option<usize> {
+        usize::try_from(id.0).ok()?.checked_sub(1).filter(|p| *p < self.nodes.len())
     }
 }
 
@@ -215,12 +393,15 @@ impl<N: Network, L: LogStore, S: StateMachine> Writer for RaftkitWriter<N, L, S>
     }
 
     async fn write(&self, node: usize, client: usize) -> Outcome {
-        match self.nodes[node].client_write((self.command)(client)).await {
+        let Some(raft) = self.nodes[node].get() else {
+            return Outcome::Redirect(None);
+        };
+        match raft.client_write((self.command)(client)).await {
             Ok(_) => Outcome::Ok,
             Err(WriteError::NotLeader { leader }) => {
-                Outcome::Redirect(leader.and_then(|l| MEMBERS.iter().position(|m| *m == l)))
+                Outcome::Redirect(leader.and_then(|l| self.position(l)))
             }
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::Error(WriteFailure::of(&e)),
         }
     }
 }
@@ -255,23 +436,35 @@ async fn client<W: Writer>(
     mut leader: usize,
     phase: Arc<AtomicU8>,
     hist: Arc<Mutex<Histogram<u64>>>,
+    marked_hist: Arc<Mutex<Histogram<u64>>>,
 ) -> Result<ClientOutcome> {
-    let mut out = ClientOutcome { ok: 0, errors: 0, redirects: 0, last_error: None };
+    let mut out = ClientOutcome::default();
     let mut latencies = Latencies::new(hist);
+    // Most windows mark no span: its buffer only grows if used.
+    let mut marked_latencies = Latencies { buf: Vec::new(), shared: marked_hist };
     loop {
         if phase.load(Ordering::Relaxed) == STOP {
             latencies.flush();
+            marked_latencies.flush();
             return Ok(out);
         }
         let t = Instant::now();
         let outcome = writer.write(leader, id).await;
-        let measuring = phase.load(Ordering::Relaxed) == MEASURE;
+        let p = phase.load(Ordering::Relaxed);
+        let (measuring, marked) = (p == MEASURE || p == MARKED, p == MARKED);
+        if marked && !matches!(outcome, Outcome::Ok | Outcome::Redirect(_)) {
+            out.marked_errors += 1;
+        }
         match outcome {
             Outcome::Ok => {
                 if measuring {
                     let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
                     latencies.record(us);
                     out.ok += 1;
+                    if marked {
+                        marked_latencies.record(us);
+                        out.marked_ok += 1;
+                    }
                 }
             }
             Outcome::Redirect(hint) => {
@@ -282,8 +475,13 @@ async fn client<W: Writer>(
             }
             Outcome::Failed(e) => {
                 if measuring {
-                    out.errors += 1;
-                    out.last_error = Some(e);
+                    out.failed(WriteFailure { kind: "unclassified", retryable: false, message: e });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Outcome::Error(f) => {
+                if measuring {
+                    out.failed(f);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -304,12 +502,45 @@ pub async fn run_point<W: Writer>(
     warmup: Duration,
     measure: Duration,
 ) -> Result<PointResult> {
+    let window = Window { leader, clients, payload, warmup, measure };
+    run_window(writer, probe, window, |_| std::future::ready(())).await.map(|(p, ())| p)
+}
+
+/// The shape of one measured window: where the clients start, how many, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// The position of the node the clients write to first.
+    pub leader: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Payload bytes per command (only recorded).
+    pub payload: usize,
+    /// Unmeasured time before the window.
+    pub warmup: Duration,
+    /// The shortest the measured window lasts.
+    pub measure: Duration,
+}
+
+/// Like [`run_point`], while `during` runs: `during` starts with the measured window, and the
+/// window lasts `measure` or until `during` is done, whichever is later (so it always contains
+/// all of `during`). `during` gets a [`Marker`] to mark a span of the window whose writes are
+/// also counted on their own. Returns the window's figures and what `during` returned.
+pub async fn run_window<W: Writer, T, F: Future<Output = T>>(
+    writer: Arc<W>,
+    probe: &impl Probe,
+    window: Window,
+    during: impl FnOnce(Marker) -> F,
+) -> Result<(PointResult, T)> {
+    let Window { leader, clients, payload, warmup, measure } = window;
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let hist = Arc::new(Mutex::new(histogram()?));
+    let marked_hist = Arc::new(Mutex::new(histogram()?));
+    let marker = Marker { phase: phase.clone(), bounds: Arc::default() };
     let tasks: Vec<_> = (0..clients)
         .map(|id| {
-            let (writer, phase, hist) = (writer.clone(), phase.clone(), hist.clone());
-            tokio::spawn(client(id, writer, leader, phase, hist))
+            let (writer, phase) = (writer.clone(), phase.clone());
+            let (hist, marked_hist) = (hist.clone(), marked_hist.clone());
+            tokio::spawn(client(id, writer, leader, phase, hist, marked_hist))
         })
         .collect();
     tokio::time::sleep(warmup).await;
@@ -320,9 +551,11 @@ pub async fn run_point<W: Writer>(
     let cpu0 = process::cpu_time();
     let t0 = Instant::now();
     phase.store(MEASURE, Ordering::Relaxed);
-    tokio::time::sleep(measure).await;
+    let ((), during) = tokio::join!(tokio::time::sleep(measure), during(marker.clone()));
     phase.store(STOP, Ordering::Relaxed);
-    let elapsed = t0.elapsed();
+    let stopped = Instant::now();
+    let elapsed = stopped - t0;
+    let bounds = *marker.bounds.lock().unwrap_or_else(|p| p.into_inner());
     let cpu = process::cpu_time().saturating_sub(cpu0);
     let after = probe.counters();
     let term_increase = probe.max_term().saturating_sub(term0);
@@ -338,6 +571,11 @@ pub async fn run_point<W: Writer>(
         term_increase,
         syncs: after.syncs.saturating_sub(before.syncs),
         entries: after.entries.unwrap_or(0).saturating_sub(before.entries.unwrap_or(0)),
+        marked: bounds.0.map(|from| Span {
+            at: from.saturating_duration_since(t0),
+            elapsed: bounds.1.unwrap_or(stopped).saturating_duration_since(from),
+            ..Span::default()
+        }),
         ..PointResult::default()
     };
     for t in tasks {
@@ -348,9 +586,17 @@ pub async fn run_point<W: Writer>(
         if o.last_error.is_some() {
             r.last_error = o.last_error;
         }
+        merge_failures(&mut r.failures, o.failures);
+        if let Some(span) = &mut r.marked {
+            span.commits += o.marked_ok;
+            span.errors += o.marked_errors;
+        }
     }
     r.latency = LatencyUs::of(&hist.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(r)
+    if let Some(span) = &mut r.marked {
+        span.latency = LatencyUs::of(&marked_hist.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    Ok((r, during))
 }
 
 /// The result of [`run_commits`]: a fixed number of commits, however long they took.
@@ -392,7 +638,7 @@ pub async fn run_commits<W: Writer>(
             let (writer, tickets) = (writer.clone(), tickets.clone());
             tokio::spawn(async move {
                 let mut leader = leader;
-                let mut out = ClientOutcome { ok: 0, errors: 0, redirects: 0, last_error: None };
+                let mut out = ClientOutcome::default();
                 while tickets
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1))
                     .is_ok()
@@ -410,6 +656,10 @@ pub async fn run_commits<W: Writer>(
                             Outcome::Failed(e) => {
                                 out.errors += 1;
                                 out.last_error = Some(e);
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            Outcome::Error(f) => {
+                                out.failed(f);
                                 tokio::time::sleep(Duration::from_millis(5)).await;
                             }
                         }
