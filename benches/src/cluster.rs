@@ -1,4 +1,5 @@
-//! Starting a 3-node cluster of any adapter combination, and reading its stores' counters.
+//! Starting a 3-node cluster of any adapter combination, adding nodes to it, and reading its
+//! stores' counters.
 
 use std::path::Path;
 use std::time::Duration;
@@ -90,9 +91,19 @@ impl BenchStore for raftkit_rocksdb::RocksLogStore {
 
 /// A running cluster and clones of its stores.
 pub struct Cluster<N: Network, L: BenchStore, S: StateMachine> {
-    /// The nodes, in id order (node `i` has id `i + 1`).
+    /// The nodes, in id order (node `i` has id `i + 1`): the three [`MEMBERS`], then any
+    /// [adopted](Self::adopt) after joining.
     pub nodes: Vec<Raft<N, L, S>>,
     stores: Vec<L>,
+    seed: u64,
+}
+
+/// A node started in join mode (no members: it waits for a leader to add it) that is not yet
+/// in its [`Cluster`]'s node list; see [`Cluster::start_joiner`] and [`Cluster::adopt`].
+pub struct Joiner<N: Network, L: BenchStore, S: StateMachine> {
+    /// The node.
+    pub node: Raft<N, L, S>,
+    store: L,
 }
 
 impl<N: Network, L: BenchStore, S: StateMachine> Cluster<N, L, S> {
@@ -116,23 +127,60 @@ impl<N: Network, L: BenchStore, S: StateMachine> Cluster<N, L, S> {
             nodes.push(node);
             stores.push(store);
         }
-        Ok(Cluster { nodes, stores })
+        Ok(Cluster { nodes, stores, seed })
     }
 
-    /// Waits until every node follows the same leader and that leader has committed an entry
-    /// of its term; returns the leader's position in `nodes`.
+    /// The id the next node to join gets: one past the last node's.
+    pub fn next_id(&self) -> NodeId {
+        NodeId(self.nodes.len() as u64 + 1)
+    }
+
+    /// Starts node [`next_id`](Self::next_id) in join mode (a `Config` with no members), with a
+    /// fresh store under `dir`, on network endpoint `net`. It takes no part in the cluster
+    /// until a leader adds it (`add_learner`). Takes `&self`, so it can run while clients
+    /// write; [`adopt`](Self::adopt) it afterwards so the cluster reads its counters and stops
+    /// it.
+    pub async fn start_joiner(&self, net: N, dir: &Path, sm: S) -> Result<Joiner<N, L, S>> {
+        let id = self.next_id();
+        let store = L::open(dir, id)?;
+        let mut config = Config::new(id, []);
+        config.seed = self.seed;
+        let node = Raft::start(config, net, store.clone(), sm)
+            .await
+            .with_context(|| format!("starting node {id} in join mode"))?;
+        Ok(Joiner { node, store })
+    }
+
+    /// Takes a node started by [`start_joiner`](Self::start_joiner) into the node list.
+    ///
+    /// # Errors
+    /// If it does not have the next id (another node was adopted since it started).
+    pub fn adopt(&mut self, joiner: Joiner<N, L, S>) -> Result<()> {
+        let (id, next) = (joiner.node.id(), self.next_id());
+        if id != next {
+            bail!("node {id} cannot join as node {next}: the ids must stay in order");
+        }
+        self.nodes.push(joiner.node);
+        self.stores.push(joiner.store);
+        Ok(())
+    }
+
+    /// Waits until a leader has committed an entry of its term and every member of its
+    /// configuration follows it; returns the leader's position in `nodes`.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<usize> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let metrics: Vec<_> = self.nodes.iter().map(|n| n.metrics().borrow().clone()).collect();
-            if let Some(l) = metrics[0].leader {
-                let agreed = metrics.iter().all(|m| m.leader == Some(l));
-                if let Some(pos) = MEMBERS.iter().position(|m| *m == l) {
-                    let lm = &metrics[pos];
-                    if agreed && lm.role == raftkit::Role::Leader && lm.applied.0 > 0 {
-                        return Ok(pos);
-                    }
-                }
+            let stable = metrics.iter().position(|lm| {
+                lm.role == raftkit::Role::Leader
+                    && lm.applied.0 > 0
+                    && metrics
+                        .iter()
+                        .filter(|m| lm.membership.contains(m.id))
+                        .all(|m| m.leader == Some(lm.id))
+            });
+            if let Some(pos) = stable {
+                return Ok(pos);
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!("no stable leader within {timeout:?}");
@@ -174,6 +222,87 @@ impl<N: Network, L: BenchStore, S: StateMachine> Cluster<N, L, S> {
     }
 }
 
+/// Where a cluster's network endpoints come from: the three members' at the start, and one for
+/// each node that joins later, all able to reach one another.
+pub trait Fabric {
+    /// The network adapter.
+    type Net: Network;
+
+    /// The endpoint of node `id`.
+    fn endpoint(&self, id: NodeId) -> Result<Self::Net>;
+
+    /// The node information a membership change carries for `net`: what other nodes dial
+    /// (empty for the in-memory network, which needs none).
+    fn node_info(&self, net: &Self::Net) -> String;
+
+    /// The endpoints of the three [`MEMBERS`].
+    fn members(&self) -> Result<Vec<Self::Net>> {
+        MEMBERS.iter().map(|id| self.endpoint(*id)).collect()
+    }
+}
+
+/// In-memory endpoints on one [`MemRouter`].
+pub struct MemFabric {
+    router: MemRouter,
+}
+
+impl MemFabric {
+    /// A fresh router; `seed` drives its (unused) fault decisions.
+    pub fn new(seed: u64) -> MemFabric {
+        MemFabric { router: MemRouter::new(seed) }
+    }
+}
+
+impl Fabric for MemFabric {
+    type Net = MemNetwork;
+
+    fn endpoint(&self, id: NodeId) -> Result<MemNetwork> {
+        Ok(self.router.network(id))
+    }
+
+    fn node_info(&self, _net: &MemNetwork) -> String {
+        String::new()
+    }
+}
+
+/// QUIC endpoints on 127.0.0.1 (ports picked by the OS), with certificates from one CA and one
+/// shared address book (every endpoint is in it as soon as it is bound, so the others accept
+/// its connections).
+pub struct QuicFabric {
+    ca: CertAuthority,
+    book: AddressBook,
+}
+
+impl QuicFabric {
+    /// A fresh CA and an empty address book.
+    pub fn new() -> Result<QuicFabric> {
+        Ok(QuicFabric {
+            ca: CertAuthority::generate().context("generating a CA")?,
+            book: AddressBook::new(),
+        })
+    }
+}
+
+impl Fabric for QuicFabric {
+    type Net = QuicNetwork;
+
+    /// Binds node `id`'s endpoint and records its address. Must run inside the Tokio runtime.
+    fn endpoint(&self, id: NodeId) -> Result<QuicNetwork> {
+        let certs =
+            self.ca.node_certs(id).with_context(|| format!("issuing a certificate for {id}"))?;
+        let listen = "127.0.0.1:0".parse().context("loopback address")?;
+        let net =
+            QuicNetwork::bind(QuicConfig::new(id, listen, certs).with_addresses(self.book.clone()))
+                .with_context(|| format!("binding the QUIC endpoint of {id}"))?;
+        self.book.insert(id, net.local_addr());
+        Ok(net)
+    }
+
+    fn node_info(&self, net: &QuicNetwork) -> String {
+        net.local_addr().to_string()
+    }
+}
+
 /// Three in-memory network endpoints on one router.
 pub fn mem_networks(seed: u64) -> Vec<MemNetwork> {
     let router = MemRouter::new(seed);
@@ -183,17 +312,5 @@ pub fn mem_networks(seed: u64) -> Vec<MemNetwork> {
 /// Three QUIC endpoints on 127.0.0.1 (ports picked by the OS), with a fresh CA and one shared
 /// address book. Must run inside the Tokio runtime.
 pub fn quic_networks() -> Result<Vec<QuicNetwork>> {
-    let ca = CertAuthority::generate().context("generating a CA")?;
-    let book = AddressBook::new();
-    let mut nets = Vec::new();
-    for id in MEMBERS {
-        let certs = ca.node_certs(id).with_context(|| format!("issuing a certificate for {id}"))?;
-        let listen = "127.0.0.1:0".parse().context("loopback address")?;
-        let net =
-            QuicNetwork::bind(QuicConfig::new(id, listen, certs).with_addresses(book.clone()))
-                .with_context(|| format!("binding the QUIC endpoint of {id}"))?;
-        book.insert(id, net.local_addr());
-        nets.push(net);
-    }
-    Ok(nets)
+    QuicFabric::new()?.members()
 }
