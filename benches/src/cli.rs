@@ -48,7 +48,13 @@ pub struct Args {
     /// Length of the memory check (a long mem+redb run). Default: 40 s (quick: 3 s).
     #[arg(long, value_name = "SECS")]
     pub memory_secs: Option<f64>,
-    /// Which parts to run, comma-separated: matrix, compare, core, memory. Default: all.
+    /// Length of each measured window of the membership part (with and without the change;
+    /// the window with the change lasts until the change is done if that is later). Default:
+    /// 5 s (quick: 1.5 s).
+    #[arg(long, value_name = "SECS")]
+    pub membership_secs: Option<f64>,
+    /// Which parts to run, comma-separated: matrix, compare, core, memory, membership.
+    /// Default: all.
     #[arg(long, value_name = "PART,...", value_delimiter = ',', ignore_case = true)]
     pub parts: Option<Vec<Part>>,
     /// Tokio worker threads shared by the three nodes and the clients. Default: one per core.
@@ -90,10 +96,13 @@ pub enum Part {
     Core,
     /// RSS as the log grows.
     Memory,
+    /// Throughput and latency during a membership change, against none.
+    Membership,
 }
 
 impl Part {
-    const ALL: [Part; 4] = [Part::Matrix, Part::Compare, Part::Core, Part::Memory];
+    const ALL: [Part; 5] =
+        [Part::Matrix, Part::Compare, Part::Core, Part::Memory, Part::Membership];
 }
 
 /// What one run does, every option checked and every default filled in.
@@ -121,6 +130,8 @@ pub struct Plan {
     pub compare_clients: Vec<usize>,
     /// Length of the memory check.
     pub memory: Duration,
+    /// Nominal length of each measured window of the membership part.
+    pub membership: Duration,
     /// How long the core alone runs per batch size.
     pub core: Duration,
     /// Samples of the fsync measure.
@@ -210,6 +221,8 @@ impl Args {
         let measure = seconds("secs", self.secs, if q { 1.0 } else { 5.0 })?;
         let warmup = seconds("warmup", self.warmup, if q { 0.25 } else { 1.0 })?;
         let memory = seconds("memory-secs", self.memory_secs, if q { 3.0 } else { 40.0 })?;
+        let membership =
+            seconds("membership-secs", self.membership_secs, if q { 1.5 } else { 5.0 })?;
         let requested: Vec<Combo> = match &self.only {
             None => Combo::ALL.to_vec(),
             Some(combos) => {
@@ -298,6 +311,7 @@ impl Args {
             payloads,
             compare_clients,
             memory,
+            membership,
             core: if q { Duration::from_millis(300) } else { Duration::from_secs(3) },
             fsync_samples: if q { 50 } else { 200 },
             rtt_samples: if q { 200 } else { 1000 },
@@ -334,6 +348,10 @@ mod tests {
         let quick = args(&["--quick"]).unwrap();
         assert_eq!(quick.clients, vec![1, 256]);
         assert!(quick.measure < full.measure);
+        assert!(quick.runs(Part::Membership) && full.runs(Part::Membership));
+        assert!(quick.membership < full.membership);
+        let only = args(&["--parts", "membership"]).unwrap();
+        assert_eq!(only.parts, vec![Part::Membership]);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! log store), drives it with concurrent clients, and writes a dated markdown report and two SVG
 //! plots to `bench-results/`. It also compares raftkit with openraft in the same setup, both
 //! measured in the same run (the openraft side with the `openraft` feature), measures the
-//! protocol core alone, and checks memory. Targets are reported as met or not met with the
-//! measured figure; nothing is asserted.
+//! protocol core alone, checks memory, and measures a membership change under load. Targets
+//! are reported as met or not met with the measured figure; nothing is asserted, except that
+//! no write may fail with an error not documented as retryable during the membership part
+//! (the binary then exits with an error, after writing the report).
 //!
 //! ```sh
 //! cargo run --release -p raftkit-bench                # full run (all compiled-in combinations)
@@ -24,6 +26,8 @@
 //! - [`noop`]: an empty state machine for the openraft comparison.
 //! - `openraft_baseline` (feature `openraft`): the same setup on openraft, measured in the
 //!   same run.
+//! - [`membership`]: throughput, latency and failed writes during a membership change (a
+//!   fourth node added as a learner, promoted, an original follower removed), against none.
 //! - [`core_sim`]: three `RaftCore`s wired together without IO (the core-alone measure).
 //! - [`machine`]: what the machine is, its fsync latency and its loopback QUIC round trip.
 //! - [`process`]: CPU time and resident memory of this process.
@@ -36,6 +40,7 @@ pub mod combo;
 pub mod core_sim;
 pub mod load;
 pub mod machine;
+pub mod membership;
 pub mod noop;
 #[cfg(feature = "openraft")]
 pub mod openraft_baseline;

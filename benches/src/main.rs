@@ -74,5 +74,13 @@ fn real_main() -> Result<()> {
         println!("Wrote {}", p.display());
     }
     println!("Took {:.0} s.", results.wall.as_secs_f64());
+    let violations = results.membership_violations();
+    if !violations.is_empty() {
+        anyhow::bail!(
+            "the membership part failed (report written to {}):\n  {}",
+            md.display(),
+            violations.join("\n  ")
+        );
+    }
     Ok(())
 }

@@ -4,8 +4,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::combo::{Combo, Net};
-use crate::load::PointResult;
+use crate::load::{PointResult, Span};
 use crate::machine::Machine;
+use crate::membership::MembershipResult;
 use crate::process::mib;
 
 /// raftkit must commit at least this many times as many entries per second as openraft,
@@ -231,6 +232,8 @@ pub struct Results {
     pub memory: Option<MemoryResult>,
     /// Why the memory check failed, if it did.
     pub memory_error: Option<String>,
+    /// The membership part, one entry per combination it covers.
+    pub membership: Vec<MembershipResult>,
     /// Wall time of the whole run.
     pub wall: Duration,
 }
@@ -285,6 +288,21 @@ pub fn commits_cell(p: &PointResult) -> String {
         }
         _ => thousands(p.throughput()),
     }
+}
+
+/// A point's failed writes by kind: `none`, or `Overwritten ×3 (retryable)`, ….
+pub fn failures_cell(p: &PointResult) -> String {
+    if p.failures.is_empty() {
+        return "none".into();
+    }
+    p.failures
+        .iter()
+        .map(|(kind, k)| {
+            let r = if k.retryable { "retryable" } else { "**not retryable**" };
+            format!("{kind} ×{} ({r})", k.count)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `1234567.8` → `1,234,568`.
@@ -518,7 +536,53 @@ impl Results {
             }
             None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
         });
+        t.push(self.membership_target());
         t
+    }
+
+    /// The membership part's rule: no write fails with an error not documented as retryable.
+    fn membership_target(&self) -> Target {
+        let what = format!(
+            "membership change under load ({}, {} clients): no write fails with an error not \
+             documented as retryable, and the change completes",
+            crate::membership::COMBOS.map(Combo::name).join(", "),
+            crate::membership::CLIENTS
+        );
+        let run: Vec<&MembershipResult> =
+            self.membership.iter().filter(|m| m.skipped.is_none()).collect();
+        if run.is_empty() {
+            return Target { what, figure: "—".into(), verdict: Verdict::NotMeasured };
+        }
+        let violations: Vec<String> = run.iter().filter_map(|m| m.violation()).collect();
+        let figure = if violations.is_empty() {
+            run.iter()
+                .map(|m| {
+                    let failed: u64 = m
+                        .change
+                        .iter()
+                        .flat_map(|p| p.failures.values())
+                        .map(|k| k.count)
+                        .sum();
+                    let redirects = m.change.as_ref().map_or(0, |p| p.redirects);
+                    format!(
+                        "{}: change done in {}, {failed} failed writes (all retryable), {redirects} redirects",
+                        m.combo,
+                        dur(m.change_took())
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            violations.join("; ")
+        };
+        Target { what, figure, verdict: Verdict::of(violations.is_empty()) }
+    }
+
+    /// What breaks the membership part's rule (a write failed with an error not documented
+    /// as retryable, or the change did not complete), one line per combination; empty if
+    /// nothing does or the part did not run.
+    pub fn membership_violations(&self) -> Vec<String> {
+        self.membership.iter().filter_map(MembershipResult::violation).collect()
     }
 
     /// The report file's name stem: `<date>` or `<date>-quick`.
@@ -569,6 +633,7 @@ impl Results {
         self.core_section(&mut s);
         self.matrix_section(&mut s);
         self.memory_section(&mut s);
+        self.membership_section(&mut s);
         self.notes_section(&mut s);
         s
     }
@@ -899,6 +964,153 @@ impl Results {
         }
     }
 
+    fn membership_section(&self, s: &mut String) {
+        if self.membership.is_empty() {
+            return;
+        }
+        let m0 = &self.membership[0];
+        let window = m0.baseline.as_ref().map_or(Duration::ZERO, |p| p.elapsed);
+        let _ = writeln!(
+            s,
+            "## Membership change under load\n\n{} clients writing {} B commands (`MemKv`, one \
+             key each) to the leader of a 3-node cluster, following `NotLeader` redirects and \
+             retrying other failed writes after 5 ms. For each combination, two fresh clusters \
+             one after the other: **without change**, a measured window of {:.1} s after the \
+             warm-up; **with change**, the same load, and a fifth of the way into the window \
+             node 4 starts in join mode (a `Config` with no members), the leader adds it as a \
+             learner (`add_learner`, blocking until it has caught up), promotes it to voter, \
+             then removes one of the original voters that is not the leader (it keeps running, \
+             outside the configuration, until the window ends). Each step is asked of whoever \
+             leads at the time and asked again while it is refused with a retryable error. The \
+             window with the change lasts until the change is done if that is later than its \
+             nominal end, so its figures always cover the whole change.\n",
+            crate::membership::CLIENTS,
+            crate::membership::PAYLOAD,
+            window.as_secs_f64(),
+        );
+        let _ = writeln!(
+            s,
+            "How to read it: compare *without change* with *with change*, both over a whole \
+             measured window of the same nominal length (so the second mixes the time before, \
+             during and after the change); *during the change only* counts the writes \
+             acknowledged between the first step's start and the last step's end, which is \
+             where a change shows, if anywhere (a short change on a long window barely moves the \
+             whole-window figures). The change's steps and their durations follow each table. \
+             *failed writes* lists every write that failed other than a `NotLeader` redirect, by \
+             error kind, with whether raftkit documents the kind as retryable \
+             (`WriteError::is_retryable`); the part fails (the harness exits with an error) if \
+             any is not, or if the change does not complete. *elections*: how much the highest \
+             term rose during the window.\n"
+        );
+        for m in &self.membership {
+            let _ = writeln!(s, "### {}\n", m.combo);
+            if let Some(why) = &m.skipped {
+                let _ = writeln!(s, "Skipped: {why}.\n");
+                continue;
+            }
+            if let Some(e) = &m.error {
+                let _ = writeln!(s, "**Failed**: {e}\n");
+            }
+            let (a, b) = (m.baseline.as_ref(), m.change.as_ref());
+            let span = b.and_then(|p| p.marked.as_ref());
+            let win = |p: Option<&PointResult>, f: fn(&PointResult) -> String| {
+                p.map_or_else(|| "not measured".to_string(), f)
+            };
+            let during = |f: fn(&Span) -> String| span.map_or_else(|| "—".to_string(), f);
+            let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+            let rows = [
+                (
+                    "measured",
+                    win(a, |p| format!("{:.2} s", p.elapsed.as_secs_f64())),
+                    win(b, |p| format!("{:.2} s", p.elapsed.as_secs_f64())),
+                    during(|x| format!("{:.2} s", x.elapsed.as_secs_f64())),
+                ),
+                (
+                    "commits/s",
+                    win(a, |p| thousands(p.throughput())),
+                    win(b, |p| thousands(p.throughput())),
+                    during(|x| thousands(x.throughput())),
+                ),
+                (
+                    "p50",
+                    win(a, |p| micros(p.latency.p50 as f64)),
+                    win(b, |p| micros(p.latency.p50 as f64)),
+                    during(|x| micros(x.latency.p50 as f64)),
+                ),
+                (
+                    "p99",
+                    win(a, |p| micros(p.latency.p99 as f64)),
+                    win(b, |p| micros(p.latency.p99 as f64)),
+                    during(|x| micros(x.latency.p99 as f64)),
+                ),
+                (
+                    "max",
+                    win(a, |p| micros(p.latency.max as f64)),
+                    win(b, |p| micros(p.latency.max as f64)),
+                    during(|x| micros(x.latency.max as f64)),
+                ),
+                (
+                    "`NotLeader` redirects",
+                    win(a, |p| p.redirects.to_string()),
+                    win(b, |p| p.redirects.to_string()),
+                    "—".to_string(),
+                ),
+                (
+                    "failed writes",
+                    win(a, failures_cell),
+                    win(b, failures_cell),
+                    during(|x| x.errors.to_string()),
+                ),
+                (
+                    "elections",
+                    win(a, |p| p.term_increase.to_string()),
+                    win(b, |p| p.term_increase.to_string()),
+                    "—".to_string(),
+                ),
+            ];
+            let _ = writeln!(
+                s,
+                "| | without change | with change: whole window | with change: during the \
+                 change only |\n|---|---:|---:|---:|"
+            );
+            for (name, x, y, z) in rows {
+                let _ = writeln!(s, "| {name} | {x} | {y} | {z} |");
+            }
+            if !m.steps.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nThe change, {} in all:\n\n| step | from (into the window) | took | on node | \
+                     attempts |\n|---|---:|---:|---:|---:|",
+                    dur(m.change_took())
+                );
+            }
+            for st in &m.steps {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    st.what,
+                    secs(st.at),
+                    dur(st.took),
+                    st.by.map_or("—".to_string(), |n| n.0.to_string()),
+                    match &st.last_refusal {
+                        Some(r) => format!("{} (last refusal: {r})", st.attempts),
+                        None => st.attempts.to_string(),
+                    }
+                );
+            }
+            let _ = writeln!(s);
+            if let Some(r) = m.removed {
+                let voters: Vec<String> = m.voters.iter().map(|v| v.0.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "Removed: node {} (an original follower). Voters afterwards: {}.\n",
+                    r.0,
+                    voters.join(", ")
+                );
+            }
+        }
+    }
+
     fn notes_section(&self, s: &mut String) {
         let _ = writeln!(
             s,
@@ -1050,6 +1262,61 @@ mod tests {
         let md = without.markdown();
         assert!(md.contains("openraft baseline was not built"), "{md}");
         assert!(!md.contains("| openraft |"), "{md}");
+    }
+
+    #[test]
+    fn membership_tables_show_both_windows_and_non_retryable_failures_fail_the_part() {
+        use crate::load::{KindCount, Span};
+        use crate::membership::{MembershipResult, Step};
+        let window = |commits: u64, marked: Option<Span>| PointResult {
+            commits,
+            elapsed: Duration::from_secs(1),
+            marked,
+            ..PointResult::default()
+        };
+        let span = Span { elapsed: Duration::from_millis(100), commits: 50, ..Span::default() };
+        let mut change = window(900, Some(span));
+        change
+            .failures
+            .insert("Overwritten", KindCount { count: 2, retryable: true, last: "o".into() });
+        let step = |what: &str, at: u64| Step {
+            what: what.into(),
+            at: Duration::from_millis(at),
+            took: Duration::from_millis(50),
+            attempts: 1,
+            by: Some(raftkit::NodeId(1)),
+            last_refusal: None,
+        };
+        let m = MembershipResult {
+            combo: Combo::default(),
+            baseline: Some(window(1000, None)),
+            change: Some(change),
+            steps: vec![step("promote node 4 to voter", 200), step("remove voter 2", 250)],
+            removed: Some(raftkit::NodeId(2)),
+            voters: [1, 3, 4].map(raftkit::NodeId).to_vec(),
+            ..MembershipResult::default()
+        };
+        let r = Results { membership: vec![m.clone()], ..Results::default() };
+        let md = r.markdown();
+        assert!(md.contains("| commits/s | 1,000 | 900 | 500 |"), "{md}");
+        assert!(md.contains("Overwritten ×2 (retryable)"), "{md}");
+        assert!(md.contains("The change, 100.00 ms in all"), "{md}");
+        assert!(md.contains("Removed: node 2 (an original follower). Voters afterwards: 1, 3, 4."));
+        let target = |r: &Results| {
+            r.targets().into_iter().find(|t| t.what.starts_with("membership")).unwrap()
+        };
+        assert_eq!(target(&r).verdict, Verdict::Met, "{}", target(&r).figure);
+        assert!(r.membership_violations().is_empty());
+
+        let mut bad = m;
+        if let Some(p) = &mut bad.change {
+            p.failures
+                .insert("Shutdown", KindCount { count: 1, retryable: false, last: "s".into() });
+        }
+        let r = Results { membership: vec![bad], ..Results::default() };
+        assert!(r.markdown().contains("Shutdown ×1 (**not retryable**)"));
+        assert_eq!(target(&r).verdict, Verdict::NotMet);
+        assert_eq!(r.membership_violations().len(), 1);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The whole harness, step by step: machine facts, the combination matrix, the openraft
-//! comparison, the core alone and the memory check. A failing combination is reported and the
+//! comparison, the core alone, the memory check and the membership change. A failing combination is reported and the
 //! run goes on with the next.
 
 use std::path::Path;
@@ -19,6 +19,7 @@ use crate::combo::{Combo, Net, Store};
 use crate::core_sim::CoreCluster;
 use crate::load::{self, FixedRun, PointResult, RaftkitWriter};
 use crate::machine;
+use crate::membership::{self, MembershipResult};
 use crate::noop::NoopSm;
 use crate::process;
 use crate::report::{ComboResult, ComparePoint, CoreResult, MemoryResult, MemorySample, Results};
@@ -31,7 +32,7 @@ pub const OPENRAFT: Option<&str> = Some(crate::openraft_baseline::OPENRAFT_VERSI
 pub const OPENRAFT: Option<&str> = None;
 
 /// How long a new cluster may take to elect a leader.
-const ELECTION_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const ELECTION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Batch sizes of the core-alone measure (the target is judged at 256).
 pub const CORE_BATCHES: [usize; 4] = [1, 64, 256, 4096];
 /// Entry size of the core-alone measure.
@@ -43,7 +44,7 @@ pub const MEMORY_PAYLOAD: usize = 256;
 
 /// Prints a line above the progress bar (or to stderr when the bar is hidden, as in CI).
 #[allow(clippy::print_stderr)]
-fn say(bar: &ProgressBar, line: String) {
+pub(crate) fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() {
         eprintln!("{line}");
     } else {
@@ -74,7 +75,8 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
             0
         } + if plan.runs(Part::Compare) { plan.compare_clients.len() } else { 0 }
             + if plan.runs(Part::Core) { CORE_BATCHES.len() } else { 0 }
-            + usize::from(plan.runs(Part::Memory));
+            + usize::from(plan.runs(Part::Memory))
+            + if plan.runs(Part::Membership) { 2 * membership::COMBOS.len() } else { 0 };
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg}")
@@ -201,6 +203,38 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
                 Err(e) => results.core_error = Some(format!("{e:#}")),
             }
             bar.inc(1);
+        }
+    }
+
+    if plan.runs(Part::Membership) {
+        let settings = membership::Settings::new(plan.warmup, plan.membership, plan.seed);
+        for combo in membership::COMBOS {
+            let skipped = if plan.combos.contains(&combo) {
+                None
+            } else if !combo.compiled() {
+                Some("not compiled in this build")
+            } else {
+                Some("left out by --only")
+            };
+            let r = match skipped {
+                Some(why) => {
+                    bar.inc(2);
+                    MembershipResult { combo, skipped: Some(why.into()), ..Default::default() }
+                }
+                None => {
+                    let dir = data.path().join(format!("membership-{}", combo.name()));
+                    let r = rt.block_on(membership::bench(combo, settings, &dir, &bar));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    r
+                }
+            };
+            if let Some(v) = r.violation() {
+                say(&bar, format!("  membership FAILED: {v}"));
+                // Keep the bar's count right when a combination stops early.
+                let done = usize::from(r.baseline.is_some()) + usize::from(r.change.is_some());
+                bar.inc(2 - done as u64);
+            }
+            results.membership.push(r);
         }
     }
 
