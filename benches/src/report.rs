@@ -1023,7 +1023,7 @@ impl Results {
                     "measured",
                     win(a, |p| format!("{:.2} s", p.elapsed.as_secs_f64())),
                     win(b, |p| format!("{:.2} s", p.elapsed.as_secs_f64())),
-                    during(|x| format!("{:.2} s", x.elapsed.as_secs_f64())),
+                    during(|x| micros(x.elapsed.as_secs_f64() * 1e6)),
                 ),
                 (
                     "commits/s",
