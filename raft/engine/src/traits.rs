@@ -241,6 +241,10 @@ pub trait StateMachine: Send + 'static {
     /// finishes it. A state machine that waits for a disk or does heavy work says `false`
     /// (the default). Read once, when the node starts.
     ///
+    /// Tests on tokio's paused clock: a cluster on a network without latency whose clients
+    /// write in a closed loop may then never leave the runtime idle, and the paused clock
+    /// moves only when it is idle; let such clients sleep between writes.
+    ///
     /// # Correctness
     /// Either way the engine keeps its contract: one call at a time, in log order. An `apply`
     /// that does not finish on its first poll must carry on correctly when polled again from
