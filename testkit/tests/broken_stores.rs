@@ -5,6 +5,8 @@
 //! as a store author's harness would. The defects a crash between writes exposes are failed by
 //! the cluster suite too.
 
+#![allow(clippy::print_stderr)] // the seed that caught each defect is printed
+
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
