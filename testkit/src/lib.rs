@@ -35,6 +35,15 @@ mod store_crash;
 pub use harness::{CrashModel, DurableView, LogStoreHarness, NetworkHarness, StateMachineHarness};
 pub use kv::Fnv;
 
+/// Prints one line of a suite's report (the crash model and its warning, how many crash points
+/// or seeds ran, what was not run and why). The kit runs inside tests, so its report goes to the
+/// test's own output, which the test harness shows with `--nocapture` (or `--show-output`), not
+/// to `tracing`, which a test has no subscriber for. The kit's one printing place.
+#[allow(clippy::print_stderr)]
+pub(crate) fn report_line(line: &str) {
+    eprintln!("{line}");
+}
+
 /// The seed given in `RAFTKIT_SEED`, if any. Every randomized test of the kit uses it to replay
 /// a failure.
 pub fn seed_from_env() -> Option<u64> {

@@ -180,7 +180,7 @@ impl Ctx {
     fn new<H: LogStoreHarness>(h: &H) -> Ctx {
         let model = h.crash_model();
         if let Some(w) = model.warning() {
-            println!("{w}");
+            crate::report_line(w);
         }
         Ctx { model, seed: seed_from_env().unwrap_or(0x00C0_FFEE) }
     }
@@ -299,11 +299,11 @@ fn sim_fs_or_note<H: LogStoreHarness>(h: &H, ctx: &Ctx, case: &str) -> bool {
     if ctx.model == CrashModel::LossyFs {
         return true;
     }
-    println!(
+    crate::report_line(&format!(
         "{case}: not run: crash model {} cannot stop a write half-way or inject I/O faults \
          (CrashModel::LossyFs can)",
         ctx.model
-    );
+    ));
     let _ = h;
     false
 }
@@ -377,7 +377,7 @@ pub async fn crash_mid_write_keeps_all_or_nothing<H: LogStoreHarness>(h: &H) {
             check_holds(&ctx, &s, &m, &format!("after {when}, an append and a crash")).await;
         }
     }
-    println!("crash_mid_write_keeps_all_or_nothing: {tried} crash points");
+    crate::report_line(&format!("crash_mid_write_keeps_all_or_nothing: {tried} crash points"));
 }
 
 /// An I/O error, `ENOSPC` or a short write at every file operation of each kind of write in
@@ -473,7 +473,9 @@ pub async fn io_faults_poison_writes_and_reopen_is_valid<H: LogStoreHarness>(h: 
             }
         }
     }
-    println!("io_faults_poison_writes_and_reopen_is_valid: {tried} faults injected");
+    crate::report_line(&format!(
+        "io_faults_poison_writes_and_reopen_is_valid: {tried} faults injected"
+    ));
 }
 
 /// A snapshot published through the store's snapshot store, and the log installed at it, are

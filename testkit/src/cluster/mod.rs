@@ -299,7 +299,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             }
             view = report.durable_view;
         }
-        print_passed(&self.passed_line(&describe_seeds(seeds), &view));
+        crate::report_line(&self.passed_line(&describe_seeds(seeds), &view));
     }
 
     /// A randomized configuration for this seed: protocol options and flow-control limits vary
@@ -481,13 +481,6 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
     }
 }
 
-/// Prints a passed check's summary line. To stderr, as a test's own output: the test harness
-/// shows it with `--nocapture` (or `--show-output`) and keeps the test list readable otherwise.
-#[allow(clippy::print_stderr)]
-fn print_passed(line: &str) {
-    eprintln!("{line}");
-}
-
 /// Expands to the cluster suite's tests for a network harness and a log-store harness: runs of
 /// 1, 3 and 5 nodes over the seed budget (`RAFTKIT_SEEDS`, or one seed with `RAFTKIT_SEED`),
 /// and, with `replay`, a check that one seed run twice gives the same trace (for in-process
@@ -581,7 +574,7 @@ pub fn check_replay<NH: NetworkHarness, LH: LogStoreHarness>(suite: ClusterSuite
     }
     assert_eq!((a.ops, a.applied, a.max_term), (b.ops, b.applied, b.max_term));
     let what = format!("seed {seed} run twice ({} trace events alike)", a.trace.len());
-    print_passed(&suite.passed_line(&what, &a.durable_view));
+    crate::report_line(&suite.passed_line(&what, &a.durable_view));
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             }
             view = report.durable_view;
         }
-        super::print_passed(&self.passed_line(&super::describe_seeds(&seeds), &view));
+        crate::report_line(&self.passed_line(&super::describe_seeds(&seeds), &view));
     }
 
     /// Runs `scenario` once with `seed`.
