@@ -6,9 +6,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use raftkit::{Config, LogStore, Network, NodeId, Raft, StateMachine};
-use raftkit_mem::{MemLogStore, MemNetwork, MemRouter};
+use raftkit_mem::{MemKv, MemLogStore, MemNetwork, MemRouter};
 use raftkit_quic::{AddressBook, CertAuthority, QuicConfig, QuicNetwork};
 use raftkit_redb::RedbLogStore;
+
+/// The state machine of every benchmark cluster but the comparison's: a [`MemKv`] that the
+/// engine applies on its driver task (`StateMachine::inline_apply`), as a user who measures an
+/// in-memory machine would set it.
+pub fn bench_kv() -> MemKv {
+    MemKv::new().with_inline_apply(true)
+}
 
 /// The members of every benchmark cluster.
 pub const MEMBERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];

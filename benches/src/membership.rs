@@ -226,8 +226,13 @@ async fn window<F: Fabric, L: BenchStore>(
     change: bool,
     out: &mut MembershipResult,
 ) -> Result<PointResult> {
-    let mut cluster =
-        Cluster::<F::Net, L, MemKv>::start(fabric.members()?, dir, s.seed, MemKv::new).await?;
+    let mut cluster = Cluster::<F::Net, L, MemKv>::start(
+        fabric.members()?,
+        dir,
+        s.seed,
+        crate::cluster::bench_kv,
+    )
+    .await?;
     let leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
     let value: Arc<str> = "x".repeat(PAYLOAD).into();
     // One key per client: the state machine stays small however long the run.
@@ -311,7 +316,7 @@ async fn steps<F: Fabric, L: BenchStore>(
     let t = Instant::now();
     let net = fabric.endpoint(id)?;
     let info = fabric.node_info(&net);
-    let joiner = cluster.start_joiner(net, dir, MemKv::new()).await?;
+    let joiner = cluster.start_joiner(net, dir, crate::cluster::bench_kv()).await?;
     writer.add(joiner.node.clone())?;
     let mut nodes = cluster.nodes.clone();
     nodes.push(joiner.node.clone());

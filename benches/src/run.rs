@@ -330,7 +330,8 @@ async fn matrix<N: Network, L: BenchStore>(
     out.sync_kind = L::SYNC_KIND;
     bar.set_message(format!("{combo}: starting the cluster"));
     let t = Instant::now();
-    let cluster = Cluster::<N, L, MemKv>::start(nets, dir, plan.seed, MemKv::new).await?;
+    let cluster =
+        Cluster::<N, L, MemKv>::start(nets, dir, plan.seed, crate::cluster::bench_kv).await?;
     let mut leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;
     out.startup = t.elapsed();
     for &payload in &plan.payloads {
@@ -556,7 +557,7 @@ async fn memory_check(plan: &Plan, dir: &Path, bar: &ProgressBar) -> Result<Memo
         cluster::mem_networks(plan.seed),
         dir,
         plan.seed,
-        MemKv::new,
+        crate::cluster::bench_kv,
     )
     .await?;
     let leader = cluster.wait_leader(ELECTION_TIMEOUT).await?;

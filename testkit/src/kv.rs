@@ -159,12 +159,22 @@ pub struct TestKv {
     recorder: Option<Arc<dyn ApplyRecorder>>,
     /// XOR of [`pair_hash`] over every key: kept up to date in O(1) per command.
     digest: u64,
+    /// What [`StateMachine::inline_apply`] answers.
+    inline: bool,
 }
 
 impl TestKv {
     /// An empty machine that reports applied entries to `recorder`.
     pub fn new(recorder: Option<Arc<dyn ApplyRecorder>>) -> TestKv {
-        TestKv { data: BTreeMap::new(), applied: None, recorder, digest: 0 }
+        TestKv { data: BTreeMap::new(), applied: None, recorder, digest: 0, inline: false }
+    }
+
+    /// Whether the engine may apply this machine on its driver task
+    /// ([`StateMachine::inline_apply`]; off by default). The cluster suite turns it on for about
+    /// half of the nodes, so both apply paths of the engine run under faults.
+    pub fn with_inline_apply(mut self, inline: bool) -> TestKv {
+        self.inline = inline;
+        self
     }
 
     /// The current data.
@@ -190,6 +200,10 @@ impl StateMachine for TestKv {
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.applied)
+    }
+
+    fn inline_apply(&self) -> bool {
+        self.inline
     }
 
     async fn apply(

@@ -63,6 +63,10 @@ pub(crate) struct Run<NH: NetworkHarness, LH: LogStoreHarness> {
     pub(crate) was_member: BTreeSet<NodeId>,
     /// Nodes removed from the configuration and stopped for good (no longer in `ids`).
     pub(crate) retired: BTreeSet<NodeId>,
+    /// The run's seed: it also picks which nodes have their state machine applied on the
+    /// driver ([`StateMachine::inline_apply`](raftkit::StateMachine::inline_apply)), so both of
+    /// the engine's apply paths run under faults.
+    pub(crate) seed: u64,
 }
 
 impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
@@ -108,6 +112,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
             views: Mutex::new(BTreeSet::new()),
             spares,
             was_member,
+            seed,
             retired: BTreeSet::new(),
         };
         for id in &ids {
@@ -151,7 +156,9 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
         tracked.watch(checker.clone(), id, inc);
         let endpoint = self.net.endpoint(&self.cluster, id).await;
         let net = FaultyNetwork::new(endpoint, id, self.faults.clone(), checker.clone());
-        let kv = TestKv::new(Some(checker.recorder(id, inc)));
+        // About half the nodes apply on the driver, half on the apply task (by seed and id).
+        let inline = (self.seed ^ id.0) & 1 == 0;
+        let kv = TestKv::new(Some(checker.recorder(id, inc))).with_inline_apply(inline);
         let cfg = self.configs[&id].clone();
         let observer = checker.observer(id, inc);
         match Raft::start_observed(cfg, net, tracked.clone(), kv, observer).await {
