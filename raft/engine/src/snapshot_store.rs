@@ -445,9 +445,33 @@ impl SnapshotWriter for MemWriter {
 /// blocking pool, so publishing a large snapshot never stalls the runtime's workers. The
 /// reader returned by [`open`](SnapshotStore::open) is a plain blocking reader, read by the
 /// state machine's `restore`.
+///
+/// Stores of one process on the same directory take turns at changing its files, so a node
+/// killed in-process and restarted on the directory does not clean up a snapshot that the
+/// killed node's blocking-pool work is still publishing.
 #[derive(Clone, Debug)]
 pub struct FileSnapshotStore {
     dir: PathBuf,
+    /// Held by every change to the directory's files (see [`dir_lock`]).
+    lock: Arc<Mutex<()>>,
+}
+
+/// The lock that serializes changes to the files of snapshot directory `dir` made by every
+/// [`FileSnapshotStore`] of this process. A node killed in-process (`Raft::kill`) cannot stop
+/// file work already running on the blocking pool: without it, the store a restarted node opens
+/// on the same directory could clean up a data file as never published between the old
+/// store's rename of that file and its metadata write, leaving metadata without data.
+fn dir_lock(dir: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<Mutex<BTreeMap<PathBuf, Arc<Mutex<()>>>>> =
+        std::sync::OnceLock::new();
+    let key = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(key).or_default().clone()
+}
+
+/// Takes a directory lock, whatever a panic elsewhere left in it (it guards no data).
+fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StorageError {
@@ -482,7 +506,9 @@ impl FileSnapshotStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<FileSnapshotStore, StorageError> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let store = FileSnapshotStore { dir };
+        let store = FileSnapshotStore { lock: dir_lock(&dir), dir };
+        let lock = store.lock.clone();
+        let _held = hold(&lock);
         let complete = store.complete()?;
         for meta in &complete {
             let snap = store.path(&meta.name(), "snap");
@@ -626,6 +652,7 @@ impl SnapshotStore for FileSnapshotStore {
     async fn discard(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         let (store, name) = (self.clone(), meta.name());
         blocking(move || {
+            let _held = hold(&store.lock);
             // The metadata first: once it is gone (durably), the snapshot is not listed, and a
             // leftover data file is removed as garbage when the store is next opened.
             for ext in ["meta", "snap"] {
@@ -661,6 +688,7 @@ impl FileSnapshotStore {
             )
         });
         let path = self.path(&name, "partial");
+        let _held = hold(&self.lock);
         let mut hasher = crc32fast::Hasher::new();
         let mut written = 0u64;
         let too_long = match (expected, fs::metadata(&path)) {
@@ -748,6 +776,7 @@ impl FileWriter {
             self;
         let meta =
             SnapshotMeta { last_log_id, membership, size: written, checksum: hasher.finalize() };
+        let _held = hold(&store.lock);
         if let Err(e) = check_expected(&meta, expected) {
             drop(file);
             let _ = fs::remove_file(&path);
@@ -832,5 +861,39 @@ impl<R: Read> Read for CheckedReader<R> {
         self.hasher.update(&buf[..n]);
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store opened on a directory (a node restarted in-process) waits for the file work of
+    /// another store on it (the killed node's publish, still running on the blocking pool)
+    /// instead of cleaning up its half-published snapshot.
+    #[test]
+    fn opening_waits_for_a_publish_in_progress_on_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FileSnapshotStore::open(dir.path()).unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: LogId { term: raftkit_core::Term(1), index: raftkit_core::LogIndex(9) },
+            membership: Membership::new([raftkit_core::NodeId(1)]).unwrap(),
+            size: 3,
+            checksum: crc32fast::hash(b"abc"),
+        };
+        let name = meta.name();
+        // The old store, half-way through publishing: the data file has its final name, the
+        // metadata is still to come.
+        let held = hold(&first.lock);
+        fs::write(first.path(&name, "snap"), b"abc").unwrap();
+        let dir_path = dir.path().to_path_buf();
+        let reopen = std::thread::spawn(move || FileSnapshotStore::open(dir_path).map(|_| ()));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fs::write(first.path(&name, "meta"), seal(&meta).unwrap()).unwrap();
+        drop(held);
+        reopen.join().unwrap().expect("the reopened store");
+        assert!(first.path(&name, "snap").exists(), "the published data file was removed");
+        let second = FileSnapshotStore::open(dir.path()).unwrap();
+        assert_eq!(second.complete().unwrap(), vec![meta]);
     }
 }
