@@ -324,21 +324,7 @@ fn the_2015_bug_a_new_leader_cannot_stack_a_change_on_its_predecessors() {
         sim.isolate(a);
         // C1 reaches nobody.
         let _ = sim.change(a, change(&[1, 2, 3, 4, 5], &[]));
-        let ok = sim.run_until(Duration::from_secs(10), |s| {
-            s.nodes
-                .values()
-                .filter_map(|n| n.core.as_ref())
-                .any(|c| c.role() == Role::Leader && c.id() != NodeId(a))
-        });
-        assert!(ok, "a new leader among the rest");
-        let b = sim
-            .nodes
-            .values()
-            .filter_map(|n| n.core.as_ref())
-            .find(|c| c.role() == Role::Leader && c.id() != NodeId(a))
-            .unwrap()
-            .id()
-            .0;
+        let b = leader_other_than(&mut sim, a);
         let ready = sim.core(b).term_at(sim.core(b).commit_index()) == Some(sim.core(b).term());
         let r = sim.change(b, change(&[1, 2, 3, 4], &[]));
         if !ready {
