@@ -33,6 +33,8 @@ impl NoopSm {
 impl StateMachine for NoopSm {
     type Command = ();
     type Output = ();
+    type Query = ();
+    type QueryOutput = ();
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.applied)
@@ -54,6 +56,9 @@ impl StateMachine for NoopSm {
         }
         Ok(out)
     }
+
+    /// There is nothing to read: a query answers `()`.
+    fn query(&self, _query: ()) {}
 
     async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {
         Ok(EncodedSnapshot::boxed((self.applied, self.commands)))

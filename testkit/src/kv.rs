@@ -1,6 +1,7 @@
-//! The testkit's own key-value state machine: registers with put, get and compare-and-swap,
-//! that reports every applied entry to a recorder so the cluster suite can check state-machine
-//! safety. It is deliberately simple and in-memory (rebuilt from the log after a restart).
+//! The testkit's own key-value state machine: registers with put, get and compare-and-swap
+//! (and reads outside the log, [`KvQuery`]), that reports every applied entry to a recorder so
+//! the cluster suite can check state-machine safety. It is deliberately simple and in-memory
+//! (rebuilt from the log after a restart).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -29,7 +30,7 @@ pub struct KvCommand {
 pub enum KvOp {
     /// Set the value; answers the previous one.
     Put(String),
-    /// Read the value (through the log).
+    /// Read the value (through the log; [`KvQuery::Get`] reads it without a log entry).
     Get,
     /// Set `new` if the current value is `expected`.
     Cas {
@@ -40,7 +41,39 @@ pub enum KvOp {
     },
 }
 
-/// The answer to a [`KvCommand`].
+/// A read that does not go through the log: what `Raft::client_read` takes, answered by
+/// [`StateMachine::query`] with a [`KvOutput`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KvQuery {
+    /// Read the value; answers [`KvOutput::Get`].
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+impl KvQuery {
+    /// A `Get`.
+    pub fn get(key: impl Into<String>) -> KvQuery {
+        KvQuery::Get { key: key.into() }
+    }
+
+    /// The key the query reads.
+    pub fn key(&self) -> &str {
+        match self {
+            KvQuery::Get { key } => key,
+        }
+    }
+
+    /// The linearizability checker's view of this query: the same as a read through the log.
+    pub fn to_input(&self) -> Input {
+        match self {
+            KvQuery::Get { .. } => Input::Get,
+        }
+    }
+}
+
+/// The answer to a [`KvCommand`] or a [`KvQuery`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KvOutput {
     /// `Put`: the previous value.
@@ -48,7 +81,7 @@ pub enum KvOutput {
         /// The previous value.
         prev: Option<String>,
     },
-    /// `Get`: the value.
+    /// `Get` (command or query): the value.
     Get {
         /// The value.
         value: Option<String>,
@@ -105,6 +138,14 @@ pub fn execute(data: &mut BTreeMap<String, String>, cmd: &KvCommand) -> KvOutput
                 KvOutput::Cas { swapped: false, current }
             }
         }
+    }
+}
+
+/// Answers one query from a map, without changing it: the sequential specification of a read
+/// outside the log (the same answer as the `Get` command).
+pub fn answer(data: &BTreeMap<String, String>, query: &KvQuery) -> KvOutput {
+    match query {
+        KvQuery::Get { key } => KvOutput::Get { value: data.get(key).cloned() },
     }
 }
 
@@ -197,6 +238,8 @@ impl TestKv {
 impl StateMachine for TestKv {
     type Command = KvCommand;
     type Output = KvOutput;
+    type Query = KvQuery;
+    type QueryOutput = KvOutput;
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.applied)
@@ -233,6 +276,10 @@ impl StateMachine for TestKv {
             r.state(at, self.digest);
         }
         Ok(out)
+    }
+
+    fn query(&self, query: KvQuery) -> KvOutput {
+        answer(&self.data, &query)
     }
 
     async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {

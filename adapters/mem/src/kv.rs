@@ -21,7 +21,8 @@ pub enum KvCommand {
         /// The new value.
         value: String,
     },
-    /// Reads `key` (through the log, so the read is linearizable).
+    /// Reads `key` through the log, so the read is linearizable (at the price of a log
+    /// write); [`KvQuery::Get`] reads it without one.
     Get {
         /// The key.
         key: String,
@@ -74,12 +75,37 @@ impl KvCommand {
     }
 }
 
-/// The result of a [`KvCommand`].
+/// A read of a [`MemKv`] that does not go through the log: what `Raft::client_read` takes
+/// (see [`MemKv`] for which reads are linearizable). Answered with a [`KvOutput`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KvQuery {
+    /// Reads `key`; answers [`KvOutput::Value`].
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+impl KvQuery {
+    /// A `Get`.
+    pub fn get(key: impl Into<String>) -> KvQuery {
+        KvQuery::Get { key: key.into() }
+    }
+
+    /// The key the query reads.
+    pub fn key(&self) -> &str {
+        match self {
+            KvQuery::Get { key } => key,
+        }
+    }
+}
+
+/// The result of a [`KvCommand`] or a [`KvQuery`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvOutput {
     /// `Put` and `Delete`: the value before.
     Prev(Option<String>),
-    /// `Get`: the value.
+    /// `Get` (command or query): the value.
     Value(Option<String>),
     /// `Cas`: whether the swap happened, and the value after.
     Cas {
@@ -125,6 +151,20 @@ impl Hasher for Fnv {
 /// Clones share the state: keep a clone to inspect it from a test, or to restart a node on the
 /// same state (modelling a durable state machine: the applied index and the data change under
 /// one lock, atomically). A fresh `MemKv` starts empty and is rebuilt from the log.
+///
+/// # Which reads are linearizable
+/// - [`get_local`](MemKv::get_local) and [`state`](MemKv::state) read this node's copy, as of
+///   whatever it has applied: not linearizable. On a follower, or on a leader deposed without
+///   knowing it yet, they can miss writes that have completed.
+/// - A [`KvCommand::Get`] through `Raft::client_write` is linearizable: it is ordered in the
+///   log with the writes, at the price of a log write.
+/// - A [`KvQuery::Get`] through `Raft::client_read` with the `Linearizable`, `Lease` or
+///   `Follower` read policy is linearizable without a log write: the engine answers it
+///   ([`StateMachine::query`]) once this node has applied everything up to an index the leader
+///   has confirmed. (A lease read also relies on the nodes' clocks running at about the same
+///   rate.)
+/// - A [`KvQuery::Get`] through `Raft::client_read` with `ReadPolicy::Stale` is not
+///   linearizable: it reads this node's copy, like `get_local`.
 #[derive(Clone, Debug, Default)]
 pub struct MemKv {
     state: Arc<Mutex<KvState>>,
@@ -152,14 +192,24 @@ impl MemKv {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A copy of the current state.
+    /// A copy of this node's current state (not linearizable: see [`MemKv`]).
     pub fn state(&self) -> KvState {
         self.lock().clone()
     }
 
-    /// The value of `key`, read locally (not linearizable: use a `Get` command for that).
+    /// The value of `key` in this node's copy (not linearizable: may be stale on a follower or a
+    /// deposed leader; for a linearizable read use a [`KvQuery::Get`] through
+    /// `Raft::client_read` or a [`KvCommand::Get`] through `Raft::client_write`, see
+    /// [`MemKv`]).
     pub fn get_local(&self, key: &str) -> Option<String> {
         self.lock().data.get(key).cloned()
+    }
+
+    /// Answers one query from the data, without changing it.
+    pub fn answer(data: &BTreeMap<String, String>, query: &KvQuery) -> KvOutput {
+        match query {
+            KvQuery::Get { key } => KvOutput::Value(data.get(key).cloned()),
+        }
     }
 
     /// Applies one command to the data and returns its output.
@@ -190,6 +240,8 @@ impl MemKv {
 impl StateMachine for MemKv {
     type Command = KvCommand;
     type Output = KvOutput;
+    type Query = KvQuery;
+    type QueryOutput = KvOutput;
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.lock().applied)
@@ -222,6 +274,12 @@ impl StateMachine for MemKv {
         Ok(out)
     }
 
+    /// Reads under the state's lock (which clones share): the answer is as of the end of an
+    /// `apply` call, never mid-batch.
+    fn query(&self, query: KvQuery) -> KvOutput {
+        MemKv::answer(&self.lock().data, &query)
+    }
+
     async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {
         // A copy is all that happens on the apply path; encoding happens as it is written out.
         Ok(EncodedSnapshot::boxed(self.lock().clone()))
@@ -244,5 +302,41 @@ impl StateMachine for MemKv {
         }
         *self.lock() = state;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(index: u64, cmd: KvCommand) -> ApplyEntry<KvCommand> {
+        ApplyEntry { log_id: LogId::new(1, index), payload: ApplyPayload::Command(cmd) }
+    }
+
+    #[tokio::test]
+    async fn a_query_sees_what_apply_wrote_and_changes_nothing() {
+        let mut kv = MemKv::new();
+        assert_eq!(kv.query(KvQuery::get("a")), KvOutput::Value(None));
+        kv.apply(vec![
+            command(1, KvCommand::put("a", "1")),
+            command(2, KvCommand::put("b", "2")),
+            command(3, KvCommand::put("a", "3")),
+        ])
+        .await
+        .unwrap();
+        let before = kv.state();
+
+        assert_eq!(kv.query(KvQuery::get("a")), KvOutput::Value(Some("3".into())));
+        assert_eq!(kv.query(KvQuery::get("b")), KvOutput::Value(Some("2".into())));
+        assert_eq!(kv.query(KvQuery::get("c")), KvOutput::Value(None));
+
+        // Nothing changed: not the data, the applied id, the command count nor the digest.
+        assert_eq!(kv.state(), before);
+        assert_eq!(kv.applied().await.unwrap(), Some(LogId::new(1, 3)));
+
+        // It answers as a `Get` command through the log does, which is an entry in the digest.
+        let out = kv.apply(vec![command(4, KvCommand::get("a"))]).await.unwrap();
+        assert_eq!(out, vec![KvOutput::Value(Some("3".into()))]);
+        assert_ne!(kv.state().digest, before.digest);
     }
 }

@@ -5,7 +5,8 @@
 //!   seed so a run can be replayed.
 //! - [`MemLogStore`]: a correct log store in memory; the reference the durable stores are
 //!   checked against. Clones share data, so a node can be "restarted" on its store.
-//! - [`MemKv`]: a key-value state machine (put, get, delete, compare-and-swap).
+//! - [`MemKv`]: a key-value state machine (put, get, delete, compare-and-swap), with reads
+//!   outside the log ([`KvQuery`]); its docs say which of its reads are linearizable.
 //! - `harness` (with the `harness` feature, for tests): their testkit harnesses, for pairing
 //!   any adapter with in-memory halves in the conformance suites.
 //!
@@ -35,6 +36,6 @@ mod kv;
 mod log_store;
 mod network;
 
-pub use kv::{KvCommand, KvOutput, KvState, MemKv};
+pub use kv::{KvCommand, KvOutput, KvQuery, KvState, MemKv};
 pub use log_store::{DurableSummary, MemLogStore};
 pub use network::{DEFAULT_MAX_FRAME, Faults, MemNetwork, MemRouter};

@@ -193,6 +193,12 @@ pub trait StateMachine: Send + 'static {
     type Command: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What applying a command returns to the client that wrote it.
     type Output: Send + 'static;
+    /// A read clients submit through `Raft::client_read`: answered by [`query`](Self::query)
+    /// on the node that serves the read, never written to the log (so, unlike a command, it
+    /// needs no codec).
+    type Query: Send + 'static;
+    /// What [`query`](Self::query) returns to the client that asked.
+    type QueryOutput: Send + 'static;
 
     /// The id of the last entry this state machine has applied, or `None` if none.
     ///
@@ -261,6 +267,44 @@ pub trait StateMachine: Send + 'static {
     fn inline_apply(&self) -> bool {
         false
     }
+
+    /// Answers a query from the current state, without changing it: a read that does not go
+    /// through the log.
+    ///
+    /// The engine calls it only once the state machine has applied every entry up to the
+    /// read's index (for a linearizable read, the leader's commit index when the read arrived,
+    /// once a ReadIndex round or the leader's lease has confirmed it still leads), and only
+    /// between calls to [`apply`](Self::apply), never concurrently with one (`query` borrows
+    /// the state machine, which `apply` borrows mutably). The answer therefore reflects at
+    /// least every write that completed before the read started (it may reflect later ones
+    /// too, which linearizability allows). A stale read skips the confirmation: its index is
+    /// whatever this node has applied, and its answer may miss completed writes.
+    ///
+    /// It runs where `apply` runs (the apply task, or the driver task when
+    /// [`inline_apply`](Self::inline_apply) says so), so it must not block or take long:
+    /// applying waits for it, and on the driver so does the whole node. A state machine with
+    /// expensive reads can answer with something cheap to produce (a handle on shared,
+    /// immutable data) and let the caller do the work.
+    ///
+    /// # Correctness
+    /// Deterministic with respect to the state: the answer depends only on the query and on
+    /// the state as of the last applied entry, never on clocks, randomness or which node
+    /// answers, so every node that has applied the same entries gives the same answer (reads
+    /// may be served by followers). It must not change anything that
+    /// [`applied`](Self::applied), [`apply`](Self::apply), [`snapshot`](Self::snapshot) or
+    /// later queries can observe: queries run on one node only and are not in the log, so a
+    /// side effect would make the nodes diverge.
+    ///
+    /// # Durability
+    /// Reads only; writes nothing, durable or not.
+    ///
+    /// # Cancel safety
+    /// Not applicable (not async).
+    ///
+    /// # Errors
+    /// None: the engine does not interpret the answer. A state machine whose reads can fail (a
+    /// durable one reading its disk) says so in its `QueryOutput`, for instance a `Result`.
+    fn query(&self, query: Self::Query) -> Self::QueryOutput;
 
     /// Captures the state as of the last applied entry (what [`applied`](Self::applied) reports
     /// now) in a [`SnapshotSource`] the engine writes out while applying continues.

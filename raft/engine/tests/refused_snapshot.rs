@@ -13,7 +13,7 @@ use raftkit::{
     ApplyEntry, Config, LogId, NodeId, NodeState, Raft, SnapshotMeta, SnapshotSource, StateMachine,
     StorageError, StorageErrorKind, WriteError,
 };
-use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemNetwork, MemRouter};
+use raftkit_mem::{KvCommand, KvOutput, KvQuery, MemKv, MemLogStore, MemNetwork, MemRouter};
 
 /// `MemKv` that refuses every restore while `refuse` is set, as a state machine would refuse a
 /// snapshot of an incompatible format. A refused restore leaves the state untouched.
@@ -28,6 +28,8 @@ struct Picky {
 impl StateMachine for Picky {
     type Command = KvCommand;
     type Output = KvOutput;
+    type Query = KvQuery;
+    type QueryOutput = KvOutput;
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         self.kv.applied().await
@@ -38,6 +40,10 @@ impl StateMachine for Picky {
         entries: Vec<ApplyEntry<KvCommand>>,
     ) -> Result<Vec<KvOutput>, StorageError> {
         self.kv.apply(entries).await
+    }
+
+    fn query(&self, query: KvQuery) -> KvOutput {
+        self.kv.query(query)
     }
 
     async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {

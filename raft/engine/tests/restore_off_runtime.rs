@@ -15,7 +15,7 @@ use raftkit::{
     ApplyEntry, Config, LogId, NodeId, Raft, SnapshotMeta, SnapshotSource, StateMachine,
     StorageError,
 };
-use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemRouter};
+use raftkit_mem::{KvCommand, KvOutput, KvQuery, MemKv, MemLogStore, MemRouter};
 
 /// How long the reader waits for the other task before declaring the runtime held. Only a
 /// deadlock guard: with the fix the signal comes at once.
@@ -58,6 +58,8 @@ impl Read for Rendezvous {
 impl StateMachine for GatedKv {
     type Command = KvCommand;
     type Output = KvOutput;
+    type Query = KvQuery;
+    type QueryOutput = KvOutput;
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         self.inner.applied().await
@@ -68,6 +70,10 @@ impl StateMachine for GatedKv {
         entries: Vec<ApplyEntry<KvCommand>>,
     ) -> Result<Vec<KvOutput>, StorageError> {
         self.inner.apply(entries).await
+    }
+
+    fn query(&self, query: KvQuery) -> KvOutput {
+        self.inner.query(query)
     }
 
     async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {

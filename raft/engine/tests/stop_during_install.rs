@@ -16,7 +16,7 @@ use raftkit::{
     ApplyEntry, Entry, LogId, LogIndex, LogState, LogStore, LogWrite, NodeId, NodeState, Raft,
     SnapshotMeta, SnapshotSource, SnapshotStore, StateMachine, StorageError,
 };
-use raftkit_mem::{KvCommand, KvOutput, MemKv, MemLogStore, MemRouter};
+use raftkit_mem::{KvCommand, KvOutput, KvQuery, MemKv, MemLogStore, MemRouter};
 use tokio::sync::oneshot;
 
 /// A `MemKv` whose restore tells the test it started, then waits for the test's go-ahead.
@@ -30,6 +30,8 @@ struct GatedKv {
 impl StateMachine for GatedKv {
     type Command = KvCommand;
     type Output = KvOutput;
+    type Query = KvQuery;
+    type QueryOutput = KvOutput;
 
     async fn applied(&mut self) -> Result<Option<LogId>, StorageError> {
         self.inner.applied().await
@@ -40,6 +42,10 @@ impl StateMachine for GatedKv {
         entries: Vec<ApplyEntry<KvCommand>>,
     ) -> Result<Vec<KvOutput>, StorageError> {
         self.inner.apply(entries).await
+    }
+
+    fn query(&self, query: KvQuery) -> KvOutput {
+        self.inner.query(query)
     }
 
     async fn snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StorageError> {
