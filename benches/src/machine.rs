@@ -196,8 +196,10 @@ pub async fn measure_quic_rtt(samples: usize) -> Result<Latency> {
             }
         })
     };
-    let ping =
-        Message { term: Term(1), body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(0) }) };
+    let ping = Message {
+        term: Term(1),
+        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(0), round: 0 }),
+    };
     let mut out = Vec::with_capacity(samples);
     let warmup = 50;
     for i in 0..samples + warmup {

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use raftkit_core::{
+use raftkit_core::{HeartbeatAck, 
     AppendEntries, AppendResponse, Entry, EntryPayload, HardState, Heartbeat, InstallSnapshot,
     LogId, LogIndex, Membership, Message, MessageBody, NodeId, RequestVote, SnapshotMeta,
     SnapshotResponse, Term, VoteResponse, codec,
@@ -20,7 +20,7 @@ fn messages() -> Vec<Message> {
         checksum: 0xdead_beef,
     };
     let bodies = vec![
-        MessageBody::RequestVote(RequestVote { pre_vote: true, last_log_id: LogId::new(2, 9) }),
+        MessageBody::RequestVote(RequestVote { pre_vote: true, transfer: false, last_log_id: LogId::new(2, 9) }),
         MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true }),
         MessageBody::AppendEntries(AppendEntries {
             prev_log_id: LogId::new(1, 4),
@@ -36,8 +36,8 @@ fn messages() -> Vec<Message> {
             rejected: LogIndex(9),
             hint: LogId::new(2, 8),
         }),
-        MessageBody::Heartbeat(Heartbeat { commit: LogIndex(7) }),
-        MessageBody::HeartbeatResponse,
+        MessageBody::Heartbeat(Heartbeat { commit: LogIndex(7), round: 0 }),
+        MessageBody::HeartbeatResponse(HeartbeatAck { round: 3 }),
         MessageBody::InstallSnapshot(InstallSnapshot {
             meta: meta.clone(),
             offset: 4,

@@ -13,7 +13,10 @@ use crate::harness::NetworkHarness;
 
 /// A small, numbered message.
 fn numbered(i: u64) -> Message {
-    Message { term: Term(1), body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(i) }) }
+    Message {
+        term: Term(1),
+        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(i), round: 0 }),
+    }
 }
 
 fn number(m: &Message) -> Option<u64> {

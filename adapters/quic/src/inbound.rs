@@ -194,7 +194,10 @@ mod tests {
     use super::*;
 
     fn heartbeat(n: u64) -> Message {
-        Message { term: Term(1), body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(n) }) }
+        Message {
+            term: Term(1),
+            body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(n), round: 0 }),
+        }
     }
 
     fn append(n: u64) -> Message {

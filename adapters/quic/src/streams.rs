@@ -61,7 +61,11 @@ impl Lane {
             | MessageBody::VoteResponse(_)
             | MessageBody::AppendResponse(_)
             | MessageBody::Heartbeat(_)
-            | MessageBody::HeartbeatResponse
+            | MessageBody::HeartbeatResponse(_)
+            | MessageBody::TimeoutNow
+            | MessageBody::ReadIndexRequest(_)
+            | MessageBody::ReadIndexResponse(_)
+            | MessageBody::ProposeResponse(_)
             | MessageBody::SnapshotResponse(_) => Lane::Control,
             // Kinds added later default to the bulk lane: the control lane must stay small.
             _ => Lane::Replication,

@@ -287,7 +287,7 @@ mod tests {
     fn frames_carry_a_length_prefix_and_the_codec_bytes() {
         let msg = Message {
             term: Term(3),
-            body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(9) }),
+            body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(9), round: 0 }),
         };
         let frame = encode_frame(&msg).unwrap();
         let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;

@@ -168,6 +168,31 @@ pub enum Action {
     /// Store (and, when complete, install) a snapshot chunk from the leader (see
     /// [`ReceiveSnapshot`]).
     ReceiveSnapshot(ReceiveSnapshot),
+    /// A read asked for with [`RaftCore::read_index`](crate::RaftCore::read_index) has its read
+    /// index (serve it once the state machine has applied up to it), or failed.
+    ReadIndex(ReadReady),
+    /// The leader answered commands forwarded with
+    /// [`RaftCore::forward`](crate::RaftCore::forward), or the answer will never come.
+    Forwarded(Forwarded),
+}
+
+/// The outcome of one read (see [`Action::ReadIndex`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadReady {
+    /// The read, as the driver named it.
+    pub id: crate::ReadId,
+    /// The read index: every write committed before the read was asked for is at or below it,
+    /// so a state machine that has applied up to it answers linearizably.
+    pub result: Result<LogIndex, crate::ReadError>,
+}
+
+/// The outcome of a batch of forwarded commands (see [`Action::Forwarded`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The batch, as the driver named it.
+    pub batch: u64,
+    /// Where the leader appended the first command (the next ones follow it), or why not.
+    pub result: Result<LogId, crate::ForwardError>,
 }
 
 #[cfg(test)]

@@ -278,9 +278,7 @@ impl RaftCore {
     }
 
     fn check_can_change(&self) -> Result<(), ProposeError> {
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader: self.leader });
-        }
+        self.check_can_propose()?;
         if self.log.term_at(self.commit) != Some(self.term)
             && !mutant!(self, ChangeBeforeOwnTermCommit)
         {

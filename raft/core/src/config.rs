@@ -67,6 +67,21 @@ pub struct Config {
     /// follower that heard from a live leader within that time ignores vote requests ("leader
     /// stickiness").
     pub check_quorum: bool,
+    /// How far apart the clocks of two nodes may run over an `election_timeout_min` (rate
+    /// drift, timer lateness, pauses). A leader serves lease reads until
+    /// `election_timeout_min - clock_drift_bound` after it sent the heartbeat round a quorum
+    /// last confirmed; must be below `election_timeout_min`. Lease reads are only as safe as
+    /// this bound: a node whose clock runs faster than it allows could elect a new leader
+    /// while the old one still believes its lease holds.
+    #[serde(with = "humantime_serde")]
+    pub clock_drift_bound: Duration,
+    /// A follower forwards client commands to the leader (and answers with the output once it
+    /// applied them) instead of refusing them with "not the leader". Off: etcd's
+    /// `DisableProposalForwarding`.
+    pub forward_proposals: bool,
+    /// A leader shut down gracefully hands leadership to the most up-to-date voter first, so a
+    /// rolling restart costs no election timeout.
+    pub transfer_on_shutdown: bool,
     /// The most entries one AppendEntries message carries, at most
     /// [`MAX_ENTRIES_PER_MESSAGE`](crate::MAX_ENTRIES_PER_MESSAGE). Also enforced on receipt: a
     /// follower refuses (logs and drops) an AppendEntries with more, so every node of a cluster
@@ -142,6 +157,17 @@ pub enum ConfigError {
         /// The configured `election_timeout_max`.
         max: Duration,
     },
+    /// The clock drift bound leaves no lease.
+    #[error(
+        "config field `clock_drift_bound` ({drift:?}) must be less than \
+         `election_timeout_min` ({election:?})"
+    )]
+    DriftNotBelowElection {
+        /// The configured `clock_drift_bound`.
+        drift: Duration,
+        /// The configured `election_timeout_min`.
+        election: Duration,
+    },
     /// `id` is unset (0 is not a node id).
     #[error("config field `id` is unset (node ids start at 1)")]
     NoId,
@@ -180,6 +206,9 @@ impl Config {
             election_timeout_max: Duration::from_millis(600),
             pre_vote: true,
             check_quorum: true,
+            clock_drift_bound: Duration::from_millis(30),
+            forward_proposals: true,
+            transfer_on_shutdown: true,
             max_entries_per_message: 4096,
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,
@@ -243,6 +272,12 @@ impl Config {
             return Err(ConfigError::ElectionRange {
                 min: self.election_timeout_min,
                 max: self.election_timeout_max,
+            });
+        }
+        if self.clock_drift_bound >= self.election_timeout_min {
+            return Err(ConfigError::DriftNotBelowElection {
+                drift: self.clock_drift_bound,
+                election: self.election_timeout_min,
             });
         }
         let mut seen = BTreeSet::new();
@@ -325,6 +360,12 @@ mod tests {
         let mut c = ok();
         c.id = NodeId(9);
         assert!(c.validate().unwrap_err().to_string().contains("`id` (n9)"));
+
+        let mut c = ok();
+        c.clock_drift_bound = c.election_timeout_min;
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::DriftNotBelowElection { .. }));
+        assert!(e.to_string().contains("clock_drift_bound"), "{e}");
 
         let mut c = ok();
         c.max_inflight_messages = 0;

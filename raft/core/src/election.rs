@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::message::{Message, MessageBody, RequestVote, VoteResponse};
+use crate::message::{HeartbeatAck, Message, MessageBody, RequestVote, VoteResponse};
 use crate::progress::Progress;
 use crate::quorum::VoteResult;
 use crate::raft::{RaftCore, Ungated};
@@ -16,7 +16,8 @@ impl RaftCore {
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::RequestVote(rv) => {
-                    if self.in_lease(now) {
+                    let quiet = self.restart_quiet_until.is_some_and(|t| now < t);
+                    if (self.in_lease(now) || quiet) && !Self::is_transfer_vote(&msg) {
                         // Leader stickiness: a live leader exists, so this candidate is
                         // disruptive (e.g. it was partitioned away). Not even the term moves.
                         tracing::debug!(node = %self.id, %from, term = %msg.term, "ignoring vote request: leader is live");
@@ -37,6 +38,14 @@ impl RaftCore {
             }
         } else if msg.term < self.term {
             match &msg.body {
+                MessageBody::ReadIndexRequest(_) | MessageBody::Propose(_) => {
+                    // A follower of an old leader: tell it the term, so it finds the new one.
+                    let reply = Message {
+                        term: self.term,
+                        body: MessageBody::HeartbeatResponse(HeartbeatAck { round: 0 }),
+                    };
+                    self.send_after_term_durable(from, reply);
+                }
                 MessageBody::AppendEntries(_)
                 | MessageBody::Heartbeat(_)
                 | MessageBody::InstallSnapshot(_)
@@ -45,7 +54,10 @@ impl RaftCore {
                     // A stale leader, or this node raised its term while partitioned. With
                     // CheckQuorum/PreVote our term would not reach the leader through votes, so
                     // tell it directly; it steps down and a fresh election includes us.
-                    let reply = Message { term: self.term, body: MessageBody::HeartbeatResponse };
+                    let reply = Message {
+                        term: self.term,
+                        body: MessageBody::HeartbeatResponse(HeartbeatAck { round: 0 }),
+                    };
                     self.send_after_term_durable(from, reply);
                 }
                 #[cfg(feature = "mutants")]
@@ -84,9 +96,23 @@ impl RaftCore {
                     self.handle_append_response(now, from, resp);
                 }
             }
-            MessageBody::HeartbeatResponse => {
+            MessageBody::HeartbeatResponse(ack) => {
                 if self.role == Role::Leader {
                     self.handle_heartbeat_response(now, from);
+                    self.on_round_ack(from, ack.round);
+                }
+            }
+            MessageBody::ReadIndexRequest(req) => self.handle_read_index_request(now, from, req),
+            MessageBody::ReadIndexResponse(resp) => {
+                if self.role != Role::Leader && self.leader == Some(from) {
+                    self.handle_read_index_response(from, resp);
+                }
+            }
+            MessageBody::TimeoutNow => self.handle_timeout_now(now, from),
+            MessageBody::Propose(p) => self.handle_propose(now, from, p),
+            MessageBody::ProposeResponse(resp) => {
+                if self.role != Role::Leader && self.leader == Some(from) {
+                    self.handle_propose_response(from, resp);
                 }
             }
             MessageBody::InstallSnapshot(chunk) => {
@@ -140,6 +166,9 @@ impl RaftCore {
                 if self.cfg.check_quorum && now >= self.quorum_deadline {
                     self.check_quorum(now);
                 }
+                if self.role == Role::Leader {
+                    self.check_transfer_deadline(now);
+                }
             }
             Role::Learner => {}
             Role::Follower | Role::PreCandidate | Role::Candidate => {
@@ -185,15 +214,23 @@ impl RaftCore {
         if term <= self.term && mutant!(self, ForgetVoteOnSameTermStepDown) {
             self.vote = None;
         }
-        if term > self.term {
+        let term_changed = term > self.term;
+        if term_changed {
             self.term = term;
             self.vote = None;
         }
+        let was_leader = self.role == Role::Leader;
         self.role = if self.membership.is_voter(self.id) { Role::Follower } else { Role::Learner };
         if self.leader != leader {
             tracing::debug!(node = %self.id, %term, ?leader, "following");
         }
+        let leader_changed = self.leader != leader || term_changed;
         self.leader = leader;
+        self.transfer = None;
+        if was_leader || leader_changed {
+            self.reads_role_changed();
+        }
+        self.forwards_leader_changed();
         self.leader_heard_at = None;
         self.votes.clear();
         self.progress.clear();
@@ -204,23 +241,35 @@ impl RaftCore {
         tracing::debug!(node = %self.id, term = %self.term, "starting pre-election");
         self.role = Role::PreCandidate;
         self.leader = None;
+        self.reads_role_changed();
+        self.forwards_leader_changed();
         self.leader_heard_at = None;
         self.progress.clear();
         self.votes = BTreeMap::from([(self.id, true)]);
         self.reset_election_deadline(now);
-        let rv = RequestVote { pre_vote: true, last_log_id: self.log.last() };
+        let rv = RequestVote { pre_vote: true, transfer: false, last_log_id: self.log.last() };
         for to in self.voter_peers() {
             self.send_now(to, self.term.next(), Ungated::PreVote(rv.clone()));
         }
         self.check_votes(now);
     }
 
+    /// Campaigns at once for a leadership transfer: no pre-election, and the vote requests
+    /// say so (voters answer them despite their stickiness).
+    pub(crate) fn start_transfer_campaign(&mut self, now: Instant) {
+        self.campaign_transfer = true;
+        self.become_candidate(now);
+    }
+
     fn become_candidate(&mut self, now: Instant) {
+        let transfer = std::mem::take(&mut self.campaign_transfer);
         self.term = self.term.next();
         self.vote = Some(self.id);
-        tracing::debug!(node = %self.id, term = %self.term, "starting election");
+        tracing::debug!(node = %self.id, term = %self.term, transfer, "starting election");
         self.role = Role::Candidate;
         self.leader = None;
+        self.reads_role_changed();
+        self.forwards_leader_changed();
         self.leader_heard_at = None;
         self.progress.clear();
         self.votes.clear();
@@ -229,6 +278,7 @@ impl RaftCore {
             term: self.term,
             body: MessageBody::RequestVote(RequestVote {
                 pre_vote: false,
+                transfer,
                 last_log_id: self.log.last(),
             }),
         };
@@ -258,6 +308,9 @@ impl RaftCore {
         self.quorum_deadline = now + self.cfg.election_timeout_min;
         // A no-op of the new term lets entries of earlier terms commit (Raft §5.4.2, Figure 8).
         let log_id = LogId { term: self.term, index: next };
+        self.leader_noop = next;
+        self.transfer = None;
+        self.forwards_seen.clear();
         self.append_local(vec![Entry::blank(log_id)]);
         self.maybe_commit();
     }

@@ -26,7 +26,9 @@
 //!    - `handle_snapshot_received(now, from, meta, next_offset, installed)`: a chunk from an
 //!      [`Action::ReceiveSnapshot`] was stored (and, when `installed`, the snapshot restored).
 //! 2. **Commands**: `propose`, `propose_batch` (application commands, leader only),
-//!    `campaign` (start an election now), `trigger_snapshot` (build a snapshot now).
+//!    `forward` (a follower hands commands to the leader), `read_index` (a read that does not
+//!    write the log), `transfer_leadership`, `campaign` (start an election now),
+//!    `trigger_snapshot` (build a snapshot now).
 //! 3. **Outputs**: `poll_action` until it returns `None`, then `poll_timeout`. Both are
 //!    `#[must_use]`: every [`Action`] must be carried out, and every input may change the
 //!    next timeout.
@@ -65,7 +67,9 @@
 //!             | Action::BuildSnapshot
 //!             | Action::PurgeLog(_)
 //!             | Action::SendSnapshot(_)
-//!             | Action::ReceiveSnapshot(_) => {}
+//!             | Action::ReceiveSnapshot(_)
+//!             | Action::ReadIndex(_)
+//!             | Action::Forwarded(_) => {}
 //!         }
 //!     }
 //!     now = core.poll_timeout().unwrap();
@@ -115,6 +119,7 @@ pub mod codec;
 mod confchange;
 mod config;
 mod election;
+mod forward;
 mod log;
 mod membership;
 mod message;
@@ -123,31 +128,37 @@ mod mutants;
 mod progress;
 pub mod quorum;
 mod raft;
+mod read;
 mod replication;
 mod rng;
 mod snapshot;
 mod time;
+mod transfer;
 mod types;
 
 pub use action::{
-    Action, ApplyRequest, LogWrite, Outgoing, PersistRequest, ReceiveSnapshot, SendFromLog,
-    SendSnapshot, WriteId,
+    Action, ApplyRequest, Forwarded, LogWrite, Outgoing, PersistRequest, ReadReady,
+    ReceiveSnapshot, SendFromLog, SendSnapshot, WriteId,
 };
 pub use confchange::{ChangeError, JointPolicy, MembershipChange};
 pub use config::{Config, ConfigError};
+pub use forward::ForwardError;
 pub use log::LogStateError;
 pub use membership::{MAX_MEMBERS, MAX_NODE_INFO_BYTES, Membership, MembershipError};
 pub use message::{
-    AppendEntries, AppendResponse, Heartbeat, InstallSnapshot, InvalidMessage,
-    MAX_ENTRIES_PER_MESSAGE, MAX_INDEX, MAX_TERM, Message, MessageBody, RequestVote,
-    SnapshotResponse, VoteResponse,
+    AppendEntries, AppendResponse, Heartbeat, HeartbeatAck, InstallSnapshot, InvalidMessage,
+    MAX_ENTRIES_PER_MESSAGE, MAX_INDEX, MAX_TERM, Message, MessageBody, Propose, ProposeOutcome,
+    ProposeResponse, ReadIndexRequest, ReadIndexResponse, RequestVote, SnapshotResponse,
+    VoteResponse,
 };
 #[cfg(feature = "mutants")]
 pub use mutants::Mutant;
 pub use progress::ProgressState;
 pub use raft::{InitialState, ProposeError, RaftCore, StartError};
+pub use read::{ReadError, ReadId, ReadMode};
 pub use rng::Rng;
 pub use time::Instant;
+pub use transfer::TransferError;
 pub use types::{
     Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, SnapshotMeta, Term,
 };

@@ -33,8 +33,18 @@ pub enum MessageBody {
     AppendResponse(AppendResponse),
     /// The leader's periodic liveness signal, carrying a commit index the follower may apply.
     Heartbeat(Heartbeat),
-    /// The answer to a [`Heartbeat`].
-    HeartbeatResponse,
+    /// The answer to a [`Heartbeat`] (also a stale leader's cue that its term is over).
+    HeartbeatResponse(HeartbeatAck),
+    /// A follower asks the leader for a read index, on behalf of reads it will serve itself.
+    ReadIndexRequest(ReadIndexRequest),
+    /// The leader's answer to a [`ReadIndexRequest`], once it has confirmed its leadership.
+    ReadIndexResponse(ReadIndexResponse),
+    /// The leader tells the target of a leadership transfer to campaign now, skipping PreVote.
+    TimeoutNow,
+    /// A follower forwards client commands to the leader.
+    Propose(Propose),
+    /// The leader's answer to a [`Propose`].
+    ProposeResponse(ProposeResponse),
     /// The leader sends one chunk of a snapshot to a follower that needs purged entries.
     InstallSnapshot(InstallSnapshot),
     /// The answer to an [`InstallSnapshot`] chunk.
@@ -70,6 +80,10 @@ pub struct SnapshotResponse {
 pub struct RequestVote {
     /// A pre-vote: the receiver answers without changing its term or vote.
     pub pre_vote: bool,
+    /// The campaign was started by the leader's [`MessageBody::TimeoutNow`] (a leadership
+    /// transfer): voters answer even while they still hear from that leader, which would
+    /// otherwise make them ignore the request (leader stickiness).
+    pub transfer: bool,
     /// The id of the candidate's last entry, for the election restriction (Raft §5.4.1).
     pub last_log_id: LogId,
 }
@@ -90,7 +104,7 @@ pub struct AppendEntries {
     pub prev_log_id: LogId,
     /// The entries, contiguous from `prev_log_id.index + 1`. At most
     /// [`MAX_ENTRIES_PER_MESSAGE`]: decoding refuses more.
-    #[serde(deserialize_with = "bounded_entries")]
+    #[serde(deserialize_with = "bounded_seq")]
     pub entries: Vec<Entry>,
     /// The leader's commit index.
     pub leader_commit: LogIndex,
@@ -102,14 +116,19 @@ pub struct AppendEntries {
 /// exceed it.
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 1 << 16;
 
-/// Deserializes `AppendEntries::entries`, refusing more than [`MAX_ENTRIES_PER_MESSAGE`] and
-/// reserving room only for what has been read (plus a little), whatever length is claimed.
-fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<Entry>;
+/// Deserializes `AppendEntries::entries` and `Propose::commands`, refusing more than
+/// [`MAX_ENTRIES_PER_MESSAGE`] items and reserving room only for what has been read (plus a
+/// little), whatever length is claimed.
+fn bounded_seq<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "at most {MAX_ENTRIES_PER_MESSAGE} log entries")
+            write!(f, "at most {MAX_ENTRIES_PER_MESSAGE} log entries or commands")
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(
             self,
@@ -129,7 +148,7 @@ fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Entry>,
             Ok(out)
         }
     }
-    d.deserialize_seq(Bounded)
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
 /// An answer to an [`AppendEntries`].
@@ -156,6 +175,66 @@ pub struct Heartbeat {
     /// A commit index the follower may adopt: the leader's commit capped at what it knows the
     /// follower has, so a follower never commits entries that may still diverge.
     pub commit: LogIndex,
+    /// The leader's confirmation round this heartbeat belongs to (increasing per leader); the
+    /// follower echoes it, and a quorum of echoes of round `r` proves the leader was still
+    /// leader when it sent round `r` (ReadIndex, leases).
+    pub round: u64,
+}
+
+/// The answer to a [`Heartbeat`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The round of the heartbeat answered (0 when answering something else).
+    pub round: u64,
+}
+
+/// A follower's request for a read index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexRequest {
+    /// The follower's id for this batch of reads, echoed in the answer.
+    pub batch: u64,
+}
+
+/// The leader's answer to a [`ReadIndexRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    /// The batch answered.
+    pub batch: u64,
+    /// The leader's commit index when the request arrived (after its leadership was
+    /// confirmed): the follower serves the reads once it has applied up to here.
+    pub index: LogIndex,
+}
+
+/// Client commands a follower forwards to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Propose {
+    /// The follower's id for this batch, echoed in the answer.
+    pub batch: u64,
+    /// The commands, in order. At most [`MAX_ENTRIES_PER_MESSAGE`]: decoding refuses more.
+    #[serde(deserialize_with = "bounded_seq")]
+    pub commands: Vec<Bytes>,
+}
+
+/// The leader's answer to a [`Propose`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposeResponse {
+    /// The batch answered.
+    pub batch: u64,
+    /// What became of it.
+    pub outcome: ProposeOutcome,
+}
+
+/// What a leader did with forwarded commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeOutcome {
+    /// Appended to the leader's log; the first command has this id, the next ones follow.
+    Appended(LogId),
+    /// The receiver is not the leader.
+    NotLeader,
+    /// The leader is handing leadership over and takes no new commands meanwhile.
+    TransferInProgress,
+    /// The batch exceeds the leader's message bounds.
+    TooLarge,
 }
 
 /// Why a message from a peer was refused before it reached the protocol.
@@ -206,6 +285,14 @@ pub enum InvalidMessage {
     /// A snapshot chunk is inconsistent with its snapshot's metadata.
     #[error("bad snapshot chunk: {0}")]
     BadSnapshot(String),
+    /// A leader's answer to forwarded commands names an entry of another term than its own.
+    #[error("forwarded commands appended at {first}, not in the answer's term {term}")]
+    BadAppendedId {
+        /// The id the answer names.
+        first: LogId,
+        /// The answer's term.
+        term: Term,
+    },
     /// The previous log id is above the message's term.
     #[error("prev_log_id {prev} is from a term above the message's {term}")]
     BadPrev {
@@ -273,6 +360,17 @@ impl Message {
                 Ok(())
             }
             MessageBody::Heartbeat(h) => check_index("commit", h.commit),
+            MessageBody::ReadIndexResponse(r) => check_index("read index", r.index),
+            MessageBody::ProposeResponse(ProposeResponse {
+                outcome: ProposeOutcome::Appended(first),
+                ..
+            }) => {
+                check_id("first appended", *first)?;
+                if first.term != self.term {
+                    return Err(InvalidMessage::BadAppendedId { first: *first, term: self.term });
+                }
+                Ok(())
+            }
             MessageBody::SnapshotResponse(r) => check_id("snapshot", r.snapshot),
             MessageBody::AppendResponse(AppendResponse::Success { match_index }) => {
                 check_index("match_index", *match_index)
@@ -358,7 +456,12 @@ impl Message {
             MessageBody::AppendEntries(_) => "AppendEntries",
             MessageBody::AppendResponse(_) => "AppendResponse",
             MessageBody::Heartbeat(_) => "Heartbeat",
-            MessageBody::HeartbeatResponse => "HeartbeatResponse",
+            MessageBody::HeartbeatResponse(_) => "HeartbeatResponse",
+            MessageBody::ReadIndexRequest(_) => "ReadIndexRequest",
+            MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::Propose(_) => "Propose",
+            MessageBody::ProposeResponse(_) => "ProposeResponse",
             MessageBody::InstallSnapshot(_) => "InstallSnapshot",
             MessageBody::SnapshotResponse(_) => "SnapshotResponse",
         }
@@ -371,6 +474,7 @@ impl Message {
                 48 + a.entries.iter().map(Entry::size_hint).sum::<usize>()
             }
             MessageBody::InstallSnapshot(s) => 96 + s.data.len(),
+            MessageBody::Propose(p) => 48 + p.commands.iter().map(|c| 8 + c.len()).sum::<usize>(),
             _ => 48,
         }
     }
@@ -411,7 +515,10 @@ mod tests {
         assert!(matches!(backwards.validate(), Err(InvalidMessage::BadEntryTerm { .. })));
         let prev = append(3, LogId::new(5, 4), vec![]);
         assert!(matches!(prev.validate(), Err(InvalidMessage::BadPrev { .. })));
-        let zero = Message { term: Term(0), body: MessageBody::HeartbeatResponse };
+        let zero = Message {
+            term: Term(0),
+            body: MessageBody::HeartbeatResponse(HeartbeatAck { round: 0 }),
+        };
         assert_eq!(zero.validate(), Err(InvalidMessage::ZeroTerm));
         let hint = Message {
             term: Term(1),

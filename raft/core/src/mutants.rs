@@ -52,4 +52,18 @@ catalogue! {
     JointQuorumNewOnly,
     /// A leader removed from the configuration stays leader once the change commits.
     RemovedLeaderStays,
+    /// Serve ReadIndex reads at the commit index without a heartbeat round confirming the
+    /// leadership (a deposed leader serves stale reads; pitfall P11).
+    ReadWithoutRound,
+    /// Serve reads before the leader has committed an entry of its own term (its commit index
+    /// may lag what earlier leaders committed; pitfall P11).
+    ReadBeforeNoop,
+    /// Count any heartbeat answer of the term as confirming the newest round (no round id), so
+    /// an answer to a round sent before a read confirms the read.
+    ReadRoundByTermOnly,
+    /// Keep the lease for the whole `election_timeout_min`, ignoring `clock_drift_bound`.
+    LeaseIgnoresDrift,
+    /// The target of a leadership transfer runs a pre-election instead of campaigning at once
+    /// (the voters, still hearing from the leader, refuse it: the transfer never completes).
+    TimeoutNowKeepsPreVote,
 }

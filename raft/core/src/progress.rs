@@ -89,6 +89,8 @@ pub(crate) struct Progress {
     /// In `Snapshot`: when the follower last confirmed receiving more of the snapshot (`None`
     /// until it first does).
     pub(crate) snapshot_advanced: Option<Instant>,
+    /// The highest heartbeat round the follower has echoed (ReadIndex confirmation).
+    pub(crate) read_acked: u64,
 }
 
 impl Progress {
@@ -111,6 +113,7 @@ impl Progress {
             snapshot: None,
             chunk_in_flight: false,
             snapshot_advanced: None,
+            read_acked: 0,
         }
     }
 

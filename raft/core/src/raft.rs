@@ -111,6 +111,16 @@ pub enum ProposeError {
         /// The leader this node knows of, if any.
         leader: Option<NodeId>,
     },
+    /// The leader is handing leadership over (see
+    /// [`RaftCore::transfer_leadership`]); retry once the new leader is known.
+    #[error("leadership is being transferred to node {}", to.0)]
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+    /// Too many forwarded batches wait for the leader's answer.
+    #[error("too many forwarded proposals waiting for the leader")]
+    TooManyForwarded,
     /// A configuration change was refused; the reason says why.
     #[error(transparent)]
     Membership(#[from] crate::confchange::ChangeError),
@@ -133,6 +143,13 @@ pub(crate) enum Ungated {
     Append(AppendEntries),
     Heartbeat(Heartbeat),
     PreVote(RequestVote),
+    /// Answers about reads and forwarded commands, and a transfer's TimeoutNow: none of them
+    /// vouches for this node's log or vote.
+    ReadIndexRequest(crate::message::ReadIndexRequest),
+    ReadIndexResponse(crate::message::ReadIndexResponse),
+    Propose(crate::message::Propose),
+    ProposeResponse(crate::message::ProposeResponse),
+    TimeoutNow,
 }
 
 /// The Raft protocol for one node, as a deterministic state machine without IO.
@@ -215,6 +232,23 @@ pub struct RaftCore {
     /// Bytes of entries appended since the last snapshot (for the size policy).
     pub(crate) bytes_since_snapshot: u64,
 
+    /// Reads waiting for their read index (see `read.rs`).
+    pub(crate) reads: crate::read::Reads,
+    /// The index of this leader's no-op (reads wait until it commits).
+    pub(crate) leader_noop: LogIndex,
+    /// The leadership transfer in progress (leader only).
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
+    /// The next campaign was asked for by the leader (TimeoutNow).
+    pub(crate) campaign_transfer: bool,
+    /// Commands forwarded to the leader and not answered.
+    pub(crate) forwards: crate::forward::Forwards,
+    /// Leader: the highest forwarded batch id taken from each follower this leadership.
+    pub(crate) forwards_seen: BTreeMap<NodeId, u64>,
+    /// A restarted node ignores vote requests until then, as if it still heard from a leader:
+    /// it may have acknowledged a round that a leader's lease counts on just before it went
+    /// down.
+    pub(crate) restart_quiet_until: Option<Instant>,
+
     // The write pipeline.
     pending: LogWrite,
     next_write: WriteId,
@@ -294,6 +328,13 @@ impl RaftCore {
             installing: None,
             chunks_pending: 0,
             bytes_since_snapshot: 0,
+            reads: Default::default(),
+            leader_noop: LogIndex(u64::MAX),
+            transfer: None,
+            campaign_transfer: false,
+            forwards: Default::default(),
+            forwards_seen: BTreeMap::new(),
+            restart_quiet_until: None,
             pending: LogWrite::default(),
             next_write: WriteId(1),
             inflight: VecDeque::new(),
@@ -306,6 +347,9 @@ impl RaftCore {
             cfg,
         };
         core.reset_election_deadline(now);
+        if core.cfg.check_quorum && hs.term.0 > 0 {
+            core.restart_quiet_until = Some(now + core.cfg.election_timeout_min);
+        }
         Ok(core)
     }
 
@@ -449,9 +493,7 @@ impl RaftCore {
         _now: Instant,
         commands: impl ExactSizeIterator<Item = Bytes>,
     ) -> Result<LogId, ProposeError> {
-        if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader: self.leader });
-        }
+        self.check_can_propose()?;
         let first = LogId { term: self.term, index: self.log.last().index.next() };
         if commands.len() == 0 {
             return Ok(first);
@@ -465,10 +507,19 @@ impl RaftCore {
         Ok(first)
     }
 
-    pub(crate) fn propose_payload(&mut self, payload: EntryPayload) -> Result<LogId, ProposeError> {
+    /// Whether this node takes proposals now: the leader, not handing leadership over.
+    pub(crate) fn check_can_propose(&self) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
+        if let Some(t) = &self.transfer {
+            return Err(ProposeError::TransferInProgress { to: t.to });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn propose_payload(&mut self, payload: EntryPayload) -> Result<LogId, ProposeError> {
+        self.check_can_propose()?;
         let log_id = LogId { term: self.term, index: self.log.last().index.next() };
         self.append_local(vec![Entry { log_id, payload }]);
         Ok(log_id)
@@ -490,11 +541,16 @@ impl RaftCore {
     #[must_use = "the driver must arm a timer for the returned instant"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.role {
-            Role::Leader => Some(if self.cfg.check_quorum {
-                self.heartbeat_deadline.min(self.quorum_deadline)
-            } else {
-                self.heartbeat_deadline
-            }),
+            Role::Leader => {
+                let mut t = self.heartbeat_deadline;
+                if self.cfg.check_quorum {
+                    t = t.min(self.quorum_deadline);
+                }
+                if let Some(tr) = &self.transfer {
+                    t = t.min(tr.deadline);
+                }
+                Some(t)
+            }
             Role::Learner => None,
             _ => Some(self.election_deadline),
         }
@@ -623,6 +679,11 @@ impl RaftCore {
             Ungated::Append(a) => MessageBody::AppendEntries(a),
             Ungated::Heartbeat(h) => MessageBody::Heartbeat(h),
             Ungated::PreVote(r) => MessageBody::RequestVote(r),
+            Ungated::ReadIndexRequest(r) => MessageBody::ReadIndexRequest(r),
+            Ungated::ReadIndexResponse(r) => MessageBody::ReadIndexResponse(r),
+            Ungated::Propose(p) => MessageBody::Propose(p),
+            Ungated::ProposeResponse(p) => MessageBody::ProposeResponse(p),
+            Ungated::TimeoutNow => MessageBody::TimeoutNow,
         };
         self.actions.push_back(Action::Send(Outgoing { to, message: Message { term, body } }));
     }
@@ -740,6 +801,10 @@ impl RaftCore {
         }
         if self.role == Role::Leader {
             self.replicate_all();
+            self.maybe_send_timeout_now();
+            self.flush_reads();
+        } else {
+            self.flush_follower_reads();
         }
         self.emit_apply();
         self.release_cache();

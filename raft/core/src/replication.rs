@@ -2,7 +2,9 @@
 //! check, conflict repair and acknowledgements.
 
 use crate::action::{Action, SendFromLog};
-use crate::message::{AppendEntries, AppendResponse, Heartbeat, Message, MessageBody};
+use crate::message::{
+    AppendEntries, AppendResponse, Heartbeat, HeartbeatAck, Message, MessageBody,
+};
 use crate::progress::ProgressState;
 use crate::raft::{RaftCore, Ungated};
 use crate::time::Instant;
@@ -104,13 +106,21 @@ impl RaftCore {
                 pr.last_answer = now;
             }
         }
+        self.send_heartbeat_round();
+    }
+
+    /// Sends a heartbeat of a new confirmation round to every peer; reads waiting for a round
+    /// join it. A leader that is the only voter confirms it at once.
+    pub(crate) fn send_heartbeat_round(&mut self) {
+        let round = self.new_round();
         let peers: Vec<(NodeId, LogIndex)> =
             self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
         for (peer, matched) in peers {
             // A follower may only commit what it is known to share with us.
             let commit = self.commit.min(matched);
-            self.send_now(peer, self.term, Ungated::Heartbeat(Heartbeat { commit }));
+            self.send_now(peer, self.term, Ungated::Heartbeat(Heartbeat { commit, round }));
         }
+        self.confirm_rounds();
     }
 
     pub(crate) fn handle_append_response(
@@ -268,10 +278,8 @@ impl RaftCore {
         if commit > self.commit {
             self.commit = commit;
         }
-        self.send_after_term_durable(
-            from,
-            Message { term: self.term, body: MessageBody::HeartbeatResponse },
-        );
+        let body = MessageBody::HeartbeatResponse(HeartbeatAck { round: hb.round });
+        self.send_after_term_durable(from, Message { term: self.term, body });
     }
 
     /// The id of the entry at `index` in our log (for tests and the engine).

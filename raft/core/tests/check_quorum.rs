@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use raftkit_core::{
-    Action, Config, InitialState, Instant, Message, MessageBody, NodeId, RaftCore, Role,
-    VoteResponse,
+    Action, Config, HeartbeatAck, InitialState, Instant, Message, MessageBody, NodeId, RaftCore,
+    Role, VoteResponse,
 };
 
 const MIN: Duration = Duration::from_millis(300);
@@ -66,7 +66,10 @@ fn run(c: &mut RaftCore, until: Instant, answers_until: Instant) -> Option<Insta
         }
         if next < answers_until {
             for o in heartbeats {
-                let answer = Message { term: c.term(), body: MessageBody::HeartbeatResponse };
+                let answer = Message {
+                    term: c.term(),
+                    body: MessageBody::HeartbeatResponse(HeartbeatAck { round: 0 }),
+                };
                 c.handle_message(next, o.to, answer);
             }
             settle(c, next);

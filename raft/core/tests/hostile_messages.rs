@@ -8,9 +8,9 @@
 
 use bytes::Bytes;
 use raftkit_core::{
-    Action, AppendEntries, AppendResponse, Config, Entry, Heartbeat, InitialState, Instant, LogId,
-    LogIndex, MAX_TERM, Membership, Message, MessageBody, NodeId, RaftCore, RequestVote, Role,
-    SnapshotMeta, SnapshotResponse, Term, VoteResponse,
+    Action, AppendEntries, AppendResponse, Config, Entry, Heartbeat, HeartbeatAck, InitialState,
+    Instant, LogId, LogIndex, MAX_TERM, Membership, Message, MessageBody, NodeId, RaftCore,
+    RequestVote, Role, SnapshotMeta, SnapshotResponse, Term, VoteResponse,
 };
 
 fn core(id: u64, pre_vote: bool) -> RaftCore {
@@ -59,17 +59,26 @@ fn hostile() -> Vec<Message> {
     vec![
         Message {
             term: huge,
-            body: MessageBody::RequestVote(RequestVote { pre_vote: false, last_log_id: max }),
+            body: MessageBody::RequestVote(RequestVote {
+                pre_vote: false,
+                transfer: false,
+                last_log_id: max,
+            }),
         },
         Message {
             term: huge,
-            body: MessageBody::RequestVote(RequestVote { pre_vote: true, last_log_id: max }),
+            body: MessageBody::RequestVote(RequestVote {
+                pre_vote: true,
+                transfer: false,
+                last_log_id: max,
+            }),
         },
         // A candidate in term 2 whose log claims a term-9 entry: it would win every vote.
         Message {
             term: Term(2),
             body: MessageBody::RequestVote(RequestVote {
                 pre_vote: false,
+                transfer: false,
                 last_log_id: LogId::new(9, 100),
             }),
         },
@@ -100,10 +109,13 @@ fn hostile() -> Vec<Message> {
                 match_index: LogIndex(u64::MAX),
             }),
         },
-        Message { term: huge, body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(1) }) },
+        Message {
+            term: huge,
+            body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(1), round: 0 }),
+        },
         Message {
             term: Term(2),
-            body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(u64::MAX) }),
+            body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(u64::MAX), round: 0 }),
         },
         Message {
             term: Term(1),
@@ -180,6 +192,7 @@ impl Rng {
         let body = match self.next() % 7 {
             0 => MessageBody::RequestVote(RequestVote {
                 pre_vote: self.next() % 2 == 0,
+                transfer: false,
                 last_log_id: self.log_id(),
             }),
             1 => MessageBody::VoteResponse(VoteResponse {
@@ -209,8 +222,8 @@ impl Rng {
             } else {
                 AppendResponse::Reject { rejected: LogIndex(self.edgy()), hint: self.log_id() }
             }),
-            4 => MessageBody::Heartbeat(Heartbeat { commit: LogIndex(self.edgy()) }),
-            5 => MessageBody::HeartbeatResponse,
+            4 => MessageBody::Heartbeat(Heartbeat { commit: LogIndex(self.edgy()), round: 0 }),
+            5 => MessageBody::HeartbeatResponse(HeartbeatAck { round: self.next() % 4 }),
             _ => MessageBody::SnapshotResponse(SnapshotResponse {
                 snapshot: self.log_id(),
                 next_offset: self.edgy(),
@@ -258,7 +271,7 @@ fn random_edge_values_never_panic_or_send_the_term_backwards() {
 fn the_range_limits_are_exact() {
     let hb = |term: u64, commit: u64| Message {
         term: Term(term),
-        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(commit) }),
+        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(commit), round: 0 }),
     };
     assert!(hb(MAX_TERM, raftkit_core::MAX_INDEX).validate().is_ok());
     assert!(hb(MAX_TERM + 1, 0).validate().is_err());
@@ -268,6 +281,7 @@ fn the_range_limits_are_exact() {
         term: Term(5),
         body: MessageBody::RequestVote(RequestVote {
             pre_vote: true,
+            transfer: false,
             last_log_id: LogId::new(4, 9),
         }),
     };

@@ -3,8 +3,8 @@
 //! and term and vote travel as one record.
 
 use raftkit_core::{
-    Action, AppendEntries, AppendResponse, Config, Entry, InitialState, Instant, LogId, LogIndex,
-    Message, MessageBody, NodeId, RaftCore, RequestVote, Role, Term, WriteId,
+    Action, AppendEntries, AppendResponse, Config, Entry, HeartbeatAck, InitialState, Instant,
+    LogId, LogIndex, Message, MessageBody, NodeId, RaftCore, RequestVote, Role, Term, WriteId,
 };
 
 fn core(id: u64, members: &[u64]) -> RaftCore {
@@ -38,7 +38,11 @@ fn vote_grant_waits_for_the_durable_vote_and_term_and_vote_are_one_record() {
     drain(&mut c);
     let rv = Message {
         term: Term(5),
-        body: MessageBody::RequestVote(RequestVote { pre_vote: false, last_log_id: LogId::ZERO }),
+        body: MessageBody::RequestVote(RequestVote {
+            pre_vote: false,
+            transfer: false,
+            last_log_id: LogId::ZERO,
+        }),
     };
     c.handle_message(Instant::ZERO, NodeId(1), rv);
     let actions = drain(&mut c);
@@ -158,7 +162,8 @@ fn malformed_and_foreign_messages_are_dropped() {
     c.handle_message(Instant::ZERO, NodeId(1), gap);
     assert!(drain(&mut c).is_empty());
     assert_eq!(c.term(), Term(0), "an invalid message must not change state");
-    let hb = Message { term: Term(9), body: MessageBody::HeartbeatResponse };
+    let hb =
+        Message { term: Term(9), body: MessageBody::HeartbeatResponse(HeartbeatAck { round: 0 }) };
     c.handle_message(Instant::ZERO, NodeId(42), hb);
     assert_eq!(c.term(), Term(0), "a non-member must not change state");
 }
@@ -171,10 +176,10 @@ fn malformed_and_foreign_messages_are_dropped() {
 fn heartbeat_responses_wait_for_the_term_not_for_entries() {
     let heartbeat = |term: u64| Message {
         term: Term(term),
-        body: MessageBody::Heartbeat(raftkit_core::Heartbeat { commit: LogIndex(0) }),
+        body: MessageBody::Heartbeat(raftkit_core::Heartbeat { commit: LogIndex(0), round: 0 }),
     };
     let is_hb_response = |actions: &[Action]| {
-        sends(actions).iter().any(|m| m.body == MessageBody::HeartbeatResponse)
+        sends(actions).iter().any(|m| matches!(m.body, MessageBody::HeartbeatResponse(_)))
     };
     let mut c = core(2, &[1, 2, 3]);
     drain(&mut c);
@@ -192,7 +197,7 @@ fn heartbeat_responses_wait_for_the_term_not_for_entries() {
     let released = drain(&mut c);
     let answers = sends(&released)
         .iter()
-        .filter(|m| m.body == MessageBody::HeartbeatResponse && m.term == Term(1))
+        .filter(|m| matches!(m.body, MessageBody::HeartbeatResponse(_)) && m.term == Term(1))
         .count();
     assert_eq!(answers, 2, "both answers once the term was durable: {released:?}");
     // Entries arrive and their write stays in flight.

@@ -107,6 +107,7 @@ fn s5_2_votes_at_most_once_per_term_even_across_restart() {
         term: Term(1),
         body: raftkit_core::MessageBody::RequestVote(raftkit_core::RequestVote {
             pre_vote: false,
+            transfer: false,
             last_log_id: sim.core(1).last_log_id(),
         }),
     };

@@ -260,7 +260,7 @@ fn nothing_is_applied_while_a_snapshot_installs() {
     // The leader's heartbeat says entries up to 20 are committed.
     let hb = Message {
         term: Term(2),
-        body: MessageBody::Heartbeat(raftkit_core::Heartbeat { commit: LogIndex(20) }),
+        body: MessageBody::Heartbeat(raftkit_core::Heartbeat { commit: LogIndex(20), round: 0 }),
     };
     core.handle_message(Instant::ZERO, NodeId(1), hb);
     let actions: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
@@ -318,7 +318,10 @@ fn follower_receiving_a_snapshot_at_15() -> (RaftCore, SnapshotMeta, Vec<Message
 fn heartbeat(commit: u64) -> Message {
     Message {
         term: Term(2),
-        body: MessageBody::Heartbeat(raftkit_core::Heartbeat { commit: LogIndex(commit) }),
+        body: MessageBody::Heartbeat(raftkit_core::Heartbeat {
+            commit: LogIndex(commit),
+            round: 0,
+        }),
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::{Fatal, StorageError, WriteError};
 use crate::membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 use crate::metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 use crate::proposals::ProposalReceiver;
+use crate::reads::{Extras, ReadRequest};
 use crate::telemetry::{PeerMetrics, Telemetry};
 use crate::traits::{Inbound, LogStore, Network, StateMachine};
 use crate::workers::{
@@ -39,11 +40,17 @@ pub(crate) enum Control {
     Shutdown(oneshot::Sender<()>),
     #[cfg(feature = "test-util")]
     Pause(Duration),
+    #[cfg(feature = "test-util")]
+    ClockRate(f64),
     TriggerSnapshot(oneshot::Sender<bool>),
     ChangeMembership {
         change: ChangeMembers,
         options: ChangeOptions,
         tx: MembershipReply,
+    },
+    TransferLeadership {
+        to: Option<NodeId>,
+        tx: oneshot::Sender<Result<NodeId, crate::error::TransferError>>,
     },
 }
 
@@ -72,7 +79,7 @@ const INBOX_BATCH: usize = 1024;
 /// Polls `f` once, without a waker (nothing will wake the caller): `Some(output)` if it
 /// finished at once. A future that is not finished can be moved to a task that polls it again
 /// with a real waker, as every future registers the waker of its latest poll.
-fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+pub(crate) fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
     match std::pin::Pin::new(f).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => Some(out),
         Poll::Pending => None,
@@ -91,12 +98,17 @@ pub(crate) struct PeerLink {
 
 pub(crate) struct Driver<N: Network, L: LogStore, S: StateMachine> {
     pub(crate) core: RaftCore,
-    pub(crate) epoch: tokio::time::Instant,
+    /// (real instant, core instant at it, rate): the core's clock runs at `rate` times real
+    /// time from there (rate 1 except in clock-drift tests).
+    pub(crate) clock: (tokio::time::Instant, Instant, f64),
     pub(crate) network: Arc<N>,
     pub(crate) log: Arc<L>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) inbox: mpsc::Receiver<Inbound>,
     pub(crate) proposals: ProposalReceiver<S::Output>,
+    pub(crate) reads: mpsc::Receiver<ReadRequest<S>>,
+    /// Reads, transfers and forwarded proposals in progress (see `reads.rs`).
+    pub(crate) extras: Extras<S>,
     pub(crate) control: mpsc::Receiver<Control>,
     pub(crate) metrics: watch::Sender<RaftMetrics>,
     pub(crate) write_tx: Option<mpsc::UnboundedSender<WriterOp>>,
@@ -144,13 +156,30 @@ enum Exit {
 }
 
 impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
-    fn now(&self) -> Instant {
-        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.epoch);
-        Instant::from_nanos(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+    /// The core's clock: the time since `epoch`, or — after a test changed this node's clock
+    /// rate (`RaftHandle::set_clock_rate`) — the core time at the change plus the time since,
+    /// scaled by the rate.
+    pub(crate) fn now(&self) -> Instant {
+        let (base, core_base, rate) = self.clock;
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(base);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let scaled = if rate == 1.0 { nanos } else { (nanos as f64 * rate) as u64 };
+        Instant::from_nanos(core_base.as_nanos().saturating_add(scaled))
     }
 
     fn deadline(&self, t: Instant) -> tokio::time::Instant {
-        self.epoch + Duration::from_nanos(t.as_nanos())
+        let (base, core_base, rate) = self.clock;
+        let ahead = t.as_nanos().saturating_sub(core_base.as_nanos());
+        let real = if rate == 1.0 { ahead } else { (ahead as f64 / rate).ceil() as u64 };
+        base + Duration::from_nanos(real)
+    }
+
+    /// Makes this node's clock run at `rate` times real time from now on (tests of clock
+    /// drift).
+    #[cfg(feature = "test-util")]
+    fn set_clock_rate(&mut self, rate: f64) {
+        let now = self.now();
+        self.clock = (tokio::time::Instant::now(), now, rate);
     }
 
     pub(crate) async fn run(mut self) {
@@ -161,6 +190,9 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     async fn main_loop(&mut self) -> Exit {
         loop {
             self.carry_out_actions();
+            self.serve_reads();
+            self.check_transfer();
+            self.expire_forwarded();
             self.check_membership_waiters();
             self.observe();
             let peers = &self.peers;
@@ -186,17 +218,21 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                         // Like a process stalled by the OS: nothing is handled meanwhile.
                         tokio::time::sleep(d).await;
                     }
+                    #[cfg(feature = "test-util")]
+                    Some(Control::ClockRate(rate)) => self.set_clock_rate(rate),
                     Some(Control::TriggerSnapshot(tx)) => {
                         let _ = tx.send(self.core.trigger_snapshot());
                     }
                     Some(Control::ChangeMembership { change, options, tx }) => {
                         self.change_membership(&change, options, tx);
                     }
+                    Some(Control::TransferLeadership { to, tx }) => self.on_transfer(to, tx),
                     None => return Exit::Shutdown(None),
                 },
                 Some(r) = self.write_done.recv() => self.on_write_done(r),
                 Some(r) = self.apply_done.recv() => self.on_apply_done(r),
                 Some(m) = self.inbox.recv() => self.on_inbound(m),
+                Some(r) = self.reads.recv() => self.on_read(r),
                 p = self.proposals.recv() => match p {
                     // Proposed with whatever else is waiting, in `drain_ready`.
                     Some(p) => self.batch.push(p),
@@ -231,6 +267,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         for _ in 0..INBOX_BATCH {
             match self.inbox.try_recv() {
                 Ok(m) => self.on_inbound(m),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..INBOX_BATCH {
+            match self.reads.try_recv() {
+                Ok(r) => self.on_read(r),
                 Err(_) => break,
             }
         }
@@ -276,6 +318,12 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
     fn propose_batch(&mut self) {
         let now = self.now();
         let mut batch = std::mem::take(&mut self.batch);
+        if self.core.role() != raftkit_core::Role::Leader && self.core.config().forward_proposals {
+            match self.forward_batch(batch) {
+                Ok(()) => return,
+                Err(back) => batch = back,
+            }
+        }
         let data = batch.iter_mut().map(|p| std::mem::take(&mut p.data));
         match self.core.propose_batch(now, data) {
             Ok(first) => {
@@ -291,16 +339,19 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 }
             }
             Err(e) => {
-                let leader = match e {
-                    ProposeError::NotLeader { leader } => leader,
+                let err = match e {
+                    ProposeError::NotLeader { leader } => WriteError::NotLeader { leader },
+                    ProposeError::TransferInProgress { to } => {
+                        WriteError::TransferInProgress { to: Some(to) }
+                    }
                     other => {
                         tracing::error!(error = %other, "unexpected proposal error");
-                        None
+                        WriteError::NotLeader { leader: None }
                     }
                 };
                 self.telemetry.proposals_rejected.increment(batch.len() as u64);
                 for p in batch.drain(..) {
-                    let _ = p.tx.send(Err(WriteError::NotLeader { leader }));
+                    let _ = p.tx.send(Err(err.clone()));
                 }
             }
         }
@@ -389,6 +440,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 }
                 self.core.handle_snapshot_received(now, from, meta, next_offset, installed);
                 if installed {
+                    // The state machine holds the snapshot's state: reads up to it may go.
+                    self.extras.handed = self.extras.handed.max(covered);
                     // Commands this node appended (as an earlier leader) up to the snapshot
                     // will not be applied here one by one: whether they made it is unknown.
                     for w in self.waiters.take_to(covered) {
@@ -414,7 +467,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         }
     }
 
-    fn send_to_applier(&mut self, job: ApplyJob<S::Output>) {
+    pub(crate) fn send_to_applier(&mut self, job: ApplyJob<S::Output>) {
         self.apply_queued.add();
         if self.apply_tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
             self.fail(Fatal::StateMachine(StorageError::new(
@@ -514,8 +567,11 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
                 Action::SendFromLog(req) => self.send_to_peer(req.to, PeerItem::FromLog(req)),
                 Action::Apply(req) => {
                     let waiters = self.waiters.take_to(req.last.index);
+                    self.extras.handed = self.extras.handed.max(req.last.index);
                     self.apply(req, waiters);
                 }
+                Action::ReadIndex(r) => self.on_read_ready(r),
+                Action::Forwarded(f) => self.on_forwarded(f),
             }
         }
     }
@@ -623,6 +679,16 @@ impl<N: Network, L: LogStore, S: StateMachine> Driver<N, L, S> {
         for w in self.waiters.take_all() {
             let _ = w.tx.send(Err(reason.clone()));
         }
+        self.fail_forwarded(&reason);
+        let read_reason = match &reason {
+            WriteError::Fatal(f) => crate::error::ReadError::Fatal(f.clone()),
+            _ => crate::error::ReadError::Shutdown,
+        };
+        self.reads.close();
+        while let Ok(r) = self.reads.try_recv() {
+            let _ = r.tx.send(Err(read_reason.clone()));
+        }
+        self.fail_reads(&read_reason);
         let change_reason = match &reason {
             WriteError::Fatal(f) => ChangeMembershipError::Fatal(f.clone()),
             _ => ChangeMembershipError::Shutdown,

@@ -450,6 +450,27 @@ pub enum WriteError {
         /// Where the command had been appended.
         log_id: LogId,
     },
+    /// The leader is handing leadership over and takes no commands meanwhile. The command was
+    /// not appended; retry once the new leader is known (usually within a few round trips).
+    #[error("leadership is being transferred ({}); retry on the new leader", match to {
+        Some(t) => format!("to node {}", t.0),
+        None => "target unknown here".to_string(),
+    })]
+    TransferInProgress {
+        /// The transfer's target, when this node knows it (it is the leader).
+        to: Option<NodeId>,
+    },
+    /// The command was forwarded to the leader `leader`, but this node's leader changed before
+    /// the answer came: it may or may not be appended (and applied).
+    #[error("forwarded to node {}, which stopped leading before answering; the outcome is unknown", leader.0)]
+    ForwardOutcomeUnknown {
+        /// The node the command was forwarded to.
+        leader: NodeId,
+    },
+    /// The leader refused the forwarded command (it exceeds the leader's message bounds).
+    /// Not appended.
+    #[error("the leader refused the forwarded command: {0}")]
+    ForwardRefused(String),
     /// The command could not be encoded.
     #[error("cannot encode the command: {0}")]
     Encode(raftkit_core::codec::CodecError),
@@ -464,7 +485,8 @@ pub enum WriteError {
 impl WriteError {
     /// Whether the command may be submitted again without risk of applying it twice, with a
     /// chance of success: [`NotLeader`](WriteError::NotLeader) (it was not appended; retry on
-    /// the leader) and [`Overwritten`](WriteError::Overwritten) (it was never applied).
+    /// the leader), [`TransferInProgress`](WriteError::TransferInProgress) (not appended) and
+    /// [`Overwritten`](WriteError::Overwritten) (it was never applied).
     ///
     /// Not retryable: [`OutcomeUnknown`](WriteError::OutcomeUnknown),
     /// [`Shutdown`](WriteError::Shutdown) and [`Fatal`](WriteError::Fatal), where the command
@@ -472,11 +494,110 @@ impl WriteError {
     /// [`Encode`](WriteError::Encode), which fails the same way every time.
     pub fn is_retryable(&self) -> bool {
         match self {
-            WriteError::NotLeader { .. } | WriteError::Overwritten { .. } => true,
+            WriteError::NotLeader { .. }
+            | WriteError::Overwritten { .. }
+            | WriteError::TransferInProgress { .. } => true,
             WriteError::OutcomeUnknown { .. }
+            | WriteError::ForwardOutcomeUnknown { .. }
+            | WriteError::ForwardRefused(_)
             | WriteError::Encode(_)
             | WriteError::Shutdown
             | WriteError::Fatal(_) => false,
+        }
+    }
+}
+
+/// Why a read ([`client_read`](crate::RaftHandle::client_read),
+/// [`read_barrier`](crate::RaftHandle::read_barrier)) did not complete. Nothing was written;
+/// every read may be retried.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// This node cannot serve the read with this policy: it is not the leader (Linearizable,
+    /// Lease), or it knows no leader (Follower). Retry on `leader` if known.
+    #[error("not the leader; {}", leader_text(leader))]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// Lease reads need `check_quorum` in the [`Config`](crate::Config).
+    #[error("lease reads need check_quorum")]
+    LeaseNeedsCheckQuorum,
+    /// The leader lost its leadership (or the follower its leader) before the read was
+    /// confirmed. Retry, on the new leader for a leader read.
+    #[error("leadership changed before the read was confirmed")]
+    LeadershipLost,
+    /// Too many reads are waiting on this node.
+    #[error("too many reads in progress")]
+    TooManyReads,
+    /// The read was not confirmed in time (for example a follower cut off from the leader).
+    #[error("the read was not confirmed within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+    /// The node stopped because of a fatal error.
+    #[error("the node has failed: {0}")]
+    Fatal(Fatal),
+}
+
+impl ReadError {
+    /// Whether the read may succeed if tried again (here after a while, or on the node a
+    /// [`NotLeader`](ReadError::NotLeader) hint names).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ReadError::NotLeader { .. }
+            | ReadError::LeadershipLost
+            | ReadError::TooManyReads
+            | ReadError::Timeout(_) => true,
+            ReadError::LeaseNeedsCheckQuorum | ReadError::Shutdown | ReadError::Fatal(_) => false,
+        }
+    }
+}
+
+impl From<raftkit_core::ReadError> for ReadError {
+    fn from(e: raftkit_core::ReadError) -> ReadError {
+        match e {
+            raftkit_core::ReadError::NotLeader { leader } => ReadError::NotLeader { leader },
+            raftkit_core::ReadError::LeaseNeedsCheckQuorum => ReadError::LeaseNeedsCheckQuorum,
+            raftkit_core::ReadError::TooManyReads => ReadError::TooManyReads,
+            _ => ReadError::LeadershipLost,
+        }
+    }
+}
+
+/// Why a [`transfer_leadership`](crate::RaftHandle::transfer_leadership) did not hand
+/// leadership over.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The core refused the transfer (not the leader, target not a voter, one in progress, …).
+    #[error(transparent)]
+    Refused(#[from] raftkit_core::TransferError),
+    /// The target did not win within `election_timeout_max`; this node leads on.
+    #[error("node {0} did not take over in time; the leader leads on")]
+    TimedOut(NodeId),
+    /// Another node than the target became leader (or this node stepped down some other way).
+    #[error("leadership went elsewhere: {}", leader_text(leader))]
+    LeadershipLost {
+        /// The leader known now.
+        leader: Option<NodeId>,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+    /// The node stopped because of a fatal error.
+    #[error("the node has failed: {0}")]
+    Fatal(Fatal),
+}
+
+impl TransferError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TransferError::Refused(e) => e.is_retryable(),
+            TransferError::TimedOut(_) | TransferError::LeadershipLost { .. } => true,
+            TransferError::Shutdown | TransferError::Fatal(_) => false,
         }
     }
 }

@@ -171,6 +171,7 @@ mod membership;
 mod metrics;
 mod proposals;
 mod raft;
+mod reads;
 mod snapshot_store;
 mod startup;
 pub mod store;
@@ -179,12 +180,13 @@ mod traits;
 mod workers;
 
 pub use error::{
-    Fatal, Inconsistency, NetworkError, NetworkErrorKind, StartError, StorageError,
-    StorageErrorKind, WriteError,
+    Fatal, Inconsistency, NetworkError, NetworkErrorKind, ReadError, StartError, StorageError,
+    StorageErrorKind, TransferError, WriteError,
 };
 pub use membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 pub use metrics::{NodeState, NodeStatus, Observer, RaftMetrics};
 pub use raft::{Raft, RaftHandle};
+pub use reads::ReadPolicy;
 pub use snapshot_store::{
     EncodedSnapshot, Expected, FileSnapshotStore, MemSnapshotStore, SnapshotStore, SnapshotWriter,
     decode_snapshot,

@@ -4,16 +4,17 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raftkit_core::{Config, Instant, Membership, NodeId, RaftCore, codec};
+use raftkit_core::{Config, Instant, LogIndex, Membership, NodeId, RaftCore, codec};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::driver::{Control, Driver, Proposal, Shared};
-use crate::error::{Fatal, StartError, WriteError};
+use crate::error::{Fatal, ReadError, StartError, TransferError, WriteError};
 use crate::membership::{ChangeMembers, ChangeMembershipError, ChangeOptions};
 use crate::metrics::{NodeState, Observer, RaftMetrics};
 use crate::proposals::{self, ProposalSender};
+use crate::reads::{ReadPolicy, ReadRequest};
 use crate::startup;
 use crate::telemetry::{self, Telemetry};
 use crate::traits::{Inbox, LogStore, Network, StateMachine};
@@ -71,6 +72,12 @@ pub struct RaftHandle<S: StateMachine> {
 struct Inner<S: StateMachine> {
     id: NodeId,
     proposals: ProposalSender<S::Output>,
+    reads: mpsc::Sender<ReadRequest<S>>,
+    /// How long a read may wait for its confirmation.
+    read_timeout: Duration,
+    /// How long a transfer may take before the caller hears it timed out.
+    transfer_timeout: Duration,
+    transfer_on_shutdown: bool,
     control: mpsc::Sender<Control>,
     metrics: watch::Receiver<RaftMetrics>,
     shared: Arc<Shared>,
@@ -148,6 +155,7 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
                 "starting"
             );
         });
+        let init_applied = init.applied;
         let core = RaftCore::new(config.clone(), init, Instant::ZERO)?;
         let configured: std::collections::BTreeSet<NodeId> =
             config.members.iter().copied().collect();
@@ -172,6 +180,8 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
 
         let (proposals_tx, proposals_rx) = proposals::queue(config.max_proposal_batch.max(64) * 4);
         let (control_tx, control_rx) = mpsc::channel(4);
+        let (reads_tx, reads_rx) = mpsc::channel(config.max_proposal_batch.max(64) * 4);
+        let extras = crate::reads::Extras::new(init_applied);
         let (metrics_tx, metrics_rx) =
             watch::channel(RaftMetrics::from_core(&core, NodeState::Running));
         let (write_tx, write_rx) = mpsc::unbounded_channel();
@@ -222,12 +232,14 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
         shared.register(&receiver);
         let driver = Driver::<N, L, S> {
             core,
-            epoch,
+            clock: (epoch, Instant::ZERO, 1.0),
             network: network.clone(),
             log,
             shared: shared.clone(),
             inbox: inbox_rx,
             proposals: proposals_rx,
+            reads: reads_rx,
+            extras,
             control: control_rx,
             metrics: metrics_tx,
             write_tx: Some(write_tx),
@@ -272,6 +284,10 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
             inner: Arc::new(Inner {
                 id,
                 proposals: proposals_tx,
+                reads: reads_tx,
+                read_timeout: config.election_timeout_max * 2,
+                transfer_timeout: config.election_timeout_max * 2,
+                transfer_on_shutdown: config.transfer_on_shutdown,
                 control: control_tx,
                 metrics: metrics_rx,
                 shared,
@@ -308,6 +324,36 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     /// A live view of this node's state; see [`RaftHandle::metrics`].
     pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
         self.handle.metrics()
+    }
+
+    /// Reads through the state machine without writing the log; see
+    /// [`RaftHandle::client_read`].
+    ///
+    /// # Errors
+    /// See [`ReadError`].
+    pub async fn client_read(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+    ) -> Result<S::QueryOutput, ReadError> {
+        self.handle.client_read(query, policy).await
+    }
+
+    /// Waits until this node's state machine may serve a read under `policy`; see
+    /// [`RaftHandle::read_barrier`].
+    ///
+    /// # Errors
+    /// See [`ReadError`].
+    pub async fn read_barrier(&self, policy: ReadPolicy) -> Result<LogIndex, ReadError> {
+        self.handle.read_barrier(policy).await
+    }
+
+    /// Hands leadership to another voter; see [`RaftHandle::transfer_leadership`].
+    ///
+    /// # Errors
+    /// See [`TransferError`].
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        self.handle.transfer_leadership(to).await
     }
 
     /// Changes the cluster's membership; see [`RaftHandle::change_membership`].
@@ -357,6 +403,13 @@ impl<N: Network, L: LogStore, S: StateMachine> Raft<N, L, S> {
     #[cfg(feature = "test-util")]
     pub async fn pause(&self, duration: Duration) {
         self.handle.pause(duration).await
+    }
+
+    /// Makes this node's clock run at `rate` times real time; see
+    /// [`RaftHandle::set_clock_rate`].
+    #[cfg(feature = "test-util")]
+    pub async fn set_clock_rate(&self, rate: f64) {
+        self.handle.set_clock_rate(rate).await
     }
 
     /// Stops the node at once, as if its process died; see [`RaftHandle::kill`].
@@ -483,6 +536,89 @@ impl<S: StateMachine> RaftHandle<S> {
         Ok(membership)
     }
 
+    /// Reads through the state machine without writing the log: `query` is answered by
+    /// [`StateMachine::query`] on this node once the read is confirmed under `policy` and the
+    /// state machine has applied up to the read index. See [`ReadPolicy`] for which to use when
+    /// (the crate docs compare them).
+    ///
+    /// Concurrent reads share their confirmation: one heartbeat round (or one message to the
+    /// leader, for [`ReadPolicy::Follower`]) serves every read waiting at that moment.
+    ///
+    /// # Errors
+    /// [`ReadError::NotLeader`] (with the leader's id when known) for a leader policy on another
+    /// node, [`ReadError::LeadershipLost`] if leadership changed before the read was confirmed,
+    /// [`ReadError::Timeout`] if it was not confirmed within twice `election_timeout_max`
+    /// (for example a follower cut off from its leader), and the others of [`ReadError`].
+    pub async fn client_read(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+    ) -> Result<S::QueryOutput, ReadError> {
+        let (_, out) = self.read(Some(query), policy).await?;
+        Ok(out.expect("a query read returns the query's output"))
+    }
+
+    /// Waits until a read under `policy` may be served from this node's state machine: the
+    /// read index is confirmed and the state machine has applied up to it. Returns the read
+    /// index. For applications that read their own state (shared with their state machine)
+    /// rather than through [`StateMachine::query`].
+    ///
+    /// # Errors
+    /// As [`client_read`](Self::client_read).
+    pub async fn read_barrier(&self, policy: ReadPolicy) -> Result<LogIndex, ReadError> {
+        self.read(None, policy).await.map(|(index, _)| index)
+    }
+
+    async fn read(
+        &self,
+        query: Option<S::Query>,
+        policy: ReadPolicy,
+    ) -> Result<(LogIndex, Option<S::QueryOutput>), ReadError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || match self.inner.shared.fatal.get() {
+            Some(f) => ReadError::Fatal(f.clone()),
+            None => ReadError::Shutdown,
+        };
+        let timeout = self.inner.read_timeout;
+        let asked = async {
+            if self.inner.reads.send(ReadRequest { policy, query, tx }).await.is_err() {
+                return Err(stopped());
+            }
+            rx.await.unwrap_or_else(|_| Err(stopped()))
+        };
+        tokio::time::timeout(timeout, asked).await.unwrap_or(Err(ReadError::Timeout(timeout)))
+    }
+
+    /// Hands leadership to `to`, or with `None` to the most up-to-date other voter, and
+    /// resolves with the new leader once it leads. Meanwhile this leader refuses new writes
+    /// ([`WriteError::TransferInProgress`], retryable) and serves no lease reads; the target
+    /// is brought up to date, then told to campaign at once (no pre-election, and the voters
+    /// answer it although they still hear from this leader). If it has not won within
+    /// `election_timeout_max`, the transfer is given up and this node leads on.
+    ///
+    /// # Errors
+    /// [`TransferError::Refused`] (not the leader, the target is not a voter, a transfer is
+    /// in progress, …), [`TransferError::TimedOut`], [`TransferError::LeadershipLost`] (another
+    /// node won), and shutdown or failure of this node.
+    pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+        let stopped = || match self.inner.shared.fatal.get() {
+            Some(f) => TransferError::Fatal(f.clone()),
+            None => TransferError::Shutdown,
+        };
+        let (tx, rx) = oneshot::channel();
+        if self.inner.control.send(Control::TransferLeadership { to, tx }).await.is_err() {
+            return Err(stopped());
+        }
+        let timeout = self.inner.transfer_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => {
+                Err(TransferError::LeadershipLost { leader: self.inner.metrics.borrow().leader })
+            }
+        }
+    }
+
     /// What a membership change gets from a node that has stopped.
     fn change_stopped(&self) -> ChangeMembershipError {
         match self.inner.shared.fatal.get() {
@@ -540,6 +676,16 @@ impl<S: StateMachine> RaftHandle<S> {
         let _ = self.inner.control.send(Control::Pause(duration)).await;
     }
 
+    /// Makes this node's clock (the one its protocol core sees: timers, leases) run at `rate`
+    /// times real time from now on, as a drifting or misbehaving clock would. For clock-drift
+    /// tests; `rate` must be finite and positive (other values are ignored).
+    #[cfg(feature = "test-util")]
+    pub async fn set_clock_rate(&self, rate: f64) {
+        if rate.is_finite() && rate > 0.0 {
+            let _ = self.inner.control.send(Control::ClockRate(rate)).await;
+        }
+    }
+
     /// Stops the node at once, as if its process died: every task is aborted where it stands,
     /// an in-progress log write is abandoned (the store's all-or-nothing guarantee decides what
     /// remains), nothing is drained, and waiting clients get [`WriteError::Shutdown`]. The
@@ -559,14 +705,27 @@ impl<S: StateMachine> RaftHandle<S> {
         (self.inner.stop_network)().await;
     }
 
-    /// Stops the node: answers pending writes with [`WriteError::Shutdown`], lets an in-progress
-    /// log write finish, drains committed entries into the state machine, and shuts the
-    /// network down. Returns the fatal error if the node had already failed.
+    /// Stops the node: a leader first hands leadership to the most up-to-date voter (unless
+    /// [`Config::transfer_on_shutdown`] is off; it waits at most twice
+    /// `election_timeout_max`), then it answers pending writes with [`WriteError::Shutdown`],
+    /// lets an in-progress log write finish, drains committed entries into the state machine,
+    /// and shuts the network down. Returns the fatal error if the node had already failed.
     ///
     /// # Errors
     /// The fatal error if the node had already failed; [`Fatal::DriverStopped`] if its driver
     /// task panicked.
     pub async fn shutdown(&self) -> Result<(), Fatal> {
+        let leading = {
+            let m = self.inner.metrics.borrow();
+            m.role == raftkit_core::Role::Leader && matches!(m.state, crate::NodeState::Running)
+        };
+        if leading && self.inner.transfer_on_shutdown {
+            // A rolling restart should cost no election timeout: hand over first. A refusal
+            // (no other voter, a transfer already running) or a timeout just means stopping
+            // as a plain leader would.
+            // (The driver logs the transfer in the node's span.)
+            let _ = self.transfer_leadership(None).await;
+        }
         let (tx, rx) = oneshot::channel();
         if self.inner.control.send(Control::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;

@@ -106,7 +106,12 @@ pub(crate) enum ApplyJob<O> {
     /// An apply the driver started while this worker was idle and that did not finish on its
     /// first poll: finish it and report it.
     Started(ApplyFuture),
+    /// Reads to answer from the state machine, in order with the applies before them.
+    Query(QueryFuture),
 }
+
+/// Reads answered from the state machine (built by the driver; answers its callers itself).
+pub(crate) type QueryFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// An apply (see [`apply_jobs`]) the driver started itself.
 pub(crate) type ApplyFuture = Pin<Box<dyn Future<Output = Result<LogIndex, Fatal>> + Send>>;
@@ -305,6 +310,10 @@ pub(crate) async fn apply_worker<L: LogStore, S: StateMachine>(
                 if done.send(result).is_err() || failed {
                     return;
                 }
+            }
+            ApplyJob::Query(job) => {
+                job.await;
+                queued.done(1);
             }
             ApplyJob::Started(apply) => {
                 let result = apply.await;

@@ -1443,6 +1443,7 @@ mod tests {
             term: Term(3),
             body: MessageBody::RequestVote(RequestVote {
                 pre_vote: false,
+                transfer: false,
                 last_log_id: LogId::ZERO,
             }),
         };

@@ -47,7 +47,10 @@ pub async fn node_with(
 
 /// A heartbeat numbered `n` (in its commit index).
 pub fn numbered(n: u64) -> Message {
-    Message { term: Term(1), body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(n) }) }
+    Message {
+        term: Term(1),
+        body: MessageBody::Heartbeat(Heartbeat { commit: LogIndex(n), round: 0 }),
+    }
 }
 
 pub fn number(m: &Message) -> Option<u64> {
