@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use raftkit::{Config, Mutant};
 use raftkit_mem::harness::{MemNetHarness, MemStoreHarness};
+use raftkit_testkit::cluster::lease::Drift;
 use raftkit_testkit::cluster::{ClusterSuite, FaultMix, RunReport};
 use raftkit_testkit::{CrashModel, LogStoreHarness};
 
@@ -212,6 +213,43 @@ fn focus(mutant: Mutant) -> Focus {
             faults: FaultMix { membership: 10, crash: 1, disk_failure: 0, ..FaultMix::default() },
             ..suite
         },
+        // A deposed leader must be asked for a read: partitions and one-way blocks that cut
+        // leaders off, and no CheckQuorum, so a cut-off leader goes on believing it leads.
+        Mutant::ReadWithoutRound => Focus {
+            config: |c| c.check_quorum = false,
+            faults: FaultMix {
+                partition: 4,
+                bridge: 2,
+                one_way: 3,
+                disk_failure: 0,
+                membership: 1,
+                ..FaultMix::default()
+            },
+        },
+        // Transfers asked while nothing is wrong, with CheckQuorum and PreVote on (the voters
+        // stay loyal to the leader and refuse a target's pre-election).
+        Mutant::TimeoutNowKeepsPreVote => Focus {
+            config: |c| {
+                c.check_quorum = true;
+                c.pre_vote = true;
+            },
+            faults: FaultMix {
+                transfer: 10,
+                heal: 6,
+                partition: 1,
+                bridge: 0,
+                one_way: 0,
+                crash: 1,
+                pause: 0,
+                message_faults: 0,
+                message_faults_off: 2,
+                slow_link: 0,
+                disk_failure: 0,
+                membership: 0,
+                clock_drift: 0,
+                clock_drift_beyond: 0,
+            },
+        },
         _ => suite,
     }
 }
@@ -235,6 +273,23 @@ fn suite<LH: LogStoreHarness>(
 /// Runs `seed` focused on `mutant`, with the mutant switched on (`armed`) or not.
 fn run(view: View, nodes: usize, mutant: Mutant, armed: bool, seed: u64) -> RunReport {
     let mem = MemStoreHarness::default();
+    // The read mutants whose situation a random run meets too rarely get the directed read
+    // scenario made for their rule (the same scenario without the mutant is the negative
+    // control):
+    // - a lease that ignores the drift bound breaks only when clocks drift: the lease
+    //   scenario, with the clocks drifting as far as the bound allows;
+    // - a read served before the no-op commits: a leader elected while its commit index lags
+    //   an acknowledged write, whose no-op cannot commit;
+    // - answers matched by term only: answers to earlier rounds that arrive after the leader
+    //   was deposed and a read was asked of it.
+    let directed = ClusterSuite::new(MemNetHarness, mem.clone())
+        .with(move |o| o.configure = Some(Arc::new(move |c| c.mutant = armed.then_some(mutant))));
+    match mutant {
+        Mutant::LeaseIgnoresDrift => return directed.run_lease_drift(Drift::Within, seed),
+        Mutant::ReadBeforeNoop => return directed.run_new_leader_read(seed),
+        Mutant::ReadRoundByTermOnly => return directed.run_late_round_answers(seed),
+        _ => {}
+    }
     match view {
         View::Harness => suite(mem, nodes, mutant, armed).run(seed),
         View::Tracked => suite(NoDurableView(mem), nodes, mutant, armed).run(seed),
@@ -376,6 +431,11 @@ mutant_tests! {
     two_uncommitted_changes => TwoUncommittedChanges,
     joint_quorum_new_only => JointQuorumNewOnly,
     removed_leader_stays => RemovedLeaderStays,
+    read_without_round => ReadWithoutRound,
+    read_before_noop => ReadBeforeNoop,
+    read_round_by_term_only => ReadRoundByTermOnly,
+    lease_ignores_drift => LeaseIgnoresDrift,
+    timeout_now_keeps_pre_vote => TimeoutNowKeepsPreVote,
 }
 
 /// A vote sent before it is durable is caught on a store whose harness cannot show what is

@@ -47,7 +47,11 @@ type Delivery = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + S
 pub struct Faults {
     state: Mutex<State>,
     held: Mutex<Option<Delivery>>,
+    drop_filter: Mutex<Option<DropFilter>>,
 }
+
+/// Decides, from sender, receiver and content, whether to drop a message (directed scenarios).
+pub type DropFilter = Arc<dyn Fn(NodeId, NodeId, &Message) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Faults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,7 +71,18 @@ impl Faults {
                 hold_final_chunk_to: None,
             }),
             held: Mutex::new(None),
+            drop_filter: Mutex::new(None),
         }
+    }
+
+    /// Drops every message `filter` says to (until replaced, or removed with `None`).
+    pub fn set_drop_filter(&self, filter: Option<DropFilter>) {
+        *self.drop_filter.lock().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+
+    fn filtered(&self, from: NodeId, to: NodeId, m: &Message) -> bool {
+        let f = self.drop_filter.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        f.is_some_and(|f| f(from, to, m))
     }
 
     /// Holds back the next final snapshot chunk sent to `to` (other faults aside) until
@@ -123,6 +138,16 @@ impl Faults {
     /// Sets the message fault rates.
     pub fn set_message_faults(&self, f: MessageFaults) {
         self.lock().faults = f;
+    }
+
+    /// Whether no fault is in force: no blocked or slow link, no message faults, nothing held.
+    pub fn is_healthy(&self) -> bool {
+        let s = self.lock();
+        s.blocked.is_empty()
+            && s.slow.is_empty()
+            && s.faults == MessageFaults::default()
+            && s.hold_final_chunk_to.is_none()
+            && self.drop_filter.lock().unwrap_or_else(|p| p.into_inner()).is_none()
     }
 
     /// Removes every fault.
@@ -186,6 +211,9 @@ impl<N: Network> Network for FaultyNetwork<N> {
             self.checker.on_send(self.id, to, &m);
             if self.checker.livelocked() {
                 // The checker reported it; dropping everything lets time move and the run end.
+                continue;
+            }
+            if self.faults.filtered(self.id, to, &m) {
                 continue;
             }
             if self.faults.hold(to, &m) {

@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod faulty;
+pub mod lease;
 mod nemesis;
 mod run;
 pub mod scenarios;
@@ -114,12 +115,16 @@ impl RunReport {
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} ({} nodes): {} ok / {} failed / {} unknown ops, {} entries applied, max term {}, faults {:?}{}",
+            "seed {} ({} nodes): {} ok / {} failed / {} unknown ops (reads outside the log: {} linearizable, {} lease, {} follower, {} stale), {} entries applied, max term {}, faults {:?}{}",
             self.seed,
             self.nodes,
             self.ops.ok,
             self.ops.failed,
             self.ops.unknown,
+            self.ops.reads[0],
+            self.ops.reads[1],
+            self.ops.reads[2],
+            self.ops.reads[3],
             self.applied,
             self.max_term,
             self.faults,

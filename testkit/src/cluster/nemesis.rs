@@ -45,6 +45,18 @@ pub struct FaultMix {
     /// to five (both joint). Only in clusters of three nodes or more, which then start with
     /// spare nodes waiting to join.
     pub membership: u32,
+    /// A leadership transfer asked of the leader (to the most up-to-date voter or a random
+    /// one), with whatever faults are in force. One asked while nothing is wrong (no network
+    /// fault, every node up, unpaused, with a sound disk, the target caught up) must complete:
+    /// a transfer that times out then is a liveness violation.
+    pub transfer: u32,
+    /// A node's clock set to run faster or slower than real time, within the drift the nodes'
+    /// `clock_drift_bound` allows (or back to real time): lease reads must stay linearizable.
+    pub clock_drift: u32,
+    /// A node's clock set far beyond the drift bound (2.5–4× or 0.2–0.5× real time). Off by
+    /// default: lease reads are not linearizable under it, which is what a test of the checker
+    /// uses it for.
+    pub clock_drift_beyond: u32,
 }
 
 impl Default for FaultMix {
@@ -61,6 +73,9 @@ impl Default for FaultMix {
             slow_link: 1,
             disk_failure: 1,
             membership: 3,
+            transfer: 1,
+            clock_drift: 1,
+            clock_drift_beyond: 0,
         }
     }
 }
@@ -79,10 +94,13 @@ enum Fault {
     SlowLink,
     DiskFailure,
     Membership,
+    Transfer,
+    ClockDrift,
+    ClockDriftBeyond,
 }
 
 impl FaultMix {
-    fn weights(&self) -> [(Fault, u32); 11] {
+    fn weights(&self) -> [(Fault, u32); 14] {
         [
             (Fault::Partition, self.partition),
             (Fault::Bridge, self.bridge),
@@ -95,6 +113,9 @@ impl FaultMix {
             (Fault::SlowLink, self.slow_link),
             (Fault::DiskFailure, self.disk_failure),
             (Fault::Membership, self.membership),
+            (Fault::Transfer, self.transfer),
+            (Fault::ClockDrift, self.clock_drift),
+            (Fault::ClockDriftBeyond, self.clock_drift_beyond),
         ]
     }
 
@@ -133,7 +154,8 @@ pub(crate) async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
     let (faults, checker) = (run.faults.clone(), run.checker.clone());
     let n = ids.len();
     let mut count = |k: &'static str| *report.faults.entry(k).or_default() += 1;
-    match mix.pick(rng) {
+    let fault = mix.pick(rng);
+    match fault {
         Fault::Partition if n > 1 => {
             // Majority / minority partition.
             let mut shuffled = ids.clone();
@@ -202,6 +224,7 @@ pub(crate) async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
                 let (id, node) = rng.pick(&live).clone();
                 let d = rng.duration(Duration::from_millis(100), Duration::from_millis(1500));
                 node.pause(d).await;
+                run.paused_until = run.paused_until.max(tokio::time::Instant::now() + d);
                 checker.note(format!("nemesis: pause {id} for {}ms", d.as_millis()));
                 count("pause");
             }
@@ -237,10 +260,96 @@ pub(crate) async fn nemesis_step<NH: NetworkHarness, LH: LogStoreHarness>(
             }
         }
         Fault::Membership if run.spares => membership_step(run, rng, report).await,
+        Fault::Transfer => transfer_step(run, rng, report).await,
+        Fault::ClockDrift | Fault::ClockDriftBeyond => {
+            let live = run.live();
+            if !live.is_empty() {
+                let (id, node) = rng.pick(&live).clone();
+                let permille = |rng: &mut Rng, lo: f64, hi: f64| {
+                    lo + (hi - lo) * (rng.below(1001) as f64 / 1000.0)
+                };
+                let rate = if matches!(fault, Fault::ClockDriftBeyond) {
+                    count("clock-drift-beyond");
+                    if rng.chance(0.5) { permille(rng, 0.2, 0.5) } else { permille(rng, 2.5, 4.0) }
+                } else {
+                    count("clock-drift");
+                    // Two clocks at 1 - f/2 and 1 + f/2 drift apart by less than the bound over
+                    // an election timeout (f = clock_drift_bound / election_timeout_min).
+                    let cfg = &run.configs[&id];
+                    let f = cfg.clock_drift_bound.as_secs_f64()
+                        / cfg.election_timeout_min.as_secs_f64();
+                    if rng.chance(0.3) {
+                        1.0
+                    } else {
+                        permille(rng, 1.0 - 0.45 * f, 1.0 + 0.45 * f)
+                    }
+                };
+                node.set_clock_rate(rate).await;
+                run.clock_rates.insert(id, rate);
+                checker.note(format!("nemesis: clock of {id} runs at {rate:.3}x real time"));
+            }
+        }
         // Message faults off, and any fault that does not apply to a cluster this small.
         _ => {
             faults.set_message_faults(MessageFaults::default());
             checker.note("nemesis: message faults off");
+        }
+    }
+}
+
+/// Asks the leader for a leadership transfer and waits for its outcome. While nothing is
+/// wrong, the transfer must complete (liveness: a target that keeps PreVote, say, is refused
+/// by voters loyal to the leader, and the transfer never completes).
+async fn transfer_step<NH: NetworkHarness, LH: LogStoreHarness>(
+    run: &mut Run<NH, LH>,
+    rng: &mut Rng,
+    report: &mut RunReport,
+) {
+    let live = run.live();
+    let Some((leader, node)) =
+        live.iter().find(|(_, n)| n.metrics().borrow().role == Role::Leader).cloned()
+    else {
+        return;
+    };
+    let m = node.metrics().borrow().clone();
+    let voters: Vec<NodeId> = m
+        .membership
+        .configs()
+        .last()
+        .map(|c| c.iter().copied().filter(|v| *v != leader).collect())
+        .unwrap_or_default();
+    if voters.is_empty() {
+        return;
+    }
+    let to = if rng.chance(0.5) { None } else { Some(*rng.pick(&voters)) };
+    let caught_up = |n: NodeId| m.replication.get(&n).is_some_and(|i| *i >= m.commit);
+    let up = run.ids.iter().all(|id| live.iter().any(|(l, _)| l == id));
+    let healthy = run.faults.is_healthy()
+        && up
+        && run.failing_disks().is_empty()
+        && tokio::time::Instant::now() > run.paused_until
+        && run.clock_rates.values().all(|r| (*r - 1.0).abs() < 0.2)
+        && !m.membership.is_joint()
+        && to.is_none_or(caught_up)
+        && voters.iter().any(|v| caught_up(*v));
+    *report.faults.entry("transfer").or_default() += 1;
+    run.checker
+        .note(format!("nemesis: transfer leadership from {leader} to {to:?} (healthy: {healthy})"));
+    let wait = run.configs[&leader].election_timeout_max * 3;
+    let outcome = tokio::time::timeout(wait, node.transfer_leadership(to)).await;
+    match outcome {
+        Ok(Ok(new)) => run.checker.note(format!("nemesis: leadership transferred to {new}")),
+        Ok(Err(e)) => {
+            run.checker.note(format!("nemesis: transfer from {leader} failed: {e}"));
+            if healthy && matches!(e, raftkit::TransferError::TimedOut(_)) {
+                run.checker.violation(format!(
+                    "liveness: a leadership transfer from {leader} to {to:?} asked while the \
+                     network, the nodes and their disks were sound did not complete: {e}"
+                ));
+            }
+        }
+        Err(_) => {
+            run.checker.note(format!("nemesis: transfer from {leader} still open after {wait:?}"))
         }
     }
 }
@@ -576,14 +685,18 @@ mod tests {
             slow_link: 0,
             disk_failure: 0,
             membership: 0,
+            transfer: 0,
+            clock_drift: 0,
+            clock_drift_beyond: 0,
         };
         assert!((0..100).all(|_| only_crashes.pick(&mut rng) == Fault::Crash));
         let none = FaultMix { crash: 0, ..only_crashes };
         assert_eq!(none.pick(&mut rng), Fault::MessageFaultsOff);
-        // The default mix draws every kind.
+        // The default mix draws every kind it weighs.
         let mut seen: Vec<Fault> = (0..1000).map(|_| FaultMix::default().pick(&mut rng)).collect();
         seen.sort_by_key(|f| *f as u8);
         seen.dedup();
-        assert_eq!(seen.len(), FaultMix::default().weights().len(), "{seen:?}");
+        let weighed = FaultMix::default().weights().iter().filter(|(_, w)| *w > 0).count();
+        assert_eq!(seen.len(), weighed, "{seen:?}");
     }
 }

@@ -63,6 +63,10 @@ pub(crate) struct Run<NH: NetworkHarness, LH: LogStoreHarness> {
     pub(crate) was_member: BTreeSet<NodeId>,
     /// Nodes removed from the configuration and stopped for good (no longer in `ids`).
     pub(crate) retired: BTreeSet<NodeId>,
+    /// Every node is unpaused after this.
+    pub(crate) paused_until: tokio::time::Instant,
+    /// Nodes whose clock the nemesis set to run at another rate than real time.
+    pub(crate) clock_rates: BTreeMap<NodeId, f64>,
     /// The run's seed: it also picks which nodes have their state machine applied on the
     /// driver ([`StateMachine::inline_apply`](raftkit::StateMachine::inline_apply)), so both of
     /// the engine's apply paths run under faults.
@@ -113,6 +117,8 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
             spares,
             was_member,
             seed,
+            paused_until: tokio::time::Instant::now(),
+            clock_rates: BTreeMap::new(),
             retired: BTreeSet::new(),
         };
         for id in &ids {
@@ -183,6 +189,8 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
     /// Restarts a crashed node.
     pub(crate) async fn restart_node(&mut self, id: NodeId) {
         self.slots.get_mut(&id).expect("slot").down_until = None;
+        // A restarted node's clock runs at real time again.
+        self.clock_rates.remove(&id);
         self.checker.note(format!("restart {id}"));
         self.start_node(id).await;
     }

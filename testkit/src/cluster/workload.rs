@@ -1,15 +1,23 @@
 //! Clients that drive the key-value machine with unique written values and record every
 //! invocation and completion (ok, failed, or unknown) for the linearizability check.
+//!
+//! Writes go to the node the client last succeeded with (or a random one, a fifth of the time
+//! and after failures): writes on followers are forwarded to the leader. Reads go through the
+//! log (a `Get` command) or through `client_read` with every policy: `Linearizable` and `Lease`
+//! on the leader, `Follower` on any node, and `Stale` on any node. Every read but a stale one
+//! is recorded and checked; a stale read may legitimately be old, so its answer is left out of
+//! the history (it still runs, so the path is exercised). A read that fails changed nothing,
+//! so failed and timed-out reads are left out too.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkit::{LogStore, Network, NodeId, Raft, WriteError};
+use raftkit::{LogStore, Network, NodeId, Raft, ReadError, ReadPolicy, WriteError};
 
 use super::faulty::FaultyNetwork;
-use crate::kv::{KvCommand, KvOp, TestKv};
+use crate::kv::{KvCommand, KvOp, KvQuery, TestKv};
 use crate::linearizability::Operation;
 use crate::rng::Rng;
 
@@ -28,6 +36,8 @@ pub struct OpCounts {
     pub failed: usize,
     /// Operations whose outcome is unknown (timeout, node stopped).
     pub unknown: usize,
+    /// Reads answered without the log, by policy: linearizable, lease, follower, stale.
+    pub reads: [usize; 4],
 }
 
 /// What the clients share.
@@ -104,11 +114,22 @@ pub async fn client<N: Network, L: LogStore + Clone>(
                 KvOp::Cas { expected, new: format!("c{}-{written}", settings.id) }
             }
         };
+        // Reads: through the log a fifth of the time, otherwise through a read policy.
+        let policy = (op == KvOp::Get).then(|| match rng.below(20) {
+            0..=3 => None,
+            4..=8 => Some(ReadPolicy::Linearizable),
+            9..=12 => Some(ReadPolicy::Lease),
+            13..=17 => Some(ReadPolicy::Follower),
+            _ => Some(ReadPolicy::Stale),
+        });
+        let policy = policy.flatten();
+        let anywhere = matches!(policy, Some(ReadPolicy::Follower | ReadPolicy::Stale))
+            || (policy.is_none() && rng.chance(0.2));
         let node = {
             let table = nodes.lock().unwrap_or_else(|p| p.into_inner());
             let ids: Vec<NodeId> = table.keys().copied().collect();
             let target = hint
-                .filter(|h| table.contains_key(h))
+                .filter(|h| table.contains_key(h) && !anywhere)
                 .or_else(|| (!ids.is_empty()).then(|| *rng.pick(&ids)));
             target.and_then(|t| table.get(&t).cloned().map(|n| (t, n)))
         };
@@ -116,6 +137,64 @@ pub async fn client<N: Network, L: LogStore + Clone>(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        if let Some(policy) = policy {
+            let invoked = workload.now();
+            let query = KvQuery::get(key.clone());
+            let result = tokio::time::timeout(settings.op_timeout, node.client_read(query, policy));
+            let result = result.await;
+            let completed = workload.now();
+            match result {
+                Ok(Ok(out)) => {
+                    if let crate::kv::KvOutput::Get { value } = &out {
+                        last_seen.insert(key.clone(), value.clone());
+                    }
+                    let slot = match policy {
+                        ReadPolicy::Linearizable => 0,
+                        ReadPolicy::Lease => 1,
+                        ReadPolicy::Follower => 2,
+                        _ => 3,
+                    };
+                    workload.count(|c| {
+                        c.ok += 1;
+                        c.reads[slot] += 1;
+                    });
+                    // A stale read may be old by design: not part of the checked history.
+                    if policy != ReadPolicy::Stale {
+                        workload.history.lock().unwrap_or_else(|p| p.into_inner()).push(
+                            Operation {
+                                client: settings.id,
+                                key: key.clone(),
+                                input: op.to_input(),
+                                output: Some(out.to_output()),
+                                invoked,
+                                completed: Some(completed),
+                            },
+                        );
+                    }
+                    if !matches!(policy, ReadPolicy::Follower | ReadPolicy::Stale) {
+                        hint = Some(target);
+                    }
+                }
+                Ok(Err(e)) => {
+                    // A read changes nothing: a failed one is simply not part of the history.
+                    workload.count(|c| c.failed += 1);
+                    hint = match e {
+                        ReadError::NotLeader { leader } => leader.filter(|l| *l != target),
+                        _ => None,
+                    };
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
+                    }
+                }
+                Err(_) => {
+                    workload.count(|c| c.failed += 1);
+                    hint = None;
+                }
+            }
+            let think = rng.duration(Duration::ZERO, settings.think.max(Duration::from_millis(1)));
+            tokio::time::sleep(think).await;
+            continue;
+        }
         let cmd = KvCommand { key: key.clone(), op: op.clone() };
         let invoked = workload.now();
         let result = tokio::time::timeout(settings.op_timeout, node.client_write(cmd)).await;
@@ -153,10 +232,11 @@ pub async fn client<N: Network, L: LogStore + Clone>(
                     tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
                 }
             }
-            Ok(Err(WriteError::Overwritten { .. })) => {
+            Ok(Err(WriteError::Overwritten { .. } | WriteError::TransferInProgress { .. })) => {
                 // Definitely never applied.
                 workload.count(|c| c.failed += 1);
                 hint = None;
+                tokio::time::sleep(Duration::from_millis(5 + rng.below(20))).await;
             }
             Ok(Err(_)) | Err(_) => {
                 // Shutdown, failure or timeout: it may or may not have happened.
