@@ -10,16 +10,16 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use raftkit::{
-    ChangeMembers, ChangeMembershipError, ChangeOptions, Membership, NodeId, NodeState, Role,
-    WriteError,
+    ChangeMembers, ChangeMembershipError, ChangeOptions, Membership, NodeId, NodeState, ReadError,
+    Role, TransferError, WriteError,
 };
-use raftkit_mem::{KvCommand, KvOutput};
+use raftkit_mem::{KvCommand, KvOutput, KvQuery};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -30,7 +30,8 @@ use crate::node::KvNode;
 use crate::protocol::{
     AddLearnerRequest, CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest,
     MAX_VALUE_BYTES, MemberRequest, MemberStatus, MembersReply, NodeStatus, PeerLag, PrevReply,
-    PutRequest, StateDigest, StatusReply, validate, validate_change,
+    PutRequest, ReadLevel, StateDigest, StatusReply, TransferReply, TransferRequest,
+    read_level_from_query, validate, validate_change, validate_timeout,
 };
 
 /// What an API server serves: one node, or a whole in-process cluster.
@@ -38,6 +39,12 @@ use crate::protocol::{
 pub trait Service: Send + Sync + 'static {
     /// Runs `cmd` through Raft.
     async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError>;
+    /// Answers `query` from a node's key-value state, without writing the log, once the read
+    /// is confirmed as `level` says ([`raftkit::RaftHandle::client_read`]).
+    async fn read(&self, query: KvQuery, level: ReadLevel) -> Result<KvOutput, ReadError>;
+    /// Hands leadership to `to` (`None`: the most up-to-date other voter); returns the node
+    /// that led and the one that leads now ([`transfer_on`]).
+    async fn transfer_leader(&self, to: Option<NodeId>) -> Result<(NodeId, NodeId), TransferError>;
     /// The status of the nodes served.
     fn status(&self) -> Vec<NodeStatus>;
     /// The API address (`host:port`) of node `id`, if this service knows it; a `not_leader`
@@ -259,6 +266,29 @@ pub async fn remove_on(
     change_on(node, change, format!("removing node {}", id.0), wait).await
 }
 
+/// Hands leadership from `node` (which must lead) to `to`, or with `None` to the most
+/// up-to-date other voter, and waits until the new leader leads (at most twice
+/// `election_timeout_max`, the engine's limit). Returns the node that led and the new leader.
+///
+/// What the operator asked for counts as done, although the engine reports it otherwise:
+/// `to` leading already, and, with no target named, another node than the one asked for
+/// winning the election the transfer started.
+pub async fn transfer_on(
+    node: &KvNode,
+    to: Option<NodeId>,
+) -> Result<(NodeId, NodeId), TransferError> {
+    use raftkit::core::TransferError as Refused;
+    let from = node.id();
+    match node.transfer_leadership(to).await {
+        Ok(leader) => Ok((from, leader)),
+        Err(TransferError::Refused(Refused::AlreadyLeader(id))) => Ok((from, id)),
+        Err(TransferError::LeadershipLost { leader: Some(l) }) if to.is_none() && l != from => {
+            Ok((from, l))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Serves one node: a follower answers `not_leader`, with the leader's API address when it is
 /// in `peer_apis`, and the client goes there.
 pub struct SingleNode {
@@ -272,6 +302,14 @@ pub struct SingleNode {
 impl Service for SingleNode {
     async fn execute(&self, cmd: KvCommand) -> Result<KvOutput, WriteError> {
         self.node.client_write(cmd).await
+    }
+
+    async fn read(&self, query: KvQuery, level: ReadLevel) -> Result<KvOutput, ReadError> {
+        self.node.client_read(query, level.policy()).await
+    }
+
+    async fn transfer_leader(&self, to: Option<NodeId>) -> Result<(NodeId, NodeId), TransferError> {
+        transfer_on(&self.node, to).await
     }
 
     fn status(&self) -> Vec<NodeStatus> {
@@ -345,6 +383,16 @@ impl LocalCluster {
         self.running().into_iter().find(|n| n.metrics().borrow().role == Role::Leader)
     }
 
+    /// A node that is not the leader but knows one (for follower and stale reads), else the
+    /// leader.
+    fn follower(&self) -> Option<KvNode> {
+        let follows = |n: &KvNode| {
+            let m = n.metrics().borrow().clone();
+            m.role != Role::Leader && m.leader.is_some() && matches!(m.state, NodeState::Running)
+        };
+        self.running().into_iter().find(follows).or_else(|| self.leader())
+    }
+
     /// Runs `f` on the leader, waiting up to five seconds for one (elections take a few
     /// hundred milliseconds).
     async fn on_leader<T, F, Fut>(&self, f: F) -> Result<T, MembersError>
@@ -381,6 +429,43 @@ impl Service for LocalCluster {
             if let Some(node) = self.leader() {
                 match node.client_write(cmd.clone()).await {
                     Err(e @ WriteError::NotLeader { .. }) => last = e,
+                    other => return other,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    /// Linearizable and lease reads go to the leader; follower and stale reads to a follower,
+    /// as a client spreading its reads would send them.
+    async fn read(&self, query: KvQuery, level: ReadLevel) -> Result<KvOutput, ReadError> {
+        let mut last = ReadError::NotLeader { leader: None };
+        // Wait up to five seconds for a leader, as `execute` does.
+        for _ in 0..50 {
+            let node = if level.leader_only() { self.leader() } else { self.follower() };
+            if let Some(node) = node {
+                match node.client_read(query.clone(), level.policy()).await {
+                    Err(e @ (ReadError::NotLeader { .. } | ReadError::LeadershipLost)) => last = e,
+                    other => return other,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    async fn transfer_leader(&self, to: Option<NodeId>) -> Result<(NodeId, NodeId), TransferError> {
+        let mut last =
+            TransferError::Refused(raftkit::core::TransferError::NotLeader { leader: None });
+        for _ in 0..50 {
+            if let Some(node) = self.leader() {
+                match transfer_on(&node, to).await {
+                    Err(
+                        e @ TransferError::Refused(raftkit::core::TransferError::NotLeader {
+                            ..
+                        }),
+                    ) => last = e,
                     other => return other,
                 }
             }
@@ -617,14 +702,117 @@ impl ApiError {
         let error = e.to_string();
         let (status, kind, leader) = match e {
             WriteError::NotLeader { leader } => return ApiError::not_leader(leader, api_of),
-            WriteError::Encode(_) => (StatusCode::BAD_REQUEST, ErrorKind::BadRequest, None),
+            WriteError::Encode(_) | WriteError::ForwardRefused(_) => {
+                (StatusCode::BAD_REQUEST, ErrorKind::BadRequest, None)
+            }
             WriteError::Shutdown | WriteError::Fatal(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable, None)
             }
             WriteError::Overwritten { .. } => (StatusCode::CONFLICT, ErrorKind::NotApplied, None),
+            // Not appended: the leader takes commands again once the transfer is over (or
+            // the new leader does; this node then answers `not_leader`).
+            WriteError::TransferInProgress { .. } => {
+                (StatusCode::CONFLICT, ErrorKind::RetryLater, None)
+            }
+            // `OutcomeUnknown`, `ForwardOutcomeUnknown` and whatever a newer engine adds.
             _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::OutcomeUnknown, None),
         };
         ApiError(status, ErrorReply { kind, error, leader, leader_api: None })
+    }
+
+    /// The reply to a failed read: nothing was written, so every kind but `bad_request` may
+    /// be retried. A `not_leader` reply names the leader as for a write.
+    fn from_read(e: ReadError, level: ReadLevel, api_of: ApiOf<'_>) -> ApiError {
+        let (status, kind, error) = match e {
+            ReadError::NotLeader { leader } if level.leader_only() || leader.is_some() => {
+                return ApiError::not_leader(leader, api_of);
+            }
+            ReadError::NotLeader { .. } => (
+                StatusCode::MISDIRECTED_REQUEST,
+                ErrorKind::NotLeader,
+                format!(
+                    "this node knows no leader yet, and a {level} read needs the leader to \
+                     confirm its read index; retry in a moment or on another node"
+                ),
+            ),
+            ReadError::LeaseNeedsCheckQuorum => (
+                StatusCode::BAD_REQUEST,
+                ErrorKind::BadRequest,
+                "lease reads need check_quorum, which this node's configuration turns off; \
+                 read with `linearizable` (the default) instead"
+                    .to_string(),
+            ),
+            e @ (ReadError::LeadershipLost | ReadError::TooManyReads) => {
+                (StatusCode::CONFLICT, ErrorKind::RetryLater, format!("{e}; nothing was read"))
+            }
+            ReadError::Timeout(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+                format!(
+                    "the {level} read was not confirmed within {} (is this node cut off from \
+                     the leader?)",
+                    seconds(d)
+                ),
+            ),
+            e => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable, e.to_string()),
+        };
+        ApiError::new(status, kind, error)
+    }
+
+    /// The reply to a failed leadership transfer to `to` (`None`: any voter). Whatever may be
+    /// asked again with a chance of success is `retry_later`, where the retry cannot move
+    /// leadership twice: with a target named, a retry on the new leader either finds the
+    /// target leading or moves leadership there.
+    fn from_transfer(e: TransferError, to: Option<NodeId>, api_of: ApiOf<'_>) -> ApiError {
+        use raftkit::core::TransferError as Refused;
+        let retry = |e: String| ApiError::new(StatusCode::CONFLICT, ErrorKind::RetryLater, e);
+        match e {
+            TransferError::Refused(Refused::NotLeader { leader }) => {
+                ApiError::not_leader(leader, api_of)
+            }
+            TransferError::Refused(Refused::InProgress { to }) => {
+                retry(format!("a transfer to node {} is in progress; retry once it is over", to.0))
+            }
+            // The engine's messages name nodes as `n4`; the protocol says `node 4` everywhere.
+            TransferError::Refused(Refused::NotAVoter(n)) => ApiError::bad_request(format!(
+                "node {} is not a voter of the configuration in force (`kv members` lists them)",
+                n.0
+            )),
+            TransferError::Refused(Refused::NoTarget) => {
+                ApiError::bad_request("there is no other voter to hand leadership to".to_string())
+            }
+            TransferError::Refused(e) if e.is_retryable() => retry(e.to_string()),
+            TransferError::Refused(e) => ApiError::bad_request(e.to_string()),
+            TransferError::TimedOut(n) => retry(format!(
+                "node {} did not take over in time (is it running, and caught up?); the leader \
+                 leads on",
+                n.0
+            )),
+            TransferError::LeadershipLost { leader: Some(l) } if to.is_some() => retry(format!(
+                "leadership did not reach node {} (node {} leads now); retry to move it on",
+                to.map_or(0, |t| t.0),
+                l.0
+            )),
+            TransferError::LeadershipLost { leader: Some(l) } => {
+                retry(format!("the transfer did not finish in time, and node {} still leads", l.0))
+            }
+            TransferError::LeadershipLost { leader: None } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Timeout,
+                "this node stopped leading, but no new leader is known yet: `kv members` shows \
+                 who leads once one is elected",
+            ),
+            e @ (TransferError::Shutdown | TransferError::Fatal(_)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
+                e.to_string(),
+            ),
+            e => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::OutcomeUnknown,
+                e.to_string(),
+            ),
+        }
     }
 }
 
@@ -658,13 +846,17 @@ async fn put(
     }
 }
 
+/// `POST /v1/get?read=…`: a read through [`Service::read`], which writes nothing to the log.
 async fn get_key(
     State(svc): Svc,
+    uri: Uri,
     req: Result<Json<KeyRequest>, JsonRejection>,
 ) -> Result<Json<GetReply>, ApiError> {
+    let level = read_level_from_query(uri.query()).map_err(ApiError::bad_request)?;
     let Json(req) = req?;
     validate(&req.key, &[]).map_err(ApiError::bad_request)?;
-    match run(&*svc, KvCommand::get(req.key)).await? {
+    let read = svc.read(KvQuery::get(req.key), level).await;
+    match read.map_err(|e| ApiError::from_read(e, level, &|id| svc.api_of(id)))? {
         KvOutput::Value(value) => Ok(Json(GetReply { value })),
         other => Err(unexpected(other)),
     }
@@ -751,6 +943,35 @@ async fn remove(
         .map_err(|e| ApiError::from_members(e, &|id| svc.api_of(id)))
 }
 
+async fn transfer_leader(
+    State(svc): Svc,
+    req: Result<Json<TransferRequest>, JsonRejection>,
+) -> Result<Json<TransferReply>, ApiError> {
+    let Json(req) = req?;
+    if req.to == Some(0) {
+        return Err(ApiError::bad_request("node ids start at 1"));
+    }
+    let wait =
+        Duration::from_millis(validate_timeout(req.timeout_ms).map_err(ApiError::bad_request)?);
+    let to = req.to.map(NodeId);
+    let Ok(moved) = tokio::time::timeout(wait, svc.transfer_leader(to)).await else {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Timeout,
+            format!(
+                "the transfer did not finish within {}; it may still: `kv members` shows who leads",
+                seconds(wait)
+            ),
+        ));
+    };
+    let (from, leader) = moved.map_err(|e| ApiError::from_transfer(e, to, &|id| svc.api_of(id)))?;
+    Ok(Json(TransferReply {
+        from: from.0,
+        leader: leader.0,
+        leader_api: svc.api_of(leader).map(|a| a.to_string()),
+    }))
+}
+
 /// `GET /metrics`, from the process's recorder (see [`crate::prometheus`]).
 async fn metrics() -> Response {
     match crate::prometheus::render() {
@@ -773,6 +994,7 @@ pub fn router(service: Arc<dyn Service>) -> Router {
         .route("/v1/members/add-learner", post(add_learner))
         .route("/v1/members/promote", post(promote))
         .route("/v1/members/remove", post(remove))
+        .route("/v1/transfer-leader", post(transfer_leader))
         // A value at the limit, JSON-escaped, plus the key and the framing.
         .layer(DefaultBodyLimit::max(2 * MAX_VALUE_BYTES + 64 * 1024))
         .with_state(service)
@@ -964,5 +1186,133 @@ mod tests {
         assert_eq!((s.as_u16(), r.kind, r.error.as_str()), (504, ErrorKind::Timeout, "waited"));
         let ApiError(s, r) = reply(MembersError::BadRequest("no".into()));
         assert_eq!((s.as_u16(), r.kind), (400, ErrorKind::BadRequest));
+    }
+
+    /// Reads: a leader read on a follower is redirected like a write; what may succeed on a
+    /// retry says so; a lease read without check_quorum is a bad request, whatever the node.
+    #[test]
+    fn read_errors_map_to_the_documented_kinds() {
+        let api: SocketAddr = "127.0.0.1:8002".parse().unwrap();
+        let reply = |e: ReadError, level| ApiError::from_read(e, level, &|_| Some(api));
+        let not_leader = ReadError::NotLeader { leader: Some(NodeId(2)) };
+        let ApiError(s, r) = reply(not_leader, ReadLevel::Linearizable);
+        assert_eq!((s.as_u16(), r.kind, r.leader), (421, ErrorKind::NotLeader, Some(2)));
+        assert_eq!(r.leader_api.as_deref(), Some("127.0.0.1:8002"));
+        assert!(r.error.contains("node 2 at 127.0.0.1:8002"), "{}", r.error);
+        let ApiError(s, r) = reply(ReadError::NotLeader { leader: None }, ReadLevel::Follower);
+        assert_eq!((s.as_u16(), r.kind, r.leader), (421, ErrorKind::NotLeader, None));
+        assert!(r.error.contains("knows no leader yet") && r.error.contains("follower read"));
+        for (e, level, status, kind, says) in [
+            (
+                ReadError::LeaseNeedsCheckQuorum,
+                ReadLevel::Lease,
+                400,
+                ErrorKind::BadRequest,
+                "check_quorum",
+            ),
+            (
+                ReadError::LeadershipLost,
+                ReadLevel::Linearizable,
+                409,
+                ErrorKind::RetryLater,
+                "nothing was read",
+            ),
+            (ReadError::TooManyReads, ReadLevel::Follower, 409, ErrorKind::RetryLater, "too many"),
+            (
+                ReadError::Timeout(Duration::from_millis(1200)),
+                ReadLevel::Follower,
+                503,
+                ErrorKind::Unavailable,
+                "follower read was not confirmed within 1.2 s",
+            ),
+            (ReadError::Shutdown, ReadLevel::Stale, 503, ErrorKind::Unavailable, "shutting down"),
+        ] {
+            let ApiError(s, r) = reply(e, level);
+            assert_eq!((s.as_u16(), r.kind), (status, kind), "{}", r.error);
+            assert!(r.error.contains(says), "{}", r.error);
+        }
+    }
+
+    /// Transfers: refusals that cannot succeed are bad requests, those that may later are
+    /// `retry_later`, a follower redirects to the leader.
+    #[test]
+    fn transfer_errors_map_to_the_documented_kinds() {
+        use raftkit::core::TransferError as Refused;
+        let api: SocketAddr = "127.0.0.1:8002".parse().unwrap();
+        let reply = |e: TransferError, to| ApiError::from_transfer(e, to, &|_| Some(api));
+        let to = Some(NodeId(3));
+        for (e, to, status, kind, says) in [
+            (
+                Refused::NotAVoter(NodeId(7)).into(),
+                Some(NodeId(7)),
+                400,
+                ErrorKind::BadRequest,
+                "node 7 is not a voter",
+            ),
+            (Refused::NoTarget.into(), None, 400, ErrorKind::BadRequest, "no other voter"),
+            (
+                Refused::InProgress { to: NodeId(3) }.into(),
+                None,
+                409,
+                ErrorKind::RetryLater,
+                "transfer to node 3 is in progress",
+            ),
+            (
+                TransferError::TimedOut(NodeId(3)),
+                to,
+                409,
+                ErrorKind::RetryLater,
+                "node 3 did not take over",
+            ),
+            (
+                TransferError::LeadershipLost { leader: Some(NodeId(2)) },
+                to,
+                409,
+                ErrorKind::RetryLater,
+                "did not reach node 3 (node 2 leads now)",
+            ),
+            (
+                TransferError::LeadershipLost { leader: None },
+                None,
+                504,
+                ErrorKind::Timeout,
+                "no new leader is known",
+            ),
+            (TransferError::Shutdown, to, 503, ErrorKind::Unavailable, "shutting down"),
+        ] {
+            let ApiError(s, r) = reply(e, to);
+            assert_eq!((s.as_u16(), r.kind), (status, kind), "{}", r.error);
+            assert!(r.error.contains(says), "{}", r.error);
+            // The engine's `n7` is spelt out for people.
+            let terse = r.error.split([' ', '(']).any(|w| {
+                w.len() > 1
+                    && w.starts_with('n')
+                    && w[1..].starts_with(|c: char| c.is_ascii_digit())
+            });
+            assert!(!terse, "{}", r.error);
+        }
+        let ApiError(s, r) = reply(Refused::NotLeader { leader: Some(NodeId(2)) }.into(), to);
+        assert_eq!((s.as_u16(), r.kind, r.leader), (421, ErrorKind::NotLeader, Some(2)));
+        assert_eq!(r.leader_api.as_deref(), Some("127.0.0.1:8002"));
+    }
+
+    /// The write errors the engine gained with forwarding and transfers: a write refused
+    /// during a transfer was not appended (retry), one refused by the leader it was forwarded
+    /// to cannot succeed, one whose forward went unanswered has an unknown outcome.
+    #[test]
+    fn new_write_errors_map_to_the_documented_kinds() {
+        let reply = |e: WriteError| ApiError::from_write(e, &|_| None);
+        for (e, status, kind) in [
+            (WriteError::TransferInProgress { to: Some(NodeId(2)) }, 409, ErrorKind::RetryLater),
+            (WriteError::ForwardRefused("too big".into()), 400, ErrorKind::BadRequest),
+            (
+                WriteError::ForwardOutcomeUnknown { leader: NodeId(1) },
+                500,
+                ErrorKind::OutcomeUnknown,
+            ),
+        ] {
+            let ApiError(s, r) = reply(e);
+            assert_eq!((s.as_u16(), r.kind), (status, kind), "{}", r.error);
+        }
     }
 }

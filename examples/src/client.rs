@@ -24,7 +24,8 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::protocol::{
     AddLearnerRequest, CasReply, CasRequest, ErrorKind, ErrorReply, GetReply, KeyRequest,
-    MAX_CHANGE_TIMEOUT_MS, MemberRequest, MembersReply, PrevReply, PutRequest, StatusReply,
+    MAX_CHANGE_TIMEOUT_MS, MemberRequest, MembersReply, PrevReply, PutRequest, ReadLevel,
+    StatusReply, TransferReply, TransferRequest,
 };
 
 /// The largest reply body the client reads.
@@ -197,9 +198,10 @@ enum Retry {
 enum Wait {
     /// A command: each exchange gets the client's usual exchange timeout.
     Short,
-    /// A membership change, which may wait for a learner to catch up: the exchange may take
-    /// what is left of the deadline, and the request's `timeout_ms` tells the server to answer
-    /// `timeout` a little before that.
+    /// A membership change, which may wait for a learner to catch up, or a leadership
+    /// transfer, which waits for an election: the exchange may take what is left of the
+    /// deadline, and the request's `timeout_ms` tells the server to answer `timeout` a little
+    /// before that.
     UntilDeadline,
 }
 
@@ -254,10 +256,26 @@ impl KvClient {
         Ok(reply.prev)
     }
 
-    /// `get`: reads `key` through the log (linearizable).
+    /// `get`: reads `key` on the leader, linearizably ([`ReadLevel::Linearizable`]).
     pub async fn get(&mut self, key: &str) -> Result<Option<String>, ClientError> {
+        self.get_with(key, ReadLevel::Linearizable).await
+    }
+
+    /// `get` with a chosen [`ReadLevel`]. `linearizable` and `lease` reads go to the leader
+    /// (following `not_leader` replies); `follower` and `stale` reads are served by the node
+    /// the request reaches: the one this client last talked to, else the first address given
+    /// that answers.
+    pub async fn get_with(
+        &mut self,
+        key: &str,
+        level: ReadLevel,
+    ) -> Result<Option<String>, ClientError> {
+        let path = match level {
+            ReadLevel::Linearizable => "/v1/get".to_string(),
+            level => format!("/v1/get?read={level}"),
+        };
         let reply: GetReply =
-            self.call("/v1/get", &KeyRequest { key: key.into() }, Retry::Always).await?;
+            self.call(&path, &KeyRequest { key: key.into() }, Retry::Always).await?;
         Ok(reply.value)
     }
 
@@ -356,6 +374,19 @@ impl KvClient {
     /// Removes voter or learner `id` from the cluster.
     pub async fn remove(&mut self, id: u64) -> Result<MembersReply, ClientError> {
         self.change("/v1/members/remove", &MemberRequest { id, timeout_ms: None }).await
+    }
+
+    /// Hands leadership to node `to`, or with `None` to the most up-to-date other voter, and
+    /// waits until the new leader leads. Asking for the node that leads already succeeds
+    /// with nothing moved (`from == leader`).
+    pub async fn transfer_leader(&mut self, to: Option<u64>) -> Result<TransferReply, ClientError> {
+        let req = TransferRequest { to, timeout_ms: None };
+        let reply: TransferReply = self
+            .call_with("/v1/transfer-leader", &req, Retry::WhenNotAppended, Wait::UntilDeadline)
+            .await?;
+        // The next request goes to the new leader.
+        self.preferred = reply.leader_api.as_deref().and_then(|a| a.parse().ok());
+        Ok(reply)
     }
 
     async fn change<Req: Serialize>(

@@ -185,9 +185,21 @@ async fn with_log<N: Network>(config: Config, net: N, log: NodeLog, kv: MemKv) -
 }
 
 /// The engine configuration the examples use: the defaults, plus a snapshot every 10,000
-/// applied entries so the log does not grow forever.
+/// applied entries so the log does not grow forever, and no proposal forwarding (see
+/// [`FORWARD_PROPOSALS`]).
 pub fn example_config(id: NodeId, members: &[NodeId]) -> Config {
     let mut config = Config::new(id, members.iter().copied());
     config.snapshot_every = 10_000;
+    config.forward_proposals = FORWARD_PROPOSALS;
     config
 }
+
+/// `Config::forward_proposals` in the examples, unless a `kv node --config` file sets it: off.
+///
+/// The examples' clients find the leader themselves (a follower's `not_leader` reply names
+/// it), and retry a write only when it certainly was not appended. A follower that forwards
+/// instead keeps forwarding to a leader that has just died until it notices, and each of
+/// those writes then ends as
+/// [`WriteError::ForwardOutcomeUnknown`](raftkit::WriteError::ForwardOutcomeUnknown): not
+/// safe to retry, where a `not_leader` reply would have been.
+pub const FORWARD_PROPOSALS: bool = false;

@@ -3,7 +3,7 @@
 //! | request | body | success reply (200) |
 //! |---|---|---|
 //! | `POST /v1/put` | [`PutRequest`] `{"key": "k", "value": "v"}` | [`PrevReply`] `{"prev": "old" or null}` |
-//! | `POST /v1/get` | [`KeyRequest`] `{"key": "k"}` | [`GetReply`] `{"value": "v" or null}` |
+//! | `POST /v1/get` (`?read=linearizable`, `lease`, `follower` or `stale`; see [`ReadLevel`]) | [`KeyRequest`] `{"key": "k"}` | [`GetReply`] `{"value": "v" or null}` |
 //! | `POST /v1/delete` | [`KeyRequest`] | [`PrevReply`] |
 //! | `POST /v1/cas` | [`CasRequest`] `{"key": "k", "expected": "a" or null, "new": "b" or null}` | [`CasReply`] `{"swapped": true, "current": "b"}` |
 //! | `GET /v1/status` | — | [`StatusReply`] `{"nodes": [...]}` |
@@ -12,27 +12,30 @@
 //! | `POST /v1/members/add-learner` | [`AddLearnerRequest`] `{"id": 4, "addr": "127.0.0.1:7004"}` | [`MembersReply`], once node 4 is a learner and has caught up |
 //! | `POST /v1/members/promote` | [`MemberRequest`] `{"id": 4}` | [`MembersReply`], once learner 4 votes |
 //! | `POST /v1/members/remove` | [`MemberRequest`] `{"id": 2}` | [`MembersReply`], once voter or learner 2 is out |
+//! | `POST /v1/transfer-leader` | [`TransferRequest`] `{"to": 2 or null}` | [`TransferReply`] `{"from": 1, "leader": 2, "leader_api": …}`, once node 2 leads |
 //!
-//! The membership requests take an optional `"timeout_ms"` (default
+//! The membership requests and the leadership transfer take an optional `"timeout_ms"` (default
 //! [`DEFAULT_CHANGE_TIMEOUT_MS`], at most [`MAX_CHANGE_TIMEOUT_MS`]): how long the server waits
 //! for the change to commit (and, for add-learner, for the learner to catch up with the
 //! leader's commit index as of the request) before it answers `timeout`. A change is made by
 //! the leader, one at a time; a voter change adds or removes one voter directly, without a
 //! joint configuration.
 //!
-//! Every command, reads included, goes through the Raft log, so each is linearizable. Errors
+//! Writes (put, delete, cas) go through the Raft log. A get does not: it is answered from a
+//! node's key-value state once the read is confirmed under its [`ReadLevel`] (default
+//! `linearizable`: on the leader, after one heartbeat round confirms it still leads). Errors
 //! carry an [`ErrorReply`] `{"kind": ..., "error": "...", "leader": 2 or null, "leader_api":
 //! "127.0.0.1:8002" or null}`:
 //!
 //! | status | kind | meaning | safe to retry elsewhere |
 //! |---|---|---|---|
-//! | 400 | `bad_request` | malformed JSON, empty or oversized key or value | no: fix the request |
-//! | 421 | `not_leader` | this node is not the leader; `leader` names it when known, and `leader_api` gives its API address (same scheme) when the node was told it (`kv node --peer-apis`) | yes: nothing was appended |
-//! | 503 | `unavailable` | the node is stopping or failed | only reads (a write may have been appended) |
+//! | 400 | `bad_request` | malformed JSON, empty or oversized key or value, an unknown `read` level, a lease read on a node whose configuration turns `check_quorum` off | no: fix the request |
+//! | 421 | `not_leader` | this node is not the leader (or, for a `follower` read, knows no leader); `leader` names it when known, and `leader_api` gives its API address (same scheme) when the node was told it (`kv node --peer-apis`) | yes: nothing was appended |
+//! | 503 | `unavailable` | the node is stopping or failed; for a read also: it was not confirmed in time (a node cut off from the leader) | only reads (a write may have been appended) |
 //! | 500 | `outcome_unknown` | the command was appended but its result is not known | only reads |
 //! | 409 | `not_applied` | the command was appended, then replaced by a new leader: not applied | yes: it never took effect |
-//! | 409 | `retry_later` | membership requests only: another change is in progress, the leader was elected moments ago, or the learner to promote is still catching up; nothing was changed | yes, after a moment (to the same leader) |
-//! | 504 | `timeout` | membership requests only: the change did not finish within `timeout_ms`; the error says what is known (for add-learner: whether the node is a learner already) | check `GET /v1/members` first |
+//! | 409 | `retry_later` | nothing was done, and the same request may succeed in a moment: a write or a membership change while the leader hands leadership over; a read whose leader changed before it was confirmed, or with too many reads waiting; membership requests: another change is in progress, the leader was elected moments ago, or the learner to promote is still catching up; a leadership transfer: another is in progress, or the target did not take over in time | yes, after a moment (to the same node) |
+//! | 504 | `timeout` | membership requests and transfers only: the change did not finish within `timeout_ms`; the error says what is known (for add-learner: whether the node is a learner already) | check `GET /v1/members` first |
 //!
 //! A membership request that names a node in the wrong role (promoting a node that is not a
 //! learner, removing one that is not a member, adding a voter as a learner), that would leave
@@ -236,6 +239,121 @@ pub struct MemberRequest {
     pub timeout_ms: Option<u64>,
 }
 
+/// `POST /v1/transfer-leader`: hand leadership to node `to`, or with null to the most
+/// up-to-date other voter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The voter to hand leadership to; null: the leader picks the most up-to-date one.
+    #[serde(default)]
+    pub to: Option<u64>,
+    /// How long to wait for the new leader, in milliseconds (as for membership requests; the
+    /// engine gives a transfer up after twice `election_timeout_max` anyway).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The reply to a leadership transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferReply {
+    /// The node that led when the request arrived.
+    pub from: u64,
+    /// The node that leads now (equal to `from` if it was the one asked for already).
+    pub leader: u64,
+    /// The new leader's API address (`host:port`, same scheme as this one), when known.
+    #[serde(default)]
+    pub leader_api: Option<String>,
+}
+
+/// How a get is confirmed: the `read` query parameter of `POST /v1/get`, and `kv get
+/// --read`. Each maps to a [`raftkit::ReadPolicy`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadLevel {
+    /// On the leader, after one heartbeat round (shared by the reads waiting at that moment)
+    /// confirms it still leads. Linearizable whatever the clocks do. The default.
+    #[default]
+    Linearizable,
+    /// On the leader, without the round while its lease holds (a quorum confirmed it within
+    /// `election_timeout_min - clock_drift_bound`). Linearizable as long as the nodes' clocks
+    /// drift apart by less than `clock_drift_bound`; needs `check_quorum`.
+    Lease,
+    /// On any node: it asks the leader for the read index, waits until it has applied up to
+    /// it, and answers from its own state. Linearizable, and spreads reads over the followers.
+    Follower,
+    /// On any node, from what it has applied now, asking no one: may be old (a lagging
+    /// follower, a deposed leader). Not linearizable.
+    Stale,
+}
+
+impl ReadLevel {
+    /// Every level, in the order the help lists them.
+    pub const ALL: [ReadLevel; 4] =
+        [ReadLevel::Linearizable, ReadLevel::Lease, ReadLevel::Follower, ReadLevel::Stale];
+
+    /// The name used on the command line and in the query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadLevel::Linearizable => "linearizable",
+            ReadLevel::Lease => "lease",
+            ReadLevel::Follower => "follower",
+            ReadLevel::Stale => "stale",
+        }
+    }
+
+    /// The engine's read policy.
+    pub fn policy(self) -> raftkit::ReadPolicy {
+        match self {
+            ReadLevel::Linearizable => raftkit::ReadPolicy::Linearizable,
+            ReadLevel::Lease => raftkit::ReadPolicy::Lease,
+            ReadLevel::Follower => raftkit::ReadPolicy::Follower,
+            ReadLevel::Stale => raftkit::ReadPolicy::Stale,
+        }
+    }
+
+    /// Whether only the leader serves it (a follower answers `not_leader`).
+    pub fn leader_only(self) -> bool {
+        matches!(self, ReadLevel::Linearizable | ReadLevel::Lease)
+    }
+}
+
+impl std::fmt::Display for ReadLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ReadLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ReadLevel, String> {
+        ReadLevel::ALL.into_iter().find(|l| l.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = ReadLevel::ALL.iter().map(|l| l.as_str()).collect();
+            format!("unknown read level {s:?}; use one of {}", names.join(", "))
+        })
+    }
+}
+
+/// The read level of a `POST /v1/get` from its query string (`read=lease`; none: the
+/// default). Any other parameter, or a repeated one, is refused.
+pub fn read_level_from_query(query: Option<&str>) -> Result<ReadLevel, String> {
+    let mut level = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("read", value)) if level.is_none() => level = Some(value.parse()?),
+            Some(("read", _)) => return Err("the `read` parameter is given twice".into()),
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {pair:?}; a get takes only `read` (e.g. ?read=lease)"
+                ));
+            }
+        }
+    }
+    Ok(level.unwrap_or_default())
+}
+
 /// How long a membership request waits when it names no `timeout_ms`.
 pub const DEFAULT_CHANGE_TIMEOUT_MS: u64 = 60_000;
 /// The longest `timeout_ms` accepted (one hour).
@@ -255,6 +373,11 @@ pub fn validate_change(
             format!("the address {addr:?} is not an ip:port socket address (the node's QUIC endpoint): {e}")
         })?;
     }
+    validate_timeout(timeout_ms)
+}
+
+/// Checks a request's `timeout_ms`; returns the timeout to use.
+pub fn validate_timeout(timeout_ms: Option<u64>) -> Result<u64, String> {
     match timeout_ms.unwrap_or(DEFAULT_CHANGE_TIMEOUT_MS) {
         0 => Err("timeout_ms must be positive".into()),
         t if t > MAX_CHANGE_TIMEOUT_MS => {
@@ -279,9 +402,12 @@ pub enum ErrorKind {
     /// The command was appended but a new leader replaced it: it was not applied and never
     /// will be, so it is safe to send again (HTTP 409).
     NotApplied,
-    /// A membership change cannot be made yet: another one is in progress, the leader has not
-    /// committed an entry of its term yet, or the learner to promote is behind. Nothing was
-    /// changed; send it again shortly (HTTP 409).
+    /// Nothing was done, and the same request may succeed shortly (HTTP 409): a membership
+    /// change while another one is in progress, before the leader committed an entry of its
+    /// term, or with the learner to promote behind; a write or a change while the leader hands
+    /// leadership over; a read whose leader changed before it was confirmed, or with too many
+    /// reads waiting; a leadership transfer while another one runs, or whose target did not
+    /// take over in time.
     RetryLater,
     /// A membership change did not finish within the request's timeout; the message says what
     /// is known. It may still complete: look at `GET /v1/members` (HTTP 504).
@@ -317,4 +443,34 @@ pub fn validate(key: &str, values: &[Option<&str>]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_levels_parse_from_the_query_string() {
+        assert_eq!(read_level_from_query(None), Ok(ReadLevel::Linearizable));
+        assert_eq!(read_level_from_query(Some("")), Ok(ReadLevel::Linearizable));
+        for level in ReadLevel::ALL {
+            let query = format!("read={level}");
+            assert_eq!(read_level_from_query(Some(&query)), Ok(level));
+            assert_eq!(level.as_str().parse::<ReadLevel>(), Ok(level));
+        }
+        for (query, says) in [
+            (
+                "read=fast",
+                "unknown read level \"fast\"; use one of linearizable, lease, follower, stale",
+            ),
+            ("read=", "unknown read level \"\""),
+            ("read=Lease", "unknown read level"),
+            ("reed=lease", "unknown query parameter \"reed=lease\""),
+            ("read", "unknown query parameter"),
+            ("read=lease&read=stale", "given twice"),
+        ] {
+            let e = read_level_from_query(Some(query)).unwrap_err();
+            assert!(e.contains(says), "{query}: {e}");
+        }
+    }
 }

@@ -136,7 +136,8 @@ impl NodeOptions {
 /// [`Config`]; durations like `"50ms"`), then applies the command line, which overrides the
 /// file: `id` becomes `id` and `members` becomes `members` (the ids of `--peers`, or none
 /// with `--join`). The result is validated, so a bad value is reported before anything
-/// starts.
+/// starts. A field left out keeps [`Config::new`]'s default, except `forward_proposals`,
+/// which is [`FORWARD_PROPOSALS`](crate::node::FORWARD_PROPOSALS) as without a file.
 ///
 /// # Errors
 /// The file cannot be read, is not valid TOML, names an unknown field or a value of the wrong
@@ -146,6 +147,11 @@ pub fn load_config(path: &Path, id: NodeId, members: &[NodeId]) -> Result<Config
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
     let mut config: Config = toml::from_str(&text)
         .with_context(|| format!("in the configuration file {}", path.display()))?;
+    // Parsed above, so this parse succeeds too.
+    let table: toml::Table = text.parse().unwrap_or_default();
+    if !table.contains_key("forward_proposals") {
+        config.forward_proposals = crate::node::FORWARD_PROPOSALS;
+    }
     config.id = id;
     config.members = members.to_vec();
     config.validate().with_context(|| {
@@ -334,6 +340,29 @@ mod tests {
         // `--join`: no initial members, whatever the file says.
         let c = load_config(&path, NodeId(4), &[]).unwrap();
         assert_eq!((c.id, c.members), (NodeId(4), vec![]));
+        // The engine's defaults for what the file leaves out, but kv's for forwarding.
+        assert_eq!(c.clock_drift_bound, std::time::Duration::from_millis(30));
+        assert!(c.transfer_on_shutdown && c.check_quorum);
+        assert!(!c.forward_proposals);
+    }
+
+    #[test]
+    fn the_read_forwarding_and_transfer_settings_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "clock_drift_bound = \"50ms\"\nforward_proposals = true\ntransfer_on_shutdown = false\n",
+        )
+        .unwrap();
+        let c = load_config(&path, NodeId(1), &[NodeId(1)]).unwrap();
+        assert_eq!(c.clock_drift_bound, std::time::Duration::from_millis(50));
+        assert!(c.forward_proposals && !c.transfer_on_shutdown);
+        // A drift bound as long as the election timeout leaves no lease at all.
+        std::fs::write(&path, "election_timeout_min = \"300ms\"\nclock_drift_bound = \"300ms\"\n")
+            .unwrap();
+        let e = format!("{:#}", load_config(&path, NodeId(1), &[NodeId(1)]).unwrap_err());
+        assert!(e.contains("node.toml") && e.contains("clock_drift_bound"), "{e}");
     }
 
     #[test]

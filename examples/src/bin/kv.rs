@@ -7,6 +7,8 @@
 //!         --api 127.0.0.1:8001 --data-dir data --certs-dir certs/node-1   # and nodes 2 and 3
 //! kv --nodes 127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003 put greeting hello
 //! kv --nodes … get greeting
+//! kv --nodes … get greeting --read follower   # or lease, stale (default: linearizable)
+//! kv transfer-leader --to 2                     # hands leadership to node 2
 //! # Replacing node 1 by a new node 4 (see examples/README.md):
 //! kv certs --dir certs --add 4
 //! kv node --id 4 --join --peers 1=…,2=…,3=…,4=127.0.0.1:7004 --api 127.0.0.1:8004 …
@@ -33,7 +35,7 @@ use clap::{Parser, Subcommand};
 use raftkit::NodeId;
 use raftkit_examples::client::{ClientError, KvClient};
 use raftkit_examples::node::{LogKind, NetworkKind};
-use raftkit_examples::protocol::MembersReply;
+use raftkit_examples::protocol::{MembersReply, ReadLevel};
 use raftkit_examples::serve::{NodeOptions, RunningNode, TlsPaths, load_config, parse_peers};
 use raftkit_quic::certs::ClientCerts;
 
@@ -103,10 +105,18 @@ enum Command {
         /// The value.
         value: String,
     },
-    /// Reads a key (linearizable: through the Raft log).
+    /// Reads a key, without writing the Raft log.
     Get {
         /// The key.
         key: String,
+        /// How the read is confirmed. `linearizable`: on the leader, after a heartbeat round
+        /// confirms it still leads. `lease`: on the leader, no round while its lease holds
+        /// (relies on the nodes' clocks drifting less than `clock_drift_bound`). `follower`:
+        /// on the node asked (the first of --nodes), after the leader confirms the read
+        /// index; linearizable, and spreads the load. `stale`: the node's state as it is,
+        /// asking no one; may be old.
+        #[arg(long, value_enum, default_value_t = ReadLevel::Linearizable)]
+        read: ReadLevel,
     },
     /// Removes a key; prints the previous value.
     Delete {
@@ -154,6 +164,14 @@ enum Command {
         /// The node's id.
         #[arg(long)]
         id: u64,
+    },
+    /// Hands leadership to another voter (the leader brings it up to date, then it is elected
+    /// at once); prints the new leader. For maintenance of the leader's machine: a node
+    /// stopped with SIGTERM or Ctrl-C hands leadership over by itself first.
+    TransferLeader {
+        /// The voter to hand leadership to (default: the most up-to-date other voter).
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -355,7 +373,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("API client: {} (for `kv --client-certs`)", client.dir.display());
         }
         Command::Put { key, value } => println!("{}", show(&client.put(&key, &value).await?)),
-        Command::Get { key } => println!("{}", show(&client.get(&key).await?)),
+        Command::Get { key, read } => println!("{}", show(&client.get_with(&key, read).await?)),
         Command::Delete { key } => println!("{}", show(&client.delete(&key).await?)),
         Command::Cas { key, expected, new } => {
             let r = client.cas(&key, expected.as_deref(), new.as_deref()).await?;
@@ -416,6 +434,15 @@ async fn run(cli: Cli) -> Result<()> {
             let m = client.remove(id).await?;
             println!("node {id} is no longer a member");
             print_members(&m);
+        }
+        Command::TransferLeader { to } => {
+            let t = client.transfer_leader(to).await?;
+            let at = t.leader_api.map(|a| format!(" (API {a})")).unwrap_or_default();
+            if t.from == t.leader {
+                println!("node {} leads already{at}; nothing moved", t.leader);
+            } else {
+                println!("node {} leads now{at}; node {} handed leadership over", t.leader, t.from);
+            }
         }
     }
     Ok(())
