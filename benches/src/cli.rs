@@ -53,8 +53,18 @@ pub struct Args {
     /// 5 s (quick: 1.5 s).
     #[arg(long, value_name = "SECS")]
     pub membership_secs: Option<f64>,
-    /// Which parts to run, comma-separated: matrix, compare, core, memory, membership.
-    /// Default: all.
+    /// Client counts of the reads part (each measured with writes and with Linearizable,
+    /// Lease and Follower reads). Default: 1,64,256 (quick: 1,256).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    pub read_clients: Option<Vec<String>>,
+    /// Length of each measured window of the reads part. Default: 5 s (quick: 0.4 s).
+    #[arg(long, value_name = "SECS")]
+    pub reads_secs: Option<f64>,
+    /// Leadership transfers of the transfer part. Default: 20 (quick: 6).
+    #[arg(long, value_name = "N")]
+    pub transfers: Option<usize>,
+    /// Which parts to run, comma-separated: matrix, compare, core, memory, membership, reads,
+    /// transfer. Default: all.
     #[arg(long, value_name = "PART,...", value_delimiter = ',', ignore_case = true)]
     pub parts: Option<Vec<Part>>,
     /// Tokio worker threads shared by the three nodes and the clients. Default: one per core.
@@ -98,11 +108,22 @@ pub enum Part {
     Memory,
     /// Throughput and latency during a membership change, against none.
     Membership,
+    /// Reads (Linearizable, Lease, Follower) against writes, same clients and window.
+    Reads,
+    /// Leadership transfers on an idle cluster, and no acknowledged write lost.
+    Transfer,
 }
 
 impl Part {
-    const ALL: [Part; 5] =
-        [Part::Matrix, Part::Compare, Part::Core, Part::Memory, Part::Membership];
+    const ALL: [Part; 7] = [
+        Part::Matrix,
+        Part::Compare,
+        Part::Core,
+        Part::Memory,
+        Part::Membership,
+        Part::Reads,
+        Part::Transfer,
+    ];
 }
 
 /// What one run does, every option checked and every default filled in.
@@ -132,6 +153,12 @@ pub struct Plan {
     pub memory: Duration,
     /// Nominal length of each measured window of the membership part.
     pub membership: Duration,
+    /// Client counts of the reads part.
+    pub read_clients: Vec<usize>,
+    /// Length of each measured window of the reads part.
+    pub reads: Duration,
+    /// Leadership transfers of the transfer part.
+    pub transfers: usize,
     /// How long the core alone runs per batch size.
     pub core: Duration,
     /// Samples of the fsync measure.
@@ -160,6 +187,9 @@ impl Plan {
         self.parts.contains(&part)
     }
 }
+
+/// The most transfers the transfer part makes.
+pub const MAX_TRANSFERS: usize = 1000;
 
 /// The most clients a point may have (each is a task with a pending write).
 pub const MAX_CLIENTS: usize = 100_000;
@@ -223,6 +253,18 @@ impl Args {
         let memory = seconds("memory-secs", self.memory_secs, if q { 3.0 } else { 40.0 })?;
         let membership =
             seconds("membership-secs", self.membership_secs, if q { 1.5 } else { 5.0 })?;
+        let reads = seconds("reads-secs", self.reads_secs, if q { 0.4 } else { 5.0 })?;
+        let transfers = match self.transfers {
+            None => {
+                if q {
+                    6
+                } else {
+                    20
+                }
+            }
+            Some(n @ 1..=MAX_TRANSFERS) => n,
+            Some(n) => bail!("--transfers: {n} is out of range (1 to {MAX_TRANSFERS})"),
+        };
         let requested: Vec<Combo> = match &self.only {
             None => Combo::ALL.to_vec(),
             Some(combos) => {
@@ -258,6 +300,11 @@ impl Args {
             if q { &[1, 256][..] } else { &[1, 64, 256, 4096][..] },
             |s| parse_count("compare-clients", s),
         )?;
+        let read_clients = list(
+            self.read_clients.as_deref(),
+            if q { &[1, 256][..] } else { &[1, 64, 256][..] },
+            |s| parse_count("read-clients", s),
+        )?;
         let parts = match &self.parts {
             None => Part::ALL.to_vec(),
             Some(parts) => {
@@ -278,8 +325,15 @@ impl Args {
                 "--framework openraft: the openraft baseline is not built (build with --features openraft)"
             );
         }
-        if clients.is_empty() || payloads.is_empty() || compare_clients.is_empty() {
-            bail!("--clients, --payloads and --compare-clients need at least one value each");
+        if clients.is_empty()
+            || payloads.is_empty()
+            || compare_clients.is_empty()
+            || read_clients.is_empty()
+        {
+            bail!(
+                "--clients, --payloads, --compare-clients and --read-clients need at least one \
+                 value each"
+            );
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = match self.threads {
@@ -312,6 +366,9 @@ impl Args {
             compare_clients,
             memory,
             membership,
+            read_clients,
+            reads,
+            transfers,
             core: if q { Duration::from_millis(300) } else { Duration::from_secs(3) },
             fsync_samples: if q { 50 } else { 200 },
             rtt_samples: if q { 200 } else { 1000 },
@@ -352,6 +409,16 @@ mod tests {
         assert!(quick.membership < full.membership);
         let only = args(&["--parts", "membership"]).unwrap();
         assert_eq!(only.parts, vec![Part::Membership]);
+        // The reads and transfer parts run in both modes, shorter when quick.
+        for p in [&full, &quick] {
+            assert!(p.runs(Part::Reads) && p.runs(Part::Transfer));
+        }
+        assert_eq!(full.read_clients, vec![1, 64, 256]);
+        assert_eq!(quick.read_clients, vec![1, 256]);
+        assert!(quick.reads < full.reads);
+        assert_eq!((full.transfers, quick.transfers), (20, 6));
+        let both = args(&["--parts", "transfer,reads"]).unwrap();
+        assert_eq!(both.parts, vec![Part::Reads, Part::Transfer]);
     }
 
     #[test]
@@ -379,6 +446,9 @@ mod tests {
         assert!(args(&["--only", "mem+sqlite"]).is_err());
         assert!(args(&["--only", ","]).is_err());
         assert!(args(&["--parts", "everything"]).is_err());
+        assert!(args(&["--transfers", "0"]).is_err());
+        assert!(args(&["--read-clients", "0"]).is_err());
+        assert!(args(&["--reads-secs", "0"]).is_err());
         let e = args(&["--data-dir", "/definitely/not/here"]).unwrap_err();
         assert!(e.to_string().contains("not an existing directory"), "{e}");
     }

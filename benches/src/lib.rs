@@ -4,10 +4,12 @@
 //! log store), drives it with concurrent clients, and writes a dated markdown report and two SVG
 //! plots to `bench-results/`. It also compares raftkit with openraft in the same setup, both
 //! measured in the same run (the openraft side with the `openraft` feature), measures the
-//! protocol core alone, checks memory, and measures a membership change under load. Targets
-//! are reported as met or not met with the measured figure; nothing is asserted, except that
-//! no write may fail with an error not documented as retryable during the membership part
-//! (the binary then exits with an error, after writing the report).
+//! protocol core alone, checks memory, measures a membership change under load, reads that do
+//! not write the log against writes, and leadership transfers. Targets are reported as met or
+//! not met with the measured figure; nothing is asserted, except that no write may fail with an
+//! error not documented as retryable during the membership part, and no acknowledged write may
+//! be lost across the transfer part's leadership transfers (the binary then exits with an
+//! error, after writing the report).
 //!
 //! ```sh
 //! cargo run --release -p raftkit-bench                # full run (all compiled-in combinations)
@@ -28,6 +30,10 @@
 //!   same run.
 //! - [`membership`]: throughput, latency and failed writes during a membership change (a
 //!   fourth node added as a learner, promoted, an original follower removed), against none.
+//! - [`reads`]: throughput and latency of `client_read` with the Linearizable, Lease and
+//!   Follower policies against writes, same clients and windows.
+//! - [`transfer`]: leadership transfers on an idle cluster, timed, and no acknowledged write
+//!   lost.
 //! - [`core_sim`]: three `RaftCore`s wired together without IO (the core-alone measure).
 //! - [`machine`]: what the machine is, its fsync latency and its loopback QUIC round trip.
 //! - [`process`]: CPU time and resident memory of this process.
@@ -46,5 +52,7 @@ pub mod noop;
 pub mod openraft_baseline;
 pub mod plot;
 pub mod process;
+pub mod reads;
 pub mod report;
 pub mod run;
+pub mod transfer;

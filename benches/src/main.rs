@@ -74,13 +74,17 @@ fn real_main() -> Result<()> {
         println!("Wrote {}", p.display());
     }
     println!("Took {:.0} s.", results.wall.as_secs_f64());
-    let violations = results.membership_violations();
-    if !violations.is_empty() {
-        anyhow::bail!(
-            "the membership part failed (report written to {}):\n  {}",
-            md.display(),
-            violations.join("\n  ")
-        );
+    let mut failed = Vec::new();
+    for (part, violations) in [
+        ("membership", results.membership_violations()),
+        ("transfer", results.transfer_violations()),
+    ] {
+        if !violations.is_empty() {
+            failed.push(format!("the {part} part failed:\n  {}", violations.join("\n  ")));
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} (report written to {})", failed.join("\n"), md.display());
     }
     Ok(())
 }

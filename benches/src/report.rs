@@ -8,6 +8,8 @@ use crate::load::{PointResult, Span};
 use crate::machine::Machine;
 use crate::membership::MembershipResult;
 use crate::process::mib;
+use crate::reads::{Op, ReadsResult};
+use crate::transfer::TransferResult;
 
 /// raftkit must commit at least this many times as many entries per second as openraft,
 /// both measured in the same run with the same harness (mem+mem, empty payload).
@@ -22,6 +24,16 @@ pub const CORE_TARGET_BATCH: usize = 256;
 pub const DURABLE_LATENCY_FACTOR: f64 = 3.0;
 /// Durable over QUIC: 256 clients must reach this many × the single-client throughput.
 pub const GROUP_COMMIT_FACTOR: f64 = 50.0;
+/// At 256 clients, Linearizable reads must reach this many × the writes' throughput.
+pub const LINEARIZABLE_READ_FACTOR: f64 = 5.0;
+/// At 256 clients, Lease reads must reach this many × the writes' throughput.
+pub const LEASE_READ_FACTOR: f64 = 10.0;
+/// The client count the read-throughput targets are judged at.
+pub const READ_TARGET_CLIENTS: usize = 256;
+/// A 1-client Linearizable read on quic+redb: p50 at most this many loopback round trips.
+pub const READ_RTT_FACTOR: f64 = 2.0;
+/// A leadership transfer: the median at most this many heartbeat intervals.
+pub const TRANSFER_HEARTBEATS: f64 = 3.0;
 /// The memory check calls RSS flat when the last quartile's mean is within this factor of the
 /// first quartile's.
 pub const FLAT_FACTOR: f64 = 1.10;
@@ -234,6 +246,10 @@ pub struct Results {
     pub memory_error: Option<String>,
     /// The membership part, one entry per combination it covers.
     pub membership: Vec<MembershipResult>,
+    /// The reads part, one entry per combination it covers.
+    pub reads: Vec<ReadsResult>,
+    /// The transfer part.
+    pub transfer: Option<TransferResult>,
     /// Wall time of the whole run.
     pub wall: Duration,
 }
@@ -537,7 +553,155 @@ impl Results {
             None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
         });
         t.push(self.membership_target());
+        self.read_targets(&mut t);
+        self.transfer_targets(&mut t);
         t
+    }
+
+    /// The reads part's targets: read throughput against writes at 256 clients (both
+    /// combinations), and on quic+redb a 1-client Linearizable read without fsync and within
+    /// two loopback round trips.
+    fn read_targets(&self, t: &mut Vec<Target>) {
+        let n = READ_TARGET_CLIENTS;
+        for combo in crate::reads::COMBOS {
+            let r = self.reads.iter().find(|r| r.combo == combo && r.skipped.is_none());
+            for (op, factor) in
+                [(Op::Linearizable, LINEARIZABLE_READ_FACTOR), (Op::Lease, LEASE_READ_FACTOR)]
+            {
+                let what = format!(
+                    "{combo}, {n} clients: {}s ≥ {factor}× the write throughput (same clients, \
+                     same window)",
+                    op.name()
+                );
+                t.push(
+                    match r.and_then(|r| {
+                        Some((r.ratio(op, n)?, r.find(op, n)?, r.find(Op::Write, n)?))
+                    }) {
+                        Some((ratio, read, write)) => Target {
+                            what,
+                            figure: format!(
+                                "{ratio:.1}× ({} reads/s vs {} writes/s)",
+                                thousands(read.point.throughput()),
+                                thousands(write.point.throughput())
+                            ),
+                            verdict: Verdict::of(ratio >= factor),
+                        },
+                        None => {
+                            Target { what, figure: "—".into(), verdict: Verdict::NotMeasured }
+                        }
+                    },
+                );
+            }
+        }
+        let combo = Combo { net: Net::Quic, store: crate::combo::Store::Redb };
+        let r = self.reads.iter().find(|r| r.combo == combo && r.skipped.is_none());
+        let one = r.and_then(|r| r.find(Op::Linearizable, 1));
+        let what = format!(
+            "{combo}, 1 client, Linearizable read: no log-store fsync during the read window \
+             (redb commits on all three nodes)"
+        );
+        t.push(match one {
+            Some(p) => Target {
+                what,
+                figure: format!(
+                    "{} redb commits while {} reads were answered in {:.2} s",
+                    p.point.syncs,
+                    thousands(p.point.commits as f64),
+                    p.point.elapsed.as_secs_f64()
+                ),
+                verdict: Verdict::of(p.point.syncs == 0),
+            },
+            None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+        });
+        let what = format!(
+            "{combo}, 1 client, Linearizable read: p50 ≤ {READ_RTT_FACTOR} loopback QUIC round \
+             trips (measured just before it)"
+        );
+        t.push(match (one, r.and_then(|r| r.rtt)) {
+            (Some(p), Some(rtt)) if rtt.median > Duration::ZERO => {
+                let rtt_us = rtt.median.as_secs_f64() * 1e6;
+                let rtts = p.point.latency.p50 as f64 / rtt_us;
+                let follower = r.and_then(|r| r.find(Op::Follower, 1)).map_or(String::new(), |f| {
+                    format!(
+                        "; 1-client Follower read p50 {} = {:.1} round trips",
+                        micros(f.point.latency.p50 as f64),
+                        f.point.latency.p50 as f64 / rtt_us
+                    )
+                });
+                Target {
+                    what,
+                    figure: format!(
+                        "p50 {} = {rtts:.1} round trips of {} (ping p50){follower}",
+                        micros(p.point.latency.p50 as f64),
+                        dur(rtt.median)
+                    ),
+                    verdict: Verdict::of(rtts <= READ_RTT_FACTOR),
+                }
+            }
+            _ => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+        });
+    }
+
+    /// The transfer part's targets: the median transfer within three heartbeat intervals, and
+    /// no acknowledged write lost.
+    fn transfer_targets(&self, t: &mut Vec<Target>) {
+        let tr = self.transfer.as_ref().filter(|r| r.skipped.is_none());
+        let combo = crate::transfer::COMBO;
+        let what = format!(
+            "{combo}, idle: leadership transfer, from the call until the target leads, median ≤ \
+             {TRANSFER_HEARTBEATS} heartbeat intervals"
+        );
+        t.push(match tr {
+            Some(r) if !r.transfers.is_empty() => {
+                let hb = |d: Option<Duration>| {
+                    d.map_or("—".to_string(), |d| {
+                        format!("{} = {:.2} intervals", dur(d), r.in_heartbeats(d))
+                    })
+                };
+                Target {
+                    what,
+                    figure: format!(
+                        "median {}, max {} (interval {}); {} of {} transfers completed",
+                        hb(r.median()),
+                        hb(r.max()),
+                        dur(r.heartbeat),
+                        r.completed(),
+                        r.transfers.len()
+                    ),
+                    verdict: Verdict::of(
+                        r.median().is_some_and(|m| r.in_heartbeats(m) <= TRANSFER_HEARTBEATS),
+                    ),
+                }
+            }
+            _ => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+        });
+        let what = format!(
+            "{combo}: no write acknowledged before or after the leadership transfers is lost \
+             (a loss fails the run)"
+        );
+        t.push(match tr {
+            Some(r) => Target {
+                what,
+                figure: match r.violation() {
+                    Some(v) => v,
+                    None => format!(
+                        "{} acknowledged writes all read back (linearizable read on the leader, \
+                         node {}; state machines of nodes {})",
+                        r.acknowledged,
+                        r.final_leader.map_or("?".into(), |n| n.0.to_string()),
+                        r.checked_on.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                },
+                verdict: Verdict::of(r.violation().is_none()),
+            },
+            None => Target { what, figure: "—".into(), verdict: Verdict::NotMeasured },
+        });
+    }
+
+    /// What fails the transfer part (an acknowledged write lost, or the part could not
+    /// finish); empty if nothing does or the part did not run.
+    pub fn transfer_violations(&self) -> Vec<String> {
+        self.transfer.iter().filter_map(TransferResult::violation).collect()
     }
 
     /// The membership part's rule: no write fails with an error not documented as retryable.
@@ -634,6 +798,8 @@ impl Results {
         self.matrix_section(&mut s);
         self.memory_section(&mut s);
         self.membership_section(&mut s);
+        self.reads_section(&mut s);
+        self.transfer_section(&mut s);
         self.notes_section(&mut s);
         s
     }
@@ -1111,13 +1277,191 @@ impl Results {
         }
     }
 
+    fn reads_section(&self, s: &mut String) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let window = self.reads_window().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "## Reads against writes\n\nOne fresh 3-node cluster per combination (`Config::new` \
+             defaults, `MemKv` applied on the driver). At each client count, in this order, \
+             {} s of warm-up then {:.2} s measured: **write** — every closed-loop client puts its \
+             own key (`client-<n>`, {} B value) with `client_write` on the leader; \
+             **Linearizable** and **Lease** — every client reads its own key back with \
+             `client_read(KvQuery::Get, policy)` on the leader; **Follower** — the same with \
+             `ReadPolicy::Follower`, client *n* on follower *n* mod 2 (the *served by* column). \
+             Every read must return the value written (a wrong or missing value counts as a \
+             failed read, `WrongAnswer`).\n",
+            self.warmup.as_secs_f64(),
+            window.as_secs_f64(),
+            crate::reads::PAYLOAD,
+        );
+        let _ = writeln!(
+            s,
+            "How to read it: *ops/s* is writes or reads answered per second in the window; \
+             *× writes* is that over the write row of the same client count. *log writes* is \
+             how much the log stores' counter rose during the window, summed over the three \
+             nodes — redb: commits, one fsync each; memory store: `write` calls — so a read row \
+             shows what the reads cost the log (0: nothing). *p50 in RTTs* (1 client, QUIC \
+             only) divides p50 by the median loopback QUIC round trip measured just before the \
+             1-client reads; that ping is echoed by a task of its own, so it is, if anything, a \
+             little longer than the bare round trip a heartbeat sees. \
+             *redirects*: `NotLeader` answers followed; *elections*: how much the highest \
+             term rose.\n"
+        );
+        for r in &self.reads {
+            let _ = writeln!(s, "### {}\n", r.combo);
+            if let Some(why) = &r.skipped {
+                let _ = writeln!(s, "Skipped: {why}.\n");
+                continue;
+            }
+            if let Some(e) = &r.error {
+                let _ = writeln!(s, "**Failed**: {e}\n");
+            }
+            if let Some(rtt) = &r.rtt {
+                let _ = writeln!(
+                    s,
+                    "Loopback QUIC round trip, measured just before the 1-client reads (two more \
+                     `QuicNetwork` endpoints on the same runtime, the cluster idle): median {}, \
+                     p99 {}, min {} ({} pings).\n",
+                    dur(rtt.median),
+                    dur(rtt.p99),
+                    dur(rtt.min),
+                    rtt.samples
+                );
+            }
+            let rtt_us = r.rtt.map(|l| l.median.as_secs_f64() * 1e6).filter(|v| *v > 0.0);
+            let _ = writeln!(
+                s,
+                "| clients | operation | served by | ops/s | × writes | p50 | p50 in RTTs | p99 | \
+                 p99.9 | log writes ({}) | CPU | redirects | failed | elections |\n\
+                 |---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+                r.sync_kind
+            );
+            for p in &r.points {
+                let q = &p.point;
+                let ratio = match p.op {
+                    Op::Write => "—".to_string(),
+                    op => r.ratio(op, q.clients).map_or("—".into(), |x| format!("{x:.1}×")),
+                };
+                let nodes: Vec<String> = p.served_by.iter().map(|n| n.0.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} {} | {} | {ratio} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                    q.clients,
+                    p.op.name(),
+                    if p.served_by.len() == 1 { "node" } else { "nodes" },
+                    nodes.join(", "),
+                    thousands(q.throughput()),
+                    micros(q.latency.p50 as f64),
+                    rtt_us
+                        .filter(|_| q.clients == 1)
+                        .map_or("—".into(), |rtt| format!("{:.1}", q.latency.p50 as f64 / rtt)),
+                    micros(q.latency.p99 as f64),
+                    micros(q.latency.p999 as f64),
+                    q.syncs,
+                    q.cpu_cores(),
+                    q.redirects,
+                    failures_cell(q),
+                    q.term_increase
+                );
+            }
+            let _ = writeln!(s);
+        }
+    }
+
+    /// The length of the reads part's windows (the first measured one's).
+    fn reads_window(&self) -> Option<Duration> {
+        self.reads.iter().flat_map(|r| r.points.first()).map(|p| p.point.elapsed).next()
+    }
+
+    fn transfer_section(&self, s: &mut String) {
+        let Some(r) = &self.transfer else { return };
+        let _ = writeln!(
+            s,
+            "## Leadership transfer\n\nOne fresh, idle 3-node {} cluster (`Config::new` \
+             defaults: heartbeat interval {}). {} transfers, one after the other: wait for a \
+             stable leader, write {} keys on it, then `transfer_leadership(Some(target))`, the \
+             targets taken in turn (nodes 1, 2, 3, 1, …, skipping the leader). \
+             *target leads after* runs from the call until the target's own metrics say it leads \
+             in a higher term; *call returned after* until the old leader's call returned. \
+             Then {} more keys are written on the final leader, and every acknowledged write is \
+             read back through a Linearizable `client_read` on the leader and from every node's \
+             state machine (once it has applied the leader's commit index): a key missing or \
+             changed anywhere fails the run.\n",
+            r.combo,
+            dur(r.heartbeat),
+            r.transfers.len(),
+            crate::transfer::WRITES_PER_TRANSFER,
+            crate::transfer::WRITES_PER_TRANSFER,
+        );
+        if let Some(why) = &r.skipped {
+            let _ = writeln!(s, "Skipped: {why}.\n");
+            return;
+        }
+        if let Some(e) = &r.error {
+            let _ = writeln!(s, "**Failed**: {e}\n");
+        }
+        if !r.transfers.is_empty() {
+            let hb = |d: Option<Duration>| {
+                d.map_or("—".to_string(), |d| {
+                    format!("{} ({:.2} intervals)", dur(d), r.in_heartbeats(d))
+                })
+            };
+            let _ = writeln!(
+                s,
+                "Median {}, max {}; {} of {} transfers completed.\n",
+                hb(r.median()),
+                hb(r.max()),
+                r.completed(),
+                r.transfers.len()
+            );
+            let _ = writeln!(
+                s,
+                "| # | from → to | term | target leads after | heartbeat intervals | call returned \
+                 after | outcome |\n|---:|---|---|---:|---:|---:|---|"
+            );
+        }
+        for (i, t) in r.transfers.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {} → {} | {} → {} | {} | {} | {} | {} |",
+                i + 1,
+                t.from.0,
+                t.to.0,
+                t.term_before,
+                t.term_after.map_or("—".into(), |x| x.to_string()),
+                t.took.map_or("did not take over".into(), dur),
+                t.took.map_or("—".into(), |d| format!("{:.2}", r.in_heartbeats(d))),
+                dur(t.call),
+                t.outcome
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nWrites: {} acknowledged and checked; {} attempts failed and were retried{}. \
+             Lost: {}.\n",
+            r.acknowledged,
+            r.failed_writes,
+            r.last_write_error.as_ref().map_or(String::new(), |e| format!(" (last: {e})")),
+            if r.lost.is_empty() && r.error.is_none() {
+                "none".to_string()
+            } else if r.lost.is_empty() {
+                "not checked".to_string()
+            } else {
+                format!("**{}**: {}", r.lost.len(), r.lost.join("; "))
+            }
+        );
+    }
+
     fn notes_section(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "## Notes\n\n- All three nodes and all clients share one process and its {} cores, \
              so CPU and memory figures cover the whole cluster.\n- Latency is measured by each \
              client from calling `client_write` to its answer (committed and applied on the \
-             leader); percentiles come from an HDR histogram (1 µs to 100 s, 3 significant \
+             leader), or `client_read` to its answer in the reads part; percentiles come from an HDR histogram (1 µs to 100 s, 3 significant \
              digits).\n- Every combination runs all its points on one cluster, so durable logs \
              grow from point to point; warm-up time before each point is not measured.\n- The \
              allocator keeps memory freed by earlier points, so a point's peak RSS includes \
@@ -1317,6 +1661,89 @@ mod tests {
         assert!(r.markdown().contains("Shutdown ×1 (**not retryable**)"));
         assert_eq!(target(&r).verdict, Verdict::NotMet);
         assert_eq!(r.membership_violations().len(), 1);
+    }
+
+    #[test]
+    fn read_and_transfer_targets_are_judged_from_their_parts() {
+        use crate::reads::{ReadPoint, ReadsResult};
+        use crate::transfer::{Transfer, TransferResult};
+        use raftkit::NodeId;
+        let point = |op: Op, clients: usize, per_sec: u64, p50: u64, syncs: u64| ReadPoint {
+            op,
+            served_by: vec![NodeId(1)],
+            point: PointResult {
+                clients,
+                commits: per_sec,
+                elapsed: Duration::from_secs(1),
+                latency: crate::load::LatencyUs { p50, ..Default::default() },
+                syncs,
+                ..PointResult::default()
+            },
+        };
+        let quic = Combo { net: Net::Quic, store: crate::combo::Store::Redb };
+        let reads = ReadsResult {
+            combo: quic,
+            points: vec![
+                point(Op::Write, 1, 1000, 900, 3000),
+                point(Op::Linearizable, 1, 20_000, 50, 0),
+                point(Op::Write, 256, 10_000, 9000, 100),
+                point(Op::Linearizable, 256, 60_000, 1000, 0),
+                point(Op::Lease, 256, 90_000, 500, 0),
+            ],
+            rtt: Some(crate::machine::Latency {
+                median: Duration::from_micros(30),
+                ..Default::default()
+            }),
+            ..ReadsResult::default()
+        };
+        let took = |ms: u64| Transfer {
+            from: NodeId(1),
+            to: NodeId(2),
+            took: Some(Duration::from_millis(ms)),
+            outcome: "ok".into(),
+            ..Transfer::default()
+        };
+        let transfer = TransferResult {
+            combo: quic,
+            heartbeat: Duration::from_millis(50),
+            transfers: vec![took(10), took(100), took(200)],
+            acknowledged: 16,
+            checked_on: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ..TransferResult::default()
+        };
+        let r =
+            Results { reads: vec![reads], transfer: Some(transfer.clone()), ..Results::default() };
+        let verdict = |r: &Results, start: &str| {
+            let t = r.targets().into_iter().find(|t| t.what.starts_with(start)).unwrap();
+            (t.verdict, t.figure)
+        };
+        let (v, f) = verdict(&r, "quic+redb, 256 clients: Linearizable");
+        assert_eq!(v, Verdict::Met, "{f}");
+        assert!(f.starts_with("6.0×"), "{f}");
+        let (v, f) = verdict(&r, "quic+redb, 256 clients: Lease");
+        assert_eq!(v, Verdict::NotMet, "{f}");
+        assert_eq!(verdict(&r, "mem+mem, 256 clients: Lease").0, Verdict::NotMeasured);
+        let (v, f) = verdict(&r, "quic+redb, 1 client, Linearizable read: no log-store fsync");
+        assert_eq!(v, Verdict::Met, "{f}");
+        let (v, f) = verdict(&r, "quic+redb, 1 client, Linearizable read: p50");
+        assert_eq!(v, Verdict::Met, "{f}");
+        assert!(f.contains("1.7 round trips"), "{f}");
+        let (v, f) = verdict(&r, "quic+redb, idle: leadership transfer");
+        assert_eq!(v, Verdict::Met, "{f}");
+        assert!(f.contains("median 100.00 ms = 2.00 intervals"), "{f}");
+        assert_eq!(verdict(&r, "quic+redb: no write").0, Verdict::Met);
+        assert!(r.transfer_violations().is_empty());
+        let md = r.markdown();
+        assert!(md.contains("## Reads against writes") && md.contains("## Leadership transfer"));
+        assert!(md.contains("| 256 | Linearizable read | node 1 | 60,000 | 6.0× |"), "{md}");
+        assert!(md.contains("| 1 | Linearizable read | node 1 | 20,000 | 20.0× | 50 µs | 1.7 |"));
+
+        let mut lost = transfer;
+        lost.lost.push("before-3-1: gone".into());
+        let r = Results { transfer: Some(lost), ..Results::default() };
+        assert_eq!(verdict(&r, "quic+redb: no write").0, Verdict::NotMet);
+        assert_eq!(r.transfer_violations().len(), 1);
+        assert!(r.markdown().contains("Lost: **1**"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The whole harness, step by step: machine facts, the combination matrix, the openraft
-//! comparison, the core alone, the memory check and the membership change. A failing combination is reported and the
-//! run goes on with the next.
+//! comparison, the core alone, the memory check, the membership change, reads against writes
+//! and leadership transfers. A failing combination is reported and the run goes on with the
+//! next.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::machine;
 use crate::membership::{self, MembershipResult};
 use crate::noop::NoopSm;
 use crate::process;
+use crate::reads::{self, ReadsResult};
 use crate::report::{ComboResult, ComparePoint, CoreResult, MemoryResult, MemorySample, Results};
 
 /// The openraft version of the baseline, if this build has it.
@@ -76,7 +78,13 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
         } + if plan.runs(Part::Compare) { plan.compare_clients.len() } else { 0 }
             + if plan.runs(Part::Core) { CORE_BATCHES.len() } else { 0 }
             + usize::from(plan.runs(Part::Memory))
-            + if plan.runs(Part::Membership) { 2 * membership::COMBOS.len() } else { 0 };
+            + if plan.runs(Part::Membership) { 2 * membership::COMBOS.len() } else { 0 }
+            + if plan.runs(Part::Reads) {
+                reads::COMBOS.len() * plan.read_clients.len() * reads::Op::ALL.len()
+            } else {
+                0
+            }
+            + if plan.runs(Part::Transfer) { plan.transfers + 1 } else { 0 };
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg}")
@@ -238,6 +246,69 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
         }
     }
 
+    if plan.runs(Part::Reads) {
+        let settings = reads::Settings {
+            warmup: plan.warmup,
+            window: plan.reads,
+            clients: plan.read_clients.clone(),
+            rtt_samples: plan.rtt_samples,
+            seed: plan.seed,
+        };
+        let points = (plan.read_clients.len() * reads::Op::ALL.len()) as u64;
+        for combo in reads::COMBOS {
+            let r = match skipped(plan, combo) {
+                Some(why) => {
+                    bar.inc(points);
+                    ReadsResult { combo, skipped: Some(why.into()), ..Default::default() }
+                }
+                None => {
+                    let dir = data.path().join(format!("reads-{}", combo.name()));
+                    let r = rt.block_on(reads::bench(combo, &settings, &dir, &bar));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    if let Some(e) = &r.error {
+                        say(&bar, format!("  reads {combo}: FAILED: {e}"));
+                        // Keep the bar's count right when a combination stops early.
+                        bar.inc(points.saturating_sub(r.points.len() as u64));
+                    }
+                    r
+                }
+            };
+            results.reads.push(r);
+        }
+    }
+
+    if plan.runs(Part::Transfer) {
+        let combo = crate::transfer::COMBO;
+        let r = match skipped(plan, combo) {
+            Some(why) => {
+                bar.inc(plan.transfers as u64 + 1);
+                crate::transfer::TransferResult {
+                    combo,
+                    skipped: Some(why.into()),
+                    ..Default::default()
+                }
+            }
+            None => {
+                let dir = data.path().join("transfer");
+                let r = rt.block_on(crate::transfer::bench(
+                    combo,
+                    plan.transfers,
+                    plan.seed,
+                    &dir,
+                    &bar,
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                if let Some(v) = r.violation() {
+                    say(&bar, format!("  transfer FAILED: {v}"));
+                    let done = r.transfers.len() as u64 + u64::from(r.error.is_none());
+                    bar.inc((plan.transfers as u64 + 1).saturating_sub(done));
+                }
+                r
+            }
+        };
+        results.transfer = Some(r);
+    }
+
     // Close QUIC sockets and node tasks before the data directory goes away.
     rt.shutdown_timeout(Duration::from_secs(5));
     data.close().context("removing the data directory")?;
@@ -245,6 +316,17 @@ pub fn run(plan: &Plan, command_line: String) -> Result<Results> {
     results.machine.load.1 = machine::load_average();
     results.wall = clock.elapsed();
     Ok(results)
+}
+
+/// Why a part that measures fixed combinations leaves `combo` out, if it does.
+fn skipped(plan: &Plan, combo: Combo) -> Option<&'static str> {
+    if plan.combos.contains(&combo) {
+        None
+    } else if !combo.compiled() {
+        Some("not compiled in this build")
+    } else {
+        Some("left out by --only")
+    }
 }
 
 /// Runs every point of one combination on one cluster.
