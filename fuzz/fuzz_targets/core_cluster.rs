@@ -33,7 +33,7 @@ use libfuzzer_sys::fuzz_target;
 use raftkit_core::{
     Action, AppendEntries, AppendResponse, Config, Entry, HardState, InitialState, InstallSnapshot,
     Instant, LogId, LogIndex, LogWrite, MAX_INDEX, MAX_TERM, Message, MessageBody, NodeId,
-    RaftCore, Role, SnapshotMeta, Term, WriteId, codec,
+    RaftCore, ReadId, ReadMode, Role, SnapshotMeta, Term, WriteId, codec,
 };
 
 const NODES: u64 = 3;
@@ -185,6 +185,10 @@ struct Cluster {
     grants: BTreeMap<(NodeId, Term), NodeId>,
     committed: BTreeMap<LogIndex, LogId>,
     applied_at: BTreeMap<LogIndex, Entry>,
+    /// Reads asked for and not answered, by (node, read id): the highest index committed
+    /// anywhere when the read was asked (its read index must not be below it).
+    read_floors: BTreeMap<(usize, u64), LogIndex>,
+    next_read: u64,
 }
 
 fn checksum(data: &[u8]) -> u32 {
@@ -267,6 +271,8 @@ impl Cluster {
             leader_of_term: BTreeMap::new(),
             grants: BTreeMap::new(),
             committed: BTreeMap::new(),
+            read_floors: BTreeMap::new(),
+            next_read: 0,
             applied_at: BTreeMap::new(),
         };
         for i in 0..c.nodes.len() {
@@ -327,8 +333,11 @@ impl Cluster {
             10 => {
                 let n = self.pick_node(u)?;
                 let now = self.now;
-                let which = u.arbitrary::<u8>()? % 4;
+                let which = u.arbitrary::<u8>()? % 7;
                 let peer = NodeId(u.int_in_range(1..=NODES)?);
+                let floor = self.committed.last_key_value().map_or(LogIndex(0), |(i, _)| *i);
+                self.next_read += 1;
+                let read = self.next_read;
                 if let Some(core) = self.nodes[n].core.as_mut() {
                     match which {
                         0 => core.campaign(now),
@@ -336,7 +345,29 @@ impl Cluster {
                             core.trigger_snapshot();
                         }
                         2 => core.handle_unreachable(peer),
-                        _ => core.handle_snapshot_send_failed(peer),
+                        3 => core.handle_snapshot_send_failed(peer),
+                        // Reads by ReadIndex, on the leader or through it. (Not leases: they
+                        // assume messages are delayed less than an election timeout, which
+                        // this schedule does not respect.)
+                        4 => {
+                            let mode = if u.arbitrary::<bool>()? {
+                                ReadMode::ReadIndex
+                            } else {
+                                ReadMode::Follower
+                            };
+                            if core.read_index(now, ReadId(read), mode).is_ok() {
+                                self.read_floors.insert((n, read), floor);
+                            }
+                        }
+                        5 => {
+                            let to = if u.arbitrary::<bool>()? { Some(peer) } else { None };
+                            let _ = core.transfer_leadership(now, to);
+                        }
+                        _ => {
+                            let len = u.int_in_range(0..=16)?;
+                            let cmd = bytes::Bytes::copy_from_slice(u.bytes(len)?);
+                            let _ = core.forward(now, read, vec![cmd]);
+                        }
                     }
                 }
                 self.drain(n);
@@ -429,6 +460,7 @@ impl Cluster {
     }
 
     fn crash(&mut self, n: usize) {
+        self.read_floors.retain(|(m, _), _| *m != n);
         let node = &mut self.nodes[n];
         node.core = None;
         node.pending.clear();
@@ -630,7 +662,19 @@ impl Cluster {
                         }
                     }
                 }
-                other => panic!("an action this target does not know: {other:?}"),
+                Action::ReadIndex(r) => {
+                    let floor = self.read_floors.remove(&(n, r.id.0));
+                    if !self.hostile {
+                        let floor = floor.expect("a read answered twice, or never asked");
+                        if let Ok(index) = r.result {
+                            assert!(
+                                index >= floor,
+                                "{id}: stale read: index {index}, but {floor} was committed when it was asked"
+                            );
+                        }
+                    }
+                }
+                Action::Forwarded(_) => {}
             }
         }
     }
@@ -779,7 +823,12 @@ fn mutate(u: &mut Unstructured<'_>, msg: &mut Message) -> Result<()> {
             *rejected = LogIndex(wild(u, rejected.0, MAX_INDEX)?);
             wild_id(u, hint)?;
         }
-        MessageBody::Heartbeat(h) => h.commit = LogIndex(wild(u, h.commit.0, MAX_INDEX)?),
+        MessageBody::Heartbeat(h) => {
+            h.commit = LogIndex(wild(u, h.commit.0, MAX_INDEX)?);
+            h.round = wild(u, h.round, u64::MAX)?;
+        }
+        MessageBody::HeartbeatResponse(a) => a.round = wild(u, a.round, u64::MAX)?,
+        MessageBody::ReadIndexResponse(r) => r.index = LogIndex(wild(u, r.index.0, MAX_INDEX)?),
         MessageBody::InstallSnapshot(s) => {
             wild_id(u, &mut s.meta.last_log_id)?;
             if u.arbitrary()? {

@@ -62,7 +62,7 @@ impl Lane {
             | MessageBody::AppendResponse(_)
             | MessageBody::Heartbeat(_)
             | MessageBody::HeartbeatResponse(_)
-            | MessageBody::TimeoutNow
+            | MessageBody::TimeoutNow(_)
             | MessageBody::ReadIndexRequest(_)
             | MessageBody::ReadIndexResponse(_)
             | MessageBody::ProposeResponse(_)

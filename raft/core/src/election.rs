@@ -48,12 +48,13 @@ impl RaftCore {
                 }
                 MessageBody::AppendEntries(_)
                 | MessageBody::Heartbeat(_)
-                | MessageBody::InstallSnapshot(_)
-                    if self.cfg.check_quorum || self.cfg.pre_vote =>
-                {
-                    // A stale leader, or this node raised its term while partitioned. With
-                    // CheckQuorum/PreVote our term would not reach the leader through votes, so
-                    // tell it directly; it steps down and a fresh election includes us.
+                | MessageBody::InstallSnapshot(_) => {
+                    // A stale leader, or this node raised its term while partitioned. Tell the
+                    // leader directly: with CheckQuorum/PreVote our vote requests would not
+                    // reach it, and even without them they are dropped when this node is no
+                    // longer a voter (demoted while it campaigned): without an answer, the
+                    // leader would replicate to this node for ever in vain. It steps down and
+                    // a fresh election includes us.
                     let reply = Message {
                         term: self.term,
                         body: MessageBody::HeartbeatResponse(HeartbeatAck { round: 0 }),
@@ -108,7 +109,7 @@ impl RaftCore {
                     self.handle_read_index_response(from, resp);
                 }
             }
-            MessageBody::TimeoutNow => self.handle_timeout_now(now, from),
+            MessageBody::TimeoutNow(t) => self.handle_timeout_now(now, from, t),
             MessageBody::Propose(p) => self.handle_propose(now, from, p),
             MessageBody::ProposeResponse(resp) => {
                 if self.role != Role::Leader && self.leader == Some(from) {

@@ -149,7 +149,7 @@ pub use message::{
     AppendEntries, AppendResponse, Heartbeat, HeartbeatAck, InstallSnapshot, InvalidMessage,
     MAX_ENTRIES_PER_MESSAGE, MAX_INDEX, MAX_TERM, Message, MessageBody, Propose, ProposeOutcome,
     ProposeResponse, ReadIndexRequest, ReadIndexResponse, RequestVote, SnapshotResponse,
-    VoteResponse,
+    TimeoutNow, VoteResponse,
 };
 #[cfg(feature = "mutants")]
 pub use mutants::Mutant;

@@ -40,7 +40,7 @@ pub enum MessageBody {
     /// The leader's answer to a [`ReadIndexRequest`], once it has confirmed its leadership.
     ReadIndexResponse(ReadIndexResponse),
     /// The leader tells the target of a leadership transfer to campaign now, skipping PreVote.
-    TimeoutNow,
+    TimeoutNow(TimeoutNow),
     /// A follower forwards client commands to the leader.
     Propose(Propose),
     /// The leader's answer to a [`Propose`].
@@ -186,6 +186,15 @@ pub struct Heartbeat {
 pub struct HeartbeatAck {
     /// The round of the heartbeat answered (0 when answering something else).
     pub round: u64,
+}
+
+/// The leader's go-ahead to the target of a leadership transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutNow {
+    /// The leader's last log id when it sent this (the target had it all). The target obeys
+    /// only while its own last log id is exactly this: a leader that gave the transfer up
+    /// appends an entry, so a TimeoutNow that arrives late is ignored.
+    pub last: LogId,
 }
 
 /// A follower's request for a read index.
@@ -361,6 +370,7 @@ impl Message {
             }
             MessageBody::Heartbeat(h) => check_index("commit", h.commit),
             MessageBody::ReadIndexResponse(r) => check_index("read index", r.index),
+            MessageBody::TimeoutNow(t) => check_id("last", t.last),
             MessageBody::ProposeResponse(ProposeResponse {
                 outcome: ProposeOutcome::Appended(first),
                 ..
@@ -459,7 +469,7 @@ impl Message {
             MessageBody::HeartbeatResponse(_) => "HeartbeatResponse",
             MessageBody::ReadIndexRequest(_) => "ReadIndexRequest",
             MessageBody::ReadIndexResponse(_) => "ReadIndexResponse",
-            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::TimeoutNow(_) => "TimeoutNow",
             MessageBody::Propose(_) => "Propose",
             MessageBody::ProposeResponse(_) => "ProposeResponse",
             MessageBody::InstallSnapshot(_) => "InstallSnapshot",

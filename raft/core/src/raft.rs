@@ -149,7 +149,7 @@ pub(crate) enum Ungated {
     ReadIndexResponse(crate::message::ReadIndexResponse),
     Propose(crate::message::Propose),
     ProposeResponse(crate::message::ProposeResponse),
-    TimeoutNow,
+    TimeoutNow(crate::message::TimeoutNow),
 }
 
 /// The Raft protocol for one node, as a deterministic state machine without IO.
@@ -431,6 +431,9 @@ impl RaftCore {
         self.persisted = id;
         while self.gated.front().is_some_and(|g| g.after <= id) {
             let g = self.gated.pop_front().expect("checked non-empty");
+            if self.withdrawn_grant(&g.out.message) {
+                continue;
+            }
             self.actions.push_back(Action::Send(g.out));
         }
         self.on_persisted(now);
@@ -683,7 +686,7 @@ impl RaftCore {
             Ungated::ReadIndexResponse(r) => MessageBody::ReadIndexResponse(r),
             Ungated::Propose(p) => MessageBody::Propose(p),
             Ungated::ProposeResponse(p) => MessageBody::ProposeResponse(p),
-            Ungated::TimeoutNow => MessageBody::TimeoutNow,
+            Ungated::TimeoutNow(t) => MessageBody::TimeoutNow(t),
         };
         self.actions.push_back(Action::Send(Outgoing { to, message: Message { term, body } }));
     }
@@ -765,6 +768,14 @@ impl RaftCore {
         for w in &mut self.inflight {
             w.vouches_to = w.vouches_to.min(up_to);
         }
+    }
+
+    /// A vote or pre-vote grant decided while this node was a voter, released after it became
+    /// a learner (a configuration entry appended while the grant waited for its write): a
+    /// learner never votes, so the grant is withdrawn. Dropping a grant is always safe.
+    fn withdrawn_grant(&self, m: &Message) -> bool {
+        matches!(&m.body, MessageBody::VoteResponse(v) if v.granted)
+            && !self.membership.is_voter(self.id)
     }
 
     /// Whether term or vote differ from what was last handed to storage.

@@ -10,7 +10,10 @@
 //!   heartbeat it answers, and a read waits for a quorum of echoes of *its* round or a later
 //!   one. An answer to an earlier round — sent before the read arrived — never confirms it.
 //! - Every read that arrives before a round is sent joins that round; the periodic heartbeat is
-//!   a round too, so an idle leader's heartbeats confirm the reads waiting at that moment.
+//!   a round too, so an idle leader's heartbeats confirm the reads waiting at that moment. One
+//!   round at a time carries reads: reads that arrive while it is out go in the next one, sent
+//!   as soon as it is confirmed (or with the next heartbeat), so under load a round trip
+//!   confirms every read that arrived during the previous one.
 //! - No read is served before the leader has committed an entry of its own term (its no-op):
 //!   until then its commit index may lag what earlier leaders committed. Reads wait for it.
 //! - A lease: once a quorum confirmed a round the leader sent at `t`, no other leader can be
@@ -87,6 +90,8 @@ impl ReadError {
 /// rounds remembered for the lease.
 const MAX_PENDING_READS: usize = 1 << 16;
 const MAX_ROUNDS: usize = 256;
+/// The most follower read batches waiting for the leader's answer.
+const MAX_BATCHES: usize = 1024;
 
 /// Who asked for a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,8 +111,9 @@ pub(crate) struct Reads {
     confirmed: u64,
     /// When the newest confirmed round was sent.
     lease_from: Option<Instant>,
-    /// No lease until then (an aborted transfer's target may still be campaigning).
-    lease_blocked_until: Instant,
+    /// No lease until the commit index reaches this (the entry a leader appends when it gives
+    /// a transfer up).
+    lease_needs_commit: LogIndex,
     /// Reads waiting for the leader's first commit of its term.
     waiting_noop: Vec<Reader>,
     /// Reads with their index, waiting for the next round to be sent.
@@ -118,7 +124,6 @@ pub(crate) struct Reads {
     follower_unsent: Vec<ReadId>,
     /// Follower side: batches sent, by batch id: (leader, term, reads).
     batches: BTreeMap<u64, (NodeId, Term, Vec<ReadId>)>,
-    next_batch: u64,
 }
 
 impl Reads {
@@ -128,8 +133,10 @@ impl Reads {
 }
 
 impl RaftCore {
-    /// Asks for a read index for the read `id` (see the [module docs](self) of reads, and
-    /// [`ReadMode`]). The outcome comes as an [`Action::ReadIndex`] naming `id`: at once (a
+    /// Asks for a read index for the read `id` (see [`ReadMode`]). Read ids must be unique
+    /// and increase from call to call, across restarts of this node too (the engine starts
+    /// them from the wall clock): a follower names its batch of reads after the first one, and
+    /// an answer meant for an earlier life of this node must not match. The outcome comes as an [`Action::ReadIndex`] naming `id`: at once (a
     /// lease read), after a heartbeat round, or — on a follower — after the leader's answer.
     /// Serve the read once the state machine has applied up to the index.
     ///
@@ -171,7 +178,7 @@ impl RaftCore {
         if self.role != Role::Leader || !self.cfg.check_quorum || self.transfer.is_some() {
             return false;
         }
-        if now < self.reads.lease_blocked_until || !self.own_term_committed() {
+        if self.commit < self.reads.lease_needs_commit || !self.own_term_committed() {
             return false;
         }
         let drift = if mutant!(self, LeaseIgnoresDrift) {
@@ -239,7 +246,11 @@ impl RaftCore {
             let waiting = std::mem::take(&mut self.reads.waiting_noop);
             self.reads.unsent.extend(waiting.into_iter().map(|r| (r, commit)));
         }
-        if !self.reads.unsent.is_empty() {
+        // One round at a time carries reads: the reads that arrive while it is out wait for
+        // it, and all of them go in the next round, sent when it is confirmed. Under load this
+        // is what batches reads (one round per round trip, not one per loop turn); a lone read
+        // still goes at once. (A lost round is made good by the next heartbeat, a round too.)
+        if !self.reads.unsent.is_empty() && self.reads.in_round.is_empty() {
             self.send_heartbeat_round();
         }
     }
@@ -254,9 +265,20 @@ impl RaftCore {
             self.fail_follower_reads();
             return;
         };
-        self.reads.next_batch += 1;
-        let batch = self.reads.next_batch;
         let reads = std::mem::take(&mut self.reads.follower_unsent);
+        // The batch is named by its first read's id: the driver's read ids increase across
+        // restarts too, so an answer meant for a batch of an earlier life of this node (same
+        // term, same leader) can never answer a batch of this one.
+        let batch = reads[0].0;
+        if self.reads.batches.len() >= MAX_BATCHES {
+            // Answers lost on the way: give the oldest batch up rather than grow for ever.
+            if let Some((_, (_, _, lost))) = self.reads.batches.pop_first() {
+                for id in lost {
+                    let result = Err(ReadError::LeadershipLost);
+                    self.actions.push_back(Action::ReadIndex(ReadReady { id, result }));
+                }
+            }
+        }
         self.reads.batches.insert(batch, (leader, self.term, reads));
         self.send_now(leader, self.term, Ungated::ReadIndexRequest(ReadIndexRequest { batch }));
     }
@@ -380,9 +402,10 @@ impl RaftCore {
         }
     }
 
-    /// No lease until `until` (after an aborted leadership transfer).
-    pub(crate) fn block_lease(&mut self, until: Instant) {
-        self.reads.lease_blocked_until = self.reads.lease_blocked_until.max(until);
+    /// No lease until `index` is committed (after an aborted leadership transfer), and none
+    /// from rounds confirmed before.
+    pub(crate) fn block_lease_until_committed(&mut self, index: LogIndex) {
+        self.reads.lease_needs_commit = self.reads.lease_needs_commit.max(index);
         self.reads.lease_from = None;
     }
 }

@@ -31,13 +31,13 @@ pub enum TransferError {
     },
     /// The target is not a voter of the configuration in force (a learner, a node being
     /// removed, or a stranger).
-    #[error("node {0} is not a voter of the configuration in force")]
+    #[error("node {} is not a voter of the configuration in force", .0.0)]
     NotAVoter(NodeId),
     /// The target is this node, which already leads.
-    #[error("node {0} is already the leader")]
+    #[error("node {} is already the leader", .0.0)]
     AlreadyLeader(NodeId),
     /// Another transfer is in progress.
-    #[error("a transfer to node {to} is in progress")]
+    #[error("a transfer to node {} is in progress", to.0)]
     InProgress {
         /// Its target.
         to: NodeId,
@@ -119,28 +119,47 @@ impl RaftCore {
         let last = self.log.last().index;
         if self.progress.get(&t.to).is_some_and(|p| p.match_index >= last) {
             tracing::debug!(node = %self.id, to = %t.to, "target caught up; sending TimeoutNow");
-            self.send_now(t.to, self.term, crate::raft::Ungated::TimeoutNow);
+            let go = crate::message::TimeoutNow { last: self.log.last() };
+            self.send_now(t.to, self.term, crate::raft::Ungated::TimeoutNow(go));
             if let Some(t) = &mut self.transfer {
                 t.sent = true;
             }
         }
     }
 
-    /// Gives the transfer up once its deadline passed. The target may still be campaigning
-    /// past the voters' stickiness, so no lease for another election timeout.
+    /// Gives the transfer up once its deadline passed. A TimeoutNow already sent may still
+    /// arrive (late, or duplicated) and start a campaign that voters answer despite their
+    /// stickiness: the leader appends a blank entry, which a TimeoutNow sent before it does
+    /// not name (the target ignores it once it has the entry), and serves no lease read until
+    /// that entry is committed (a target without it cannot win the votes of the quorum that
+    /// has it).
     pub(crate) fn check_transfer_deadline(&mut self, now: Instant) {
-        if self.transfer.is_some_and(|t| now >= t.deadline) {
-            tracing::info!(node = %self.id, term = %self.term, "leadership transfer timed out; leading on");
-            self.transfer = None;
-            self.block_lease(now + self.cfg.election_timeout_max);
+        let Some(t) = self.transfer else { return };
+        if now < t.deadline {
+            return;
+        }
+        tracing::info!(node = %self.id, term = %self.term, "leadership transfer timed out; leading on");
+        self.transfer = None;
+        if t.sent {
+            let log_id =
+                crate::types::LogId { term: self.term, index: self.log.last().index.next() };
+            self.append_local(vec![crate::types::Entry::blank(log_id)]);
+            self.block_lease_until_committed(log_id.index);
         }
     }
 
-    /// TimeoutNow from the leader: campaign now (a voter only).
-    pub(crate) fn handle_timeout_now(&mut self, now: Instant, from: NodeId) {
+    /// TimeoutNow from the leader: campaign now (a voter only, holding exactly the log the
+    /// leader had when it sent it).
+    pub(crate) fn handle_timeout_now(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        go: crate::message::TimeoutNow,
+    ) {
         if self.role == Role::Leader
             || self.leader != Some(from)
             || !self.membership.is_voter(self.id)
+            || self.log.last() != go.last
         {
             tracing::debug!(node = %self.id, %from, "ignoring TimeoutNow");
             return;

@@ -132,7 +132,7 @@ fn a_lagging_target_is_caught_up_before_timeout_now() {
     let (b, t) = (blocked.clone(), timeout_nows.clone());
     sim.set_filter(move |from, to, m| match &m.body {
         MessageBody::AppendEntries(_) if from == NodeId(l) && to == NodeId(target) => !b.get(),
-        MessageBody::TimeoutNow => {
+        MessageBody::TimeoutNow(_) => {
             t.set(t.get() + 1);
             true
         }
@@ -160,8 +160,7 @@ fn a_lagging_target_is_caught_up_before_timeout_now() {
 
 /// §3.10 step 3: a transfer that does not complete within `election_timeout_max` (here: the
 /// target is unreachable) is given up, and the leader goes on leading and takes proposals
-/// again. For another `election_timeout_max` it serves no lease read at once (the target may
-/// still be campaigning past the voters' loyalty).
+/// again.
 #[test]
 fn a_transfer_to_an_unreachable_target_is_given_up_after_election_timeout_max() {
     let mut sim = Sim::new(3, 24);
@@ -181,10 +180,11 @@ fn a_transfer_to_an_unreachable_target_is_given_up_after_election_timeout_max() 
     assert_eq!(sim.core(l).term(), term);
     let id = sim.propose(l, b"after").expect("the leader takes proposals again");
     assert!(sim.run_until(ms(100), |s| s.core(l).commit_index() >= id.index));
-    // No lease until election_timeout_max after the abort (at 200 ms), however many rounds.
-    sim.run_for(ms(180));
-    assert!(!sim.core(l).lease_valid(sim.now), "a lease right after an aborted transfer");
-    sim.run_for(ms(40));
+    // No TimeoutNow ever went out (the target never caught up), so nothing can campaign past
+    // the voters' loyalty: the lease comes back with the next confirmed round. (When one did
+    // go out, see a_timeout_now_delivered_after_the_transfer_was_given_up_does_not_break_the_
+    // lease.)
+    sim.run_for(ms(60));
     assert!(sim.core(l).lease_valid(sim.now), "the lease never came back");
 }
 
@@ -308,12 +308,11 @@ fn without_the_transfer_flag_loyal_voters_ignore_the_target() {
 }
 
 /// Lease safety after an aborted transfer: a TimeoutNow delayed in the network past the
-/// transfer's deadline and the lease block after it (2 × `election_timeout_max`) still makes
-/// the target campaign with the transfer flag, which the voters answer despite their loyalty —
-/// while the old leader serves lease reads again.
+/// transfer's deadline must not make the target campaign with the transfer flag (which the
+/// voters would answer despite their loyalty) while the old leader serves lease reads again.
+/// The leader appends an entry when it gives up, and the TimeoutNow names its log before it:
+/// the target, which has the entry by then, ignores it.
 #[test]
-#[ignore = "fails: a TimeoutNow delivered after the transfer was given up still starts a \
-            transfer campaign, which loyal voters answer while the old leader's lease holds"]
 fn a_timeout_now_delivered_after_the_transfer_was_given_up_does_not_break_the_lease() {
     let mut sim = Sim::new(3, 29);
     let l = sim.wait_leader().0;
@@ -323,7 +322,7 @@ fn a_timeout_now_delivered_after_the_transfer_was_given_up_does_not_break_the_le
     let held: Rc<RefCell<Vec<Message>>> = Rc::default();
     let (p, h) = (phase.clone(), held.clone());
     sim.set_filter(move |from, to, m| match (p.get(), &m.body) {
-        (0, MessageBody::TimeoutNow) => {
+        (0, MessageBody::TimeoutNow(_)) => {
             h.borrow_mut().push(m.clone());
             false
         }

@@ -575,7 +575,7 @@ pub enum TransferError {
     #[error(transparent)]
     Refused(#[from] raftkit_core::TransferError),
     /// The target did not win within `election_timeout_max`; this node leads on.
-    #[error("node {0} did not take over in time; the leader leads on")]
+    #[error("node {} did not take over in time; the leader leads on", .0.0)]
     TimedOut(NodeId),
     /// Another node than the target became leader (or this node stepped down some other way).
     #[error("leadership went elsewhere: {}", leader_text(leader))]

@@ -84,6 +84,47 @@
 //! book). [`RaftMetrics::membership`] shows the configuration in force and, on the leader,
 //! `replication` shows each learner's progress.
 //!
+//! # Reads without the log: which read to use when
+//!
+//! A write goes through the log: a quorum round trip and an fsync on every node. A read need
+//! not. [`Raft::client_read`] answers a [`StateMachine::Query`] with
+//! [`StateMachine::query`] once the read is confirmed under a [`ReadPolicy`] and the state
+//! machine has applied up to the read index; [`Raft::read_barrier`] only waits (for
+//! applications that read their own state). Nothing is written, on any node.
+//!
+//! | policy | where | costs | linearizable | use it when |
+//! |---|---|---|---|---|
+//! | [`ReadPolicy::Linearizable`] (default) | leader | one heartbeat round, shared by every read waiting | always | you need correct answers whatever the clocks do |
+//! | [`ReadPolicy::Lease`] | leader | nothing while the lease holds | if clocks drift less than `clock_drift_bound` | reads dominate and clocks are sane (needs `check_quorum`) |
+//! | [`ReadPolicy::Follower`] | any node | one message to the leader (batched) + local apply | always | read load should spread over the followers |
+//! | [`ReadPolicy::Stale`] | any node | nothing | no: may be old | a slightly old answer is fine (dashboards, caches) |
+//!
+//! The rules behind them (Raft thesis §6.4; PITFALLS P11), enforced by the core: no read is
+//! served before the leader has committed an entry of its own term; each confirmation round
+//! has its own increasing id, echoed by the followers, and an answer to an earlier round never
+//! confirms a later read; a lease runs from when the confirmed round was *sent*, for
+//! `election_timeout_min - clock_drift_bound`, and holds neither during a leadership transfer
+//! nor after a step-down; a restarted node ignores vote requests for an election timeout, as if
+//! it still heard from the leader whose lease it may have confirmed. A read fails with
+//! [`ReadError::NotLeader`] (with the leader's id), [`ReadError::LeadershipLost`] or
+//! [`ReadError::Timeout`] (twice `election_timeout_max`, e.g. a follower cut off from its
+//! leader); reads never change anything, so every failed read may simply be retried.
+//!
+//! # Leadership transfer and forwarding
+//!
+//! [`Raft::transfer_leadership`] hands leadership to a voter (or the most up-to-date one):
+//! the leader refuses new writes meanwhile ([`WriteError::TransferInProgress`], retryable),
+//! brings the target up to date and tells it to campaign at once; voters answer that campaign
+//! although they still hear from the leader. The transfer is given up after
+//! `election_timeout_max`. A leader's graceful [`Raft::shutdown`] transfers first
+//! ([`Config::transfer_on_shutdown`]), so a rolling restart costs no election timeout.
+//!
+//! [`Raft::client_write`] on a follower forwards the command to the leader
+//! ([`Config::forward_proposals`], on by default), waits until it is applied locally and
+//! answers with the output computed here; it fails like a write on the leader if the entry is
+//! overwritten, and with [`WriteError::ForwardOutcomeUnknown`] if the leader changed before
+//! answering. Forwarded writes share the proposal queue's bound.
+//!
 //! # Logs and spans
 //!
 //! Every task of a node runs in a `tracing` span `raft{node=…}`; the driver's work runs, within

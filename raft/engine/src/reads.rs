@@ -75,17 +75,19 @@ pub(crate) struct Extras<S: StateMachine> {
 
 impl<S: StateMachine> Extras<S> {
     pub(crate) fn new(applied: LogIndex) -> Extras<S> {
+        // Read ids (and forwarded batch ids) must grow across restarts of this node too: the
+        // core names a follower's batch of reads after its first read's id, and the leader drops
+        // a forwarded batch id it has seen. Start both from the wall clock.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
         Extras {
-            next_read: 0,
+            next_read: start,
             pending: BTreeMap::new(),
             ready: BTreeMap::new(),
             handed: applied,
             transfer: None,
-            // Batch ids must grow across restarts too (the leader drops a batch id it has seen
-            // from this node): start from the wall clock.
-            next_batch: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64),
+            next_batch: start,
             forwarded: BTreeMap::new(),
         }
     }

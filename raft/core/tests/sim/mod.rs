@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use raftkit_core::{
-    Action, AppendEntries, Config, Entry, HardState, InitialState, Instant, LogId, LogIndex,
-    LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, Rng, Role, SnapshotMeta, Term,
-    WriteId, codec,
+    Action, AppendEntries, Config, Entry, Forwarded, HardState, InitialState, Instant, LogId,
+    LogIndex, LogWrite, Message, MessageBody, NodeId, ProposeError, RaftCore, ReadError, ReadId,
+    ReadMode, Rng, Role, SnapshotMeta, Term, WriteId, codec,
 };
 
 /// A node's durable storage.
@@ -222,6 +222,14 @@ pub struct Sim {
     pub snapshots_installed: u64,
     /// (to, offset) of every snapshot chunk sent.
     pub chunks_sent: Vec<(NodeId, u64)>,
+    /// Reads asked for and not answered: the highest index any node knew committed when the
+    /// read was asked for (its read index must not be below it).
+    read_floors: BTreeMap<(NodeId, ReadId), LogIndex>,
+    next_read: u64,
+    /// Every read answered, in order: (node, read, outcome).
+    pub read_results: Vec<(NodeId, ReadId, Result<LogIndex, ReadError>)>,
+    /// Every answer to forwarded commands, in order: (node, answer).
+    pub forwarded: Vec<(NodeId, Forwarded)>,
 }
 
 impl Sim {
@@ -267,6 +275,10 @@ impl Sim {
             snapshots_built: 0,
             snapshots_installed: 0,
             chunks_sent: Vec::new(),
+            read_floors: BTreeMap::new(),
+            next_read: 0,
+            read_results: Vec::new(),
+            forwarded: Vec::new(),
         };
         let ids: Vec<NodeId> = sim.nodes.keys().copied().collect();
         for id in ids {
@@ -294,6 +306,30 @@ impl Sim {
         let r = self.core_mut(node).propose_membership(change);
         self.drain(NodeId(node));
         r
+    }
+
+    /// Asks `node` for a read index. The answer lands in `read_results`; the simulator checks
+    /// that it is not below anything committed when the read was asked for (linearizability of
+    /// reads).
+    pub fn read(&mut self, node: u64, mode: ReadMode) -> Result<ReadId, ReadError> {
+        self.next_read += 1;
+        let id = ReadId(self.next_read);
+        let floor = self.committed.last_key_value().map_or(LogIndex(0), |(i, _)| *i);
+        let now = self.now;
+        let r = self.core_mut(node).read_index(now, id, mode);
+        if r.is_ok() {
+            self.read_floors.insert((NodeId(node), id), floor);
+        }
+        self.drain(NodeId(node));
+        r.map(|()| id)
+    }
+
+    /// The outcome of read `id` on `node`, if it came.
+    pub fn read_result(&self, node: u64, id: ReadId) -> Option<Result<LogIndex, ReadError>> {
+        self.read_results
+            .iter()
+            .find(|(n, r, _)| *n == NodeId(node) && *r == id)
+            .map(|(_, _, res)| res.clone())
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -463,6 +499,56 @@ impl Sim {
         n.incoming = None;
         n.commit_seen = LogIndex(0);
         n.was_leader_in = None;
+        self.read_floors.retain(|(n, _), _| *n != NodeId(id));
+    }
+
+    /// Asks `node` for `count` reads at once (one flush: they share a round).
+    pub fn read_many(&mut self, node: u64, mode: ReadMode, count: usize) -> Vec<ReadId> {
+        let floor = self.committed.last_key_value().map_or(LogIndex(0), |(i, _)| *i);
+        let now = self.now;
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            self.next_read += 1;
+            let id = ReadId(self.next_read);
+            if self.core_mut(node).read_index(now, id, mode).is_ok() {
+                self.read_floors.insert((NodeId(node), id), floor);
+                ids.push(id);
+            }
+        }
+        self.drain(NodeId(node));
+        ids
+    }
+
+    /// Sends `msg` from `from` to `to` through the simulated network (for replaying a message
+    /// a filter held back).
+    pub fn inject(&mut self, from: u64, to: u64, msg: Message) {
+        self.send(NodeId(from), NodeId(to), msg);
+    }
+
+    /// Forwards commands from `node` to its leader as batch `batch`.
+    pub fn forward(
+        &mut self,
+        node: u64,
+        batch: u64,
+        data: &[&[u8]],
+    ) -> Result<NodeId, ProposeError> {
+        let now = self.now;
+        let commands = data.iter().map(|d| bytes::Bytes::copy_from_slice(d)).collect();
+        let r = self.core_mut(node).forward(now, batch, commands);
+        self.drain(NodeId(node));
+        r
+    }
+
+    /// Asks `node` to hand leadership over.
+    pub fn transfer(
+        &mut self,
+        node: u64,
+        to: Option<u64>,
+    ) -> Result<NodeId, raftkit_core::TransferError> {
+        let now = self.now;
+        let r = self.core_mut(node).transfer_leadership(now, to.map(NodeId));
+        self.drain(NodeId(node));
+        r
     }
 
     /// Restarts a crashed node from its durable store.
@@ -725,6 +811,20 @@ impl Sim {
                     }
                 }
                 Action::Send(out) => self.send(id, out.to, out.message),
+                Action::ReadIndex(r) => {
+                    let floor = self.read_floors.remove(&(id, r.id));
+                    let floor = floor.unwrap_or_else(|| {
+                        panic!("{id} answered read {:?} twice or unasked", r.id)
+                    });
+                    if let Ok(index) = r.result {
+                        assert!(
+                            index >= floor,
+                            "stale read on {id}: read index {index}, but {floor} was committed when the read was asked for"
+                        );
+                    }
+                    self.read_results.push((id, r.id, r.result));
+                }
+                Action::Forwarded(f) => self.forwarded.push((id, f)),
                 Action::SendFromLog(req) => {
                     self.from_log_sends += 1;
                     let node = self.nodes.get_mut(&id).unwrap();
@@ -776,6 +876,21 @@ impl Sim {
 
     // ----- invariants -------------------------------------------------------------------------
 
+    /// Lease safety: while a leader's lease holds, no leader of a later term exists (all
+    /// nodes share the simulator's clock, so the drift bound is slack here).
+    fn check_lease(&self, id: NodeId) {
+        let Some(core) = self.nodes[&id].core.as_ref() else { return };
+        if core.lease_valid(self.now) {
+            if let Some((t, other)) = self.leader_of_term.range(core.term().next()..).next() {
+                panic!(
+                    "lease violated: {id} holds a lease in {} at {:?} while {other} leads {t}",
+                    core.term(),
+                    self.now
+                );
+            }
+        }
+    }
+
     /// State-machine safety: every node applies the same entry at each index.
     fn check_applied(&mut self, id: NodeId, e: Entry) {
         match self.applied_entries.get(&e.index()) {
@@ -793,6 +908,7 @@ impl Sim {
 
     /// Election safety, leader completeness, commit agreement and monotonic term/commit.
     fn check_node(&mut self, id: NodeId) {
+        self.check_lease(id);
         let node = self.nodes.get_mut(&id).unwrap();
         let Some(core) = node.core.as_ref() else { return };
         assert!(core.term() >= node.max_term_seen, "{id} term went backwards");
