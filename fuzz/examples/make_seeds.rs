@@ -5,10 +5,10 @@
 use std::fs;
 use std::path::Path;
 
-use raftkit_core::{HeartbeatAck, 
-    AppendEntries, AppendResponse, Entry, EntryPayload, HardState, Heartbeat, InstallSnapshot,
-    LogId, LogIndex, Membership, Message, MessageBody, NodeId, RequestVote, SnapshotMeta,
-    SnapshotResponse, Term, VoteResponse, codec,
+use raftkit_core::{
+    AppendEntries, AppendResponse, Entry, EntryPayload, HardState, Heartbeat, HeartbeatAck,
+    InstallSnapshot, LogId, LogIndex, Membership, Message, MessageBody, NodeId, RequestVote,
+    SnapshotMeta, SnapshotResponse, Term, VoteResponse, codec,
 };
 
 fn messages() -> Vec<Message> {
@@ -20,7 +20,11 @@ fn messages() -> Vec<Message> {
         checksum: 0xdead_beef,
     };
     let bodies = vec![
-        MessageBody::RequestVote(RequestVote { pre_vote: true, transfer: false, last_log_id: LogId::new(2, 9) }),
+        MessageBody::RequestVote(RequestVote {
+            pre_vote: true,
+            transfer: false,
+            last_log_id: LogId::new(2, 9),
+        }),
         MessageBody::VoteResponse(VoteResponse { pre_vote: false, granted: true }),
         MessageBody::AppendEntries(AppendEntries {
             prev_log_id: LogId::new(1, 4),
