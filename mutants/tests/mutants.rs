@@ -146,11 +146,12 @@ fn focus(mutant: Mutant) -> Focus {
         // still append.
         Mutant::SkipLogConsistencyCheck => Focus {
             faults: FaultMix {
-                partition: 4,
-                bridge: 2,
-                one_way: 2,
-                crash: 3,
+                partition: 6,
+                bridge: 3,
+                one_way: 3,
+                crash: 4,
                 disk_failure: 0,
+                membership: 1,
                 ..base
             },
             ..suite
