@@ -287,7 +287,7 @@ fn run(view: View, nodes: usize, mutant: Mutant, armed: bool, seed: u64) -> RunR
     //   an acknowledged write, whose no-op cannot commit;
     // - answers matched by term only: answers to earlier rounds that arrive after the leader
     //   was deposed and a read was asked of it.
-    let directed = ClusterSuite::new(MemNetHarness, mem.clone())
+    let directed = ClusterSuite::new(MemNetHarness, mem)
         .with(move |o| o.configure = Some(Arc::new(move |c| c.mutant = armed.then_some(mutant))));
     match mutant {
         Mutant::LeaseIgnoresDrift => return directed.run_lease_drift(Drift::Within, seed),

@@ -201,6 +201,23 @@ impl Recorder {
         KvCommand { key: self.key.clone(), op: KvOp::Put(value.into()) }
     }
 
+    /// Writes the old value through a leader; returns that leader (`None`, with a violation, if
+    /// no leader took the write).
+    async fn first_write<NH: NetworkHarness, LH: LogStoreHarness>(
+        &mut self,
+        run: &Run<NH, LH>,
+        deadline: tokio::time::Instant,
+    ) -> Option<(NodeId, super::run::RunNode<NH, LH>)> {
+        let invoked = self.at();
+        let out = run.write(&self.put("old"), deadline).await;
+        self.push(KvOp::Put("old".into()), invoked, out.clone());
+        let leader = out.and_then(|_| run.leader());
+        if leader.is_none() {
+            run.checker.violation("liveness: no leader accepted the first write");
+        }
+        leader
+    }
+
     /// Asks `node` for linearizable reads every few milliseconds (each given up after `patience`)
     /// until `until`, recording those answered.
     async fn read_until<N: raftkit::Network, L: raftkit::LogStore>(
@@ -228,11 +245,7 @@ async fn new_leader_script<NH: NetworkHarness, LH: LogStoreHarness>(
     deadline: tokio::time::Instant,
 ) -> Vec<Operation> {
     let mut rec = Recorder::new("noop");
-    let invoked = rec.at();
-    let out = run.write(&rec.put("old"), deadline).await;
-    rec.push(KvOp::Put("old".into()), invoked, out.clone());
-    let (Some(_), Some((old, old_node))) = (out, run.leader()) else {
-        run.checker.violation("liveness: no leader accepted the first write");
+    let Some((old, old_node)) = rec.first_write(run, deadline).await else {
         return rec.history;
     };
     let target = *run.ids.iter().find(|n| **n != old).expect("three nodes");
@@ -278,11 +291,7 @@ async fn late_answers_script<NH: NetworkHarness, LH: LogStoreHarness>(
     deadline: tokio::time::Instant,
 ) -> Vec<Operation> {
     let mut rec = Recorder::new("rounds");
-    let invoked = rec.at();
-    let out = run.write(&rec.put("old"), deadline).await;
-    rec.push(KvOp::Put("old".into()), invoked, out.clone());
-    let (Some(_), Some((old, old_node))) = (out, run.leader()) else {
-        run.checker.violation("liveness: no leader accepted the first write");
+    let Some((old, old_node)) = rec.first_write(run, deadline).await else {
         return rec.history;
     };
     let followers: Vec<NodeId> = run.ids.iter().copied().filter(|n| *n != old).collect();
