@@ -124,15 +124,7 @@ fn a_leader_change_before_the_answer_fails_the_forward_with_leader_changed() {
     let fs = others(&sim, l);
     let (f, m) = (fs[0], fs[1]);
     write_and_apply(&mut sim, 1);
-    let held: Rc<RefCell<Vec<Message>>> = Rc::default();
-    let h = held.clone();
-    sim.set_filter(move |_, to, msg| {
-        if matches!(msg.body, MessageBody::ProposeResponse(_)) && to == NodeId(f) {
-            h.borrow_mut().push(msg.clone());
-            return false;
-        }
-        true
-    });
+    let held = sim.hold_to(f, |b| matches!(b, MessageBody::ProposeResponse(_)));
     assert_eq!(sim.forward(f, 1, &[b"in doubt"]), Ok(NodeId(l)));
     assert!(sim.run_until(ms(50), |_| !held.borrow().is_empty()), "the leader answered");
     assert_eq!(sim.transfer(l, Some(m)), Ok(NodeId(m)));

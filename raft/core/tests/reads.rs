@@ -486,15 +486,7 @@ fn a_follower_read_in_flight_when_the_leader_changes_fails_with_leadership_lost(
     let fs = others(&sim, l);
     let (f, m) = (fs[0], fs[1]);
     write_and_apply(&mut sim, 1);
-    let held: Rc<RefCell<Vec<Message>>> = Rc::default();
-    let h = held.clone();
-    sim.set_filter(move |_, to, msg| {
-        if matches!(msg.body, MessageBody::ReadIndexResponse(_)) && to == NodeId(f) {
-            h.borrow_mut().push(msg.clone());
-            return false;
-        }
-        true
-    });
+    let held = sim.hold_to(f, |b| matches!(b, MessageBody::ReadIndexResponse(_)));
     let id = sim.read(f, ReadMode::Follower).unwrap();
     assert!(sim.run_until(ms(50), |_| !held.borrow().is_empty()), "the leader answered");
     assert_eq!(sim.transfer(l, Some(m)), Ok(NodeId(m)));

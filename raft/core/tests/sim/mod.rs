@@ -519,6 +519,25 @@ impl Sim {
         ids
     }
 
+    /// Holds back every message to `to` whose body `kind` matches (replacing any filter), and
+    /// returns where the held messages collect (replay them with [`inject`](Self::inject)).
+    pub fn hold_to(
+        &mut self,
+        to: u64,
+        kind: fn(&MessageBody) -> bool,
+    ) -> std::rc::Rc<std::cell::RefCell<Vec<Message>>> {
+        let held: std::rc::Rc<std::cell::RefCell<Vec<Message>>> = Default::default();
+        let h = held.clone();
+        self.set_filter(move |_, dest, msg| {
+            if dest == NodeId(to) && kind(&msg.body) {
+                h.borrow_mut().push(msg.clone());
+                return false;
+            }
+            true
+        });
+        held
+    }
+
     /// Sends `msg` from `from` to `to` through the simulated network (for replaying a message
     /// a filter held back).
     pub fn inject(&mut self, from: u64, to: u64, msg: Message) {
