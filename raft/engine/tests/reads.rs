@@ -203,3 +203,28 @@ async fn writes_on_a_follower_are_forwarded() {
     let e = c.node(followers[0]).unwrap().client_write(KvCommand::put("f", "1")).await;
     assert!(matches!(e, Err(WriteError::NotLeader { leader: Some(l) }) if l == leader), "{e:?}");
 }
+
+/// A follower cut off from its leader answers a follower read with a clear, retryable error
+/// (within twice `election_timeout_max` of virtual time), never with its possibly old data.
+#[tokio::test(start_paused = true)]
+async fn a_follower_cut_off_from_the_leader_fails_its_reads() {
+    let c = Cluster::start(3, 20).await;
+    let (_, followers) = leader_and_followers(&c).await;
+    c.write(KvCommand::put("k", "v1")).await;
+    let f = followers[0];
+    c.router.isolate(f);
+    let node = c.node(f).unwrap();
+    let started = tokio::time::Instant::now();
+    let e = node.client_read(KvQuery::get("k"), ReadPolicy::Follower).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(
+        matches!(
+            e,
+            ReadError::Timeout(_) | ReadError::LeadershipLost | ReadError::NotLeader { .. }
+        ),
+        "{e}"
+    );
+    // The bound is the engine's read timeout (virtual time: the clock is paused).
+    assert!(started.elapsed() <= Duration::from_millis(1200) + Duration::from_millis(50));
+    c.router.heal();
+}
