@@ -24,7 +24,7 @@ use super::run::Run;
 use super::{ClusterSuite, RunReport};
 use crate::harness::{LogStoreHarness, NetworkHarness};
 use crate::kv::{KvCommand, KvOp, KvOutput, KvQuery};
-use crate::linearizability::{self, Operation, Verdict};
+use crate::linearizability::Operation;
 
 /// How far the clocks drift in [`ClusterSuite::run_lease_drift`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,32 +131,8 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
             let history = script(&mut run, deadline).await;
             run.faults.set_drop_filter(None);
             run.faults.heal();
-            match linearizability::check(&history) {
-                Ok(Verdict::Linearizable) => run
-                    .checker
-                    .note(format!("history of {} operations is linearizable", history.len())),
-                Ok(v) => run.checker.violation(format!(
-                    "linearizability: the client history is not linearizable:\n{v}"
-                )),
-                Err(e) => run
-                    .checker
-                    .violation(format!("linearizability: the client history is malformed: {e:?}")),
-            }
-            run.checkpoint().await;
-            let (dump, max_term) = run.dump().await;
-            run.kill_all().await;
-            RunReport {
-                seed,
-                nodes: 3,
-                applied: run.checker.applied_count(),
-                max_term,
-                violations: run.checker.violations(),
-                trace: run.checker.trace(),
-                dump,
-                crash_model: Some(self.logs.crash_model()),
-                durable_view: run.durable_view(),
-                ..RunReport::default()
-            }
+            run.check_history(&history);
+            run.finish_directed(seed, 3, self.logs.crash_model()).await
         })
     }
 }

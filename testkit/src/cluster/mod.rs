@@ -28,7 +28,6 @@ use self::nemesis::nemesis_step;
 use self::run::Run;
 use self::workload::{ClientSettings, OpCounts, Workload};
 use crate::harness::{CrashModel, LogStoreHarness, NetworkHarness};
-use crate::linearizability::{self, Verdict};
 use crate::rng::Rng;
 
 /// How many spare nodes (ids after the initial voters', started waiting to join) a run with
@@ -454,24 +453,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
         // Linearizability of what the clients saw.
         let history =
             std::mem::take(&mut *workload.history.lock().unwrap_or_else(|p| p.into_inner()));
-        match linearizability::check(&history) {
-            Ok(Verdict::Linearizable) => {
-                run.checker.note(format!("history of {} operations is linearizable", history.len()))
-            }
-            // An undecided history fails the run too, but says so: a check that gave up must
-            // not pass silently, and must not be mistaken for a found violation either.
-            Ok(Verdict::Unknown { key }) => run.checker.violation(format!(
-                "linearizability: key {key:?} could not be decided within the checker's step \
-                 budget ({} operations in the history): inconclusive, not a proven violation",
-                history.len()
-            )),
-            Ok(v) => run.checker.violation(format!(
-                "linearizability: the client history is not linearizable:\n{v}"
-            )),
-            Err(e) => run
-                .checker
-                .violation(format!("linearizability: the client history is malformed: {e:?}")),
-        }
+        run.check_history(&history);
 
         let (dump, max_term) = run.dump().await;
         run.kill_all().await;

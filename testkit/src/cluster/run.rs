@@ -551,6 +551,55 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> Run<NH, LH> {
     }
 
     /// Stops every node at once.
+    /// Checks the clients' history for linearizability and records the verdict: a note when it
+    /// is linearizable, a violation otherwise. An undecided history fails the run too, but says
+    /// so: a check that gave up must not pass silently, and must not be mistaken for a found
+    /// violation either.
+    pub(crate) fn check_history(&self, history: &[crate::linearizability::Operation]) {
+        use crate::linearizability::{self, Verdict};
+        match linearizability::check(history) {
+            Ok(Verdict::Linearizable) => self
+                .checker
+                .note(format!("history of {} operations is linearizable", history.len())),
+            Ok(Verdict::Unknown { key }) => self.checker.violation(format!(
+                "linearizability: key {key:?} could not be decided within the checker's step \
+                 budget ({} operations in the history): inconclusive, not a proven violation",
+                history.len()
+            )),
+            Ok(v) => self.checker.violation(format!(
+                "linearizability: the client history is not linearizable:\n{v}"
+            )),
+            Err(e) => self
+                .checker
+                .violation(format!("linearizability: the client history is malformed: {e:?}")),
+        }
+    }
+
+    /// Ends a directed scenario: a last checkpoint, the nodes' final state, every node stopped,
+    /// and the report of what the checker found.
+    pub(crate) async fn finish_directed(
+        &self,
+        seed: u64,
+        nodes: usize,
+        crash_model: crate::CrashModel,
+    ) -> super::RunReport {
+        self.checkpoint().await;
+        let (dump, max_term) = self.dump().await;
+        self.kill_all().await;
+        super::RunReport {
+            seed,
+            nodes,
+            applied: self.checker.applied_count(),
+            max_term,
+            violations: self.checker.violations(),
+            trace: self.checker.trace(),
+            dump,
+            crash_model: Some(crash_model),
+            durable_view: self.durable_view(),
+            ..super::RunReport::default()
+        }
+    }
+
     pub(crate) async fn kill_all(&self) {
         for (_, node) in self.live() {
             node.kill().await;

@@ -102,21 +102,7 @@ impl<NH: NetworkHarness, LH: LogStoreHarness> ClusterSuite<NH, LH> {
                     crash_during_install(&mut run, seed, deadline).await;
                 }
             }
-            run.checkpoint().await;
-            let (dump, max_term) = run.dump().await;
-            run.kill_all().await;
-            RunReport {
-                seed,
-                nodes,
-                applied: run.checker.applied_count(),
-                max_term,
-                violations: run.checker.violations(),
-                trace: run.checker.trace(),
-                dump,
-                crash_model: Some(self.logs.crash_model()),
-                durable_view: run.durable_view(),
-                ..RunReport::default()
-            }
+            run.finish_directed(seed, nodes, self.logs.crash_model()).await
         })
     }
 
