@@ -311,7 +311,10 @@ fn check_name(violation: &str) -> String {
 /// Hunts `mutant` in every stream, within [`BUDGET`] seeds each; records the row and panics if
 /// any stream let it survive.
 fn hunt(mutant: Mutant, view: View) {
-    let budget = BUDGET;
+    // SkipLogConsistencyCheck needs a deposed leader's uncommitted entries where the next
+    // leader's append starts, which the suite's runs (not exactly replayable: snapshots restore
+    // on the blocking pool) meet late in some streams: twice the budget for it.
+    let budget = if mutant == Mutant::SkipLogConsistencyCheck { 2 * BUDGET } else { BUDGET };
     let mut row = Row { per_stream: Vec::new(), budget, checks: BTreeMap::new() };
     for stream in 0..streams() {
         let caught = (1..=budget).find_map(|i| {
